@@ -1,0 +1,72 @@
+"""`edgehydra doctor`: which backends are installed and what each enables."""
+from __future__ import annotations
+
+import importlib.metadata as md
+import platform
+
+import click
+
+# (distribution, pip extra, what it enables, note on this host or None)
+BACKENDS = [
+    ("torch", None, "model, training, PyTorch eager reference"),
+    ("torchao", "executorch", "pt2e quantisation (PTQ, QAT)"),
+    ("executorch", "executorch", "ExecuTorch .pte export (XNNPACK) and its runtime"),
+    ("coremltools", "coreml", "Core ML export"),
+    ("litert-torch", "tflite", "TFLite/LiteRT export"),
+    ("ai-edge-litert", "tflite", "LiteRT interpreter: runs .tflite"),
+    ("onnx", "onnx", "ONNX model format"),
+    ("onnxscript", "onnx", "torch.onnx dynamo exporter"),
+    ("onnxruntime", "onnx", "runs .onnx (CPU provider)"),
+    ("onnxruntime-gpu", None, "runs .onnx on CUDA/TensorRT providers"),
+    ("tensorrt", None, "TensorRT engines (GPU latency)"),
+    ("hypothesis", "test", "property-based tests"),
+]
+
+
+def backend_status() -> list[dict]:
+    rows = []
+    for dist, extra, what in BACKENDS:
+        try:
+            ver = md.version(dist)
+        except md.PackageNotFoundError:
+            ver = None
+        note = what
+        if dist == "coremltools" and ver:
+            note += "; prediction needs macOS" + ("" if platform.system() == "Darwin" else f" (this host: {platform.system()}, structural checks only)")
+        if dist == "onnxruntime" and ver:
+            try:
+                import onnxruntime as ort
+
+                note += f"; providers: {', '.join(ort.get_available_providers())}"
+            except Exception as e:  # a broken install should show, not crash doctor
+                note += f"; import failed: {e}"
+        rows.append({"package": dist, "version": ver, "extra": extra, "enables": note})
+    return rows
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def doctor(as_json):
+    """Show which backends are installed, their versions, and what each enables."""
+    import json
+
+    from rich.table import Table
+
+    from ._common import console
+
+    rows = backend_status()
+    if as_json:
+        click.echo(json.dumps({"python": platform.python_version(), "platform": platform.platform(), "backends": rows}, indent=2))
+        return
+    t = Table(title=f"edgehydra doctor: Python {platform.python_version()} on {platform.system()} {platform.machine()}")
+    for c in ("package", "version", "enables"):
+        t.add_column(c)
+    for r in rows:
+        if r["version"]:
+            ver = r["version"]
+        elif r["extra"]:
+            ver = f"[red]missing[/red] (pip install 'edgehydra[{r['extra']}]')"
+        else:
+            ver = "[yellow]not installed[/yellow] (optional)"
+        t.add_row(r["package"], ver, r["enables"])
+    console().print(t)

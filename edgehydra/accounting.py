@@ -1,0 +1,151 @@
+"""Per-layer MACs, parameters, weight and activation bytes, counted from the real model.
+
+Forward hooks on every leaf module record what actually ran at the given input size:
+
+- ``macs``: multiply-accumulates of convolutions, ``N * Cout * Hout * Wout * (Cin / groups) * kh * kw``
+  (+ nothing for the bias). Only convolutions carry MACs; everything else is counted as
+  ``other_ops`` (one op per output element for BN, ReLU6, adds and upsampling; 25 comparisons per
+  output element for a 5x5 max-pool). BN is folded into the conv at export, so it is not a real
+  cost on device; we still list it so nothing is hidden.
+- ``weight_bytes``: parameters x bytes per element at the chosen precision (BN parameters are
+  folded away, so they are not counted as weights on device).
+- ``act_in_bytes`` / ``act_out_bytes``: input and output activations x bytes per element: the
+  traffic a layer causes when activations do not stay in cache (what the roofline needs).
+
+Why 5.94 G MACs and not the paper's "about 6.5 GFLOPs" for HydraNet at 480x640: the paper's figure
+counts more than convolution MACs. The CRP max-pools (25 comparisons per output element), the
+element-wise adds, BN/ReLU6 and the bilinear upsamplings add ~0.5 G operations at 480x640 (see
+``edgehydra info``: ``other_ops``); conv MACs + other ops lands at ~6.5 G. ``docs/flops.md``
+shows the breakdown.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+BYTES = {"fp32": 4, "fp16": 2, "int8": 1, "int16": 2}
+
+
+@dataclass
+class LayerCost:
+    name: str
+    kind: str
+    out_shape: tuple[int, ...]
+    macs: int
+    other_ops: int
+    params: int
+    weight_bytes: int
+    act_in_bytes: int
+    act_out_bytes: int
+
+    @property
+    def bytes_moved(self) -> int:
+        return self.weight_bytes + self.act_in_bytes + self.act_out_bytes
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["out_shape"] = list(self.out_shape)
+        return d
+
+
+def _numel(t) -> int:
+    return int(t.numel()) if isinstance(t, torch.Tensor) else 0
+
+
+def count_layers(model: nn.Module, size: tuple[int, int], precision: str = "fp32", batch: int = 1) -> list[LayerCost]:
+    """Run one forward pass at ``size`` and return the cost of every leaf module, in execution order.
+
+    Element-wise adds in forward() are not modules; they are attributed to the module that
+    consumes their result (see ``_functional_extra``), so totals include them.
+    """
+    if precision not in BYTES:
+        raise ValueError(f"precision={precision!r}: choose one of {sorted(BYTES)}")
+    b = BYTES[precision]
+    rows: list[LayerCost] = []
+    names = {m: n for n, m in model.named_modules()}
+
+    def hook(mod, inputs, output):
+        x = inputs[0]
+        out_el = _numel(output)
+        macs, other = 0, 0
+        params = sum(p.numel() for p in mod.parameters(recurse=False))
+        wbytes = params * b
+        if isinstance(mod, nn.Conv2d):
+            kh, kw = mod.kernel_size
+            macs = out_el * (mod.in_channels // mod.groups) * kh * kw
+        elif isinstance(mod, nn.MaxPool2d):
+            k = mod.kernel_size if isinstance(mod.kernel_size, int) else mod.kernel_size[0]
+            other = out_el * k * k
+        else:
+            other = out_el
+            if isinstance(mod, nn.BatchNorm2d):
+                wbytes = 0  # folded into the preceding conv on every export target
+        rows.append(LayerCost(names.get(mod, type(mod).__name__), type(mod).__name__, tuple(output.shape), macs, other,
+                              params, wbytes, _numel(x) * b, out_el * b))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if len(list(m.children())) == 0]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(batch, 3, *size))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    rows.extend(_functional_extra(model, size, batch, b))
+    return rows
+
+
+def _functional_extra(model: nn.Module, size, batch: int, b: int) -> list[LayerCost]:
+    """Adds, residual sums and upsamplings written in forward() rather than as modules.
+
+    Counted from torch.export's graph of the real model, so they follow the code, not a formula.
+    """
+    from torch.export import export
+
+    was_training = model.training
+    model.eval()
+    try:
+        ep = export(model, (torch.zeros(batch, 3, *size),), strict=False)
+    finally:
+        model.train(was_training)
+    rows = []
+    for node in ep.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = str(node.target)
+        if not any(s in name for s in ("aten.add", "upsample_bilinear", "aten.mul")):
+            continue
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            continue
+        el = val.numel()
+        ins = sum(a.meta["val"].numel() for a in node.args if hasattr(a, "meta") and isinstance(a.meta.get("val"), torch.Tensor))
+        kind = "Upsample" if "upsample" in name else "Add"
+        # bilinear: 4 taps, 3 lerps ~ 7 ops per output element; add: 1
+        ops = el * (7 if kind == "Upsample" else 1)
+        rows.append(LayerCost(f"{kind.lower()}:{node.name}", kind, tuple(val.shape), 0, ops, 0, 0, ins * b, el * b))
+    return rows
+
+
+def summarize(rows: list[LayerCost]) -> dict:
+    return {
+        "macs": sum(r.macs for r in rows),
+        "other_ops": sum(r.other_ops for r in rows),
+        "params": sum(r.params for r in rows),
+        "weight_bytes": sum(r.weight_bytes for r in rows),
+        "act_bytes": sum(r.act_out_bytes for r in rows),
+        "bytes_moved": sum(r.bytes_moved for r in rows),
+        "peak_act_bytes": max((r.act_in_bytes + r.act_out_bytes for r in rows), default=0),
+    }
+
+
+def model_info(model: nn.Module, size: tuple[int, int], precision: str = "fp32") -> dict:
+    rows = count_layers(model, size, precision)
+    s = summarize(rows)
+    s["flops_total"] = 2 * s["macs"] + s["other_ops"]
+    s.update(size=list(size), precision=precision, layers=[r.to_dict() for r in rows])
+    return s
