@@ -19,7 +19,8 @@ def atomic_path(final: str | os.PathLike, suffix: str = ""):
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=(suffix or final.suffix) + ".part", dir=final.parent)
+    # The temporary keeps the final suffix (writers such as torch.export.save or coremltools check it).
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part" + (suffix or final.suffix), dir=final.parent)
     os.close(fd)
     os.unlink(tmp)  # the writer creates it (some writers want a folder, e.g. .mlpackage)
     tmp = Path(tmp)

@@ -176,14 +176,22 @@ class HydraNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self):
+        # Convs keep PyTorch's default init (uniform, std 1/sqrt(3 fan_in)): each layer slightly
+        # shrinks the signal. The published N(0, 0.01) assumed an ImageNet encoder and starves the
+        # BN-free decoder from scratch; He init overflows its CRP sums into ReLU6's flat top (no gradient).
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, std=0.01)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+            if isinstance(m, nn.Conv2d) and m.bias is not None:
+                nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        # Last layer of each head: small weights (the published N(0, 0.01)) so outputs start near
+        # their bias; depth starts at 2.5 m, because berHu sees relu(pred) and a head that starts
+        # negative gets no gradient at all (a dead head).
+        for task in self.config.tasks:
+            last = getattr(self, _HEAD_NAMES[task][1])
+            nn.init.normal_(last.weight, std=0.01)
+            nn.init.constant_(last.bias, 2.5 if task == "depth" else 0.0)
 
     @property
     def output_names(self) -> tuple[str, ...]:

@@ -74,7 +74,7 @@ def model_config(name: str, **overrides) -> HydraConfig:
 
 def create_model(name: str, **overrides) -> HydraNet:
     """``create_model("hydranet_nyud", num_classes=13)``: any class count or task set works."""
-    cfg = model_config(name, **overrides)
-    if "num_classes" in overrides and "class_names" not in overrides and len(cfg.class_names) != cfg.num_classes:
-        cfg = cfg.replace(class_names=())
-    return HydraNet(cfg)
+    base = model_config(name)
+    if "num_classes" in overrides and "class_names" not in overrides and overrides["num_classes"] != base.num_classes:
+        overrides = {**overrides, "class_names": ()}  # the variant's names no longer fit
+    return HydraNet(base.replace(**overrides) if overrides else base)

@@ -1,0 +1,98 @@
+"""Quantisation-aware fine-tuning on the pt2e flow.
+
+torch.export (train mode, dynamic batch) -> prepare_qat_pt2e -> fine-tune with the paper's loss
+(optionally distilling from the FP32 model) -> freeze BN statistics, then observers, at the
+recipe's epochs -> move_exported_model_to_eval -> convert_pt2e.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .ptq import export_stage, prepare_stage
+from .quantizers import quiet_imports, translate
+from .recipe import Recipe
+
+_BN_TARGETS = ("aten.batch_norm", "aten._native_batch_norm_legit", "aten.cudnn_batch_norm")
+
+
+def bn_nodes(gm):
+    return [n for n in gm.graph.nodes if n.op == "call_function" and str(n.target).startswith(_BN_TARGETS)
+            and "no_training" not in str(n.target)]
+
+
+def freeze_bn(gm) -> int:
+    """Stop batch-norm statistics updates in an exported QAT graph (training arg -> False).
+
+    The pt2e tutorial's recipe; must be re-applied after move_exported_model_to_train, which
+    sets the flag back."""
+    n_frozen = 0
+    for n in bn_nodes(gm):
+        args = list(n.args)
+        if len(args) > 5 and args[5] is not False:
+            args[5] = False
+            n.args = tuple(args)
+            n_frozen += 1
+    if n_frozen:
+        gm.recompile()
+    return n_frozen
+
+
+def set_observers(gm, enabled: bool):
+    quiet_imports()
+    from torchao.quantization.pt2e import disable_observer, enable_observer
+
+    gm.apply(enable_observer if enabled else disable_observer)
+
+
+class QATController:
+    """Train/eval switches and the freeze schedule for an exported QAT graph."""
+
+    def __init__(self, gm, recipe: Recipe):
+        self.gm, self.recipe = gm, recipe
+        self.bn_frozen = self.obs_frozen = False
+        self.events: list[str] = []
+
+    def set_train(self, gm):
+        from torchao.quantization.pt2e import move_exported_model_to_train
+
+        move_exported_model_to_train(gm)
+        if self.bn_frozen:
+            freeze_bn(gm)
+
+    def set_eval(self, gm):
+        from torchao.quantization.pt2e import move_exported_model_to_eval
+
+        move_exported_model_to_eval(gm)
+
+    def epoch_hook(self, epoch: int):
+        s = self.recipe.qat
+        if s.freeze_bn_epoch >= 0 and epoch >= s.freeze_bn_epoch and not self.bn_frozen:
+            self.bn_frozen = True
+            self.events.append(f"epoch {epoch + 1}: batch-norm statistics frozen")
+        if s.freeze_observer_epoch >= 0 and epoch >= s.freeze_observer_epoch and not self.obs_frozen:
+            set_observers(self.gm, False)
+            self.obs_frozen = True
+            self.events.append(f"epoch {epoch + 1}: observers frozen")
+
+
+def prepare_qat(model: torch.nn.Module, recipe: Recipe, size, backend: str = "xnnpack"):
+    tr = translate(recipe, backend, is_qat=True)
+    gm = prepare_stage(export_stage(model, size, train=True), tr, qat=True)
+    return gm, tr
+
+
+def distill_loss(teacher: torch.nn.Module, tasks, weight: float = 1.0, temperature: float = 1.0):
+    """Self-distillation: KL(student || FP32 teacher) on segmentation logits + L1 on depth."""
+
+    def fn(batch, outs):
+        with torch.no_grad():
+            t_outs = teacher(batch["image"])
+        o, t = dict(zip(tasks, outs)), dict(zip(tasks, t_outs))
+        T = temperature
+        kl = F.kl_div(F.log_softmax(o["segm"] / T, 1), F.log_softmax(t["segm"] / T, 1), log_target=True,
+                      reduction="batchmean") * T * T / (o["segm"].shape[-1] * o["segm"].shape[-2])
+        l1 = (o["depth"] - t["depth"]).abs().mean()
+        return weight * (kl + l1), {"kd_seg": float(kl.detach()), "kd_depth": float(l1.detach())}
+
+    return fn

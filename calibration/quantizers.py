@@ -1,0 +1,192 @@
+"""Translate a Recipe into each backend's pt2e quantizer, and say what it could not honour.
+
+Backends:
+- ``xnnpack``: executorch's XNNPACKQuantizer. Its program is also what Core ML and ONNX consume
+  (they get the converted pt2e graph), so their limits are reported against it too.
+- ``litert``: litert-torch's PT2EQuantizer, for TFLite.
+
+Nothing is changed silently: every recipe field a backend cannot honour becomes a line in
+``Translation.issues`` (the report and the manifest carry them).
+"""
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from edgehydra.errors import require
+
+from .recipe import Recipe
+
+BACKENDS = ("xnnpack", "litert")
+# Which quantizer each export target's program comes from.
+TARGET_BACKEND = {"executorch": "xnnpack", "coreml": "xnnpack", "onnx": "xnnpack", "tflite": "litert"}
+
+
+def quiet_imports():
+    """torchao prints 'Failed to load ..._C_mxfp8...' for CUDA-only kernels on every import; those
+    kernels are irrelevant on CPU, so keep the message out of users' terminals."""
+    for name in ("torchao", "torchao.kernel", "torchao.ops", "absl", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@dataclass
+class Translation:
+    backend: str
+    recipe: Recipe
+    quantizer: object
+    issues: list[str] = field(default_factory=list)  # recipe parts not honoured as asked
+    notes: list[str] = field(default_factory=list)  # how it was honoured (for the report)
+
+    def to_dict(self) -> dict:
+        return {"backend": self.backend, "recipe": self.recipe.name, "issues": self.issues, "notes": self.notes}
+
+
+def node_module_path(node) -> str:
+    """The fully-qualified module name a graph node came from ('' if none)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path, _ = list(stack.values())[-1]
+    return str(path).removeprefix("L['self'].").replace("L__self___", "")
+
+
+def keep_float_match(path: str, patterns) -> bool:
+    return any(path == p or path.startswith(p + ".") or fnmatch.fnmatchcase(path, p) for p in patterns)
+
+
+def _keep_float_quantizer(inner, patterns: tuple[str, ...], Quantizer):
+    """Annotate with ``inner``, then drop the annotations of nodes in kept-float modules.
+
+    XNNPACKQuantizer refuses ``set_module_name(name, None)`` ("not supported yet"), so kept-float
+    layers are implemented here, once, for every backend.
+    """
+
+    class KeepFloat(Quantizer):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.patterns, self.kept = inner, patterns, set()
+
+        def transform_for_annotation(self, model):
+            return self.inner.transform_for_annotation(model)
+
+        def annotate(self, model):
+            model = self.inner.annotate(model)
+            for node in model.graph.nodes:
+                path = node_module_path(node)
+                if path and keep_float_match(path, self.patterns) and "quantization_annotation" in node.meta:
+                    del node.meta["quantization_annotation"]
+                    self.kept.add(path)
+            return model
+
+        def validate(self, model):
+            return self.inner.validate(model)
+
+    return KeepFloat()
+
+
+def _specs(recipe: Recipe, is_qat: bool):
+    from torchao.quantization.pt2e import (FusedMovingAvgObsFakeQuantize, HistogramObserver, MinMaxObserver,
+                                           MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
+                                           PerChannelMinMaxObserver)
+    from torchao.quantization.pt2e.quantizer import QuantizationSpec
+
+    eps = {"eps": 2 ** -12}
+    act = None
+    if not recipe.weight_only:
+        if is_qat:
+            ctr = FusedMovingAvgObsFakeQuantize.with_args(**eps)
+        elif recipe.observer == "minmax":
+            ctr = MinMaxObserver.with_args(**eps)
+        elif recipe.observer == "moving_average":
+            ctr = MovingAverageMinMaxObserver.with_args(**eps)
+        elif recipe.range_search == "percentile":
+            from .observers import PercentileHistogramObserver
+
+            ctr = PercentileHistogramObserver.with_args(percentile=recipe.percentile, **eps)
+        else:
+            ctr = HistogramObserver.with_args(**eps)  # its range search minimises L2 error: "mse"
+        bits = 8 if recipe.act_dtype == "int8" else 16
+        qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        act = QuantizationSpec(dtype=torch.int8 if bits == 8 else torch.int16, quant_min=qmin, quant_max=qmax,
+                               qscheme=torch.per_tensor_symmetric if recipe.act_symmetric else torch.per_tensor_affine,
+                               is_dynamic=False, observer_or_fake_quant_ctr=ctr)
+    per_channel = recipe.weight_granularity == "per_channel"
+    if is_qat:
+        wctr = FusedMovingAvgObsFakeQuantize.with_args(
+            observer=MovingAveragePerChannelMinMaxObserver if per_channel else MovingAverageMinMaxObserver, **eps)
+    else:
+        wctr = (PerChannelMinMaxObserver if per_channel else MinMaxObserver).with_args(**eps)
+    weight = QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127,
+                              qscheme=torch.per_channel_symmetric if per_channel else torch.per_tensor_symmetric,
+                              ch_axis=0, is_dynamic=False, observer_or_fake_quant_ctr=wctr)
+    return act, weight
+
+
+def translate(recipe: Recipe, backend: str = "xnnpack", is_qat: bool = False, target: str | None = None) -> Translation:
+    """Build the backend's quantizer for ``recipe``. ``target`` (executorch, coreml, onnx, tflite)
+    adds that format's own limits to the issues."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: choose one of {', '.join(BACKENDS)}")
+    quiet_imports()
+    issues, notes = [], []
+    require("torchao", "executorch", "pt2e quantisation")
+    from torchao.quantization.pt2e.quantizer import Quantizer
+
+    if not recipe.weight_symmetric:
+        issues.append("weight_symmetric=False: both quantizers only produce symmetric int8 weights; weights stay symmetric")
+    if is_qat and not recipe.weight_only and recipe.observer != "moving_average":
+        notes.append(f"QAT observes activations with moving-average min/max fake-quant (recipe observer "
+                     f"{recipe.observer!r} applies to PTQ only)")
+    if backend == "xnnpack":
+        require("executorch", "executorch", "the XNNPACK quantizer")
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import QuantizationConfig
+
+        act, weight = _specs(recipe, is_qat)
+        inner = XNNPACKQuantizer().set_global(QuantizationConfig(act, act, weight, None, is_qat))
+        if recipe.act_dtype == "int16":
+            issues.append("act_dtype=int16: XNNPACK has no int16-activation kernels; those ops are not delegated "
+                          "and run on ExecuTorch's portable CPU kernels")
+        if target == "coreml" and recipe.act_dtype == "int16":
+            issues.append("act_dtype=int16: Core ML's W8A8 path needs int8 activations; use w8a8 for Core ML")
+        if target == "onnx" and recipe.act_dtype == "int16":
+            notes.append("int16 QDQ needs ONNX opset >= 21")
+        if target == "coreml" and not recipe.weight_only:
+            notes.append("Core ML consumes signed int8 activations (a quint8 configuration fails to convert at the "
+                         "CRP residual adds), which is what this quantizer produces")
+    else:
+        # litert-torch's PT2EQuantizer cannot prepare HydraNet: its annotations share an observer
+        # with a node it never observes at the 3-input add of decoder stage 2 (prepare_pt2e asserts
+        # "'conv2d_29' not in ..."). LiteRT's own post-conversion quantizer (ai-edge-quantizer, on the
+        # fp32 .tflite with the same calibration frames) is used instead: the recipe is translated
+        # into its static-range recipe.
+        require("ai_edge_quantizer", "tflite", "LiteRT int8 quantisation")
+        from ai_edge_quantizer import qtyping, recipe_manager
+
+        rm = recipe_manager.RecipeManager()
+        gran = (qtyping.QuantGranularity.CHANNELWISE if recipe.weight_granularity == "per_channel"
+                else qtyping.QuantGranularity.TENSORWISE)
+        if recipe.weight_only:
+            rm.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=8)
+        else:
+            rm.add_static_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                 activation_num_bits=8 if recipe.act_dtype == "int8" else 16, weight_num_bits=8,
+                                 weight_granularity=gran)
+        inner = rm
+        notes.append("LiteRT: ai-edge-quantizer static-range recipe on the fp32 .tflite (litert-torch's "
+                     "PT2EQuantizer fails to prepare HydraNet's 3-input decoder add)")
+        if recipe.observer != "minmax" and not recipe.weight_only:
+            issues.append(f"observer={recipe.observer!r}: ai-edge-quantizer calibrates with min/max ranges")
+        if recipe.act_symmetric:
+            issues.append("act_symmetric=True: ai-edge-quantizer uses asymmetric int8 activations")
+        if recipe.keep_float:
+            issues.append(f"keep_float={list(recipe.keep_float)}: TFLite tensor names do not carry module paths; "
+                          "every supported op is quantised")
+        return Translation(backend, recipe, inner, issues, notes)
+    q = _keep_float_quantizer(inner, recipe.keep_float, Quantizer) if recipe.keep_float else inner
+    if recipe.keep_float:
+        notes.append(f"kept in floating point: {', '.join(recipe.keep_float)}")
+    return Translation(backend, recipe, q, issues, notes)

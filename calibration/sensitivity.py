@@ -1,0 +1,128 @@
+"""Per-layer, per-task quantisation sensitivity, and the smallest keep-float set that meets budgets.
+
+For every convolution L: (a) everything quantised except L ("float-one"): how much of the PTQ loss
+L alone accounts for; (b) only L quantised ("quant-one"): the damage L's quantisation does on its
+own. Both are reported per task (mIoU, depth RMSE, abs rel) as deltas against FP32, ranked by
+quant-one damage. With budgets, layers are moved to float greedily in rank order until the
+PTQ model meets every budget; the result is a recipe file the other commands accept.
+"""
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+
+import torch
+
+from edgehydra._io import atomic_write_json
+from edgehydra.checkpoint import load_checkpoint
+from edgehydra.data import Resize
+from edgehydra.runs import open_split, run_data_settings
+from edgehydra.train import evaluate
+
+from .calibset import select_calibration
+from .ptq import quantize_ptq
+from .recipe import load_recipe
+
+
+def conv_layers(model) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def _metrics(fwd, val, cfg, limit):
+    m = evaluate(fwd, val, cfg.tasks, cfg.num_classes, getattr(val, "depth_cap", cfg.depth_cap), limit=limit)
+    return {k: m.get(k, float("nan")) for k in ("miou", "rmse", "abs_rel")}
+
+
+def _delta(m, ref):
+    return {k: m[k] - ref[k] for k in ref}
+
+
+def measure(model, recipe, train, val, calib, size, keep_float, limit):
+    q, _ = quantize_ptq(model, recipe.replace(keep_float=tuple(keep_float)), train, calib, size)
+    return _metrics(q, val, model.config, limit)
+
+
+def sensitivity_run(checkpoint: Path, out: Path, dataset=None, frames: int = 50, calib_frames: int = 32,
+                    max_miou_drop=None, max_absrel_rise=None, recipe_spec=None, layers: str | None = None,
+                    model=None, progress=None) -> dict:
+    import math
+
+    base = load_recipe(recipe_spec)
+    if model is None:
+        model, _ = load_checkpoint(checkpoint)
+    ds = run_data_settings(Path(checkpoint), dataset)
+    size = tuple(ds["size"])
+    train, val = open_split(ds, "train", Resize(size)), open_split(ds, "val", Resize(size))
+    calib = select_calibration(train, calib_frames)
+    names = conv_layers(model)
+    if layers:  # comma-separated names or fnmatch patterns
+        pats = [p.strip() for p in layers.split(",") if p.strip()]
+        names = [n for n in names if any(n == p or fnmatch.fnmatchcase(n, p) for p in pats)]
+    fp32 = _metrics(model, val, model.config, frames)
+    all_q = measure(model, base, train, val, calib, size, (), frames)
+    rows = []
+    task = progress.add_task("sensitivity", total=2 * len(names)) if progress else None
+    for n in names:
+        float_one = measure(model, base, train, val, calib, size, (n,), frames)
+        others = tuple(x for x in conv_layers(model) if x != n)
+        quant_one = measure(model, base, train, val, calib, size, others, frames)
+        rows.append({"layer": n, "float_one": _delta(float_one, fp32), "quant_one": _delta(quant_one, fp32),
+                     "recovers": _delta(float_one, all_q)})
+        if progress:
+            progress.advance(task, 2)
+    # Rank by the damage the layer's quantisation does on its own: mIoU lost, then abs rel gained.
+    rows.sort(key=lambda r: (-(-r["quant_one"]["miou"] if math.isfinite(r["quant_one"]["miou"]) else 0),
+                             -r["quant_one"]["abs_rel"]))
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"fp32": fp32, "all_quantised": all_q, "layers": rows, "frames": frames,
+              "calibration_sha256": calib.sha256, "recipe": base.to_dict()}
+    if max_miou_drop is not None or max_absrel_rise is not None:
+        report["proposal"] = propose(model, base, train, val, calib, size, frames, fp32, all_q, rows, max_miou_drop,
+                                     max_absrel_rise, out)
+    report["chart"] = str(chart(rows, out / "sensitivity.png"))
+    atomic_write_json(out / "sensitivity.json", report)
+    return report
+
+
+def meets(m, fp32, max_miou_drop, max_absrel_rise) -> bool:
+    ok = True
+    if max_miou_drop is not None:
+        ok &= fp32["miou"] - m["miou"] <= max_miou_drop
+    if max_absrel_rise is not None:
+        ok &= m["abs_rel"] - fp32["abs_rel"] <= max_absrel_rise
+    return bool(ok)
+
+
+def propose(model, base, train, val, calib, size, frames, fp32, all_q, rows, max_miou_drop, max_absrel_rise, out):
+    keep: list[str] = []
+    m = all_q
+    while not meets(m, fp32, max_miou_drop, max_absrel_rise) and len(keep) < len(rows):
+        keep.append(rows[len(keep)]["layer"])
+        m = measure(model, base, train, val, calib, size, keep, frames)
+    recipe = base.replace(name=f"{base.name}-sensitivity", keep_float=tuple(keep))
+    f = out / "recipe.json"
+    atomic_write_json(f, recipe.to_dict())
+    return {"keep_float": keep, "metrics": m, "meets_budgets": meets(m, fp32, max_miou_drop, max_absrel_rise),
+            "recipe_file": str(f), "budgets": {"max_miou_drop": max_miou_drop, "max_absrel_rise": max_absrel_rise}}
+
+
+def chart(rows, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    top = rows[:25]
+    fig, axes = plt.subplots(1, 2, figsize=(12, max(3, 0.3 * len(top) + 1)), sharey=True)
+    names = [r["layer"] for r in top][::-1]
+    axes[0].barh(names, [-r["quant_one"]["miou"] for r in top][::-1], color="#c0392b")
+    axes[0].set_xlabel("mIoU points lost (only this layer quantised)")
+    axes[1].barh(names, [r["quant_one"]["abs_rel"] for r in top][::-1], color="#2471a3")
+    axes[1].set_xlabel("abs rel increase (only this layer quantised)")
+    fig.suptitle("Per-layer quantisation sensitivity, per task")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.part.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,150 @@
+"""PTQ and QAT as run-folder stages: what `edgehydra ptq` and `edgehydra qat` (and the demo) call.
+
+    runs/NAME/ptq/program.pt2   converted pt2e program (XNNPACK recipe translation)
+    runs/NAME/ptq/report.json   recipe, translation issues, calibration set, FP32 vs PTQ metrics
+    runs/NAME/qat/program.pt2   QAT program;  qat/state.pt resume state;  qat/report.json FP32/PTQ/QAT
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from edgehydra._io import atomic_path, atomic_write_json, sha256_path
+from edgehydra.checkpoint import load_checkpoint
+from edgehydra.data import Resize
+from edgehydra.errors import BadInputError
+from edgehydra.runs import open_split, read_json, run_data_settings
+from edgehydra.train import EpochAugmented, TrainConfig, evaluate, fit, is_main
+
+from .calibset import select_calibration
+from .program import load_program, save_program
+from .ptq import quantize_ptq, quantized_layer_names
+from .qat import QATController, distill_loss, prepare_qat
+from .recipe import load_recipe
+
+
+def _datasets(checkpoint: Path, dataset: str | None, size):
+    ds = run_data_settings(checkpoint, dataset, size)
+    size = tuple(ds["size"])
+    return ds, size, open_split(ds, "train", transform=Resize(size)), open_split(ds, "val", transform=Resize(size))
+
+
+def _eval(fwd, val, cfg, limit=None, progress=None):
+    m = evaluate(fwd, val, cfg.tasks, cfg.num_classes, getattr(val, "depth_cap", cfg.depth_cap), limit=limit,
+                 progress=progress)
+    m.pop("iou_per_class", None)
+    return m
+
+
+def ptq_run(checkpoint: Path, out: Path, recipe_spec=None, dataset: str | None = None, size=None,
+            calib_frames: int = 200, seed: int = 0, progress=None, val_limit: int | None = None) -> dict:
+    out = Path(out)
+    recipe = load_recipe(recipe_spec)
+    model, info = load_checkpoint(checkpoint)
+    ds, size, train, val = _datasets(Path(checkpoint), dataset, size)
+    t0 = time.perf_counter()
+    calib = select_calibration(train, calib_frames, seed)
+    converted, tr = quantize_ptq(model, recipe, train, calib, size, progress=progress)
+    q_layers, f_layers = quantized_layer_names(converted)
+    meta = {"stage": "ptq", "source_checkpoint": str(checkpoint), "source_sha256": info["sha256"],
+            "calibration": calib.to_dict(), "translation": tr.to_dict(), "data": ds,
+            "quantized_layers": len(q_layers), "float_layers": f_layers}
+    prog_path = save_program(converted, out / "program.pt2", model.config, recipe, size, meta)
+    fp32 = _eval(model, val, model.config, val_limit, progress)
+    ptq = _eval(converted, val, model.config, val_limit, progress)
+    report = {"recipe": recipe.to_dict(), "translation": tr.to_dict(), "calibration": {
+        k: v for k, v in calib.to_dict().items() if k not in ("indices",)}, "float_layers": f_layers,
+        "metrics": {"fp32": fp32, "ptq": ptq}, "program": str(prog_path), "program_sha256": sha256_path(prog_path),
+        "seconds": time.perf_counter() - t0, "data": ds}
+    atomic_write_json(out / "report.json", report)
+    return report
+
+
+def qat_run(checkpoint: Path, out: Path, cfg: TrainConfig, recipe_spec=None, dataset: str | None = None, size=None,
+            distill: bool = False, resume: bool = False, ptq_report: Path | None = None, progress=None,
+            val_limit: int | None = None, frames: int | None = None) -> dict:
+    out = Path(out)
+    recipe = load_recipe(recipe_spec)
+    fp32_model, info = load_checkpoint(checkpoint)
+    ds, size, _, val = _datasets(Path(checkpoint), dataset, size)
+    from edgehydra.data import TrainAugment
+
+    base = open_split(ds, "train")
+    if frames is not None and frames < len(base):
+        base = torch.utils.data.Subset(base, range(frames))
+    train = EpochAugmented(base, TrainAugment(size), seed=cfg.seed)
+    student, _ = load_checkpoint(checkpoint)
+    gm, tr = prepare_qat(student, recipe, size)
+    ctl = QATController(gm, recipe)
+    state_path = out / "state.pt"
+    resume_state = None
+    if resume:
+        if not state_path.is_file():
+            raise BadInputError(f"--resume: no QAT state at {state_path}; run without --resume to start")
+        raw = torch.load(state_path, map_location="cpu", weights_only=True)
+        if raw.get("config") != asdict(cfg) or raw.get("recipe") != recipe.to_dict():
+            raise BadInputError(f"--resume: {state_path} was written with other settings; use the same options")
+        gm.load_state_dict(raw["model"])
+        resume_state = {"optimizer": raw["optimizer"], "epoch": raw["epoch"], "step": raw["step"],
+                        "history": raw["history"]}
+        for e in range(raw["epoch"]):  # replay the freeze schedule up to where the run stopped
+            ctl.epoch_hook(e)
+
+    def save(state, opt):
+        import io
+
+        buf = io.BytesIO()
+        torch.save({"model": gm.state_dict(), "optimizer": opt.state_dict(), "epoch": state.epoch, "step": state.step,
+                    "history": state.history, "config": asdict(cfg), "recipe": recipe.to_dict()}, buf)
+        with atomic_path(state_path) as tmp:
+            tmp.write_bytes(buf.getvalue())
+
+    teacher = fp32_model.eval()
+    extra = distill_loss(teacher, fp32_model.config.tasks) if distill else None
+    t0 = time.perf_counter()
+    state = fit(gm, train, cfg, tasks=fp32_model.config.tasks, num_classes=fp32_model.config.num_classes,
+                depth_cap=getattr(val, "depth_cap", fp32_model.config.depth_cap), out_dir=out, val_ds=val,
+                save=save, resume=resume_state, set_train=ctl.set_train, set_eval=ctl.set_eval,
+                epoch_hook=ctl.epoch_hook, extra_loss=extra, progress=progress, drop_last=False, val_limit=val_limit)
+    train_s = time.perf_counter() - t0
+    ctl.set_eval(gm)
+    with torch.no_grad():
+        fq = _eval(gm, val, fp32_model.config, val_limit, progress)
+    from .ptq import convert_stage
+
+    converted = convert_stage(gm)
+    q_layers, f_layers = quantized_layer_names(converted)
+    meta = {"stage": "qat", "source_checkpoint": str(checkpoint), "source_sha256": info["sha256"],
+            "translation": tr.to_dict(), "data": ds, "qat_events": ctl.events, "distill": distill,
+            "train_config": asdict(cfg), "quantized_layers": len(q_layers), "float_layers": f_layers}
+    prog_path = save_program(converted, out / "program.pt2", fp32_model.config, recipe, size, meta) if is_main() else None
+    metrics = {"fp32": _eval(fp32_model, val, fp32_model.config, val_limit, progress)}
+    ptq_path = Path(ptq_report) if ptq_report else out.parent / "ptq" / "report.json"
+    if ptq_path.is_file():
+        metrics["ptq"] = read_json(ptq_path)["metrics"]["ptq"]
+    metrics["qat_fake_quant"] = fq
+    metrics["qat"] = _eval(converted, val, fp32_model.config, val_limit, progress)
+    report = {"recipe": recipe.to_dict(), "translation": tr.to_dict(), "events": ctl.events, "history": state.history,
+              "metrics": metrics, "program": str(prog_path), "train_seconds": train_s, "distill": distill,
+              "data": ds, "train_config": asdict(cfg), "frames": frames,
+              "program_sha256": sha256_path(prog_path) if prog_path else None}
+    if is_main():
+        atomic_write_json(out / "report.json", report)
+    return report
+
+
+def program_of(run_or_file: Path) -> Path:
+    """Accept a .pt2 or a run folder (prefers qat/ over ptq/)."""
+    p = Path(run_or_file)
+    if p.is_file():
+        return p
+    for sub in ("qat", "ptq"):
+        if (p / sub / "program.pt2").is_file():
+            return p / sub / "program.pt2"
+    raise BadInputError(f"no quantised program in {p} (looked for qat/program.pt2 and ptq/program.pt2)")
+
+
+__all__ = ["ptq_run", "qat_run", "program_of", "load_program"]

@@ -1,0 +1,73 @@
+"""`edgehydra data synth | prepare | distill`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ._common import SIZE
+from ._progress import progress_bar
+
+
+@click.group()
+def data():
+    """Generate synthroom, prepare NYUDv2/KITTI, fill missing labels with a teacher."""
+
+
+@data.command()
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+@click.option("--frames", type=click.IntRange(1), default=800, show_default=True, help="Training frames.")
+@click.option("--val-frames", type=click.IntRange(1), default=None, help="Validation frames (default frames/8).")
+@click.option("--size", type=SIZE, default="240x320", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def synth(out, frames, val_frames, size, seed):
+    """Write synthroom frames in the shared layout (rgb/, masks/, depth/, normals/, train.txt, val.txt)."""
+    from edgehydra.data.synthroom_io import write_synthroom
+
+    with progress_bar() as p:
+        r = write_synthroom(Path(out), frames, size, seed, val_frames, progress=p)
+    click.echo(f"wrote {r['train']} train + {r['val']} val frames to {out}")
+
+
+@data.group()
+def prepare():
+    """Convert an official dataset to the shared layout."""
+
+
+@prepare.command("nyud")
+@click.option("--mat", type=click.Path(dir_okay=False), required=True, help="nyu_depth_v2_labeled.mat (v7.3)")
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+def prepare_nyud(mat, out):
+    """NYUDv2 labelled .mat -> layout, 894 labels mapped to 40 classes, official 795/654 split."""
+    from edgehydra.data.nyud import prepare as run
+
+    with progress_bar() as p:
+        r = run(Path(mat), Path(out), progress=p)
+    click.echo(f"wrote {r['train']} train + {r['val']} val frames to {out}")
+
+
+@prepare.command("kitti")
+@click.option("--src", type=click.Path(file_okay=False), required=True, help="Folder with image_2/, segm/, depth/")
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+def prepare_kitti(src, out):
+    """KITTI frames with colour-coded KITTI-6 labels and uint16 depth -> layout."""
+    from edgehydra.data.kitti import prepare as run
+
+    with progress_bar() as p:
+        r = run(Path(src), Path(out), progress=p)
+    click.echo(f"wrote {r['train']} train + {r['val']} val frames to {out}")
+
+
+@data.command()
+@click.option("--teacher", type=click.Path(dir_okay=False), required=True, help="Teacher checkpoint.")
+@click.option("--data", "root", type=click.Path(file_okay=False), required=True, help="Dataset folder in the layout.")
+@click.option("--split", type=click.Choice(["train", "val"]), default="train", show_default=True)
+def distill(teacher, root, split):
+    """Fill every row's missing modality with the teacher's prediction (marked pseudo: in the list)."""
+    from edgehydra.checkpoint import load_checkpoint
+    from edgehydra.distill import distill as run
+
+    model, _ = load_checkpoint(teacher)
+    with progress_bar() as p:
+        r = run(model, Path(root), split, progress=p)
+    click.echo(f"{r['rows']} rows; filled {r['filled']['masks']} masks and {r['filled']['depth']} depth maps")

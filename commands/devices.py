@@ -1,0 +1,172 @@
+"""`edgehydra devices`, `profile`, `bench`, `check`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ._common import SIZE, console
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+def devices(as_json):
+    """List the device profiles (shipped and your own)."""
+    from rich.table import Table
+
+    from edgehydra.devices.profile import list_profiles, load_profile
+
+    profs = [load_profile(str(p)) for p in list_profiles().values()]
+    if as_json:
+        click.echo(json.dumps([p.to_dict() for p in profs], indent=2))
+        return
+    t = Table(title="device profiles")
+    for c in ("name", "kind", "format/precision", "unit", "int8 TOPS", "fp16 TFLOPS", "GB/s", "budget @ size", "min mIoU"):
+        t.add_column(c)
+    for p in profs:
+        b = p.budgets
+        t.add_row(p.name, p.kind, f"{p.format}/{p.precision}", p.compute_unit, f"{p.int8_tops:g}", f"{p.fp16_tflops:g}",
+                  f"{p.bandwidth_gbs:g}", f"p50 {b.latency_p50_ms:g} ms @ {b.input_size[0]}x{b.input_size[1]}", f"{b.min_miou:g}")
+    console().print(t)
+
+
+@click.command()
+@click.option("--device", required=True, help="Profile name or .toml path.")
+@click.option("--model", "model_spec", default="hydranet_nyud", show_default=True, help="Registered model or checkpoint file.")
+@click.option("--size", type=SIZE, default=None, help="Input HxW (default: the profile's budget size).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None, help="Default: the profile's.")
+@click.option("--top", default=15, show_default=True)
+@click.option("--calibrate", "bench_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Benchmark JSON(s) to fit the efficiency factors to; writes a user profile.")
+@click.option("--json", "as_json", is_flag=True)
+def profile(device, model_spec, size, precision, top, bench_files, as_json):
+    """Analytical per-layer latency (roofline) of a model on a device; --calibrate fits it to measurements."""
+    from rich.table import Table
+
+    from edgehydra.devices.estimate import estimate, fit_efficiencies, mean_abs_rel_err
+    from edgehydra.devices.profile import load_profile, to_toml, user_dir
+
+    from .info import load_model_arg
+
+    p = load_profile(device)
+    is_file = model_spec.endswith((".pt", ".ckpt", ".pth"))
+    model = load_model_arg(None if is_file else model_spec, model_spec if is_file else None)
+    c = console()
+    if bench_files:
+        meas = []
+        for f in bench_files:
+            d = json.loads(Path(f).read_text())
+            for r in (d if isinstance(d, list) else [d]):
+                if "size" not in r or "precision" not in r:
+                    raise click.BadParameter(f"{f}: each measurement needs precision, size and p50_ms", param_hint="--calibrate")
+                meas.append({"precision": r["precision"], "size": r["size"], "p50_ms": r["p50_ms"]})
+        fitted, rep = fit_efficiencies(model, p, meas)
+        out = user_dir() / f"{p.name}.toml"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        from edgehydra._io import atomic_write_bytes
+
+        atomic_write_bytes(out, to_toml(fitted, {"bandwidth_efficiency": "fitted by edgehydra profile --calibrate",
+                                                 "overhead_ms": "fitted"}).encode())
+        t = Table(title=f"calibration of {p.name}: estimate vs measured")
+        for col in ("precision", "size", "measured ms", "before ms", "before err", "after ms", "after err"):
+            t.add_column(col, justify="right")
+        for b, a in zip(rep["before"], rep["after"]):
+            t.add_row(b["precision"], "x".join(map(str, b["size"])), f"{b['measured_ms']:.1f}", f"{b['estimated_ms']:.1f}",
+                      f"{b['rel_err']:+.0%}", f"{a['estimated_ms']:.1f}", f"{a['rel_err']:+.0%}")
+        c.print(t)
+        c.print(f"mean |error|: {mean_abs_rel_err(rep['before']):.0%} -> {mean_abs_rel_err(rep['after']):.0%}; "
+                f"wrote {out}")
+        return
+    prec = precision or p.precision
+    size = size or p.budgets.input_size
+    e = estimate(model, p, prec, size)
+    if as_json:
+        click.echo(json.dumps(e, indent=2))
+        return
+    t = Table(title=f"{p.name} ({p.description}) {prec} at {size[0]}x{size[1]}")
+    for col in ("layer", "type", "MMACs", "KiB moved", "compute ms", "memory ms", "ms", "bound"):
+        t.add_column(col, justify="left" if col in ("layer", "type", "bound") else "right")
+    for l in sorted(e["layers"], key=lambda l: -l["ms"])[:top]:
+        t.add_row(l["name"], l["kind"], f"{l['macs'] / 1e6:.1f}", f"{l['bytes'] / 1024:.0f}", f"{l['compute_ms']:.3f}",
+                  f"{l['memory_ms']:.3f}", f"{l['ms']:.3f}", l["bound"])
+    c.print(t)
+    c.print(f"total {e['total_ms']:.2f} ms = compute-bound layers {e['compute_bound_ms']:.2f} + memory-bound "
+            f"{e['memory_bound_ms']:.2f} + overhead {e['overhead_ms']:.2f}")
+
+
+@click.command()
+@click.option("--artifact", type=click.Path(), default=None, help=".pte, .tflite, .onnx, .pt (eager) or .pt2")
+@click.option("--device", default="host", show_default=True, help="host, adb:SERIAL or ssh:user@host")
+@click.option("--binary", default=None, help="benchmark_model / executor_runner / trtexec path on the device.")
+@click.option("--runs", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--warmup", type=click.IntRange(0), default=5, show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--provider", default=None, help="onnxruntime provider, e.g. CUDAExecutionProvider or TensorrtExecutionProvider.")
+@click.option("--apple-script", type=click.Path(dir_okay=False), default=None, help="Write a Core ML benchmark script to run on a Mac.")
+@click.option("--ingest", type=click.Path(dir_okay=False), default=None, help="Read a JSON written by the Apple script.")
+def bench(artifact, device, binary, runs, warmup, threads, provider, apple_script, ingest):
+    """Latency of an artifact in its own runtime: p50/p90/p99, min, peak memory; JSON beside the artifact."""
+    from edgehydra._io import atomic_write_bytes, atomic_write_json
+    from edgehydra.devices import remote
+    from edgehydra.devices.bench import bench as host_bench
+
+    if apple_script:
+        atomic_write_bytes(apple_script, remote.APPLE_SCRIPT.encode())
+        click.echo(f"wrote {apple_script}: on a Mac run `python3 {Path(apple_script).name} MODEL.mlpackage`, "
+                   "then `edgehydra bench --ingest coreml_bench.json`")
+        return
+    if ingest:
+        res = remote.ingest(Path(ingest))
+    else:
+        if not artifact:
+            raise click.UsageError("pass --artifact FILE (or --apple-script / --ingest)")
+        if device == "host":
+            res = host_bench(Path(artifact), warmup, runs, threads, provider)
+        else:
+            res = remote.remote_bench(remote.parse_device(device), Path(artifact), binary, runs, warmup, threads)
+            atomic_write_json(Path(str(artifact) + f".{device.replace(':', '_').replace('@', '_')}.bench.json"), res)
+    from rich.table import Table
+
+    t = Table(title=f"{res.get('artifact', ingest)} on {res.get('device')}")
+    for k in ("p50_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms", "peak_memory_mb", "runs", "threads", "runtime", "tool"):
+        if k in res:
+            v = res[k]
+            t.add_row(k, f"{v:.2f}" if isinstance(v, float) else str(v))
+    console().print(t)
+    if res.get("json"):
+        click.echo(f"wrote {res['json']}")
+
+
+@click.command()
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True)
+@click.option("--device", "devices_", multiple=True, required=True, help="Profile name or .toml (repeatable).")
+@click.option("--json", "as_json", is_flag=True)
+def check(run_dir, devices_, as_json):
+    """Check a run's artifacts against device budgets (per task); exit 1 if any budget fails."""
+    from rich.table import Table
+
+    from edgehydra.devices.check import check_run
+
+    res = check_run(Path(run_dir), list(devices_))
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+    else:
+        c = console()
+        for r in res:
+            t = Table(title=f"{r['device']}: {r.get('artifact', '-')} -> [{'green' if r['verdict'] == 'PASS' else 'red'}]{r['verdict']}[/]")
+            for col in ("budget", "limit", "value", "margin", "result", "note"):
+                t.add_column(col, justify="right" if col in ("limit", "value", "margin") else "left")
+            for row in r["rows"]:
+                f = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
+                t.add_row(row["budget"], f"{f(row['limit'])} {row['unit']}", f(row["value"]), f(row["margin"]),
+                          "[green]PASS[/]" if row["pass"] else "[red]FAIL[/]", row["note"])
+            c.print(t)
+            if r.get("reason"):
+                c.print(r["reason"])
+            if "int8_vs_fp16" in r:
+                iv = r["int8_vs_fp16"]
+                c.print(f"int8 {iv['int8_ms']:.1f} ms vs fp16 {iv['fp16_ms']:.1f} ms (estimated): "
+                        f"{'int8' if iv['int8_faster'] else 'fp16'} is faster; recommended: {r['recommendation']}")
+    if any(r["verdict"] != "PASS" for r in res):
+        raise SystemExit(1)

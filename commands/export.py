@@ -1,0 +1,113 @@
+"""`edgehydra export`, `run`, `verify`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ._common import SIZE, console
+from ._progress import progress_bar
+
+TARGETS = ["executorch", "coreml", "tflite", "onnx", "all"]
+PRECISIONS = ["fp32", "fp16", "int8", "w8"]
+
+
+def summary_table(rows, title="export summary"):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in ("target", "precision", "status", "size MB", "argmax agree", "depth rel err", "mIoU", "RMSE"):
+        t.add_column(c, justify="right" if c not in ("target", "precision", "status") else "left")
+    colour = {"verified": "green", "exported": "yellow", "failed": "red", "skipped": "dim"}
+    f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
+    for r in rows:
+        status = f"[{colour.get(r['status'], 'white')}]{r['status']}[/]"
+        t.add_row(r["target"], r["precision"], status, f(r["size_mb"], ".2f"), f(r["argmax"], ".4f"),
+                  f(r["depth_rel"], ".4f"), f(r["miou"], ".2f"), f(r["rmse"], ".3f"))
+    return t
+
+
+@click.command()
+@click.option("--target", "targets", multiple=True, type=click.Choice(TARGETS), required=True,
+              help="Repeatable; 'all' exports every installed target.")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(PRECISIONS),
+              help="Repeatable; default: every precision the target supports.")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None, help="Run folder (fp32.pt, ptq/, qat/).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="FP32 checkpoint (instead of --run).")
+@click.option("--program", type=click.Path(dir_okay=False), default=None, help="Quantised .pt2 for int8.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Default: RUN/export.")
+@click.option("--size", type=SIZE, default=None, help="Fixed input HxW (default: the training size).")
+@click.option("--delegate", default="xnnpack", show_default=True, help="ExecuTorch partitioner: xnnpack, coreml, qnn, vulkan.")
+@click.option("--compute-units", type=click.Choice(["ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE"]), default="ALL", show_default=True)
+@click.option("--image-input", is_flag=True, help="Core ML: image input with the normalisation folded in.")
+@click.option("--deployment-target", default="iOS17", show_default=True, help="Core ML minimum deployment target.")
+@click.option("--io-dtype", type=click.Choice(["int8", "float"]), default="int8", show_default=True, help="TFLite int8 I/O type.")
+@click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True, help="TFLite input layout.")
+@click.option("--opset", type=click.IntRange(13, 23), default=18, show_default=True, help="ONNX opset.")
+@click.option("--tol", multiple=True, help="Parity tolerance PRECISION=MIN_ARGMAX_AGREEMENT,MAX_DEPTH_REL_ERR (repeatable).")
+@click.option("--dataset", default=None, help="Frames for parity and metrics (default: the checkpoint's).")
+def export(targets, precisions, run_dir, checkpoint, program, out, size, delegate, compute_units, image_input,
+           deployment_target, io_dtype, layout, opset, tol, dataset):
+    """Export, run each artifact in its own runtime, and check it against the PyTorch reference.
+
+    Exit code 1 if any artifact fails verification (its report is kept).
+    """
+    from edgehydra.exporters.stage import export_run, parse_tolerances, summary_rows
+
+    if not (run_dir or checkpoint or program):
+        raise click.UsageError("pass --run DIR, --checkpoint FILE or --program FILE")
+    out = Path(out) if out else (Path(run_dir) / "export" if run_dir else Path("export"))
+    targets = ["all"] if "all" in targets else list(dict.fromkeys(targets))
+    opts = {"delegate": delegate, "compute_units": compute_units, "image_input": image_input,
+            "deployment_target": deployment_target, "io_dtype": io_dtype, "layout": layout, "opset": opset}
+    with progress_bar(transient=True) as p:
+        res = export_run(out, targets, list(precisions) or None, run=Path(run_dir) if run_dir else None,
+                         checkpoint=Path(checkpoint) if checkpoint else None, program=Path(program) if program else None,
+                         dataset=dataset, size=size, options=opts, tolerances=parse_tolerances(tol), progress=p)
+    rows = summary_rows(res)
+    c = console()
+    c.print(summary_table(rows))
+    for r in rows:
+        if r["reason"]:
+            c.print(f"{r['target']} {r['precision']}: {r['reason']}", soft_wrap=True)
+    click.echo(f"manifest: {out / 'manifest.json'}")
+    if any(r.status == "failed" for r in res):
+        raise SystemExit(1)
+
+
+@click.command("run")
+@click.option("--artifact", type=click.Path(exists=False), required=True, help=".pte, .tflite, .onnx or .mlpackage")
+@click.option("--out", type=click.Path(file_okay=False), default="predictions", show_default=True)
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def run_artifact(artifact, out, images):
+    """Run an exported artifact in its own runtime on images; writes the same panels as `predict`."""
+    from edgehydra.exporters.runtime import open_artifact
+    from edgehydra.visualize import predict_panels
+
+    art = open_artifact(Path(artifact))
+    paths = predict_panels(art.forward, art.config, [Path(i) for i in images], Path(out), art.size,
+                           title=f"{art.target} {art.precision}")
+    for p in paths:
+        click.echo(f"wrote {p}")
+
+
+@click.command()
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True)
+def verify(run_dir):
+    """Re-check every artifact's sha256 against its manifest and re-run parity; exit 1 on any mismatch."""
+    from edgehydra.exporters.runtime import verify_run
+
+    rows = verify_run(Path(run_dir))
+    from rich.table import Table
+
+    t = Table(title=f"verify {run_dir}")
+    for c in ("artifact", "sha256", "parity", "detail"):
+        t.add_column(c)
+    bad = False
+    for r in rows:
+        bad |= not (r["hash_ok"] and r["parity_ok"] is not False)
+        t.add_row(r["artifact"], "ok" if r["hash_ok"] else "[red]MISMATCH[/red]",
+                  {True: "ok", False: "[red]FAIL[/red]", None: "skipped"}[r["parity_ok"]], r["detail"])
+    console().print(t)
+    if bad:
+        raise SystemExit(1)

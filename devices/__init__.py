@@ -1,0 +1,1 @@
+"""Devices: profiles as data, latency estimation, benchmark runners, budget checks."""

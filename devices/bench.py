@@ -1,0 +1,159 @@
+"""Host latency benchmarks: each artifact in its own runtime, in a fresh process.
+
+A fresh process per run keeps one runtime's threads, caches and allocator out of another's
+figures and lets peak memory be read as the child's max RSS above its import baseline.
+Output format (shared with the remote runners): warmup, runs, threads, p50/p90/p99/min/mean
+ms, peak_memory_mb, runtime, device, artifact, sha256.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgehydra._io import atomic_write_json, sha256_path
+from edgehydra.errors import BadInputError, EdgeHydraError
+
+RUNTIMES = {".pte": "executorch", ".tflite": "litert", ".onnx": "onnxruntime", ".pt": "pytorch", ".pt2": "pytorch"}
+
+
+def stats(times_ms: list[float]) -> dict:
+    a = np.asarray(times_ms, dtype=np.float64)
+    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
+            "p99_ms": float(np.percentile(a, 99)), "min_ms": float(a.min()), "mean_ms": float(a.mean()),
+            "runs": int(a.size)}
+
+
+def _rss_mb() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024 if platform.system() != "Darwin" else r / 2 ** 20
+
+
+def _make_runner(path: Path, threads: int, provider: str | None, size):
+    """(callable on one input, input array, runtime name) for an artifact or a PyTorch checkpoint."""
+    import torch
+
+    torch.set_num_threads(threads)
+    suffix = path.suffix
+    if suffix in (".pt", ".pt2"):
+        if suffix == ".pt2":
+            from edgehydra.calibration.program import load_program
+
+            prog = load_program(path)
+            model, sz = prog.module, size or prog.size
+        else:
+            from edgehydra.checkpoint import load_checkpoint
+
+            model, _ = load_checkpoint(path)
+            sz = size or model.config.input_size
+        x = torch.randn(1, 3, *sz)
+
+        def run():
+            with torch.no_grad():
+                model(x)
+
+        return run, "pytorch-eager"
+    from edgehydra.exporters.runtime import open_artifact, read_manifest
+
+    man = read_manifest(path)
+    shape = man["input"]["shape"]
+    if man["facts"].get("layout") == "NHWC":
+        shape = [shape[0], shape[2], shape[3], shape[1]]
+    x = np.random.default_rng(0).standard_normal(man["input"]["shape"]).astype(np.float32)
+    if suffix == ".onnx":
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        provs = [provider] if provider else ["CPUExecutionProvider"]
+        sess = ort.InferenceSession(str(path), so, providers=provs)
+        name = sess.get_inputs()[0].name
+        return (lambda: sess.run(None, {name: x})), f"onnxruntime[{sess.get_providers()[0]}]"
+    if suffix == ".tflite":
+        from edgehydra.exporters.tflite import _interpreter
+
+        it = _interpreter(path)
+        it2 = it
+        inp = it2.get_input_details()[0]
+        xi = np.zeros(inp["shape"], inp["dtype"])
+        it2.set_tensor(inp["index"], xi)
+        return it2.invoke, "litert"
+    if suffix == ".pte":
+        from executorch.runtime import Runtime
+
+        method = Runtime.get().load_program(str(path)).load_method("forward")
+        xt = torch.from_numpy(x)
+        return (lambda: method.execute([xt])), "executorch"
+    art = open_artifact(path)
+    return (lambda: art.runner(x)), art.target
+
+
+def bench_in_process(path: Path, warmup: int = 5, runs: int = 30, threads: int = 2, provider: str | None = None,
+                     size=None) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError(f"artifact not found: {path}")
+    if path.suffix not in RUNTIMES and path.suffix != ".mlpackage":
+        raise BadInputError(f"{path}: cannot benchmark {path.suffix!r} files; expected .pte, .tflite, .onnx, .pt or .pt2")
+    if path.suffix == ".mlpackage" and platform.system() != "Darwin":
+        raise EdgeHydraError(f"{path.name}: Core ML runs only on macOS; use `edgehydra bench --apple-script` on a Mac")
+    base = _rss_mb()
+    run, runtime = _make_runner(path, threads, provider, size)
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t) * 1e3)
+    res = stats(times)
+    res.update(warmup=warmup, threads=threads, runtime=runtime, device="host", artifact=str(path),
+               sha256=sha256_path(path) if path.is_file() or path.is_dir() else None,
+               peak_memory_mb=max(0.0, _rss_mb() - base), host=platform.node(), machine=platform.machine())
+    return res
+
+
+def bench(path: Path, warmup: int = 5, runs: int = 30, threads: int = 2, provider: str | None = None,
+          write: bool = True, timeout: float = 1800, size=None) -> dict:
+    """Benchmark in a fresh subprocess and write ``<artifact>.bench.json`` beside it."""
+    path = Path(path)
+    args = [sys.executable, "-m", "edgehydra.devices.bench", str(path), str(warmup), str(runs), str(threads),
+            provider or "", "x".join(map(str, size)) if size else ""]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    try:
+        p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise EdgeHydraError(f"benchmark of {path} did not finish in {timeout:.0f} s") from None
+    if p.returncode != 0:
+        last = (p.stderr.strip().splitlines() or ["no output"])[-1]
+        raise EdgeHydraError(f"benchmark of {path} failed: {last}")
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    if write:
+        out = Path(str(path) + ".bench.json")
+        atomic_write_json(out, res)
+        res["json"] = str(out)
+    return res
+
+
+if __name__ == "__main__":  # the worker: python -m edgehydra.devices.bench PATH WARMUP RUNS THREADS [PROVIDER] [HxW]
+    import logging
+    import warnings
+
+    warnings.simplefilter("ignore")
+    logging.disable(logging.WARNING)
+    a = sys.argv[1:]
+    sz = tuple(int(v) for v in a[5].split("x")) if len(a) > 5 and a[5] else None
+    try:
+        r = bench_in_process(Path(a[0]), int(a[1]), int(a[2]), int(a[3]), a[4] or None if len(a) > 4 else None, sz)
+    except EdgeHydraError as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(1)
+    print(json.dumps(r))

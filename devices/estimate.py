@@ -1,0 +1,111 @@
+"""Analytical latency: a roofline per layer from the model's own FLOP/byte accounting.
+
+    t_layer = max(MACs / (peak MAC/s x compute efficiency), bytes / (bandwidth x bandwidth efficiency))
+    t_total = sum(t_layer) + overhead
+
+at the layer's precision (weights and activations in that many bytes). BatchNorm and ReLU6 are
+fused into the preceding convolution by every backend used here (XNNPACK, TensorRT, Core ML,
+LiteRT), so they cost nothing of their own; max-pool, adds and upsampling move bytes and are
+charged for it. Which bound each layer hits is reported.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from edgehydra.accounting import BYTES, count_layers
+
+from .profile import Profile
+
+FUSED = ("BatchNorm2d", "ReLU6", "ReLU", "Hardtanh")
+
+
+@dataclass
+class LayerTime:
+    name: str
+    kind: str
+    macs: int
+    bytes: int
+    compute_ms: float
+    memory_ms: float
+    ms: float
+    bound: str
+
+
+def layer_rows(model, size, precision):
+    acc_precision = precision if precision in BYTES else "fp32"
+    return [r for r in count_layers(model, size, acc_precision) if r.kind not in FUSED]
+
+
+def estimate_rows(rows, profile: Profile, precision: str) -> dict:
+    peak = profile.peak_ops(precision) * profile.compute_eff(precision)
+    bw = profile.bandwidth_gbs * 1e9 * profile.bandwidth_efficiency
+    layers = []
+    for r in rows:
+        work = r.macs if r.macs else r.other_ops / 2  # non-MAC ops counted as half a MAC each
+        c = work / peak * 1e3
+        m = r.bytes_moved / bw * 1e3
+        layers.append(LayerTime(r.name, r.kind, r.macs, r.bytes_moved, c, m, max(c, m), "compute" if c >= m else "memory"))
+    total = sum(l.ms for l in layers) + profile.overhead_ms
+    return {"device": profile.name, "precision": precision, "total_ms": total, "overhead_ms": profile.overhead_ms,
+            "compute_bound_ms": sum(l.ms for l in layers if l.bound == "compute"),
+            "memory_bound_ms": sum(l.ms for l in layers if l.bound == "memory"),
+            "layers": [asdict(l) for l in layers]}
+
+
+def estimate(model, profile: Profile, precision: str, size) -> dict:
+    res = estimate_rows(layer_rows(model, size, precision), profile, precision)
+    res["size"] = list(size)
+    return res
+
+
+def fit_efficiencies(model, profile: Profile, measurements: list[dict]) -> tuple[Profile, dict]:
+    """Fit per-precision compute efficiency, bandwidth efficiency and overhead to measured p50s.
+
+    ``measurements``: [{precision, size: [H, W], p50_ms}]. Minimises the squared log ratio
+    estimate/measured (relative error, so small and large inputs weigh the same).
+    """
+    from scipy.optimize import minimize
+
+    if not measurements:
+        raise ValueError("calibration needs at least one measurement")
+    precs = sorted({m["precision"] for m in measurements})
+    rows = {(m["precision"], tuple(m["size"])): layer_rows(model, tuple(m["size"]), m["precision"]) for m in measurements}
+
+    def profile_of(theta):
+        eff = tuple((p, float(min(1.0, math.exp(theta[i])))) for i, p in enumerate(precs))
+        bw = float(min(1.0, math.exp(theta[len(precs)])))
+        ov = float(math.exp(theta[len(precs) + 1]))
+        return replace(profile, efficiency=tuple(sorted(dict(profile.efficiency, **dict(eff)).items())),
+                       bandwidth_efficiency=bw, overhead_ms=ov)
+
+    def loss(theta):
+        p = profile_of(theta)
+        err = 0.0
+        for m in measurements:
+            est = estimate_rows(rows[(m["precision"], tuple(m["size"]))], p, m["precision"])["total_ms"]
+            err += math.log(est / m["p50_ms"]) ** 2
+        return err
+
+    x0 = [math.log(profile.compute_eff(p)) for p in precs] + [math.log(profile.bandwidth_efficiency),
+                                                              math.log(max(profile.overhead_ms, 1e-3))]
+    bounds = [(math.log(1e-4), 0.0)] * len(precs) + [(math.log(1e-3), 0.0), (math.log(1e-3), math.log(1e3))]
+    best = minimize(loss, x0, method="L-BFGS-B", bounds=bounds)
+    fitted = profile_of(best.x)
+    report = {"before": errors(rows, profile, measurements), "after": errors(rows, fitted, measurements)}
+    return fitted, report
+
+
+def errors(rows, profile: Profile, measurements) -> list[dict]:
+    out = []
+    for m in measurements:
+        est = estimate_rows(rows[(m["precision"], tuple(m["size"]))], profile, m["precision"])["total_ms"]
+        out.append({"precision": m["precision"], "size": list(m["size"]), "measured_ms": m["p50_ms"],
+                    "estimated_ms": est, "rel_err": (est - m["p50_ms"]) / m["p50_ms"]})
+    return out
+
+
+def mean_abs_rel_err(errs) -> float:
+    return float(np.mean([abs(e["rel_err"]) for e in errs])) if errs else float("nan")

@@ -1,0 +1,204 @@
+"""Device profiles: TOML data files, validated with errors that name the key and the file.
+
+A profile holds the device's peak figures (each citing its source in a comment), the efficiency
+factors of the analytical latency model, and the budgets a deployment must meet.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from importlib import resources
+from pathlib import Path
+
+from edgehydra.errors import BadInputError
+
+KINDS = ("gpu", "jetson", "phone-npu", "cpu")
+FORMATS = ("executorch", "coreml", "tflite", "onnx")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class Budgets:
+    input_size: tuple[int, int]
+    latency_p50_ms: float
+    latency_p90_ms: float
+    max_gmacs: float
+    max_artifact_mb: float
+    max_peak_memory_mb: float
+    min_miou: float
+    max_depth_rmse: float
+    max_abs_rel: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    kind: str
+    format: str
+    precision: str
+    compute_unit: str
+    int8_tops: float
+    fp16_tflops: float
+    fp32_tflops: float
+    bandwidth_gbs: float
+    threads: int
+    compute_efficiency: float
+    bandwidth_efficiency: float
+    overhead_ms: float
+    budgets: Budgets
+    source: str = ""
+    # Optional per-precision compute efficiency (TOML table [efficiency]); falls back to
+    # compute_efficiency. Filled by `profile --calibrate` from measured runs.
+    efficiency: tuple[tuple[str, float], ...] = ()
+
+    def compute_eff(self, precision: str) -> float:
+        return dict(self.efficiency).get(precision, self.compute_efficiency)
+
+    def peak_ops(self, precision: str) -> float:
+        """Peak multiply-accumulates per second at a precision (1 MAC = 2 ops)."""
+        per = {"int8": self.int8_tops, "fp16": self.fp16_tflops, "fp32": self.fp32_tflops}[precision]
+        return per * 1e12 / 2
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["budgets"]["input_size"] = list(self.budgets.input_size)
+        d["efficiency"] = dict(self.efficiency)
+        return d
+
+
+# key -> (type, unit shown in errors); units are part of the key name, so a value with its own
+# unit string ("33 ms") is refused instead of guessed.
+_NUM = {
+    "int8_tops": "TOPS", "fp16_tflops": "TFLOPS", "fp32_tflops": "TFLOPS", "bandwidth_gbs": "GB/s",
+    "compute_efficiency": "fraction 0-1", "bandwidth_efficiency": "fraction 0-1", "overhead_ms": "ms",
+}
+_BUDGET_NUM = {
+    "latency_p50_ms": "ms", "latency_p90_ms": "ms", "max_gmacs": "GMACs", "max_artifact_mb": "MB",
+    "max_peak_memory_mb": "MB", "min_miou": "mIoU %", "max_depth_rmse": "m", "max_abs_rel": "ratio",
+}
+_STR = {"name", "description", "kind", "format", "precision", "compute_unit"}
+
+
+def _num(v, key, unit, where) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise BadInputError(f"{where}: {key} must be a number in {unit}, got {v!r}")
+    if not math.isfinite(v) or v < 0:
+        raise BadInputError(f"{where}: {key} must be a finite number >= 0 ({unit}), got {v}")
+    return float(v)
+
+
+def parse_profile(data: dict, where: str) -> Profile:
+    top = set(_STR) | set(_NUM) | {"threads", "budgets"}
+    optional = {"efficiency"}
+    unknown = sorted(set(data) - top - optional)
+    if unknown:
+        raise BadInputError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(top))})")
+    missing = sorted(top - set(data))
+    if missing:
+        raise BadInputError(f"{where}: missing field {missing[0]!r}")
+    kw = {}
+    for k in _STR:
+        if not isinstance(data[k], str) or not data[k]:
+            raise BadInputError(f"{where}: {k} must be a non-empty string, got {data[k]!r}")
+        kw[k] = data[k]
+    for k, allowed in (("kind", KINDS), ("format", FORMATS), ("precision", PRECISIONS)):
+        if kw[k] not in allowed:
+            raise BadInputError(f"{where}: {k} = {kw[k]!r}; allowed: {', '.join(allowed)}")
+    for k, unit in _NUM.items():
+        kw[k] = _num(data[k], k, unit, where)
+    for k in ("compute_efficiency", "bandwidth_efficiency"):
+        if not 0 < kw[k] <= 1:
+            raise BadInputError(f"{where}: {k} must be in (0, 1], got {kw[k]}")
+    if not isinstance(data["threads"], int) or data["threads"] < 1:
+        raise BadInputError(f"{where}: threads must be an integer >= 1, got {data['threads']!r}")
+    kw["threads"] = data["threads"]
+    b = data["budgets"]
+    bw = f"{where} [budgets]"
+    if not isinstance(b, dict):
+        raise BadInputError(f"{where}: budgets must be a table ([budgets])")
+    bkeys = set(_BUDGET_NUM) | {"input_size"}
+    unknown = sorted(set(b) - bkeys)
+    if unknown:
+        raise BadInputError(f"{bw}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(bkeys))})")
+    missing = sorted(bkeys - set(b))
+    if missing:
+        raise BadInputError(f"{bw}: missing field {missing[0]!r}")
+    size = b["input_size"]
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v >= 32 for v in size)):
+        raise BadInputError(f"{bw}: input_size must be [H, W] integers >= 32, got {size!r}")
+    bkw = {k: _num(b[k], k, unit, bw) for k, unit in _BUDGET_NUM.items()}
+    if bkw["latency_p90_ms"] < bkw["latency_p50_ms"]:
+        raise BadInputError(f"{bw}: latency_p90_ms ({bkw['latency_p90_ms']}) is below latency_p50_ms ({bkw['latency_p50_ms']})")
+    kw["budgets"] = Budgets(input_size=tuple(size), **bkw)
+    eff = data.get("efficiency", {})
+    if not isinstance(eff, dict) or set(eff) - set(PRECISIONS):
+        raise BadInputError(f"{where} [efficiency]: keys must be among {', '.join(PRECISIONS)}")
+    kw["efficiency"] = tuple(sorted((k, _num(v, f"efficiency.{k}", "fraction 0-1", where)) for k, v in eff.items()))
+    return Profile(source=where, **kw)
+
+
+def shipped_dir() -> Path:
+    return Path(str(resources.files("edgehydra.devices") / "profiles"))
+
+
+def user_dir() -> Path:
+    return Path(os.environ.get("EDGEHYDRA_DEVICES", Path.home() / ".config" / "edgehydra" / "devices"))
+
+
+def load_profile_file(path: Path) -> Profile:
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"device profile not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise BadInputError(f"{path}: invalid TOML ({e})") from None
+    p = parse_profile(data, str(path))
+    if p.name == "host_cpu":
+        from .host import detect_host
+
+        p = detect_host(p)
+    return p
+
+
+def list_profiles() -> dict[str, Path]:
+    """Shipped profiles, overridden by the user's of the same name (e.g. after --calibrate)."""
+    out = {p.stem: p for p in sorted(shipped_dir().glob("*.toml"))}
+    ud = user_dir()
+    if ud.is_dir():
+        out.update({p.stem: p for p in sorted(ud.glob("*.toml"))})
+    return out
+
+
+def load_profile(spec: str) -> Profile:
+    """A profile name (shipped or user) or a path to a TOML file."""
+    if spec.endswith(".toml") or os.sep in spec:
+        return load_profile_file(Path(spec))
+    profiles = list_profiles()
+    if spec not in profiles:
+        raise BadInputError(f"unknown device {spec!r}; known: {', '.join(profiles)} (or pass a .toml path)")
+    return load_profile_file(profiles[spec])
+
+
+def to_toml(p: Profile, comments: dict | None = None) -> str:
+    """Write a profile back as TOML (used by --calibrate), with a comment per changed field."""
+    comments = comments or {}
+    lines = []
+    for f in fields(Profile):
+        if f.name in ("budgets", "source", "efficiency"):
+            continue
+        v = getattr(p, f.name)
+        val = f'"{v}"' if isinstance(v, str) else repr(v)
+        c = f"  # {comments[f.name]}" if f.name in comments else ""
+        lines.append(f"{f.name} = {val}{c}")
+    if p.efficiency:
+        lines.append("\n[efficiency]")
+        lines += [f"{k} = {v!r}" for k, v in p.efficiency]
+    lines.append("\n[budgets]")
+    for f in fields(Budgets):
+        v = getattr(p.budgets, f.name)
+        lines.append(f"{f.name} = {list(v) if isinstance(v, tuple) else repr(v)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,286 @@
+"""Benchmarks on a device: Android over adb, Jetson/Linux over ssh, Apple via a script run on a Mac.
+
+Every argument that reaches a remote shell goes through ``shlex.quote`` (a file named
+``a b; rm -rf ~`` stays one argument), and everything pushed lives in one work folder that
+is removed in a ``finally`` whatever happens. The transport is the only part that talks to the
+device, so the orchestration is tested against a local stand-in (``LocalTransport``).
+"""
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgehydra.errors import BadInputError, EdgeHydraError
+
+
+class DeviceGone(EdgeHydraError):
+    """The device stopped answering (unplugged, rebooted, network down)."""
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+
+
+class Transport:
+    """push(local, remote), shell(argv) and rmdir(remote); ``argv`` items are quoted here, once."""
+
+    name = "transport"
+    timeout = 600.0
+
+    def _exec(self, argv: list[str], timeout: float | None = None) -> Result:
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout or self.timeout)
+        except subprocess.TimeoutExpired:
+            raise EdgeHydraError(f"{self.name}: command timed out after {timeout or self.timeout:.0f} s: {argv[-1][:120]}") from None
+        except FileNotFoundError as e:
+            raise EdgeHydraError(f"{self.name}: {e.filename} not found on this host") from None
+        return Result(p.returncode, p.stdout, p.stderr)
+
+    @staticmethod
+    def quote(argv: list[str]) -> str:
+        return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+class AdbTransport(Transport):
+    def __init__(self, serial: str, adb: str = "adb"):
+        self.serial, self.adb, self.name = serial, adb, f"adb:{serial}"
+
+    def _check(self, r: Result):
+        if r.rc != 0 and re.search(r"device .* not found|no devices|device offline|unauthorized", r.err):
+            raise DeviceGone(f"{self.name}: device not available ({r.err.strip()[:120]})")
+        return r
+
+    def push(self, local: Path, remote: str):
+        r = self._check(self._exec([self.adb, "-s", self.serial, "push", str(local), remote]))
+        if r.rc != 0:
+            raise EdgeHydraError(f"{self.name}: push of {local} failed: {r.err.strip()[:200]}")
+
+    def shell(self, argv: list[str], timeout=None) -> Result:
+        # adb shell joins its arguments with spaces and hands them to the device's sh: quote once.
+        return self._check(self._exec([self.adb, "-s", self.serial, "shell", self.quote(argv)], timeout))
+
+    def rmdir(self, remote: str):
+        self.shell(["rm", "-rf", remote])
+
+
+class SshTransport(Transport):
+    def __init__(self, target: str, ssh: str = "ssh", scp: str = "scp"):
+        self.target, self.ssh, self.scp, self.name = target, ssh, scp, f"ssh:{target}"
+
+    def _check(self, r: Result):
+        if r.rc == 255:  # ssh's own failure code: connection refused/lost
+            raise DeviceGone(f"{self.name}: connection failed ({r.err.strip()[:120]})")
+        return r
+
+    def push(self, local: Path, remote: str):
+        r = self._check(self._exec([self.scp, "-q", "-r", str(local), f"{self.target}:{shlex.quote(remote)}"]))
+        if r.rc != 0:
+            raise EdgeHydraError(f"{self.name}: copy of {local} failed: {r.err.strip()[:200]}")
+
+    def shell(self, argv: list[str], timeout=None) -> Result:
+        return self._check(self._exec([self.ssh, "-o", "BatchMode=yes", self.target, "--", self.quote(argv)], timeout))
+
+    def rmdir(self, remote: str):
+        self.shell(["rm", "-rf", remote])
+
+
+class LocalTransport(Transport):
+    """A stand-in device: a folder on this machine and /bin/sh, with the same quoting rules."""
+
+    def __init__(self, root: Path, gone_after: int | None = None):
+        self.root, self.name, self.calls, self.gone_after = Path(root), f"local:{root}", [], gone_after
+
+    def _map(self, remote: str) -> Path:
+        return self.root / remote.lstrip("/")
+
+    def _alive(self):
+        if self.gone_after is not None and len(self.calls) >= self.gone_after:
+            raise DeviceGone(f"{self.name}: device disappeared")
+
+    def push(self, local: Path, remote: str):
+        self._alive()
+        self.calls.append(("push", str(local), remote))
+        dst = self._map(remote)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        import shutil
+
+        (shutil.copytree if Path(local).is_dir() else shutil.copy)(local, dst)
+
+    def shell(self, argv: list[str], timeout=None) -> Result:
+        self._alive()
+        cmd = self.quote(argv)
+        self.calls.append(("shell", cmd))
+        return self._exec(["/bin/sh", "-c", f"cd {shlex.quote(str(self.root))} && {cmd}"], timeout)
+
+    def rmdir(self, remote: str):
+        self._alive()
+        self.calls.append(("rmdir", remote))
+        import shutil
+
+        shutil.rmtree(self._map(remote), ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------ parsers
+def _f(pattern: str, text: str, cast=float):
+    m = re.search(pattern, text)
+    return cast(m.group(1)) if m else None
+
+
+def parse_benchmark_model(text: str) -> dict:
+    """TFLite/LiteRT ``benchmark_model``: the inference stats line (microseconds) and memory."""
+    # The last "count=" line is the timed inference runs (the first one is warm-up).
+    lines = [ln for ln in text.splitlines() if re.search(r"count=\d+ .*avg=", ln)]
+    if not lines:
+        raise EdgeHydraError("benchmark_model output has no timing line (count=... avg=...)")
+    ln = lines[-1]
+    us = {k: _f(rf"\b{k}=([\d.eE+]+)", ln) for k in ("count", "min", "max", "avg", "std", "median", "p5", "p95")}
+    res = {"runs": int(us["count"]), "min_ms": us["min"] / 1e3, "mean_ms": us["avg"] / 1e3,
+           "p50_ms": (us["median"] if us["median"] is not None else us["avg"]) / 1e3,
+           "p50_from": "median" if us["median"] is not None else "avg (the tool printed no median)"}
+    if us["p95"] is not None:
+        res["p95_ms"] = us["p95"] / 1e3
+    mem = _f(r"overall=([\d.]+)", text)
+    if mem is not None:
+        res["peak_memory_mb"] = mem
+    return res
+
+
+def parse_executor_runner(text: str) -> dict:
+    """ExecuTorch ``executor_runner``: "Model executed successfully N time(s) in T ms."."""
+    m = re.search(r"executed successfully (\d+) time\(s\) in ([\d.]+) ms", text)
+    if not m:
+        raise EdgeHydraError("executor_runner output has no 'executed successfully N time(s) in T ms' line")
+    n, total = int(m.group(1)), float(m.group(2))
+    return {"runs": n, "mean_ms": total / n, "p50_ms": total / n, "p50_from": "mean (executor_runner prints a total)"}
+
+
+def parse_trtexec(text: str) -> dict:
+    """TensorRT ``trtexec``: the summary "Latency: min = ... ms, ..., percentile(99%) = ... ms" line."""
+    lat = [ln for ln in text.splitlines() if re.search(r"\bLatency: min = ", ln)]
+    if not lat:
+        raise EdgeHydraError("trtexec output has no 'Latency: min = ...' summary line")
+    ln = lat[-1]
+    res = {"min_ms": _f(r"min = ([\d.]+) ms", ln), "max_ms": _f(r"max = ([\d.]+) ms", ln),
+           "mean_ms": _f(r"mean = ([\d.]+) ms", ln), "p50_ms": _f(r"median = ([\d.]+) ms", ln),
+           "p90_ms": _f(r"percentile\(90%\) = ([\d.]+) ms", ln), "p99_ms": _f(r"percentile\(99%\) = ([\d.]+) ms", ln)}
+    gpu = [ln for ln in text.splitlines() if "GPU Compute Time: min = " in ln]
+    if gpu:
+        res["gpu_compute_p50_ms"] = _f(r"median = ([\d.]+) ms", gpu[-1])
+    q = _f(r"Throughput: ([\d.]+) qps", text)
+    if q is not None:
+        res["throughput_qps"] = q
+    return {k: v for k, v in res.items() if v is not None}
+
+
+# ------------------------------------------------------------------------------- orchestration
+def parse_device(spec: str):
+    if spec.startswith("adb:") and len(spec) > 4:
+        return AdbTransport(spec[4:])
+    if spec.startswith("ssh:") and len(spec) > 4:
+        return SshTransport(spec[4:])
+    raise BadInputError(f"--device {spec!r}: use host, adb:SERIAL or ssh:user@host")
+
+
+def remote_bench(transport: Transport, artifact: Path, binary: str | None = None, runs: int = 50, warmup: int = 5,
+                 threads: int = 4, precision: str = "int8", timeout: float = 900) -> dict:
+    artifact = Path(artifact)
+    if not artifact.exists():
+        raise BadInputError(f"artifact not found: {artifact}")
+    android = isinstance(transport, AdbTransport) or (isinstance(transport, LocalTransport) and binary and "adb" in binary)
+    base = "/data/local/tmp" if isinstance(transport, AdbTransport) else "/tmp"
+    work = f"{base}/edgehydra-{uuid.uuid4().hex[:8]}"
+    remote_art = f"{work}/{artifact.name}"
+    try:
+        transport.shell(["mkdir", "-p", work])
+        transport.push(artifact, remote_art)
+        suffix = artifact.suffix
+        if suffix == ".tflite":
+            exe = binary or _find(transport, ["benchmark_model"], [base, "/data/local/tmp"])
+            argv = [exe, f"--graph={remote_art}", f"--num_threads={threads}", f"--num_runs={runs}",
+                    f"--warmup_runs={warmup}", "--report_peak_memory_footprint=true"]
+            parse, tool = parse_benchmark_model, "benchmark_model"
+        elif suffix == ".pte":
+            exe = binary or _find(transport, ["executor_runner"], [base, "/data/local/tmp"])
+            argv = [exe, f"--model_path={remote_art}", f"--num_executions={runs}"]
+            parse, tool = parse_executor_runner, "executor_runner"
+        elif suffix == ".onnx":
+            exe = binary or _find(transport, ["trtexec", "/usr/src/tensorrt/bin/trtexec"], [])
+            argv = [exe, f"--onnx={remote_art}", f"--iterations={runs}", f"--warmUp={warmup * 100}"]
+            if precision in ("int8", "fp16"):
+                argv.append(f"--{precision}")
+            parse, tool = parse_trtexec, "trtexec"
+        else:
+            raise BadInputError(f"{artifact.name}: remote benchmarks take .tflite, .pte or .onnx")
+        r = transport.shell(argv, timeout=timeout)
+        if r.rc != 0:
+            raise EdgeHydraError(f"{transport.name}: {tool} exited {r.rc}: {(r.err or r.out).strip()[-300:]}")
+        res = parse(r.out + "\n" + r.err)
+        res.update(device=transport.name, tool=tool, command=Transport.quote(argv), artifact=str(artifact),
+                   threads=threads, warmup=warmup)
+        del android
+        return res
+    finally:
+        try:
+            transport.rmdir(work)
+        except DeviceGone:
+            pass  # nothing more can be cleaned on a device that is gone
+
+
+def _find(transport: Transport, names: list[str], dirs: list[str]) -> str:
+    for n in names:
+        cands = [n] + [f"{d}/{n}" for d in dirs if "/" not in n]
+        for c in cands:
+            r = transport.shell(["sh", "-c", 'command -v "$1" || test -x "$1" && echo "$1"', "sh", c])
+            if r.rc == 0 and r.out.strip():
+                return r.out.strip().splitlines()[0]
+    raise EdgeHydraError(f"{transport.name}: none of {', '.join(names)} found on the device; pass --binary PATH")
+
+
+APPLE_SCRIPT = '''#!/usr/bin/env python3
+"""Benchmark a Core ML model on this Mac and write JSON that `edgehydra bench --ingest` reads.
+Usage: python3 bench_coreml.py MODEL.mlpackage [--units ALL|CPU_ONLY|CPU_AND_GPU|CPU_AND_NE] [--runs 50]"""
+import argparse, json, platform, time
+import numpy as np
+import coremltools as ct
+
+ap = argparse.ArgumentParser()
+ap.add_argument("model"); ap.add_argument("--units", default="ALL"); ap.add_argument("--runs", type=int, default=50)
+ap.add_argument("--warmup", type=int, default=5); ap.add_argument("--out", default="coreml_bench.json")
+a = ap.parse_args()
+m = ct.models.MLModel(a.model, compute_units=getattr(ct.ComputeUnit, a.units))
+inp = m.get_spec().description.input[0]
+shape = list(inp.type.multiArrayType.shape) or [1, 3, 480, 640]
+x = {inp.name: np.random.rand(*shape).astype(np.float32)}
+for _ in range(a.warmup):
+    m.predict(x)
+t = []
+for _ in range(a.runs):
+    s = time.perf_counter(); m.predict(x); t.append((time.perf_counter() - s) * 1e3)
+t = np.array(t)
+json.dump({"device": "apple:" + platform.machine(), "tool": "coremltools", "compute_units": a.units,
+           "artifact": a.model, "runs": a.runs, "warmup": a.warmup, "p50_ms": float(np.median(t)),
+           "p90_ms": float(np.percentile(t, 90)), "p99_ms": float(np.percentile(t, 99)),
+           "min_ms": float(t.min()), "mean_ms": float(t.mean())}, open(a.out, "w"), indent=2)
+print(open(a.out).read())
+'''
+
+
+def ingest(path: Path) -> dict:
+    """Read a JSON written by the Apple script (or any runner in the same format)."""
+    import json
+
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise BadInputError(f"{path}: not a benchmark JSON ({e})") from None
+    missing = [k for k in ("p50_ms", "runs", "device") if k not in d]
+    if missing:
+        raise BadInputError(f"{path}: benchmark JSON lacks {', '.join(missing)}")
+    return d

@@ -1,0 +1,61 @@
+"""The paper's multi-task loss: softmax cross-entropy + inverse Huber (berHu), lambda = 0.5.
+
+Rows that lack a modality (``has_X == 0``) contribute nothing to that term; a batch with no
+row of a modality gives that term exactly 0 (not NaN).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = 255
+
+
+def berhu(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Inverse Huber on valid pixels: p = relu(pred), e = |p - t|, c = 0.2 max(e) over the batch;
+    e where e <= c, (e^2 + c^2) / (2c) elsewhere (Laina et al. 2016, as in the paper)."""
+    if not bool(valid.any()):
+        return pred.sum() * 0.0
+    e = (F.relu(pred) - target).abs()[valid]
+    c = 0.2 * e.max().detach()
+    if float(c) <= 0:  # every pixel exact: the loss is 0, avoid 0/0
+        return e.sum() * 0.0
+    return torch.where(e <= c, e, (e * e + c * c) / (2 * c)).mean()
+
+
+def seg_loss(logits: torch.Tensor, target: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+    target = target.clone()
+    target[has < 0.5] = IGNORE
+    if not bool((target != IGNORE).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, target, ignore_index=IGNORE)
+
+
+def normals_loss(pred: torch.Tensor, target: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+    valid = (target.abs().sum(1) > 0) & (has.view(-1, 1, 1) > 0.5)
+    if not bool(valid.any()):
+        return pred.sum() * 0.0
+    cos = F.cosine_similarity(pred, target, dim=1)
+    return (1 - cos[valid]).mean()
+
+
+def _to_label_size(out: torch.Tensor, size) -> torch.Tensor:
+    return out if out.shape[-2:] == tuple(size) else F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+
+
+def multitask_loss(outputs: tuple, batch: dict, tasks: tuple[str, ...], lam: float = 0.5,
+                   normals_weight: float = 0.5) -> tuple[torch.Tensor, dict]:
+    """total = lam * seg + (1 - lam) * depth (+ normals_weight * normals). Outputs are upsampled
+    to label size (the network predicts at 1/4 resolution)."""
+    size = batch["segm"].shape[-2:]
+    out = dict(zip(tasks, outputs))
+    ls = seg_loss(_to_label_size(out["segm"], size), batch["segm"], batch["has_segm"])
+    valid = (batch["depth"] > 0) & (batch["has_depth"].view(-1, 1, 1, 1) > 0.5)
+    ld = berhu(_to_label_size(out["depth"], size), batch["depth"], valid)
+    total = lam * ls + (1 - lam) * ld
+    parts = {"seg": float(ls.detach()), "depth": float(ld.detach())}
+    if "normals" in out:
+        ln = normals_loss(_to_label_size(out["normals"], size), batch["normals"], batch["has_normals"])
+        total = total + normals_weight * ln
+        parts["normals"] = float(ln.detach())
+    return total, parts

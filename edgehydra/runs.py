@@ -1,0 +1,116 @@
+"""A run folder and the FP32 stage that fills it.
+
+    runs/NAME/fp32.pt            native checkpoint (weights, config, provenance, optimiser, epoch)
+    runs/NAME/fp32_metrics.json  validation metrics of the FP32 model
+    runs/NAME/train.json         training settings and per-epoch history
+    runs/NAME/ptq/ qat/ export/ bench/ report/   later stages
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from ._io import atomic_write_json
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import Resize, TrainAugment, open_dataset
+from .errors import BadInputError
+from .registry import create_model
+from .train import EpochAugmented, TrainConfig, evaluate, fit, is_main
+
+DEFAULT_MODEL = {"synthroom": "hydranet_small", "nyud": "hydranet_nyud", "kitti": "hydranet_kitti"}
+DEFAULT_SIZE = {"synthroom": (120, 160), "nyud": (480, 640), "kitti": (352, 1216)}
+
+
+def data_settings(dataset: str, size=None, frames=None, val_frames=None, seed=0) -> dict:
+    return {"dataset": dataset, "size": list(size or DEFAULT_SIZE.get(dataset, (240, 320))), "frames": frames,
+            "val_frames": val_frames, "seed": seed}
+
+
+def open_split(ds: dict, split: str, transform=None):
+    """Open the dataset a run recorded. synthroom frames are rendered at the training size."""
+    frames = ds["frames"] if split == "train" else ds.get("val_frames")
+    return open_dataset(ds["dataset"], split, size=tuple(ds["size"]), frames=frames, seed=ds.get("seed", 0),
+                        transform=transform)
+
+
+def train_run(out: Path, dataset: str, model_name: str | None, cfg: TrainConfig, size=None, frames=None,
+              val_frames=None, resume: bool = False, progress=None, console=None) -> dict:
+    out = Path(out)
+    ckpt_path = out / "fp32.pt"
+    ds = data_settings(dataset, size, frames, val_frames, cfg.seed)
+    model_name = model_name or DEFAULT_MODEL.get(dataset, "hydranet_nyud")
+    resume_state = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise BadInputError(f"--resume: no checkpoint at {ckpt_path}; run without --resume to start")
+        model, info = load_checkpoint(ckpt_path)
+        raw = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        saved = raw.get("train", {})
+        if saved.get("config") != asdict(cfg) or saved.get("data") != ds:
+            raise BadInputError(f"--resume: {ckpt_path} was trained with other settings "
+                                f"({saved.get('config')}, {saved.get('data')}); use the same options or a new --out")
+        resume_state = {"optimizer": raw["optimizer"], "epoch": raw["epoch"], "step": raw["step"],
+                        "history": saved.get("history", [])}
+        if raw["epoch"] >= cfg.epochs and console:
+            console.print(f"{ckpt_path} already holds all {cfg.epochs} epochs")
+    else:
+        model = create_model(model_name, input_size=tuple(ds["size"]), dataset=dataset)
+    train_ds = open_split(ds, "train")
+    train_ds = EpochAugmented(train_ds, TrainAugment(tuple(ds["size"])), seed=cfg.seed)
+    val_ds = open_split(ds, "val", transform=Resize(tuple(ds["size"])))
+    info = getattr(val_ds, "info", None)
+    num_classes = model.config.num_classes
+    if getattr(val_ds, "num_classes", num_classes) != num_classes:
+        raise BadInputError(f"dataset {dataset} has {val_ds.num_classes} classes, model {model_name} has {num_classes}")
+    cap = getattr(val_ds, "depth_cap", model.config.depth_cap)
+    provenance = {"trained_on": dataset, "data": ds, "model": model_name, "edgehydra_version": __version__}
+
+    def save(state, opt):
+        save_checkpoint(model, ckpt_path, provenance=provenance, optimizer=opt.state_dict(), epoch=state.epoch,
+                        step=state.step, train={"config": asdict(cfg), "data": ds, "history": state.history})
+        atomic_write_json(out / "train.json", {"model": model_name, "config": asdict(cfg), "data": ds,
+                                                "history": state.history})
+
+    state = fit(model, train_ds, cfg, tasks=model.config.tasks, num_classes=num_classes, depth_cap=cap,
+                out_dir=out, val_ds=None, save=save, resume=resume_state, progress=progress, drop_last=True)
+    metrics = evaluate(lambda x: model(x), val_ds, model.config.tasks, num_classes, cap, progress=progress)
+    if is_main():
+        atomic_write_json(out / "fp32_metrics.json", {"dataset": ds, "split": "val", "frames": len(val_ds),
+                                                      "metrics": metrics})
+    del info
+    return {"metrics": metrics, "epochs": state.epoch, "history": state.history, "checkpoint": str(ckpt_path)}
+
+
+def find_fp32(run: Path) -> Path:
+    p = Path(run) / "fp32.pt"
+    if not p.is_file():
+        raise BadInputError(f"no FP32 model in {run}: pass --checkpoint FILE, or train one first: "
+                            f"edgehydra train --dataset synthroom --out {run}")
+    return p
+
+
+def run_data_settings(checkpoint: Path, dataset: str | None, size=None) -> dict:
+    """Data settings for a later stage: what the checkpoint was trained on unless overridden."""
+    raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    saved = (raw.get("provenance") or {}).get("data") if isinstance(raw, dict) else None
+    if saved and (dataset is None or dataset == saved["dataset"]):
+        ds = dict(saved)
+        if size:
+            ds["size"] = list(size)
+        return ds
+    if dataset is None:
+        raise BadInputError(f"{checkpoint} does not record its dataset: pass --dataset")
+    return data_settings(dataset, size)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise BadInputError(f"not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise BadInputError(f"{path}: invalid JSON ({e})") from None

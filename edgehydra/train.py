@@ -1,0 +1,267 @@
+"""FP32 training and evaluation: one engine that QAT reuses (with its own train/eval switches).
+
+Stages: build data -> build optimiser (encoder / decoder learning rates) -> epochs of
+(train, checkpoint, validate). Checkpoints are atomic and hold the optimiser and epoch, so
+``--resume`` after a kill at any point continues from the last completed epoch and ends with the
+same weights as an uninterrupted run: every random choice (shuffle order, augmentation) is a pure
+function of (seed, epoch, index), never of how many batches a process happened to run.
+
+Distributed: under ``torchrun`` (WORLD_SIZE > 1) the engine uses DistributedDataParallel (NCCL on
+GPUs, gloo on CPU), a DistributedSampler, all-reduces the metrics, and only rank 0 writes.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from .errors import BadInputError, EdgeHydraError
+from .losses import multitask_loss
+from .metrics import Metrics
+
+ENCODER_PREFIXES = tuple(f"layer{i}." for i in range(1, 9))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 16
+    lr_encoder: float = 2e-2
+    lr_decoder: float = 2e-2
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    schedule: str = "poly"  # poly (power 0.9), cosine, or constant
+    optimizer: str = "sgd"  # sgd (momentum) as in the paper, or adam
+    lam: float = 0.5
+    seed: int = 0
+    workers: int = 0
+    log_every: int = 10
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ValueError(f"epochs={self.epochs}: must be >= 1")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size}: must be >= 1")
+        for f in ("lr_encoder", "lr_decoder"):
+            v = getattr(self, f)
+            if not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"{f}={v}: must be a positive number")
+        if self.schedule not in ("poly", "cosine", "constant"):
+            raise ValueError(f"schedule={self.schedule!r}: choose poly, cosine or constant")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer={self.optimizer!r}: choose sgd or adam")
+        if not 0 <= self.lam <= 1:
+            raise ValueError(f"lam={self.lam}: the task weight lambda must be in [0, 1]")
+
+
+# ---------------------------------------------------------------------------- distributed
+def dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> tuple[int, int]:
+    """Initialise the process group when launched by torchrun; a no-op otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return dist_info()
+
+
+def is_main() -> bool:
+    return dist_info()[0] == 0
+
+
+# ---------------------------------------------------------------------------------- data
+class EpochAugmented(Dataset):
+    """Applies a TrainAugment with a generator seeded from (seed, epoch, index)."""
+
+    def __init__(self, base, augment, seed: int):
+        self.base, self.augment, self.seed, self.epoch = base, augment, seed, 0
+
+    def set_epoch(self, e: int):
+        self.epoch = e
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        self.augment.gen.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i) % (2 ** 63))
+        return self.augment(self.base[i])
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Shuffle order that depends only on (seed, epoch): what makes resume exact."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, e: int):
+        self.epoch = e
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+def make_loader(ds, batch_size: int, seed: int, shuffle: bool, workers: int = 0, drop_last: bool = False):
+    rank, world = dist_info()
+    if world > 1:
+        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    else:
+        sampler = EpochSampler(len(ds), seed) if shuffle else None
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
+                      persistent_workers=False)
+
+
+# ---------------------------------------------------------------------------- optimiser
+def param_groups(model: torch.nn.Module, cfg: TrainConfig):
+    enc, dec = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        name = n.removeprefix("module.")
+        (enc if name.startswith(ENCODER_PREFIXES) else dec).append(p)
+    return [{"params": enc, "lr": cfg.lr_encoder, "base_lr": cfg.lr_encoder},
+            {"params": dec, "lr": cfg.lr_decoder, "base_lr": cfg.lr_decoder}]
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    frac = min(step / max(total, 1), 1.0)
+    if cfg.schedule == "poly":
+        return (1 - frac) ** 0.9
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * frac))
+    return 1.0
+
+
+# ------------------------------------------------------------------------------ evaluate
+@torch.no_grad()
+def evaluate(forward: Callable, dataset, tasks, num_classes: int, depth_cap: float, batch_size: int = 8,
+             progress=None, limit: int | None = None) -> dict:
+    """Metrics of any callable ``forward(images) -> tuple of outputs`` over a dataset (or its first ``limit``)."""
+    m = Metrics(num_classes, depth_cap)
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    if n == 0:
+        raise BadInputError("evaluation dataset is empty")
+    rank, world = dist_info()
+    idx = list(range(rank, n, world))
+    subset = torch.utils.data.Subset(dataset, idx)
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False)
+    task = progress.add_task("evaluate", total=len(idx)) if progress else None
+    for batch in loader:
+        outs = forward(batch["image"])
+        m.update(dict(zip(tasks, outs)), batch)
+        if progress:
+            progress.advance(task, len(batch["image"]))
+    if world > 1:
+        import numpy as np
+
+        t = torch.from_numpy(m.as_array())
+        dist.all_reduce(t)
+        m.load_array(t.numpy().astype(np.float64))
+    return m.compute()
+
+
+# ---------------------------------------------------------------------------------- train
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    history: list = field(default_factory=list)
+
+
+def fit(model: torch.nn.Module, train_ds, cfg: TrainConfig, *, tasks, num_classes: int, depth_cap: float,
+        out_dir: Path | None, val_ds=None, save: Callable | None = None, resume: dict | None = None,
+        set_train: Callable | None = None, set_eval: Callable | None = None, forward: Callable | None = None,
+        epoch_hook: Callable | None = None, extra_loss: Callable | None = None, progress=None,
+        drop_last: bool = False, val_limit: int | None = None) -> TrainState:
+    """Train ``model`` in place. ``save(state, optimizer)`` writes a checkpoint (rank 0 only).
+
+    ``set_train``/``set_eval`` switch modes (exported QAT graphs need torchao's helpers);
+    ``epoch_hook(epoch)`` runs before each epoch (QAT freezes BN and observers there).
+    """
+    set_train = set_train or (lambda m: m.train())
+    set_eval = set_eval or (lambda m: m.eval())
+    rank, world = dist_info()
+    torch.manual_seed(cfg.seed)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=True)
+    forward = forward or net
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(param_groups(model, cfg), weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(param_groups(model, cfg), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    state = TrainState()
+    if resume:
+        opt.load_state_dict(resume["optimizer"])
+        state = TrainState(resume["epoch"], resume["step"], list(resume.get("history", [])))
+    loader = make_loader(train_ds, cfg.batch_size, cfg.seed, shuffle=True, workers=cfg.workers, drop_last=drop_last)
+    total = cfg.epochs * len(loader)
+    if len(loader) == 0:
+        raise BadInputError(f"training set of {len(train_ds)} frames gives no batch of {cfg.batch_size} (drop_last)")
+    for epoch in range(state.epoch, cfg.epochs):
+        for obj in (train_ds, loader.sampler):
+            if hasattr(obj, "set_epoch"):
+                obj.set_epoch(epoch)
+        if epoch_hook:
+            epoch_hook(epoch)
+        set_train(model)
+        bar = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader) * cfg.batch_size * world,
+                                info="") if progress and rank == 0 else None
+        t0, seen, sums = time.perf_counter(), 0, {}
+        for batch in loader:
+            f = lr_factor(cfg, state.step, total)
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * f
+            outs = forward(batch["image"])
+            loss, parts = multitask_loss(outs, batch, tasks, cfg.lam)
+            if extra_loss is not None:
+                xl, xparts = extra_loss(batch, outs)
+                loss = loss + xl
+                parts.update(xparts)
+            if not torch.isfinite(loss):
+                raise EdgeHydraError(f"training diverged: loss is {float(loss)} at epoch {epoch + 1}, step {state.step} "
+                                     "(the last good checkpoint is kept; lower --lr)")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            state.step += 1
+            n = len(batch["image"])
+            seen += n
+            for k, v in {"loss": float(loss.detach()), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + v * n
+            if bar is not None:
+                ips = seen * world / max(time.perf_counter() - t0, 1e-9)
+                progress.update(bar, advance=n * world, info=f"loss {float(loss.detach()):.3f} seg {parts['seg']:.3f} "
+                                                              f"depth {parts['depth']:.3f} {ips:.1f} img/s")
+        rec = {"epoch": epoch + 1, **{k: v / max(seen, 1) for k, v in sums.items()},
+               "images_per_s": seen * world / max(time.perf_counter() - t0, 1e-9)}
+        if val_ds is not None:
+            set_eval(model)
+            rec["val"] = evaluate(lambda x: model(x), val_ds, tasks, num_classes, depth_cap, limit=val_limit)
+            rec["val"].pop("iou_per_class", None)
+        state.epoch = epoch + 1
+        state.history.append(rec)
+        if save is not None and rank == 0:
+            save(state, opt)
+        if world > 1:
+            dist.barrier()
+    set_eval(model)
+    return state
+
+
+def config_dict(cfg) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,238 @@
+"""What every export shares: the target record, the request, sources, and the run-verify-manifest pipeline.
+
+One target = one module exposing ``TARGET`` (an :class:`ExportTarget`) with two functions:
+``build(source, request, path)`` writes the artifact at ``path`` (a temporary that becomes the
+final name only when it is complete) and returns facts about it; ``load_runner(path, info)``
+returns a callable numpy NCHW float32 -> list of output arrays, or raises ``RunnerUnavailable``
+with the reason (Core ML off macOS). Timing, size, hashes, atomic writes, parity and the manifest
+are done here, once.
+"""
+from __future__ import annotations
+
+import importlib.metadata as md
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from edgehydra import __version__
+from edgehydra._io import atomic_path, atomic_write_json, path_size, sha256_path
+from edgehydra.errors import BadInputError, EdgeHydraError, MissingBackendError
+from edgehydra.model import HydraConfig
+
+
+class RunnerUnavailable(Exception):
+    """The artifact cannot run on this host; the message says why (it goes into the report)."""
+
+
+@dataclass(frozen=True)
+class ExportTarget:
+    name: str
+    suffix: str
+    precisions: tuple[str, ...]
+    runtime: str  # what verifies it
+    extra: str  # pip extra that installs what it needs
+    packages: tuple[str, ...]  # importable modules the export needs
+    runtime_os: tuple[str, ...] = ()  # OSes where the runtime runs ((): any)
+    build: Callable = None
+    load_runner: Callable = None
+    options: tuple[str, ...] = ()  # option names this target understands
+
+    def installed(self) -> bool:
+        import importlib.util
+
+        return all(importlib.util.find_spec(p) is not None for p in self.packages)
+
+    def require(self):
+        for p in self.packages:
+            import importlib.util
+
+            if importlib.util.find_spec(p) is None:
+                raise MissingBackendError(p, self.extra, f"{self.name} export")
+
+    def runs_here(self) -> bool:
+        return not self.runtime_os or platform.system() in self.runtime_os
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Parity limits against the PyTorch reference, per precision (configurable on the CLI)."""
+
+    min_argmax_agreement: float
+    max_depth_rel_err: float
+
+    def __post_init__(self):
+        if not 0 <= self.min_argmax_agreement <= 1:
+            raise ValueError(f"min_argmax_agreement={self.min_argmax_agreement}: between 0 and 1")
+        if self.max_depth_rel_err < 0:
+            raise ValueError(f"max_depth_rel_err={self.max_depth_rel_err}: >= 0")
+
+
+# fp32 artifacts against FP32 PyTorch should agree to float rounding; fp16 loses ~3 decimal
+# digits; int8 artifacts are compared with the converted pt2e program (same integer maths, but
+# kernels round differently), weight-only int8 against FP32.
+DEFAULT_TOLERANCES = {
+    "fp32": Tolerance(0.999, 1e-3),
+    "fp16": Tolerance(0.98, 2e-2),
+    "int8": Tolerance(0.95, 5e-2),
+    "w8": Tolerance(0.95, 5e-2),
+}
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    target: str
+    precision: str
+    size: tuple[int, int]
+    batch: int = 1
+    options: dict = field(default_factory=dict)
+    tolerance: Tolerance | None = None
+
+    def __post_init__(self):
+        if self.batch < 1:
+            raise ValueError(f"batch={self.batch}: >= 1")
+        h, w = self.size
+        if h < 32 or w < 32:
+            raise ValueError(f"size={self.size}: at least 32x32")
+
+    @property
+    def tol(self) -> Tolerance:
+        return self.tolerance or DEFAULT_TOLERANCES[self.precision]
+
+
+@dataclass
+class Source:
+    """What an export starts from: the FP32 model, and the quantised program for int8."""
+
+    fp32: torch.nn.Module
+    config: HydraConfig
+    checkpoint_sha256: str
+    program: object | None = None  # calibration.program.QuantisedProgram
+    calib_dataset: object | None = None  # for targets that quantise with their own quantizer (TFLite)
+
+    def reference(self, precision: str) -> Callable:
+        """The PyTorch model an artifact of this precision is compared with."""
+        if precision == "int8":
+            if self.program is None:
+                raise BadInputError("int8 export needs a quantised program: run `edgehydra ptq` or `qat` first, "
+                                    "or pass --program FILE.pt2")
+            return self.program.module
+        return self.fp32
+
+
+def tool_versions(*dists: str) -> dict:
+    out = {"edgehydra": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    for d in dists:
+        try:
+            out[d] = md.version(d)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def run_outputs(fn: Callable, x: np.ndarray) -> list[np.ndarray]:
+    with torch.no_grad():
+        outs = fn(torch.from_numpy(x))
+    return [o.detach().float().numpy() if isinstance(o, torch.Tensor) else np.asarray(o, np.float32) for o in outs]
+
+
+def run_batched(runner: Callable, frames: np.ndarray, batch: int) -> list[np.ndarray]:
+    """Artifacts have a fixed batch size: feed ``frames`` in chunks of it and concatenate."""
+    chunks = [runner(frames[i:i + batch]) for i in range(0, len(frames), batch)]
+    return [np.concatenate([np.asarray(c[k], np.float32) for c in chunks]) for k in range(len(chunks[0]))]
+
+
+def parity(ref: list[np.ndarray], got: list[np.ndarray], names: tuple[str, ...]) -> dict:
+    """Per output: max/mean abs error; segm argmax agreement; depth relative error."""
+    if len(ref) != len(got):
+        raise EdgeHydraError(f"artifact returned {len(got)} outputs, the reference {len(ref)}")
+    res = {}
+    for name, a, b in zip(names, ref, got):
+        b = np.asarray(b, np.float32).reshape(a.shape) if b.size == a.size else b
+        if a.shape != b.shape:
+            raise EdgeHydraError(f"output {name}: artifact shape {b.shape}, reference {a.shape}")
+        d = np.abs(a - b)
+        r = {"max_abs_err": float(d.max()), "mean_abs_err": float(d.mean())}
+        if name == "segm":
+            r["argmax_agreement"] = float((a.argmax(1) == b.argmax(1)).mean())
+        if name == "depth":
+            r["depth_rel_err"] = float(d.mean() / max(float(np.abs(a).mean()), 1e-6))
+        res[name] = r
+    return res
+
+
+def within(par: dict, tol: Tolerance) -> list[str]:
+    fails = []
+    if par["segm"]["argmax_agreement"] < tol.min_argmax_agreement:
+        fails.append(f"segm argmax agreement {par['segm']['argmax_agreement']:.4f} < {tol.min_argmax_agreement}")
+    if par["depth"]["depth_rel_err"] > tol.max_depth_rel_err:
+        fails.append(f"depth relative error {par['depth']['depth_rel_err']:.4g} > {tol.max_depth_rel_err}")
+    return fails
+
+
+@dataclass
+class ExportResult:
+    target: str
+    precision: str
+    status: str  # verified | exported (verification skipped) | failed
+    path: Path | None
+    manifest: dict
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+
+def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir: Path, frames: np.ndarray,
+               val_eval: Callable | None = None) -> ExportResult:
+    """build -> place atomically -> run in its runtime -> parity vs reference -> task metrics -> manifest."""
+    if req.precision not in target.precisions:
+        raise BadInputError(f"{target.name} does not support precision {req.precision!r}; "
+                            f"supported: {', '.join(target.precisions)}")
+    target.require()
+    ref_fn = source.reference(req.precision)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"hydranet_{req.precision}{target.suffix}"
+    t0 = time.perf_counter()
+    with atomic_path(final) as tmp:
+        facts = target.build(source, req, tmp) or {}
+    export_s = time.perf_counter() - t0
+    manifest = {"artifact": final.name, "target": target.name, "precision": req.precision,
+                "input": {"name": "image", "shape": [req.batch, 3, *req.size], "layout": facts.get("layout", "NCHW"),
+                          "dtype": facts.get("input_dtype", "float32"),
+                          "normalisation": {"mean": list(source.config.mean), "std": list(source.config.std)}},
+                "outputs": list(source.config.tasks), "classes": list(source.config.class_names),
+                "model_config": source.config.to_dict(), "size": list(req.size),
+                "sha256": sha256_path(final), "size_bytes": path_size(final), "export_seconds": export_s,
+                "source_checkpoint_sha256": source.checkpoint_sha256,
+                "recipe": source.program.recipe.to_dict() if (req.precision == "int8" and source.program) else None,
+                "tools": tool_versions(*facts.pop("tools", ())), "facts": facts, "verification": {}}
+    status, reason = "verified", ""
+    ref_override = facts.pop("reference", None)  # a target that quantises itself brings its own reference
+    if ref_override is not None:
+        ref_fn = ref_override
+    try:
+        runner = target.load_runner(final, manifest)
+    except RunnerUnavailable as e:
+        runner, status, reason = None, "exported", f"verification skipped: {e}"
+    if runner is not None:
+        ref = run_outputs(ref_fn, frames)
+        got = run_batched(runner, frames, req.batch)
+        par = parity(ref, got, source.config.tasks)
+        fails = within(par, req.tol)
+        manifest["verification"] = {"parity": par, "frames": int(frames.shape[0]),
+                                    "tolerance": vars(req.tol), "failures": fails}
+        if val_eval is not None:
+            manifest["metrics"] = val_eval(runner)
+        if fails:
+            status, reason = "failed", "; ".join(fails)
+    else:
+        manifest["verification"] = {"skipped": reason}
+    manifest["status"], manifest["reason"] = status, reason
+    atomic_write_json(out_dir / f"hydranet_{req.precision}{target.suffix}.manifest.json", manifest)
+    return ExportResult(target.name, req.precision, status, final, manifest, reason)

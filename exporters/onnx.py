@@ -1,0 +1,57 @@
+"""ONNX: fp32 and QDQ int8 (from the quantised pt2e program), verified with onnxruntime.
+
+The QDQ graph is what TensorRT on Jetson and onnxruntime's quantised kernels consume.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from .base import ExportTarget
+
+
+def build(source, req, path):
+    import onnx
+
+    opset = int(req.options.get("opset", 18))
+    module = source.fp32.eval() if req.precision == "fp32" else source.program.module
+    x = torch.zeros(req.batch, 3, *req.size)
+    names = list(source.config.tasks)
+    prog = torch.onnx.export(module, (x,), dynamo=True, input_names=["image"], output_names=names,
+                             opset_version=opset, verbose=False)
+    prog.save(str(path))
+    m = onnx.load(str(path))
+    meta = {"edgehydra": json.dumps({"classes": list(source.config.class_names), "mean": list(source.config.mean),
+                                     "std": list(source.config.std), "tasks": names,
+                                     "source_sha256": source.checkpoint_sha256,
+                                     "recipe": source.program.recipe.name if req.precision == "int8" else None})}
+    del m.metadata_props[:]
+    for k, v in meta.items():
+        m.metadata_props.add(key=k, value=v)
+    onnx.save(m, str(path))
+    ops = {}
+    for n in m.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    return {"opset": opset, "ops": ops, "qdq_nodes": ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0),
+            "tools": ("onnx", "onnxscript", "onnxruntime")}
+
+
+def load_runner(path, manifest):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+
+    def run(x: np.ndarray):
+        return sess.run(None, {name: np.ascontiguousarray(x, np.float32)})
+
+    return run
+
+
+TARGET = ExportTarget(name="onnx", suffix=".onnx", precisions=("fp32", "int8"), runtime="onnxruntime",
+                      extra="onnx", packages=("onnx", "onnxscript", "onnxruntime"), build=build,
+                      load_runner=load_runner, options=("opset",))

@@ -1,0 +1,120 @@
+"""Open any exported artifact in its runtime (via its manifest), and re-verify a run's artifacts."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from edgehydra._io import sha256_path
+from edgehydra.errors import BadInputError, EdgeHydraError
+from edgehydra.model import HydraConfig
+
+from . import get_target, list_targets
+from .base import RunnerUnavailable, Tolerance, parity, run_batched, run_outputs, within
+
+SUFFIX_TARGET = {".pte": "executorch", ".tflite": "tflite", ".onnx": "onnx", ".mlpackage": "coreml"}
+
+
+@dataclass
+class Artifact:
+    path: Path
+    target: str
+    precision: str
+    config: HydraConfig
+    size: tuple[int, int]
+    manifest: dict
+    runner: Callable
+
+    def forward(self, x: torch.Tensor):
+        return [torch.from_numpy(np.asarray(o, np.float32)) for o in self.runner(x.numpy().astype(np.float32))]
+
+
+def read_manifest(path: Path) -> dict:
+    m = Path(str(path) + ".manifest.json")
+    if not m.is_file():
+        raise BadInputError(f"no manifest beside {path} (expected {m.name}); export it with `edgehydra export`")
+    try:
+        return json.loads(m.read_text())
+    except json.JSONDecodeError as e:
+        raise BadInputError(f"{m}: invalid JSON ({e})") from None
+
+
+def open_artifact(path: Path, check_hash: bool = True) -> Artifact:
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError(f"artifact not found: {path}")
+    target = SUFFIX_TARGET.get(path.suffix)
+    if target is None:
+        raise BadInputError(f"{path}: unknown artifact type {path.suffix!r}; expected one of {', '.join(SUFFIX_TARGET)}")
+    man = read_manifest(path)
+    if check_hash and sha256_path(path) != man.get("sha256"):
+        raise EdgeHydraError(f"{path}: sha256 does not match its manifest (modified or corrupt); re-export it")
+    tgt = get_target(target)
+    tgt.require()
+    try:
+        runner = tgt.load_runner(path, man)
+    except RunnerUnavailable as e:
+        raise EdgeHydraError(f"{path.name} cannot run on this host: {e}") from None
+    return Artifact(path, target, man["precision"], HydraConfig.from_dict(man["model_config"]), tuple(man["size"]),
+                    man, runner)
+
+
+def verify_run(run: Path) -> list[dict]:
+    """Hashes and parity of every artifact listed in RUN/export/manifest.json."""
+    from .stage import open_source, parity_frames
+
+    mf = Path(run) / "export" / "manifest.json"
+    if not mf.is_file():
+        raise BadInputError(f"no export manifest at {mf}: run `edgehydra export --run {run}` first")
+    entries = json.loads(mf.read_text())["artifacts"]
+    model, info, prog, ds = open_source(Path(run), None, None, None)
+    from edgehydra.data import Resize
+    from edgehydra.runs import open_split
+
+    rows = []
+    frames_cache = {}
+    for e in entries:
+        if not e.get("path"):
+            continue
+        path = mf.parent / e["path"]
+        row = {"artifact": e["path"], "hash_ok": False, "parity_ok": None, "detail": ""}
+        if not path.exists():
+            row["detail"] = "artifact missing"
+            rows.append(row)
+            continue
+        row["hash_ok"] = sha256_path(path) == e.get("sha256")
+        if not row["hash_ok"]:
+            row["detail"] = "sha256 differs from the manifest"
+            rows.append(row)
+            continue
+        man = read_manifest(path)
+        size = tuple(man["size"])
+        if size not in frames_cache:
+            frames_cache[size] = parity_frames(open_split(ds, "val", transform=Resize(size)))
+        frames = frames_cache[size]
+        try:
+            runner = get_target(e["target"]).load_runner(path, man)
+        except RunnerUnavailable as ex:
+            row["detail"] = f"parity skipped: {ex}"
+            rows.append(row)
+            continue
+        if e["precision"] == "int8" and prog is None:
+            row["detail"] = "no quantised program in the run to compare with"
+            rows.append(row)
+            continue
+        ref = run_outputs(prog.module if e["precision"] == "int8" else model, frames)
+        got = run_batched(runner, frames, man["input"]["shape"][0])
+        tol = Tolerance(**man["verification"]["tolerance"]) if man.get("verification", {}).get("tolerance") else None
+        par = parity(ref, got, model.config.tasks)
+        fails = within(par, tol) if tol else []
+        row["parity_ok"] = not fails
+        row["detail"] = "; ".join(fails) or f"argmax agreement {par['segm']['argmax_agreement']:.4f}"
+        rows.append(row)
+    return rows
+
+
+__all__ = ["open_artifact", "verify_run", "list_targets"]

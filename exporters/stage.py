@@ -1,0 +1,171 @@
+"""The export stage of a run: every requested (target, precision), verified, in one manifest.
+
+    runs/NAME/export/<target>/hydranet_<precision><suffix>           the artifact
+    runs/NAME/export/<target>/hydranet_<precision><suffix>.manifest.json
+    runs/NAME/export/manifest.json                                    all artifacts, hashes, parity, metrics
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgehydra._io import atomic_write_json
+from edgehydra.checkpoint import load_checkpoint
+from edgehydra.data import Resize
+from edgehydra.errors import BadInputError, EdgeHydraError, MissingBackendError
+from edgehydra.metrics import Metrics
+from edgehydra.runs import open_split, run_data_settings
+
+from . import get_target, installed_targets, list_targets
+from .base import ExportRequest, ExportResult, Source, Tolerance, export_one
+
+PARITY_FRAMES = 8
+
+
+def open_source(run: Path | None, checkpoint: Path | None, program: Path | None, dataset: str | None):
+    """FP32 model (+ quantised program) and the data they were made with."""
+    from edgehydra.calibration.program import load_program
+    from edgehydra.calibration.stages import program_of
+
+    if run is not None:
+        checkpoint = checkpoint or Path(run) / "fp32.pt"
+        if program is None:
+            try:
+                program = program_of(Path(run))
+            except BadInputError:
+                program = None
+    if checkpoint is None and program is not None:
+        prog = load_program(program)
+        checkpoint = Path(prog.meta.get("source_checkpoint", ""))
+    if checkpoint is None or not Path(checkpoint).is_file():
+        raise BadInputError(f"no FP32 checkpoint found ({checkpoint}); pass --run DIR or --checkpoint FILE")
+    model, info = load_checkpoint(checkpoint)
+    prog = load_program(program) if program is not None else None
+    ds = run_data_settings(Path(checkpoint), dataset)
+    return model, info, prog, ds
+
+
+def parity_frames(val, n: int = PARITY_FRAMES) -> np.ndarray:
+    """Real frames from the validation split (not noise): what the artifact will actually see."""
+    k = min(n, len(val))
+    return torch.stack([val[i]["image"] for i in range(k)]).numpy().astype(np.float32)
+
+
+def eval_runner(val, cfg, limit: int):
+    def run(runner):
+        m = Metrics(cfg.num_classes, getattr(val, "depth_cap", cfg.depth_cap))
+        for i in range(min(limit, len(val))):
+            s = val[i]
+            outs = runner(s["image"][None].numpy())
+            batch = {k: v[None] if torch.is_tensor(v) else v for k, v in s.items()}
+            m.update({n: torch.from_numpy(np.asarray(o, np.float32)) for n, o in zip(cfg.tasks, outs)}, batch)
+        r = m.compute()
+        r.pop("iou_per_class", None)
+        r["frames"] = min(limit, len(val))
+        return r
+
+    return run
+
+
+def plan(targets: list[str], precisions: list[str] | None, have_program: bool) -> list[tuple[str, str]]:
+    """(target, precision) pairs. 'all' = every installed target; default precisions = all each supports
+    (int8 only when a quantised program exists). An explicit unsupported pair is refused."""
+    names = installed_targets() if targets == ["all"] else targets
+    pairs = []
+    for t in names:
+        if t not in list_targets():
+            raise BadInputError(f"unknown target {t!r}; choose from {', '.join(list_targets())} or all")
+        tgt = get_target(t)
+        if precisions:
+            for p in precisions:
+                if p not in tgt.precisions:
+                    raise BadInputError(f"{t} does not support precision {p!r}; supported: {', '.join(tgt.precisions)}")
+                pairs.append((t, p))
+        else:
+            pairs += [(t, p) for p in tgt.precisions if p != "int8" or have_program]
+    return pairs
+
+
+def export_run(out: Path, targets: list[str], precisions: list[str] | None = None, *, run: Path | None = None,
+               checkpoint: Path | None = None, program: Path | None = None, dataset: str | None = None, size=None,
+               options: dict | None = None, tolerances: dict | None = None, eval_frames: int = 32,
+               progress=None, strict_missing: bool = True) -> list[ExportResult]:
+    model, info, prog, ds = open_source(run, checkpoint, program, dataset)
+    size = tuple(size or (prog.size if prog else ds["size"]))
+    val = open_split(ds, "val", transform=Resize(size))
+    calib_ds = open_split(ds, "train", transform=Resize(size)) if prog is not None else None
+    source = Source(model, model.config, info["sha256"], prog, calib_ds)
+    frames = parity_frames(val)
+    pairs = plan(targets, precisions, prog is not None)
+    results: list[ExportResult] = []
+    task = progress.add_task("export", total=len(pairs)) if progress else None
+    for t, p in pairs:
+        tgt = get_target(t)
+        if progress:
+            progress.update(task, info=f"{t} {p}")
+        try:
+            tgt.require()
+        except MissingBackendError as e:
+            if strict_missing and targets != ["all"]:
+                raise
+            results.append(ExportResult(t, p, "skipped", None, {}, str(e)))
+            continue
+        tol = (tolerances or {}).get(p)
+        req = ExportRequest(t, p, size, options=dict(options or {}), tolerance=tol)
+        try:
+            r = export_one(tgt, source, req, Path(out) / t, frames, eval_runner(val, model.config, eval_frames))
+        except (BadInputError, MissingBackendError):
+            raise
+        except Exception as e:  # noqa: BLE001 - one target failing must not hide the others' results
+            msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            r = ExportResult(t, p, "failed", None, {}, f"{type(e).__name__}: {msg}")
+        results.append(r)
+        if progress:
+            progress.advance(task)
+    write_manifest(Path(out), results, ds, size)
+    return results
+
+
+def write_manifest(out: Path, results: list[ExportResult], ds: dict, size) -> None:
+    entries = []
+    for r in results:
+        e = {"target": r.target, "precision": r.precision, "status": r.status, "reason": r.reason,
+             "path": str(r.path.relative_to(out)) if r.path else None}
+        e.update({k: r.manifest.get(k) for k in ("sha256", "size_bytes", "export_seconds", "verification", "metrics",
+                                                 "facts", "tools", "recipe") if k in r.manifest})
+        entries.append(e)
+    atomic_write_json(out / "manifest.json", {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "data": ds,
+                                              "size": list(size), "artifacts": entries})
+
+
+def summary_rows(results: list[ExportResult]) -> list[dict]:
+    rows = []
+    for r in results:
+        m = r.manifest
+        par = (m.get("verification") or {}).get("parity") or {}
+        met = m.get("metrics") or {}
+        rows.append({"target": r.target, "precision": r.precision, "status": r.status, "reason": r.reason,
+                     "size_mb": m.get("size_bytes", 0) / 2 ** 20 if m else None,
+                     "argmax": par.get("segm", {}).get("argmax_agreement"),
+                     "depth_rel": par.get("depth", {}).get("depth_rel_err"),
+                     "miou": met.get("miou"), "rmse": met.get("rmse")})
+    return rows
+
+
+def parse_tolerances(items: tuple[str, ...]) -> dict:
+    """--tol int8=0.9,0.08  -> {int8: Tolerance(0.9, 0.08)}"""
+    out = {}
+    for it in items:
+        try:
+            prec, vals = it.split("=")
+            a, d = (float(v) for v in vals.split(","))
+            out[prec] = Tolerance(a, d)
+        except ValueError as e:
+            raise BadInputError(f"--tol {it!r}: expected PRECISION=MIN_ARGMAX_AGREEMENT,MAX_DEPTH_REL_ERR ({e})") from None
+    return out
+
+
+__all__ = ["export_run", "summary_rows", "EdgeHydraError"]

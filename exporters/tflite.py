@@ -1,0 +1,167 @@
+"""TFLite/LiteRT: fp32 and fp16 via litert-torch, int8 full-integer via LiteRT's quantizer.
+
+int8: the fp32 .tflite is calibrated with the quantised program's calibration frames and
+quantised by ai-edge-quantizer with the recipe's translation (see calibration.quantizers).
+``io_dtype`` int8 (default: what an integer-only NPU wants) or float (QUANTIZE/DEQUANTIZE at the
+edges); with int8 I/O the (scale, zero point) of input and outputs go into the manifest.
+``layout`` NHWC feeds the model channel-last, as Android camera pipelines produce.
+Verified with ai-edge-litert's Interpreter (tflite-runtime as a fallback).
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import torch
+
+from .base import ExportTarget
+
+
+class _ChannelLast(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        return self.m(x.permute(0, 3, 1, 2))
+
+
+def _convert_fp32(module, x, path):
+    import litert_torch
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    litert_torch.convert(module.eval(), (x,)).export(str(path))
+
+
+def _calibration_inputs(source, req, nhwc: bool, limit: int = 64):
+    prog, ds = source.program, source.calib_dataset
+    idx = list(prog.meta.get("calibration", {}).get("indices", []))[:limit] if prog is not None else []
+    if ds is None or not idx:
+        from edgehydra.errors import BadInputError
+
+        raise BadInputError("TFLite int8 needs calibration frames: export from a run with a quantised program")
+    for i in idx:
+        x = ds[i]["image"][None].numpy().astype(np.float32)
+        yield x.transpose(0, 2, 3, 1).copy() if nhwc else x
+
+
+def build(source, req, path):
+    from edgehydra.calibration.quantizers import translate
+
+    nhwc = req.options.get("layout", "NCHW").upper() == "NHWC"
+    io_dtype = req.options.get("io_dtype", "int8")
+    x = torch.zeros(req.batch, 3, *req.size)
+    module = _ChannelLast(source.fp32) if nhwc else source.fp32
+    if nhwc:
+        x = x.permute(0, 2, 3, 1).contiguous()
+    facts = {"layout": "NHWC" if nhwc else "NCHW", "tools": ("litert-torch", "ai-edge-litert", "ai-edge-quantizer"),
+             "metadata_location": "manifest.json"}
+    if req.precision == "fp32":
+        _convert_fp32(module, x, path)
+        return facts
+    tmp32 = path.with_name(path.name + ".fp32.tflite")
+    try:
+        _convert_fp32(module, x, tmp32)
+        from ai_edge_quantizer import qtyping, quantizer, recipe_manager
+        from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+        if req.precision == "fp16":
+            rm = recipe_manager.RecipeManager()
+            rm.add_quantization_config(
+                regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                op_config=qtyping.OpQuantizationConfig(
+                    weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
+                    compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True),
+                algorithm_key=AlgorithmName.FLOAT_CASTING)
+            q = quantizer.Quantizer(str(tmp32), rm.get_quantization_recipe())
+            res = q.quantize(enable_progress_bar=False, enable_progress_report=False)
+            facts["note"] = "fp16 weights, dequantised to fp32 at load (LiteRT GPU/NPU delegates run them in fp16)"
+        else:
+            tr = translate(source.program.recipe, "litert", target="tflite")
+            rm = tr.quantizer
+            if io_dtype == "float":
+                for op in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):
+                    rm.add_quantization_config(regex=".*", operation_name=op,
+                                               op_config=qtyping.OpQuantizationConfig(compute_precision=qtyping.ComputePrecision.FLOAT),
+                                               algorithm_key=AlgorithmName.NO_QUANTIZE)
+            q = quantizer.Quantizer(str(tmp32), rm.get_quantization_recipe())
+            sig = next(iter(_signature_inputs(tmp32)))
+            data = {"serving_default": [{sig: a} for a in _calibration_inputs(source, req, nhwc)]}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cal = q.calibrate(data, num_threads=2)
+            res = q.quantize(cal, enable_progress_bar=False, enable_progress_report=False)
+            facts["translation"] = tr.to_dict()
+            facts["io_dtype"] = io_dtype
+        res.export_model(str(path), overwrite=True)
+    finally:
+        tmp32.unlink(missing_ok=True)
+    it = _interpreter(path)
+    facts["input_dtype"] = np.dtype(it.get_input_details()[0]["dtype"]).name
+    if req.precision == "int8":
+        facts["io_quantization"] = {
+            "input": _qparams(it.get_input_details()[0]),
+            "outputs": {n: _qparams(d) for n, d in zip(source.config.tasks, _ordered_outputs(it))}}
+    return facts
+
+
+def _signature_inputs(path):
+    it = _interpreter(path)
+    return it.get_signature_list()["serving_default"]["inputs"]
+
+
+def _qparams(d):
+    s, z = d["quantization"]
+    return {"dtype": np.dtype(d["dtype"]).name, "scale": float(s), "zero_point": int(z)}
+
+
+def _interpreter(path):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # the older runtime with the same API
+        from tflite_runtime.interpreter import Interpreter
+    it = Interpreter(model_path=str(path), num_threads=2)
+    it.allocate_tensors()
+    return it
+
+
+def _ordered_outputs(it):
+    """Outputs in the model's order (output_0, output_1, ...), not the interpreter's tensor order."""
+    outs = it.get_output_details()
+    return sorted(outs, key=lambda d: [int(t) if t.isdigit() else t for t in d["name"].replace(":", "_").split("_")])
+
+
+def load_runner(path, manifest):
+    it = _interpreter(path)
+    inp = it.get_input_details()[0]
+    outs = _ordered_outputs(it)
+    nhwc = manifest.get("facts", {}).get("layout") == "NHWC"
+
+    def run(x: np.ndarray):
+        res = []
+        for b in range(x.shape[0]):
+            xi = x[b:b + 1].transpose(0, 2, 3, 1) if nhwc else x[b:b + 1]
+            if np.issubdtype(inp["dtype"], np.integer):
+                s, z = inp["quantization"]
+                info = np.iinfo(inp["dtype"])
+                xi = np.clip(np.round(xi / s + z), info.min, info.max).astype(inp["dtype"])
+            it.set_tensor(inp["index"], np.ascontiguousarray(xi))
+            it.invoke()
+            o = []
+            for d in outs:
+                v = it.get_tensor(d["index"])
+                if np.issubdtype(d["dtype"], np.integer):
+                    s, z = d["quantization"]
+                    v = (v.astype(np.float32) - z) * s
+                o.append(v.astype(np.float32))
+            res.append(o)
+        return [np.concatenate([r[k] for r in res]) for k in range(len(outs))]
+
+    return run
+
+
+TARGET = ExportTarget(name="tflite", suffix=".tflite", precisions=("fp32", "fp16", "int8"),
+                      runtime="ai-edge-litert Interpreter", extra="tflite",
+                      packages=("litert_torch", "ai_edge_litert", "ai_edge_quantizer"), build=build,
+                      load_runner=load_runner, options=("io_dtype", "layout"))

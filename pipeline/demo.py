@@ -1,0 +1,226 @@
+"""`edgehydra demo`: every stage on the embedded synthroom data, each reused when rerun unchanged.
+
+data -> train FP32 -> PTQ -> QAT -> sensitivity -> export (every installed target) -> bench on
+this host -> calibrate the host latency model -> check three device profiles -> report.
+
+A stage records its settings' hash and result in ``DIR/stages/NAME.json``; a rerun with the same
+settings (and its outputs still on disk) reuses it instead of recomputing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from edgehydra._io import atomic_write_json
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    model: str = "hydranet_small"
+    size: tuple[int, int] = (120, 160)
+    frames: int = 640
+    val_frames: int = 64
+    epochs: int = 8
+    batch_size: int = 16
+    qat_epochs: int = 1
+    qat_frames: int = 320
+    calib_frames: int = 64
+    sensitivity_layers: str = "*segm*"
+    devices: tuple[str, ...] = ("host_cpu", "raspberrypi5", "snapdragon8gen3_hexagon")
+    bench_runs: int = 20
+    seed: int = 0
+
+    @classmethod
+    def fast(cls) -> "DemoConfig":
+        """The tiny model on a few frames: the whole pipeline in a few minutes (what the tests run)."""
+        return cls(model="hydranet_tiny", size=(64, 96), frames=32, val_frames=8, epochs=1, batch_size=8,
+                   qat_epochs=1, qat_frames=16, calib_frames=8, sensitivity_layers="segm", bench_runs=5)
+
+
+class Stages:
+    def __init__(self, out: Path, console=None):
+        self.out, self.console, self.log = Path(out), console, []
+
+    def run(self, name: str, settings: dict, fn: Callable[[], dict], outputs: list[Path] = ()) -> dict:
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        rec_path = self.out / "stages" / f"{name}.json"
+        if rec_path.is_file():
+            rec = json.loads(rec_path.read_text())
+            if rec.get("key") == key and all(Path(p).exists() for p in outputs):
+                self.log.append({"stage": name, "status": "reused", "seconds": 0.0, "note": rec.get("note", "")})
+                self._say(f"[dim]{name}: reused (same settings)[/]")
+                return rec["result"]
+        self._say(f"[bold]{name}[/] ...")
+        t0 = time.perf_counter()
+        try:
+            result = fn()
+            status, note = "done", result.pop("_note", "") if isinstance(result, dict) else ""
+        except _Skip as e:
+            result, status, note = {}, "skipped", str(e)
+        secs = time.perf_counter() - t0
+        self.log.append({"stage": name, "status": status, "seconds": secs, "note": note})
+        if status == "done":
+            atomic_write_json(rec_path, {"key": key, "settings": settings, "result": result, "seconds": secs, "note": note})
+        self._say(f"{name}: {status} in {secs:.1f} s" + (f" ({note})" if note else ""))
+        return result
+
+    def _say(self, msg):
+        if self.console:
+            self.console.print(msg)
+
+
+class _Skip(Exception):
+    pass
+
+
+def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) -> dict:
+    from edgehydra.calibration.stages import ptq_run, qat_run
+    from edgehydra.runs import train_run
+    from edgehydra.train import TrainConfig
+
+    out = Path(out)
+    st = Stages(out, console)
+    pf = progress_factory or (lambda: _null())
+    t_start = time.perf_counter()
+    base = asdict(cfg)
+
+    def data_stage():
+        from edgehydra.data.synthroom import SynthConfig, generate_frame
+
+        t = time.perf_counter()
+        n = 20
+        for i in range(n):
+            generate_frame(cfg.seed, i, SynthConfig(size=(240, 320)))
+        return {"frames_per_s_240x320": n / (time.perf_counter() - t), "train_frames": cfg.frames,
+                "val_frames": cfg.val_frames, "_note": "synthroom is generated in memory; nothing to download"}
+
+    st.run("data", {"seed": cfg.seed}, data_stage)
+    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed)
+    with pf() as p:
+        st.run("train", {k: base[k] for k in ("model", "size", "frames", "val_frames", "epochs", "batch_size", "seed")},
+               lambda: {"metrics": train_run(out, "synthroom", cfg.model, tcfg, size=cfg.size, frames=cfg.frames,
+                                             val_frames=cfg.val_frames, progress=p)["metrics"]},
+               [out / "fp32.pt"])
+    ckpt = out / "fp32.pt"
+    with pf() as p:
+        st.run("ptq", {**{k: base[k] for k in ("calib_frames",)}, "ckpt": _sha(ckpt)},
+               lambda: {"metrics": ptq_run(ckpt, out / "ptq", "w8a8", calib_frames=cfg.calib_frames,
+                                           progress=p)["metrics"]}, [out / "ptq" / "program.pt2"])
+    qcfg = TrainConfig(epochs=cfg.qat_epochs, batch_size=cfg.batch_size, lr_encoder=1e-3, lr_decoder=1e-3,
+                       seed=cfg.seed, schedule="cosine")
+
+    def qat_stage():
+        # QAT fine-tunes on the first qat_frames training frames: a short schedule is what QAT needs.
+        rep = qat_run(ckpt, out / "qat", qcfg, "w8a8", progress=p, frames=cfg.qat_frames)
+        return {"metrics": rep["metrics"], "train_seconds": rep["train_seconds"]}
+
+    with pf() as p:
+        st.run("qat", {"qat_epochs": cfg.qat_epochs, "qat_frames": cfg.qat_frames, "ckpt": _sha(ckpt)}, qat_stage,
+               [out / "qat" / "program.pt2"])
+
+    def sens_stage():
+        from edgehydra.calibration.sensitivity import sensitivity_run
+
+        rep = sensitivity_run(ckpt, out / "sensitivity", frames=min(32, cfg.val_frames), calib_frames=cfg.calib_frames,
+                              layers=cfg.sensitivity_layers)
+        return {"layers": len(rep["layers"]), "chart": rep["chart"]}
+
+    st.run("sensitivity", {"layers": cfg.sensitivity_layers, "ckpt": _sha(ckpt)}, sens_stage,
+           [out / "sensitivity" / "sensitivity.png"])
+
+    def export_stage():
+        from edgehydra.exporters import installed_targets, list_targets
+        from edgehydra.exporters.stage import export_run, summary_rows
+
+        missing = [t for t in list_targets() if t not in installed_targets()]
+        with pf() as p:
+            res = export_run(out / "export", ["all"], run=out, eval_frames=cfg.val_frames, progress=p, strict_missing=False)
+        note = f"not installed: {', '.join(missing)}" if missing else ""
+        return {"rows": summary_rows(res), "_note": note}
+
+    exp = st.run("export", {"ckpt": _sha(ckpt), "qat": _sha(out / "qat" / "program.pt2")}, export_stage,
+                 [out / "export" / "manifest.json"])
+
+    def bench_stage():
+        from edgehydra.devices.bench import bench
+
+        rows = []
+        man = json.loads((out / "export" / "manifest.json").read_text())
+        for a in man["artifacts"]:
+            if not a.get("path") or a["status"] not in ("verified",):
+                continue
+            r = bench(out / "export" / a["path"], warmup=3, runs=cfg.bench_runs, threads=2)
+            r.update(target=a["target"], precision=a["precision"], size=list(cfg.size))
+            from edgehydra._io import atomic_write_json as w
+
+            w(Path(r["json"]), r)
+            rows.append(r)
+        eager = bench(ckpt, warmup=2, runs=max(3, cfg.bench_runs // 2), threads=2, write=False)
+        eager.update(target="pytorch", precision="fp32", size=list(cfg.size))
+        rows.append(eager)
+        return {"rows": rows}
+
+    bench_res = st.run("bench", {"export": _sha(out / "export" / "manifest.json"), "runs": cfg.bench_runs}, bench_stage)
+
+    def calibrate_stage():
+        from edgehydra.checkpoint import load_checkpoint
+        from edgehydra.devices.estimate import fit_efficiencies
+        from edgehydra.devices.profile import load_profile
+
+        model, _ = load_checkpoint(ckpt)
+        meas = [{"precision": r["precision"] if r["precision"] != "w8" else "fp32", "size": r["size"],
+                 "p50_ms": r["p50_ms"]} for r in bench_res.get("rows", [])
+                if r["target"] == "executorch"]
+        if not meas:
+            raise _Skip("no ExecuTorch benchmark to calibrate against")
+        fitted, rep = fit_efficiencies(model, load_profile("host_cpu"), meas)
+        from edgehydra.devices.profile import to_toml
+
+        (out / "devices").mkdir(parents=True, exist_ok=True)
+        (out / "devices" / "host_cpu.toml").write_text(to_toml(fitted))
+        return {"report": rep}
+
+    cal = st.run("calibrate", {"bench": bench_res}, calibrate_stage)
+
+    def check_stage():
+        from edgehydra.devices.check import check_run
+
+        devs = [str(out / "devices" / "host_cpu.toml") if d == "host_cpu" and (out / "devices" / "host_cpu.toml").is_file()
+                else d for d in cfg.devices]
+        res = check_run(out, devs)
+        atomic_write_json(out / "check.json", res)
+        return {"verdicts": {r["device"]: r["verdict"] for r in res}}
+
+    st.run("check", {"export": exp, "cal": cal}, check_stage, [out / "check.json"])
+    total = time.perf_counter() - t_start
+    summary = {"config": base, "stages": st.log, "total_seconds": total}
+    atomic_write_json(out / "demo.json", summary)
+
+    def report_stage():
+        from .report import write_report
+
+        return {"files": [str(p) for p in write_report(out)]}
+
+    st.run("report", {"t": time.time()}, report_stage)
+    summary["stages"] = st.log
+    summary["total_seconds"] = time.perf_counter() - t_start
+    atomic_write_json(out / "demo.json", summary)
+    return summary
+
+
+def _sha(p: Path) -> str | None:
+    from edgehydra._io import sha256_path
+
+    return sha256_path(p) if Path(p).exists() else None
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False

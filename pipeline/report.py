@@ -1,0 +1,261 @@
+"""`edgehydra report --run DIR`: report.md and a single offline report.html with PNGs beside them.
+
+Sections: pipeline and settings; per-task metrics (FP32 / PTQ / QAT / each artifact); the
+artifact table (target, precision, status, size, mIoU, RMSE, ms p50, FPS, budget verdicts);
+plots (accuracy vs latency, per-layer sensitivity, estimated vs measured latency); prediction
+panels (input, ground truth, FP32, each artifact) on synthroom frames and the real NYUDv2 samples.
+"""
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+
+from edgehydra._io import atomic_write_bytes
+
+SECTIONS = ("Pipeline", "Per-task metrics", "Artifacts", "Device budgets", "Accuracy vs latency",
+            "Per-layer sensitivity", "Estimated vs measured latency", "Predictions")
+
+
+def _load(p: Path):
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _fmt(v, f=".2f"):
+    return "-" if v is None else format(v, f)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path):
+    tmp = path.with_name(f".{path.name}.part.png")
+    fig.savefig(tmp, dpi=80, bbox_inches="tight")
+    _plt().close(fig)
+    tmp.replace(path)
+    return path
+
+
+def accuracy_latency_plot(rows, checks, path: Path) -> Path:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, key, label in ((axes[0], "miou", "mIoU (%)"), (axes[1], "rmse", "depth RMSE (m)")):
+        for r in rows:
+            if r.get("ms") and r.get(key) is not None:
+                ax.scatter(r["ms"], r[key], s=50)
+                ax.annotate(f"{r['target']} {r['precision']}", (r["ms"], r[key]), fontsize=7, xytext=(4, 2),
+                            textcoords="offset points")
+        for c in checks or []:
+            if c.get("estimated_ms") is None:
+                continue
+            vals = {row["budget"]: row["value"] for row in c["rows"]}
+            v = vals.get("mIoU" if key == "miou" else "depth RMSE")
+            if v is not None:
+                ax.scatter(c["estimated_ms"], v, marker="x", s=60, color="k")
+                ax.annotate(f"{c['device']} (est.)", (c["estimated_ms"], v), fontsize=7, xytext=(4, -8),
+                            textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("latency p50 (ms, log): dots measured on this host, x estimated on devices at budget size")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Accuracy vs latency, per task")
+    return _save(fig, path)
+
+
+def est_vs_meas_plot(cal, path: Path) -> Path | None:
+    if not cal or "report" not in cal:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for tag, marker in (("before", "o"), ("after", "s")):
+        pts = cal["report"][tag]
+        ax.scatter([p["measured_ms"] for p in pts], [p["estimated_ms"] for p in pts], marker=marker,
+                   label=f"{tag} calibration")
+        for p in pts:
+            ax.annotate(f"{p['precision']} {p['size'][0]}x{p['size'][1]}", (p["measured_ms"], p["estimated_ms"]),
+                        fontsize=7, xytext=(3, 3), textcoords="offset points")
+    lim = [min(1, *[p["measured_ms"] for p in cal["report"]["after"]]), max(p["measured_ms"] for p in cal["report"]["after"]) * 3]
+    ax.plot(lim, lim, "k--", lw=1, label="estimate = measured")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("measured p50 on this host (ms)")
+    ax.set_ylabel("roofline estimate (ms)")
+    ax.legend(fontsize=8)
+    ax.set_title("host CPU: estimated vs measured latency")
+    return _save(fig, path)
+
+
+def panels(run: Path, outdir: Path, limit_synth: int = 2) -> list[Path]:
+    """Input | ground truth | FP32 | each runnable artifact, on synthroom val frames and real NYUDv2 samples."""
+    import numpy as np
+    import torch
+
+    from edgehydra.checkpoint import load_checkpoint
+    from edgehydra.data.layout import save_png
+    from edgehydra.visualize import find_ground_truth, panel, run_on_image
+    from edgehydra.data.layout import read_rgb
+
+    model, _ = load_checkpoint(run / "fp32.pt")
+    cfg = model.config
+    size = cfg.input_size
+    fwds = [("FP32", lambda x: model(x))]
+    man = _load(run / "export" / "manifest.json") or {"artifacts": []}
+    from edgehydra.exporters.runtime import open_artifact
+
+    for a in man["artifacts"]:
+        if a.get("status") == "verified" and a.get("path"):
+            try:
+                art = open_artifact(run / "export" / a["path"])
+            except Exception:  # noqa: BLE001 - a panel row missing is reported by the artifact table
+                continue
+            fwds.append((f"{a['target']} {a['precision']}", art.forward))
+    written = []
+    from edgehydra.data.synthroom import SynthConfig, generate_frame
+    from edgehydra.data import SYNTH_VAL_SEED_OFFSET
+
+    frames = []
+    for i in range(limit_synth):
+        f = generate_frame(SYNTH_VAL_SEED_OFFSET, i, SynthConfig(size=(240, 320)))
+        frames.append((f"synthroom_val_{i}", f["rgb"], {"segm": f["segm"], "depth": f["depth"]}))
+    samples = Path(__file__).resolve().parents[1].parent / "shared" / "samples" / "nyud"
+    for p in sorted(samples.glob("0*.png")) if samples.is_dir() else []:
+        frames.append((f"nyud_{p.stem}", read_rgb(p), find_ground_truth(p, cfg.num_classes)))
+    for name, rgb, gt in frames:
+        rows = [("ground truth", gt)] if gt else []
+        with torch.no_grad():
+            rows += [(label, run_on_image(f, cfg, rgb, size)) for label, f in fwds]
+        written.append(panel(rgb, rows, outdir / f"panel_{name}.png"))
+    del np, save_png
+    return written
+
+
+def collect(run: Path) -> dict:
+    d = {k: _load(run / f) for k, f in (("demo", "demo.json"), ("train", "train.json"), ("fp32", "fp32_metrics.json"),
+                                        ("ptq", "ptq/report.json"), ("qat", "qat/report.json"),
+                                        ("manifest", "export/manifest.json"), ("sens", "sensitivity/sensitivity.json"),
+                                        ("cal", "stages/calibrate.json"), ("bench", "stages/bench.json"))}
+    d["check"] = _load(run / "check.json")
+    if d["cal"]:
+        d["cal"] = d["cal"]["result"]
+    return d
+
+
+def artifact_rows(d: dict) -> list[dict]:
+    bench = {(b["target"], b["precision"]): b for b in ((d.get("bench") or {}).get("result", {}).get("rows", []))}
+    verdicts = {}
+    for c in d.get("check") or []:
+        if c.get("artifact"):
+            verdicts.setdefault(c["artifact"], []).append(f"{c['device']}: {c['verdict']}")
+    rows = []
+    for a in (d.get("manifest") or {}).get("artifacts", []):
+        b = bench.get((a["target"], a["precision"]))
+        m = a.get("metrics") or {}
+        rows.append({"target": a["target"], "precision": a["precision"], "status": a["status"],
+                     "reason": a.get("reason", ""), "size_mb": (a.get("size_bytes") or 0) / 2 ** 20,
+                     "miou": m.get("miou"), "rmse": m.get("rmse"), "ms": b["p50_ms"] if b else None,
+                     "fps": 1000 / b["p50_ms"] if b else None, "verdicts": ", ".join(verdicts.get(a.get("path"), [])) or "-"})
+    e = bench.get(("pytorch", "fp32"))
+    if e:
+        rows.append({"target": "pytorch eager", "precision": "fp32", "status": "reference", "reason": "", "size_mb": None,
+                     "miou": (d.get("fp32") or {}).get("metrics", {}).get("miou"),
+                     "rmse": (d.get("fp32") or {}).get("metrics", {}).get("rmse"), "ms": e["p50_ms"],
+                     "fps": 1000 / e["p50_ms"], "verdicts": "-"})
+    return rows
+
+
+def write_report(run: Path) -> list[Path]:
+    run = Path(run)
+    out = run / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    d = collect(run)
+    rows = artifact_rows(d)
+    imgs = {}
+    imgs["accuracy_latency"] = accuracy_latency_plot(rows, d.get("check"), out / "accuracy_latency.png")
+    if d.get("sens") and (run / "sensitivity" / "sensitivity.png").is_file():
+        imgs["sensitivity"] = Path(shutil.copy(run / "sensitivity" / "sensitivity.png", out / "sensitivity.png"))
+    p = est_vs_meas_plot(d.get("cal"), out / "estimated_vs_measured.png")
+    if p:
+        imgs["est_meas"] = p
+    pans = panels(run, out) if (run / "fp32.pt").is_file() else []
+    md, body = [], []
+
+    def section(title, md_lines, html_str):
+        md.append(f"\n## {title}\n")
+        md.extend(md_lines)
+        body.append(f"<h2>{html.escape(title)}</h2>\n{html_str}")
+
+    def table(header, data):
+        mdl = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        mdl += ["| " + " | ".join(str(c) for c in r) + " |" for r in data]
+        h = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
+        h += "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in data) + "</table>"
+        return mdl, h
+
+    def image(key_or_path, alt):
+        p = Path(key_or_path)
+        return [f"![{alt}]({p.name})"], f'<img src="{html.escape(p.name)}" alt="{html.escape(alt)}">'
+
+    demo = d.get("demo") or {}
+    st = [[s["stage"], s["status"], f"{s['seconds']:.1f}", s.get("note", "")] for s in demo.get("stages", [])]
+    cfg = demo.get("config") or (d.get("train") or {}).get("config", {})
+    m1, h1 = table(["stage", "status", "seconds", "note"], st) if st else ([], "")
+    m2, h2 = table(["setting", "value"], [[k, v] for k, v in cfg.items()])
+    section("Pipeline", m1 + [""] + m2, h1 + h2)
+
+    metrics = {}
+    if d.get("fp32"):
+        metrics["FP32"] = d["fp32"]["metrics"]
+    if d.get("ptq"):
+        metrics["PTQ"] = d["ptq"]["metrics"]["ptq"]
+    if d.get("qat"):
+        metrics["QAT"] = d["qat"]["metrics"]["qat"]
+    for r in (d.get("manifest") or {}).get("artifacts", []):
+        if r.get("metrics"):
+            metrics[f"{r['target']} {r['precision']}"] = r["metrics"]
+    keys = ("miou", "pixel_acc", "rmse", "abs_rel", "delta1")
+    m3, h3 = table(["model"] + list(keys), [[n] + [_fmt(m.get(k), ".4f") for k in keys] for n, m in metrics.items()])
+    section("Per-task metrics", m3, h3)
+
+    m4, h4 = table(["target", "precision", "status", "size MB", "mIoU", "RMSE", "ms p50", "FPS", "budget verdicts"],
+                   [[r["target"], r["precision"], r["status"] + (f" ({r['reason']})" if r["reason"] else ""),
+                     _fmt(r["size_mb"]), _fmt(r["miou"]), _fmt(r["rmse"], ".3f"), _fmt(r["ms"], ".1f"), _fmt(r["fps"], ".1f"),
+                     r["verdicts"]] for r in rows])
+    section("Artifacts", m4, h4)
+
+    chk = []
+    for c in d.get("check") or []:
+        fails = [r["budget"] for r in c["rows"] if not r["pass"]]
+        chk.append([c["device"], c.get("artifact", "-"), c["verdict"], ", ".join(fails) or "-",
+                    _fmt(c.get("estimated_ms"), ".1f"), c.get("recommendation", "-")])
+    m5, h5 = table(["device", "artifact", "verdict", "failed budgets", "est. ms @ budget size", "recommended"], chk)
+    section("Device budgets", m5, h5)
+    for key, title, alt in (("accuracy_latency", "Accuracy vs latency", "accuracy vs latency"),
+                            ("sensitivity", "Per-layer sensitivity", "per-layer sensitivity"),
+                            ("est_meas", "Estimated vs measured latency", "estimated vs measured latency")):
+        if key in imgs:
+            section(title, *image(imgs[key], alt))
+        else:
+            section(title, ["(not available for this run)"], "<p>(not available for this run)</p>")
+    pm, ph = [], ""
+    for p in pans:
+        a, b = image(p, p.stem)
+        pm += a + [""]
+        ph += b
+    section("Predictions", pm, ph)
+    md_text = "# edgehydra report\n" + "\n".join(md) + "\n"
+    css = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+           "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
+           "th{background:#f3f3f3}img{max-width:100%;margin:.5em 0;border:1px solid #eee}")
+    html_text = (f"<!doctype html><html><head><meta charset='utf-8'><title>edgehydra report</title>"
+                 f"<style>{css}</style></head><body><h1>edgehydra report: {html.escape(str(run))}</h1>"
+                 + "\n".join(body) + "</body></html>")
+    atomic_write_bytes(out / "report.md", md_text.encode())
+    atomic_write_bytes(out / "report.html", html_text.encode())
+    return [out / "report.html", out / "report.md"]

@@ -1,0 +1,46 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SAMPLES = SHARED / "samples"
+REFERENCE = SHARED / "reference"
+
+
+@pytest.fixture
+def tiny():
+    from edgehydra import create_model
+
+    torch.manual_seed(0)
+    return create_model("hydranet_tiny").eval()
+
+
+def need_samples():
+    if not (SAMPLES / "nyud" / "000433.png").is_file():
+        pytest.skip(f"real sample frames not found at {SAMPLES}")
+
+
+def need_reference():
+    if not (REFERENCE / "drsleep_nyud_joint_state_dict_shapes.json").is_file():
+        pytest.skip(f"reference shape lists not found at {REFERENCE}")
+
+
+TINY_SIZE = (64, 96)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A whole small run: tiny model trained on synthroom, PTQ program. Shared by the slower tests."""
+    from edgehydra.calibration.stages import ptq_run
+    from edgehydra.runs import train_run
+    from edgehydra.train import TrainConfig
+
+    out = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    train_run(out, "synthroom", "hydranet_tiny", TrainConfig(epochs=2, batch_size=8), size=TINY_SIZE, frames=32,
+              val_frames=8)
+    ptq_run(out / "fp32.pt", out / "ptq", "w8a8", calib_frames=8)
+    return out

@@ -1,0 +1,202 @@
+import json
+
+import pytest
+import torch
+
+from edgehydra.calibration.calibset import select_calibration
+from edgehydra.calibration.recipe import PRESETS, Recipe, load_recipe
+from edgehydra.data import Resize, SynthRoom
+from edgehydra.errors import BadInputError
+
+SIZE = (64, 96)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return SynthRoom(24, size=SIZE, seed=3, transform=Resize(SIZE)), SynthRoom(8, size=SIZE, seed=99, transform=Resize(SIZE))
+
+
+@pytest.fixture(scope="module")
+def trained_tiny(data):
+    """A tiny model trained briefly, so its outputs carry signal (quantisation error is measurable)."""
+    from edgehydra import create_model
+    from edgehydra.train import TrainConfig, fit
+
+    torch.manual_seed(0)
+    m = create_model("hydranet_tiny", input_size=SIZE)
+    fit(m, data[0], TrainConfig(epochs=2, batch_size=8), tasks=m.config.tasks, num_classes=40, depth_cap=10,
+        out_dir=None, drop_last=True)
+    return m.eval()
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"act_dtype": "int4"}, "act_dtype='int4': choose one of int8, int16, none"),
+    ({"observer": "minmax", "range_search": "mse"}, "needs observer='histogram'"),
+    ({"percentile": 80}, "between 90 and 100"),
+    ({"keep_float": "segm"}, "not a string"),
+    ({"weight_granularity": "per_row"}, "per_channel, per_tensor"),
+])
+def test_recipe_validation_names_field(bad, match):
+    with pytest.raises(ValueError, match=match):
+        Recipe(**bad)
+
+
+def test_recipe_json_round_trip_and_unknown_keys(tmp_path):
+    r = PRESETS["w8a8-heads-fp"]
+    f = tmp_path / "r.json"
+    f.write_text(r.to_json())
+    assert load_recipe(str(f)) == r
+    f.write_text(json.dumps({"name": "x", "colour": "red"}))
+    with pytest.raises(BadInputError, match="unknown key"):
+        load_recipe(str(f))
+    with pytest.raises(BadInputError, match="not a preset"):
+        load_recipe("w4a4")
+
+
+def test_translation_reports_what_a_backend_cannot_honour():
+    from edgehydra.calibration.quantizers import translate
+
+    t = translate(PRESETS["w8a16"], "xnnpack", target="coreml")
+    assert any("int16" in i and "XNNPACK" in i for i in t.issues)
+    assert any("Core ML" in i for i in t.issues)
+    t = translate(PRESETS["w8a8"].replace(observer="moving_average", range_search="none", keep_float=("segm",)), "litert")
+    assert any("observer='moving_average'" in i for i in t.issues)
+    assert any("keep_float" in i for i in t.issues)
+    assert translate(PRESETS["w8a8"], "xnnpack").issues == []
+
+
+def test_calibration_set_is_reproducible_and_stratified(data):
+    train = data[0]
+    a, b = select_calibration(train, 10, seed=1), select_calibration(train, 10, seed=1)
+    assert a.indices == b.indices and a.sha256 == b.sha256 and len(a.indices) == 10
+    assert select_calibration(train, 10, seed=2).sha256 != a.sha256
+    # rare classes: every class that appears in exactly one frame is in the set
+    from edgehydra.calibration.calibset import frame_stats
+
+    stats = [frame_stats(train, i)[0] for i in range(len(train))]
+    once = {c for c in set().union(*stats) if sum(c in s for s in stats) == 1}
+    covered = set().union(*[stats[i] for i in a.indices])
+    assert once <= covered or len(once) > 5
+    assert a.depth_range[0] <= a.dataset_depth_range[0] + 1.0 and a.depth_range[1] >= a.dataset_depth_range[1] - 1.0
+    assert len(select_calibration(train, 500).indices) == len(train)  # fewer if the dataset is smaller
+
+
+def test_ptq_program_matches_fake_quant_and_round_trips(tmp_path, data, trained_tiny):
+    from edgehydra.calibration.program import load_program, save_program
+    from edgehydra.calibration.ptq import calibrate_stage, convert_stage, export_stage, prepare_stage
+    from edgehydra.calibration.quantizers import translate
+
+    train, val = data
+    calib = select_calibration(train, 8)
+    tr = translate(PRESETS["w8a8"], "xnnpack")
+    prepared = prepare_stage(export_stage(trained_tiny, SIZE), tr)
+    calibrate_stage(prepared, train, calib)
+    x = torch.stack([val[i]["image"] for i in range(4)])
+    # fake-quant reference: convert without folding keeps q/dq as explicit ops: same maths as the program
+    converted = convert_stage(prepared)
+    with torch.no_grad():
+        ref = trained_tiny(x)
+        q = converted(x)
+    # int8 is close to float but not identical
+    assert (q[0].argmax(1) == ref[0].argmax(1)).float().mean() > 0.9
+    assert not torch.equal(q[1], ref[1])
+    p = save_program(converted, tmp_path / "p.pt2", trained_tiny.config, PRESETS["w8a8"], SIZE, {"stage": "ptq"})
+    prog = load_program(p)
+    with torch.no_grad():
+        again = prog.module(x)
+        one = prog.module(x[:1])  # dynamic batch: a partial batch runs
+    for a, b in zip(q, again):
+        assert torch.equal(a, b)
+    assert one[0].shape[0] == 1 and prog.recipe == PRESETS["w8a8"] and prog.meta["stage"] == "ptq"
+
+
+def test_keep_float_leaves_those_layers_unquantised(data, trained_tiny):
+    from edgehydra.calibration.ptq import quantize_ptq, quantized_layer_names
+
+    calib = select_calibration(data[0], 4)
+    conv, _ = quantize_ptq(trained_tiny, PRESETS["w8a8-heads-fp"], data[0], calib, SIZE)
+    q, f = quantized_layer_names(conv)
+    assert {"segm", "depth", "pre_segm", "pre_depth"} <= set(f)
+    assert "layer1.0" in q and "segm" not in q
+
+
+def test_qat_steps_then_convert_matches_fake_quant(data, trained_tiny):
+    import copy
+
+    from edgehydra.calibration.qat import QATController, bn_nodes, freeze_bn, prepare_qat
+    from edgehydra.calibration.ptq import convert_stage
+    from edgehydra.train import TrainConfig, fit
+
+    train, val = data
+    recipe = PRESETS["w8a8"].replace(qat=PRESETS["w8a8"].qat.__class__(freeze_bn_epoch=1, freeze_observer_epoch=1))
+    gm, _ = prepare_qat(copy.deepcopy(trained_tiny), recipe, SIZE)
+    ctl = QATController(gm, recipe)
+    fit(gm, train, TrainConfig(epochs=2, batch_size=5, lr_encoder=1e-3, lr_decoder=1e-3), tasks=("segm", "depth"),
+        num_classes=40, depth_cap=10, out_dir=None, set_train=ctl.set_train, set_eval=ctl.set_eval,
+        epoch_hook=ctl.epoch_hook)  # 24 frames / batch 5: the last batch is partial (dynamic batch)
+    assert ctl.events == ["epoch 2: batch-norm statistics frozen", "epoch 2: observers frozen"]
+    ctl.set_eval(gm)
+    x = torch.stack([val[i]["image"] for i in range(4)])
+    with torch.no_grad():
+        fq = gm(x)
+    conv = convert_stage(gm)
+    with torch.no_grad():
+        q = conv(x)
+    assert (fq[0].argmax(1) == q[0].argmax(1)).float().mean() > 0.97
+    scale = fq[1].abs().mean()
+    assert (fq[1] - q[1]).abs().mean() < 0.05 * scale
+
+
+def test_bn_and_observers_freeze(data, trained_tiny):
+    import copy
+
+    from edgehydra.calibration.qat import QATController, prepare_qat, set_observers
+
+    gm, _ = prepare_qat(copy.deepcopy(trained_tiny), PRESETS["w8a8"], SIZE)
+    ctl = QATController(gm, PRESETS["w8a8"])
+    x = torch.stack([data[0][i]["image"] for i in range(4)])
+    bufs = lambda: {k: v.clone() for k, v in gm.state_dict().items() if "running_mean" in k}  # noqa: E731
+    obs = lambda: {k: v.clone() for k, v in gm.state_dict().items() if k.endswith(("min_val", "max_val"))}  # noqa: E731
+    ctl.bn_frozen = True
+    ctl.set_train(gm)
+    before = bufs()
+    gm(x)
+    assert all(torch.equal(before[k], v) for k, v in bufs().items()), "running stats moved after freeze"
+    ctl.bn_frozen = False
+    ctl.set_train(gm)
+    gm(x * 3)
+    assert any(not torch.equal(before[k], v) for k, v in bufs().items()), "running stats never move: test is vacuous"
+    set_observers(gm, False)
+    o = obs()
+    gm(x * 5)
+    assert o and all(torch.equal(o[k], v) for k, v in obs().items())
+
+
+def test_sensitivity_ranks_a_harmful_layer_first(tmp_path, data, trained_tiny):
+    import copy
+
+    from edgehydra.calibration import sensitivity as S
+
+    m = copy.deepcopy(trained_tiny)
+    with torch.no_grad():
+        # Channel 0 into segm is always 0 (its depthwise scale is 0), so a huge weight on it does not
+        # change the float output, but per-channel int8 of segm's weights then rounds every other weight to 0.
+        m.pre_segm.weight[0] = 0
+        m.segm.weight[:, 0, 1, 1] = 1e4
+    train, val = data
+
+    from edgehydra.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(m, tmp_path / "m.pt", provenance={"data": {"dataset": "synthroom", "size": list(SIZE),
+                                                                      "frames": 24, "val_frames": 8, "seed": 3}})
+    rep = S.sensitivity_run(ckpt, tmp_path / "sens", frames=8, calib_frames=4, layers="segm,depth,pre_segm,conv3",
+                            max_miou_drop=0.5, max_absrel_rise=0.05)
+    ranked = [r["layer"] for r in rep["layers"]]
+    assert ranked[0] == "segm", ranked
+    assert -rep["layers"][0]["quant_one"]["miou"] > 1.0
+    assert (tmp_path / "sens" / "sensitivity.png").is_file()
+    prop = rep["proposal"]
+    assert prop["keep_float"][0] == "segm"
+    from edgehydra.calibration.recipe import load_recipe
+
+    assert "segm" in load_recipe(prop["recipe_file"]).keep_float

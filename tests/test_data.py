@@ -1,0 +1,237 @@
+import json
+import math
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from edgehydra.data import FolderDataset, open_dataset
+from edgehydra.data import layout
+from edgehydra.data.kitti import decode_segmentation, prepare as prepare_kitti
+from edgehydra.data.nyud import class_mapping_40, prepare as prepare_nyud
+from edgehydra.data.synthroom import KINECT, C, SynthConfig, generate_frame, rotation
+from edgehydra.errors import BadInputError
+from edgehydra.losses import berhu
+from edgehydra.metrics import Metrics
+from conftest import SAMPLES, need_samples
+
+
+def test_synthroom_is_deterministic_and_labelled():
+    a, b = generate_frame(7, 3), generate_frame(7, 3)
+    for k in ("rgb", "segm", "depth", "normals"):
+        assert np.array_equal(a[k], b[k])
+    c = generate_frame(7, 4)
+    assert not np.array_equal(a["rgb"], c["rgb"])
+    assert a["rgb"].shape == (240, 320, 3) and a["rgb"].dtype == np.uint8
+    assert a["segm"].max() < 40
+    assert set(np.unique(a["segm"])) >= {C["wall"]}
+    n = np.linalg.norm(a["normals"], axis=-1)
+    assert np.allclose(n, 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("index", [0, 1, 2, 5])
+def test_floor_depth_matches_camera_height_and_pitch(index):
+    cfg = SynthConfig(size=(120, 160), noise=False)
+    f = generate_frame(11, index, cfg)
+    cam = f["camera"]
+    h, w = cfg.size
+    fx, fy = KINECT["fx"] * w / 640, KINECT["fy"] * h / 480
+    cx, cy = KINECT["cx"] * w / 640, KINECT["cy"] * h / 480
+    R = rotation(cam["yaw"], cam["pitch"])
+    floor = f["segm"] == C["floor"]
+    assert floor.sum() > 50, "the camera looks down at the floor in every synthroom frame it sees it"
+    vs, us = np.nonzero(floor)
+    d = R @ np.stack([(us + 0.5 - cx) / fx, (vs + 0.5 - cy) / fy, np.ones_like(us, float)])
+    expected = -cam["position"][1] / d[1]  # the ray (z_cam = 1) meets the plane y = 0 at this z-depth
+    assert np.allclose(f["depth"][floor], expected, rtol=1e-4)
+    # floor normals point up in the world: in the camera frame that is R^T (0, 1, 0)
+    up_cam = R.T @ np.array([0, 1.0, 0])
+    assert np.allclose(f["normals"][floor], up_cam, atol=1e-5)
+
+
+def test_synth_writes_the_shared_layout(tmp_path):
+    from edgehydra.data.synthroom_io import write_synthroom
+
+    write_synthroom(tmp_path / "s", frames=6, size=(64, 96), seed=1, val_frames=2)
+    ds = FolderDataset(tmp_path / "s", "train")
+    assert len(ds) == 6
+    s = ds[0]
+    raw = generate_frame(1, 0, SynthConfig(size=(64, 96)))
+    assert np.array_equal(ds.raw(0)["segm"], raw["segm"])
+    assert np.allclose(ds.raw(0)["depth"], np.round(raw["depth"] * 5000) / 5000, atol=1e-4)
+    assert s["image"].shape == (3, 64, 96) and len(FolderDataset(tmp_path / "s", "val")) == 2
+
+
+def _write_mat(path: Path, n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        f["images"] = rng.integers(0, 255, (n, 3, 640, 480), dtype=np.uint8)
+        d = rng.uniform(0.5, 9.0, (n, 640, 480)).astype(np.float32)
+        f["depths"] = d
+        f["labels"] = rng.integers(0, 895, (n, 640, 480)).astype(np.uint16)
+    return d
+
+
+def test_nyud_prepare_from_official_layout(tmp_path):
+    mat = tmp_path / "nyu_depth_v2_labeled.mat"
+    depths = _write_mat(mat, n=3)
+    rep = prepare_nyud(mat, tmp_path / "nyud")
+    # splits.mat: frames 1 and 2 (1-based) are test frames, 3 is train in the official split
+    ds_val = FolderDataset(tmp_path / "nyud", "val")
+    assert rep["train"] + rep["val"] == 3
+    raw = ds_val.raw(0)
+    assert raw["rgb"].shape == (480, 640, 3)
+    with h5py.File(mat) as f:
+        lab = np.asarray(f["labels"][0]).T
+        img = np.asarray(f["images"][0]).transpose(2, 1, 0)
+    lut = class_mapping_40()
+    assert np.array_equal(raw["segm"], lut[lab])
+    assert np.array_equal(raw["rgb"], img)
+    assert np.allclose(raw["depth"], depths[0].T, atol=1 / 5000)
+    assert (raw["segm"][lab == 0] == 255).all()
+
+
+def test_nyud_mat_errors(tmp_path):
+    bad = tmp_path / "x.mat"
+    bad.write_bytes(b"MATLAB 5.0 not hdf5")
+    with pytest.raises(BadInputError, match="not a MATLAB v7.3"):
+        prepare_nyud(bad, tmp_path / "o")
+    with h5py.File(tmp_path / "y.mat", "w") as f:
+        f["images"] = np.zeros((1, 3, 8, 8), np.uint8)
+    with pytest.raises(BadInputError, match="'depths' missing"):
+        prepare_nyud(tmp_path / "y.mat", tmp_path / "o")
+
+
+def test_real_nyud_samples_read():
+    need_samples()
+    d = SAMPLES / "nyud"
+    rgb = layout.read_rgb(d / "000433.png")
+    seg = layout.read_mask(d / "segm_gt_000433.png")
+    dep = layout.read_depth(d / "depth_gt_000433.png", 5000)
+    nrm = layout.read_normals(d / "norm_gt_000433.png")
+    assert rgb.shape == (480, 640, 3) and seg.shape == (480, 640) and dep.shape == (480, 640)
+    assert seg[seg != 255].max() < 40
+    assert 0.3 < dep[dep > 0].min() and dep.max() < 10
+    assert np.allclose(np.linalg.norm(nrm[200:210, 300:310], axis=-1), 1, atol=0.05)
+
+
+def test_kitti_samples_and_layout(tmp_path):
+    need_samples()
+    seg_rgb = layout.read_rgb(SAMPLES / "kitti" / "segm_gt_000099.png")
+    ids = decode_segmentation(seg_rgb)
+    assert set(np.unique(ids)) <= {0, 1, 2, 3, 4, 5, 255}
+    assert (ids[(seg_rgb == 0).all(-1)] == 255).all()
+    with pytest.raises(BadInputError, match="not in the KITTI-6 palette"):
+        decode_segmentation(np.full((2, 2, 3), 7, np.uint8))
+    src = tmp_path / "kitti_raw"
+    (src / "image_2").mkdir(parents=True)
+    (src / "segm").mkdir()
+    (src / "depth").mkdir()
+    img = layout.read_rgb(SAMPLES / "kitti" / "000099.png")
+    for i in range(3):
+        Image.fromarray(img).save(src / "image_2" / f"{i:06d}.png")
+        Image.fromarray(seg_rgb).save(src / "segm" / f"{i:06d}.png")
+        depth = (np.random.default_rng(i).uniform(0, 80, img.shape[:2]) * 256).astype(np.uint16)
+        Image.fromarray(depth, mode="I;16").save(src / "depth" / f"{i:06d}.png")
+    rep = prepare_kitti(src, tmp_path / "kitti")
+    ds = FolderDataset(tmp_path / "kitti", "train")
+    raw = ds.raw(0)
+    assert ds.info.depth_scale == 256.0 and ds.depth_cap == 80.0
+    assert raw["depth"].max() <= 80 and np.array_equal(raw["segm"], ids)
+    assert rep["train"] + rep["val"] == 3
+
+
+def _layout(tmp, rows, rgb_size=(16, 16), mask_size=(16, 16)):
+    for d in ("rgb", "masks", "depth"):
+        (tmp / d).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((*rgb_size, 3), np.uint8)).save(tmp / "rgb" / "a.png")
+    Image.fromarray(np.zeros(mask_size, np.uint8)).save(tmp / "masks" / "a.png")
+    Image.fromarray(np.full(rgb_size, 5000, np.uint16), mode="I;16").save(tmp / "depth" / "a.png")
+    (tmp / "train.txt").write_text(rows)
+
+
+@pytest.mark.parametrize("case,match", [
+    ("missing_folder", "dataset folder not found"),
+    ("empty_list", "has no rows"),
+    ("missing_files", "names 2 missing files: rgb/zz.png, masks/zz.png"),
+    ("corrupt_png", "corrupt or not an image"),
+    ("size_mismatch", "rgb is 16x16 but mask is 8x8"),
+    ("nan_depth", "NaN or Inf"),
+    ("bad_row", "expected 2-4 tab-separated paths"),
+])
+def test_bad_data_names_the_file(tmp_path, case, match):
+    root = tmp_path / "d"
+    if case == "missing_folder":
+        with pytest.raises(BadInputError, match=match):
+            FolderDataset(root)
+        return
+    _layout(root, "rgb/a.png\tmasks/a.png\tdepth/a.png\n", mask_size=(8, 8) if case == "size_mismatch" else (16, 16))
+    if case == "empty_list":
+        (root / "train.txt").write_text("# nothing\n")
+    elif case == "missing_files":
+        (root / "train.txt").write_text("rgb/a.png\tmasks/a.png\tdepth/a.png\nrgb/zz.png\tmasks/zz.png\t-\n")
+    elif case == "corrupt_png":
+        (root / "rgb" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    elif case == "nan_depth":
+        Image.fromarray(np.full((16, 16), np.nan, np.float32), mode="F").save(root / "depth" / "a.tiff")
+        (root / "train.txt").write_text("rgb/a.png\tmasks/a.png\tdepth/a.tiff\n")
+    elif case == "bad_row":
+        (root / "train.txt").write_text("rgb/a.png\n")
+    with pytest.raises(BadInputError, match=match) as e:
+        ds = FolderDataset(root)
+        ds[0]
+    if case in ("corrupt_png", "nan_depth", "size_mismatch"):
+        assert "a." in str(e.value)
+
+
+def test_asymmetric_rows_and_pseudo_labels(tmp_path):
+    root = tmp_path / "d"
+    _layout(root, "rgb/a.png\t-\tpseudo:depth/a.png\n")
+    rows = layout.parse_list(root / "train.txt")
+    assert rows[0].masks is None and rows[0].pseudo == frozenset({"depth"})
+    s = FolderDataset(root)[0]
+    assert s["has_segm"] == 0 and s["has_depth"] == 1 and (s["segm"] == 255).all()
+    layout.write_list(root / "copy.txt", rows)
+    assert layout.parse_list(root / "copy.txt") == rows
+
+
+def test_named_dataset_absent_says_how_to_prepare(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGEHYDRA_DATA", str(tmp_path))
+    with pytest.raises(BadInputError, match="edgehydra data prepare nyud --mat"):
+        open_dataset("nyud")
+
+
+def test_berhu_hand_computed():
+    pred = torch.tensor([[[[1.0, 2.0], [4.0, -1.0]]]])
+    target = torch.tensor([[[[1.5, 2.0], [1.0, 1.0]]]])
+    valid = torch.ones_like(target, dtype=torch.bool)
+    # e = |relu(p) - t| = [0.5, 0, 3, 1]; c = 0.2 * 3 = 0.6
+    # 0.5 <= c -> 0.5; 0 -> 0; 3 > c -> (9 + 0.36) / 1.2 = 7.8; 1 > c -> (1 + 0.36) / 1.2 = 1.1333
+    expected = (0.5 + 0 + 7.8 + 1.36 / 1.2) / 4
+    assert math.isclose(float(berhu(pred, target, valid)), expected, rel_tol=1e-6)
+    assert float(berhu(target, target, valid)) == 0.0  # c = 0 guarded
+    assert float(berhu(pred, target, torch.zeros_like(valid))) == 0.0
+
+
+def test_metrics_hand_computed():
+    m = Metrics(num_classes=3, depth_cap=10)
+    pred = torch.tensor([[0, 0, 1, 1, 2, 2]])
+    lab = torch.tensor([[0, 1, 1, 1, 255, 2]])
+    m.update_segm(pred, lab)
+    # confusion (label x pred): c0: [1,0,0]; c1: [1,2,0]; c2: [0,0,1]
+    # IoU0 = 1/(1+2-1) = .5; IoU1 = 2/(3+2-2) = 2/3; IoU2 = 1/1
+    r = m.compute()
+    assert math.isclose(r["miou"], (0.5 + 2 / 3 + 1) / 3 * 100, rel_tol=1e-9)
+    assert math.isclose(r["pixel_acc"], 4 / 5 * 100)
+    m2 = Metrics(num_classes=4)
+    m2.update_segm(torch.tensor([[0, 1]]), torch.tensor([[0, 1]]))
+    assert m2.compute()["miou"] == 100.0  # classes 2 and 3, absent from both, are excluded
+    d = Metrics(2, depth_cap=10)
+    d.update_depth(torch.tensor([[[[2.0, 4.0, 5.0]]]]), torch.tensor([[[[1.0, 4.0, 0.0]]]]))
+    r = d.compute()
+    assert math.isclose(r["rmse"], math.sqrt((1 + 0) / 2))
+    assert math.isclose(r["abs_rel"], (1 / 1 + 0) / 2)
+    assert math.isclose(r["delta1"], 50.0)

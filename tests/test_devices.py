@@ -1,0 +1,212 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgehydra import create_model
+from edgehydra.commands import cli
+from edgehydra.devices import remote
+from edgehydra.devices.estimate import estimate_rows, fit_efficiencies, layer_rows, mean_abs_rel_err, errors
+from edgehydra.devices.profile import list_profiles, load_profile, load_profile_file, parse_profile, to_toml
+from edgehydra.errors import BadInputError, EdgeHydraError
+
+FIX = Path(__file__).parent / "fixtures"
+REQUIRED = {"host_cpu", "rtx4090", "h100", "jetson_orin_nano_8gb", "jetson_agx_orin", "iphone15pro_ane",
+            "snapdragon8gen3_hexagon", "pixel8pro_tensorg3", "raspberrypi5"}
+
+
+def test_every_shipped_profile_validates_and_cites_sources():
+    profs = list_profiles()
+    assert REQUIRED <= set(profs)
+    for name, path in profs.items():
+        p = load_profile(name)
+        assert p.int8_tops > 0 and p.bandwidth_gbs > 0 and p.budgets.latency_p50_ms > 0
+        text = path.read_text()
+        for key in ("int8_tops", "fp16_tflops", "bandwidth_gbs"):
+            line = next(l for l in text.splitlines() if l.startswith(key))
+            assert "#" in line, f"{name}: {key} does not cite its source"
+
+
+def _base():
+    return json.loads(json.dumps(load_profile("raspberrypi5").to_dict()))
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda d: d.update(speed=3), "unknown key 'speed'"),
+    (lambda d: d.pop("int8_tops"), "missing field 'int8_tops'"),
+    (lambda d: d["budgets"].update(latency_p50_ms="33 ms"), r"latency_p50_ms must be a number in ms, got '33 ms'"),
+    (lambda d: d.update(kind="tpu"), "kind = 'tpu'; allowed: gpu, jetson, phone-npu, cpu"),
+    (lambda d: d.update(compute_efficiency=1.5), r"compute_efficiency must be in \(0, 1\]"),
+    (lambda d: d["budgets"].update(input_size=[10, 10]), "input_size must be"),
+    (lambda d: d["budgets"].update(latency_p90_ms=1.0), "latency_p90_ms .* is below latency_p50_ms"),
+])
+def test_bad_profiles_say_which_key_and_where(mutate, match):
+    d = _base()
+    d.pop("source")
+    d.pop("efficiency")
+    mutate(d)
+    with pytest.raises(BadInputError, match=match) as e:
+        parse_profile(d, "my.toml")
+    assert "my.toml" in str(e.value)
+
+
+def test_profile_toml_round_trip_and_invalid_toml(tmp_path):
+    p = load_profile("jetson_orin_nano_8gb")
+    f = tmp_path / "mine.toml"
+    f.write_text(to_toml(p))
+    q = load_profile_file(f)
+    assert q.to_dict() | {"source": ""} == p.to_dict() | {"source": ""}
+    f.write_text("name = ")
+    with pytest.raises(BadInputError, match="invalid TOML"):
+        load_profile_file(f)
+
+
+def test_estimator_matches_hand_computed_roofline():
+    import dataclasses
+
+    from edgehydra.accounting import LayerCost
+
+    p = dataclasses.replace(load_profile("raspberrypi5"), int8_tops=2.0, bandwidth_gbs=10.0, compute_efficiency=0.5,
+                            bandwidth_efficiency=0.5, overhead_ms=1.0, efficiency=())
+    rows = [LayerCost("a", "Conv2d", (1,), macs=10**9, other_ops=0, params=0, weight_bytes=0, act_in_bytes=10**6, act_out_bytes=0),
+            LayerCost("b", "MaxPool2d", (1,), macs=0, other_ops=0, params=0, weight_bytes=0, act_in_bytes=5 * 10**7, act_out_bytes=0)]
+    e = estimate_rows(rows, p, "int8")
+    # a: 1e9 MAC / (2e12/2 MAC/s * 0.5) = 2 ms compute; 1e6 B / (10e9 * 0.5) = 0.2 ms -> compute-bound 2 ms
+    # b: 5e7 B / 5e9 B/s = 10 ms memory-bound; total 2 + 10 + 1 overhead
+    assert [l["bound"] for l in e["layers"]] == ["compute", "memory"]
+    assert math.isclose(e["layers"][0]["ms"], 2.0) and math.isclose(e["layers"][1]["ms"], 10.0)
+    assert math.isclose(e["total_ms"], 13.0)
+
+
+def test_calibration_reduces_error_on_synthetic_measurements():
+    import dataclasses
+
+    m = create_model("hydranet_tiny")
+    truth = dataclasses.replace(load_profile("raspberrypi5"), efficiency=(("fp32", 0.6), ("int8", 0.15)),
+                                bandwidth_efficiency=0.3, overhead_ms=2.0)
+    meas = []
+    for prec in ("fp32", "int8"):
+        for size in ((64, 96), (128, 192)):
+            t = estimate_rows(layer_rows(m, size, prec), truth, prec)["total_ms"]
+            meas.append({"precision": prec, "size": list(size), "p50_ms": t})
+    start = load_profile("raspberrypi5")
+    fitted, rep = fit_efficiencies(m, start, meas)
+    assert mean_abs_rel_err(rep["after"]) < 0.05 < mean_abs_rel_err(rep["before"])
+
+
+def test_parsers_on_tool_output():
+    b = remote.parse_benchmark_model((FIX / "benchmark_model_android.txt").read_text())
+    assert b["runs"] == 50 and math.isclose(b["mean_ms"], 20.3917) and math.isclose(b["min_ms"], 19.711)
+    assert b["peak_memory_mb"] == 15.7266 and "avg" in b["p50_from"]
+    e = remote.parse_executor_runner((FIX / "executor_runner.txt").read_text())
+    assert e["runs"] == 50 and math.isclose(e["mean_ms"], 1010.321 / 50)
+    t = remote.parse_trtexec((FIX / "trtexec_orin.txt").read_text())
+    assert t["p50_ms"] == 4.68018 and t["p99_ms"] == 5.10254 and t["throughput_qps"] == 212.437
+    assert t["gpu_compute_p50_ms"] == 4.32617
+    with pytest.raises(EdgeHydraError, match="no timing line"):
+        remote.parse_benchmark_model("garbage")
+
+
+def _fake_device(root: Path, tool: str, fixture: str) -> str:
+    """A benchmark binary on the stand-in device that prints a real output sample."""
+    exe = root / "bin" / tool
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    exe.write_text(f"#!/bin/sh\necho \"$@\" > {root}/args.txt\ncat {FIX / fixture}\n")
+    exe.chmod(0o755)
+    return str(exe)
+
+
+def test_remote_orchestration_quotes_and_cleans(tmp_path):
+    dev = tmp_path / "device"
+    exe = _fake_device(dev, "benchmark_model", "benchmark_model_android.txt")
+    art = tmp_path / "evil name; touch PWNED.tflite"
+    art.write_bytes(b"tflite")
+    t = remote.LocalTransport(dev)
+    r = remote.remote_bench(t, art, binary=exe, runs=50, threads=4)
+    assert r["runs"] == 50 and r["tool"] == "benchmark_model"
+    assert not (dev / "PWNED.tflite").exists() and not list(tmp_path.rglob("PWNED*"))
+    args = (dev / "args.txt").read_text()
+    assert "--graph=/tmp/edgehydra-" in args and "evil name; touch PWNED.tflite" in args
+    assert [c[0] for c in t.calls][:2] == ["shell", "push"] and t.calls[-1][0] == "rmdir"
+    assert not list((dev / "tmp").glob("edgehydra-*")), "work folder left behind on the device"
+
+
+def test_remote_device_that_disappears_is_reported(tmp_path):
+    dev = tmp_path / "device"
+    exe = _fake_device(dev, "executor_runner", "executor_runner.txt")
+    art = tmp_path / "m.pte"
+    art.write_bytes(b"pte")
+    t = remote.LocalTransport(dev, gone_after=2)
+    with pytest.raises(remote.DeviceGone, match="disappeared"):
+        remote.remote_bench(t, art, binary=exe)
+
+
+def test_remote_timeout_and_missing_binary(tmp_path):
+    dev = tmp_path / "device"
+    slow = dev / "bin" / "trtexec"
+    slow.parent.mkdir(parents=True)
+    slow.write_text("#!/bin/sh\nsleep 5\n")
+    slow.chmod(0o755)
+    art = tmp_path / "m.onnx"
+    art.write_bytes(b"onnx")
+    t = remote.LocalTransport(dev)
+    with pytest.raises(EdgeHydraError, match="timed out"):
+        remote.remote_bench(t, art, binary=str(slow), timeout=0.5)
+    assert not list((dev / "tmp").glob("edgehydra-*"))
+    with pytest.raises(EdgeHydraError, match="none of benchmark_model found"):
+        remote.remote_bench(remote.LocalTransport(dev), _touch(tmp_path / "x.tflite"))
+
+
+def _touch(p):
+    p.write_bytes(b"x")
+    return p
+
+
+def test_adb_and_ssh_quote_their_commands():
+    a = remote.AdbTransport("SERIAL1")
+    cmd = a.quote(["benchmark_model", "--graph=/data/local/tmp/a b;rm -rf /.tflite"])
+    assert cmd == "benchmark_model '--graph=/data/local/tmp/a b;rm -rf /.tflite'"
+    with pytest.raises(BadInputError, match="adb:SERIAL"):
+        remote.parse_device("usb:3")
+
+
+def test_host_bench_runs_a_real_artifact(tiny_run, tmp_path):
+    from edgehydra.devices.bench import bench
+    from edgehydra.exporters.stage import export_run
+
+    res = export_run(tmp_path, ["onnx"], ["fp32"], run=tiny_run, eval_frames=1)
+    b = bench(res[0].path, warmup=1, runs=5, threads=1)
+    assert b["runs"] == 5 and 0 < b["min_ms"] <= b["p50_ms"] <= b["p90_ms"] <= b["p99_ms"]
+    assert b["runtime"].startswith("onnxruntime") and Path(b["json"]).is_file()
+    r = CliRunner().invoke(cli, ["bench", "--artifact", str(tmp_path / "nope.pte")])
+    assert r.exit_code == 1 and "artifact not found" in r.output
+
+
+def test_check_exit_codes(tiny_run, tmp_path):
+    import shutil
+
+    from edgehydra.exporters.stage import export_run
+
+    export_run(tiny_run / "export", ["onnx", "executorch"], ["fp32", "int8"], run=tiny_run, eval_frames=2)
+    prof = load_profile("host_cpu").to_dict()
+    lenient = tmp_path / "lenient.toml"
+    import dataclasses
+
+    p = load_profile("host_cpu")
+    b = dataclasses.replace(p.budgets, latency_p50_ms=1e4, latency_p90_ms=1e4, max_gmacs=100, max_artifact_mb=100,
+                            max_peak_memory_mb=1e5, min_miou=0.0, max_depth_rmse=100, max_abs_rel=100)
+    lenient.write_text(to_toml(dataclasses.replace(p, budgets=b, name="lenient")))
+    r = CliRunner().invoke(cli, ["check", "--run", str(tiny_run), "--device", str(lenient)])
+    assert r.exit_code == 0, r.output
+    assert "PASS" in r.output
+    # the tiny model meets latency on the host but not the 30% mIoU budget: a joint budget fails
+    r = CliRunner().invoke(cli, ["check", "--run", str(tiny_run), "--device", "host_cpu", "--json"])
+    assert r.exit_code == 1
+    res = json.loads(r.output)
+    fails = {row["budget"] for row in res[0]["rows"] if not row["pass"]}
+    assert "mIoU" in fails
+    assert res[0]["int8_vs_fp16"]["int8_ms"] > 0
+    shutil.rmtree(tiny_run / "export")
+    del prof
