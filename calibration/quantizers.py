@@ -73,12 +73,38 @@ def _keep_float_quantizer(inner, patterns: tuple[str, ...], Quantizer):
             return self.inner.transform_for_annotation(model)
 
         def annotate(self, model):
+            from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+
             model = self.inner.annotate(model)
+            removed = set()
             for node in model.graph.nodes:
                 path = node_module_path(node)
                 if path and keep_float_match(path, self.patterns) and "quantization_annotation" in node.meta:
                     del node.meta["quantization_annotation"]
+                    removed.add(node)
                     self.kept.add(path)
+
+            def refers_to_removed(ann) -> bool:
+                specs = list(ann.input_qspec_map.values()) + [ann.output_qspec]
+                for sp in specs:
+                    if isinstance(sp, SharedQuantizationSpec):
+                        ref = sp.edge_or_node
+                        nodes = ref if isinstance(ref, tuple) else (ref,)
+                        if any(n in removed for n in nodes):
+                            return True
+                return False
+
+            # A node that shares its observer with a kept-float node (e.g. the ReLU6 after a kept conv)
+            # has nothing to share any more: it stays in float too. Repeat until nothing changes.
+            changed = True
+            while changed:
+                changed = False
+                for node in model.graph.nodes:
+                    ann = node.meta.get("quantization_annotation")
+                    if ann is not None and refers_to_removed(ann):
+                        del node.meta["quantization_annotation"]
+                        removed.add(node)
+                        changed = True
             return model
 
         def validate(self, model):

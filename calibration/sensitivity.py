@@ -70,9 +70,11 @@ def sensitivity_run(checkpoint: Path, out: Path, dataset=None, frames: int = 50,
                      "recovers": _delta(float_one, all_q)})
         if progress:
             progress.advance(task, 2)
-    # Rank by the damage the layer's quantisation does on its own: mIoU lost, then abs rel gained.
-    rows.sort(key=lambda r: (-(-r["quant_one"]["miou"] if math.isfinite(r["quant_one"]["miou"]) else 0),
-                             -r["quant_one"]["abs_rel"]))
+    # Rank by the damage the layer's quantisation does on its own, per task and relative to FP32
+    # (mIoU points lost / FP32 mIoU; depth RMSE or abs rel gained / FP32's): the worse task decides.
+    for r in rows:
+        r["damage"] = damage(r["quant_one"], fp32)
+    rows.sort(key=lambda r: -r["damage"])
     out.mkdir(parents=True, exist_ok=True)
     report = {"fp32": fp32, "all_quantised": all_q, "layers": rows, "frames": frames,
               "calibration_sha256": calib.sha256, "recipe": base.to_dict()}
@@ -82,6 +84,15 @@ def sensitivity_run(checkpoint: Path, out: Path, dataset=None, frames: int = 50,
     report["chart"] = str(chart(rows, out / "sensitivity.png"))
     atomic_write_json(out / "sensitivity.json", report)
     return report
+
+
+def damage(delta: dict, fp32: dict) -> float:
+    import math
+
+    f = lambda v: v if math.isfinite(v) else 0.0  # noqa: E731
+    seg = -f(delta["miou"]) / max(fp32["miou"], 1.0)
+    dep = max(f(delta["abs_rel"]) / max(fp32["abs_rel"], 1e-3), f(delta["rmse"]) / max(fp32["rmse"], 1e-3))
+    return max(seg, dep)
 
 
 def meets(m, fp32, max_miou_drop, max_absrel_rise) -> bool:

@@ -84,6 +84,14 @@ class LazyGroup(click.Group):
                 raise
             click.echo(f"Error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except OSError as e:
+            import errno
+
+            if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or (ctx.obj and ctx.obj.get("debug")):
+                raise
+            click.echo(f"Error: disk full while writing {e.filename or 'output'} ({e.strerror}); free space and retry",
+                       err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)

@@ -76,7 +76,8 @@ def train_run(out: Path, dataset: str, model_name: str | None, cfg: TrainConfig,
                                                 "history": state.history})
 
     state = fit(model, train_ds, cfg, tasks=model.config.tasks, num_classes=num_classes, depth_cap=cap,
-                out_dir=out, val_ds=None, save=save, resume=resume_state, progress=progress, drop_last=True)
+                out_dir=out, val_ds=None, save=save, resume=resume_state, progress=progress, drop_last=True,
+                channels_last=True)
     metrics = evaluate(lambda x: model(x), val_ds, model.config.tasks, num_classes, cap, progress=progress)
     if is_main():
         atomic_write_json(out / "fp32_metrics.json", {"dataset": ds, "split": "val", "frames": len(val_ds),

@@ -31,14 +31,16 @@ ENCODER_PREFIXES = tuple(f"layer{i}." for i in range(1, 9))
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 12
+    epochs: int = 16
     batch_size: int = 16
-    lr_encoder: float = 2e-2
-    lr_decoder: float = 2e-2
+    # From scratch on CPU, Adam at 2e-3 reached 34.5% mIoU on synthroom in 10 epochs where the paper's
+    # SGD (momentum 0.9, which assumed an ImageNet-pretrained encoder) reached 16.7% in 12 epochs.
+    lr_encoder: float = 2e-3
+    lr_decoder: float = 2e-3
     momentum: float = 0.9
     weight_decay: float = 1e-5
     schedule: str = "poly"  # poly (power 0.9), cosine, or constant
-    optimizer: str = "sgd"  # sgd (momentum) as in the paper, or adam
+    optimizer: str = "adam"  # adam, or sgd (momentum) as in the paper
     lam: float = 0.5
     seed: int = 0
     workers: int = 0
@@ -186,7 +188,7 @@ def fit(model: torch.nn.Module, train_ds, cfg: TrainConfig, *, tasks, num_classe
         out_dir: Path | None, val_ds=None, save: Callable | None = None, resume: dict | None = None,
         set_train: Callable | None = None, set_eval: Callable | None = None, forward: Callable | None = None,
         epoch_hook: Callable | None = None, extra_loss: Callable | None = None, progress=None,
-        drop_last: bool = False, val_limit: int | None = None) -> TrainState:
+        drop_last: bool = False, val_limit: int | None = None, channels_last: bool = False) -> TrainState:
     """Train ``model`` in place. ``save(state, optimizer)`` writes a checkpoint (rank 0 only).
 
     ``set_train``/``set_eval`` switch modes (exported QAT graphs need torchao's helpers);
@@ -196,6 +198,8 @@ def fit(model: torch.nn.Module, train_ds, cfg: TrainConfig, *, tasks, num_classe
     set_eval = set_eval or (lambda m: m.eval())
     rank, world = dist_info()
     torch.manual_seed(cfg.seed)
+    if channels_last:  # oneDNN's convolutions run ~25% faster on NHWC tensors on CPU (measured, 120x160 batch 16)
+        model.to(memory_format=torch.channels_last)
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=True)
@@ -226,7 +230,8 @@ def fit(model: torch.nn.Module, train_ds, cfg: TrainConfig, *, tasks, num_classe
             f = lr_factor(cfg, state.step, total)
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * f
-            outs = forward(batch["image"])
+            x = batch["image"].contiguous(memory_format=torch.channels_last) if channels_last else batch["image"]
+            outs = forward(x)
             loss, parts = multitask_loss(outs, batch, tasks, cfg.lam)
             if extra_loss is not None:
                 xl, xparts = extra_loss(batch, outs)

@@ -9,8 +9,10 @@ are done here, once.
 """
 from __future__ import annotations
 
+import errno
 import importlib.metadata as md
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,9 +200,17 @@ def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir
     ref_fn = source.reference(req.precision)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"hydranet_{req.precision}{target.suffix}"
+    for stale in out_dir.glob(f".{final.name}.*.part*"):  # left by a killed export
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     t0 = time.perf_counter()
-    with atomic_path(final) as tmp:
-        facts = target.build(source, req, tmp) or {}
+    try:
+        with atomic_path(final) as tmp:
+            facts = target.build(source, req, tmp) or {}
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise EdgeHydraError(f"disk full while writing {final.name} ({e.strerror}); nothing was left under "
+                                 f"{final}: free space and export again") from None
+        raise
     export_s = time.perf_counter() - t0
     manifest = {"artifact": final.name, "target": target.name, "precision": req.precision,
                 "input": {"name": "image", "shape": [req.batch, 3, *req.size], "layout": facts.get("layout", "NCHW"),

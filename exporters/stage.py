@@ -119,6 +119,8 @@ def export_run(out: Path, targets: list[str], precisions: list[str] | None = Non
             r = export_one(tgt, source, req, Path(out) / t, frames, eval_runner(val, model.config, eval_frames))
         except (BadInputError, MissingBackendError):
             raise
+        except EdgeHydraError as e:
+            r = ExportResult(t, p, "failed", None, {}, str(e))
         except Exception as e:  # noqa: BLE001 - one target failing must not hide the others' results
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             r = ExportResult(t, p, "failed", None, {}, f"{type(e).__name__}: {msg}")

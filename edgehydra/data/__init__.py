@@ -29,7 +29,7 @@ def open_dataset(name: str, split: str = "train", *, size=(240, 320), frames: in
     if split not in ("train", "val"):
         raise BadInputError(f"split {split!r}: use train or val")
     if name == "synthroom":
-        n = frames or (800 if split == "train" else 100)
+        n = frames or (1000 if split == "train" else 100)
         return SynthRoom(n, size=size, seed=seed if split == "train" else seed + SYNTH_VAL_SEED_OFFSET, transform=transform)
     if name in _PREPARE:
         root = data_root() / name

@@ -147,10 +147,7 @@ def encode_normals(n: np.ndarray) -> np.ndarray:
 def save_png(path: Path, arr: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")
-    if arr.dtype == np.uint16:
-        Image.fromarray(arr, mode="I;16").save(tmp, format="PNG")
-    else:
-        Image.fromarray(arr).save(tmp, format="PNG")
+    Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")  # uint16 -> mode I;16, uint8 -> L/RGB
     tmp.replace(path)
 
 
