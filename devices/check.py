@@ -110,7 +110,8 @@ def check_device(run: Path, profile: Profile, model=None) -> dict:
 def check_run(run: Path, devices: list[str]) -> list[dict]:
     if not devices:
         raise BadInputError("pass at least one --device")
-    model, _ = load_checkpoint(Path(run) / "fp32.pt") if (Path(run) / "fp32.pt").is_file() else (None, None)
-    if model is None:
-        raise BadInputError(f"no fp32.pt in {run}")
-    return [check_device(Path(run), load_profile(d), model) for d in devices]
+    profiles = [load_profile(d) for d in devices]  # bad names/profiles fail before any work
+    if not (Path(run) / "fp32.pt").is_file():
+        raise BadInputError(f"no fp32.pt in {run}: pass a run folder made by `edgehydra train` or `demo`")
+    model, _ = load_checkpoint(Path(run) / "fp32.pt")
+    return [check_device(Path(run), p, model) for p in profiles]

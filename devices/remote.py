@@ -163,7 +163,8 @@ def parse_executor_runner(text: str) -> dict:
 
 def parse_trtexec(text: str) -> dict:
     """TensorRT ``trtexec``: the summary "Latency: min = ... ms, ..., percentile(99%) = ... ms" line."""
-    lat = [ln for ln in text.splitlines() if re.search(r"\bLatency: min = ", ln)]
+    # "Latency:" alone, not "H2D Latency:" / "D2H Latency:"
+    lat = [ln for ln in text.splitlines() if re.search(r"(^|\]\s+|^\s*)Latency: min = ", ln)]
     if not lat:
         raise EdgeHydraError("trtexec output has no 'Latency: min = ...' summary line")
     ln = lat[-1]

@@ -64,7 +64,7 @@ def _is_colour(p: Path) -> bool:
 
 def run_on_image(forward: Callable, config: HydraConfig, rgb: np.ndarray, size: Sequence[int]) -> dict:
     """Resize to the model's input size, run, and bring every output back to the image size."""
-    x = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    x = torch.from_numpy(np.ascontiguousarray(rgb).copy()).permute(2, 0, 1)[None]
     x = normalize(x, config)
     x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
     with torch.no_grad():
