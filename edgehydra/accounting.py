@@ -13,10 +13,10 @@ Forward hooks on every leaf module record what actually ran at the given input s
   traffic a layer causes when activations do not stay in cache (what the roofline needs).
 
 Why 5.94 G MACs and not the paper's "about 6.5 GFLOPs" for HydraNet at 480x640: the paper's figure
-counts more than convolution MACs. The CRP max-pools (25 comparisons per output element), the
-element-wise adds, BN/ReLU6 and the bilinear upsamplings add ~0.5 G operations at 480x640 (see
-``edgehydra info``: ``other_ops``); conv MACs + other ops lands at ~6.5 G. ``docs/flops.md``
-shows the breakdown.
+is multiply-adds (a MAC counted once, as most CNN papers of 2019 do), and it includes the CRP
+max-pools. Counted here on the real model: convolutions 5.940 G MACs + the sixteen 5x5 max-pools
+0.653 G comparisons = 6.593 G; BN, ReLU6, adds and bilinear upsampling add only 0.18 G more.
+``docs/flops.md`` shows the breakdown and the command that prints it.
 """
 from __future__ import annotations
 

@@ -58,6 +58,7 @@ def train_run(out: Path, dataset: str, model_name: str | None, cfg: TrainConfig,
         if raw["epoch"] >= cfg.epochs and console:
             console.print(f"{ckpt_path} already holds all {cfg.epochs} epochs")
     else:
+        torch.manual_seed(cfg.seed)  # the initial weights are part of what --seed fixes
         model = create_model(model_name, input_size=tuple(ds["size"]), dataset=dataset)
     train_ds = open_split(ds, "train")
     train_ds = EpochAugmented(train_ds, TrainAugment(tuple(ds["size"])), seed=cfg.seed)

@@ -82,6 +82,16 @@ def is_main() -> bool:
     return dist_info()[0] == 0
 
 
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Average floating-point buffers (BN running statistics) over ranks, so every rank ends an
+    epoch with the same model (DDP keeps the parameters in step, not the statistics each rank saw)."""
+    _, world = dist_info()
+    for b in model.buffers():
+        if b.is_floating_point():
+            dist.all_reduce(b)
+            b /= world
+
+
 # ---------------------------------------------------------------------------------- data
 class EpochAugmented(Dataset):
     """Applies a TrainAugment with a generator seeded from (seed, epoch, index)."""
@@ -117,10 +127,27 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
+class EpochShardSampler(EpochSampler):
+    """Rank r of W takes perm[r::W] of the single-process order, cut to equal length: step k of W
+    ranks with batch b then sees exactly the frames of step k of one process with batch W*b."""
+
+    def __init__(self, n: int, seed: int, rank: int, world: int):
+        super().__init__(n, seed)
+        self.rank, self.world = rank, world
+
+    def __len__(self):
+        return self.n // self.world
+
+    def __iter__(self):
+        perm = list(super().__iter__())
+        return iter(perm[self.rank::self.world][: len(self)])
+
+
 def make_loader(ds, batch_size: int, seed: int, shuffle: bool, workers: int = 0, drop_last: bool = False):
     rank, world = dist_info()
     if world > 1:
-        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        sampler = EpochShardSampler(len(ds), seed, rank, world) if shuffle else DistributedSampler(
+            ds, num_replicas=world, rank=rank, shuffle=False, drop_last=drop_last)
     else:
         sampler = EpochSampler(len(ds), seed) if shuffle else None
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
@@ -252,6 +279,8 @@ def fit(model: torch.nn.Module, train_ds, cfg: TrainConfig, *, tasks, num_classe
                 ips = seen * world / max(time.perf_counter() - t0, 1e-9)
                 progress.update(bar, advance=n * world, info=f"loss {float(loss.detach()):.3f} seg {parts['seg']:.3f} "
                                                               f"depth {parts['depth']:.3f} {ips:.1f} img/s")
+        if world > 1:
+            sync_buffers(model)
         rec = {"epoch": epoch + 1, **{k: v / max(seen, 1) for k, v in sums.items()},
                "images_per_s": seen * world / max(time.perf_counter() - t0, 1e-9)}
         if val_ds is not None:

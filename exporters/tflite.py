@@ -29,18 +29,29 @@ class _ChannelLast(torch.nn.Module):
 
 def _convert_fp32(module, x, path):
     import litert_torch
+    from litert_torch import _config
 
     logging.getLogger("absl").setLevel(logging.ERROR)
+    # litert-torch prints its own step-by-step progress; ours is the export progress bar
+    _config.config.show_progress = False
     litert_torch.convert(module.eval(), (x,)).export(str(path))
 
 
-def _calibration_inputs(source, req, nhwc: bool, limit: int = 64):
-    prog, ds = source.program, source.calib_dataset
-    idx = list(prog.meta.get("calibration", {}).get("indices", []))[:limit] if prog is not None else []
-    if ds is None or not idx:
-        from edgehydra.errors import BadInputError
+def _calibration_inputs(source, req, nhwc: bool, facts: dict, limit: int = 64):
+    """The quantised program's own calibration frames (a QAT program has none recorded: then a
+    stratified set is chosen from the same data, and recorded in the manifest)."""
+    from edgehydra.errors import BadInputError
 
-        raise BadInputError("TFLite int8 needs calibration frames: export from a run with a quantised program")
+    prog, ds = source.program, source.calib_dataset
+    if ds is None:
+        raise BadInputError("TFLite int8 needs calibration frames: export from a run (--run) with a quantised program")
+    idx = list(prog.meta.get("calibration", {}).get("indices", []))[:limit] if prog is not None else []
+    if not idx:
+        from edgehydra.calibration.calibset import select_calibration
+
+        cs = select_calibration(ds, limit)
+        idx = list(cs.indices)
+        facts["calibration"] = {"sha256": cs.sha256, "frames": len(idx), "chosen_at_export": True}
     for i in idx:
         x = ds[i]["image"][None].numpy().astype(np.float32)
         yield x.transpose(0, 2, 3, 1).copy() if nhwc else x
@@ -87,13 +98,17 @@ def build(source, req, path):
                                                algorithm_key=AlgorithmName.NO_QUANTIZE)
             q = quantizer.Quantizer(str(tmp32), rm.get_quantization_recipe())
             sig = next(iter(_signature_inputs(tmp32)))
-            data = {"serving_default": [{sig: a} for a in _calibration_inputs(source, req, nhwc)]}
+            data = {"serving_default": [{sig: a} for a in _calibration_inputs(source, req, nhwc, facts)]}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 cal = q.calibrate(data, num_threads=2)
             res = q.quantize(cal, enable_progress_bar=False, enable_progress_report=False)
             facts["translation"] = tr.to_dict()
             facts["io_dtype"] = io_dtype
+            facts["reference"] = source.fp32  # parity frames are NCHW; the runner transposes for NHWC
+            facts["tolerance_key"] = "int8_vs_fp32"
+            facts["reference_note"] = ("FP32 model: LiteRT quantises with its own quantizer, so no PyTorch program "
+                                       "has the same integer maths")
         res.export_model(str(path), overwrite=True)
     finally:
         tmp32.unlink(missing_ok=True)

@@ -62,10 +62,11 @@ def accuracy_latency_plot(rows, checks, path: Path) -> Path:
                 ax.annotate(f"{c['device']} (est.)", (c["estimated_ms"], v), fontsize=7, xytext=(4, -8),
                             textcoords="offset points")
         ax.set_xscale("log")
-        ax.set_xlabel("latency p50 (ms, log): dots measured on this host, x estimated on devices at budget size")
+        ax.set_xlabel("latency p50 (ms, log scale)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    fig.suptitle("Accuracy vs latency, per task")
+    fig.suptitle("Accuracy vs latency, per task (dots: artifacts measured on this host; x: devices, estimated at "
+                 "their budget input size)", fontsize=10)
     return _save(fig, path)
 
 

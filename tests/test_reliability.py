@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ARGS = ["train", "--dataset", "synthroom", "--model", "hydranet_tiny", "--size", "64x96", "--frames", "48",
+ARGS = ["train", "--dataset", "synthroom", "--model", "hydranet_tiny", "--size", "64x96", "--frames", "128",
         "--val-frames", "4", "--epochs", "3", "--batch-size", "8", "--seed", "3"]
 
 
@@ -30,7 +30,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     while not ck.exists() and time.time() < deadline:  # wait for epoch 1's checkpoint
         time.sleep(0.2)
     assert ck.exists(), b.stderr.read() if b.poll() is not None else "no checkpoint in time"
-    time.sleep(1.0)  # into epoch 2
+    time.sleep(0.3)  # into epoch 2
     b.send_signal(signal.SIGKILL)
     b.wait()
     epoch_at_kill = torch.load(ck, weights_only=True)["epoch"]
@@ -70,24 +70,28 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_killed_export_leaves_no_final_file(tiny_run, tmp_path):
+    """Kill a TFLite int8 export while it is writing (its fp32 intermediate sits beside the temporary
+    artifact for the whole quantisation step): nothing may appear under the final name."""
     out = tmp_path / "exp"
-    p = _cli("export", "--run", str(tiny_run), "--target", "executorch", "--precision", "int8", "--out", str(out))
-    final = out / "executorch" / "hydranet_int8.pte"
+    args = ["export", "--run", str(tiny_run), "--target", "tflite", "--precision", "int8", "--out", str(out)]
+    p = _cli(*args)
+    final = out / "tflite" / "hydranet_int8.tflite"
     deadline = time.time() + 300
 
     def writing():
-        return (out / "executorch").is_dir() and list((out / "executorch").glob(".hydranet_int8.pte.*"))
+        return (out / "tflite").is_dir() and list((out / "tflite").glob(".hydranet_int8.tflite.*"))
 
     while time.time() < deadline and p.poll() is None and not writing():
-        time.sleep(0.02)
+        time.sleep(0.01)
     assert p.poll() is None, "export finished before it could be killed"
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not final.exists()
-    # the next export cleans the stale temporary and finishes
-    r = _cli("export", "--run", str(tiny_run), "--target", "executorch", "--precision", "int8", "--out", str(out))
+    assert writing(), "the kill should leave only a temporary behind"
+    # the next export cleans the stale temporaries and finishes
+    r = _cli(*args)
     assert r.wait(timeout=600) == 0, r.stderr.read()
-    assert final.exists() and not list((out / "executorch").glob(".hydranet_int8.pte.*"))
+    assert final.exists() and not writing()
 
 
 def test_disk_full_during_export_fails_cleanly(tiny_run, tmp_path):
