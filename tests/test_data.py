@@ -243,3 +243,37 @@ def test_metrics_hand_computed():
     assert math.isclose(r["rmse"], math.sqrt((1 + 0) / 2))
     assert math.isclose(r["abs_rel"], (1 / 1 + 0) / 2)
     assert math.isclose(r["delta1"], 50.0)
+
+
+def test_distill_fills_missing_modalities_and_marks_them(tmp_path):
+    from edgehydra import create_model
+    from edgehydra.distill import distill
+
+    root = tmp_path / "d"
+    _layout(root, "rgb/a.png\t-\t-\n")
+    teacher = create_model("hydranet_tiny", input_size=(64, 96)).eval()
+    rep = distill(teacher, root)
+    assert rep["filled"] == {"masks": 1, "depth": 1}
+    row = layout.parse_list(root / "train.txt")[0]
+    assert row.pseudo == frozenset({"masks", "depth"}) and (root / row.masks).is_file() and (root / row.depth).is_file()
+    s = FolderDataset(root)[0]
+    assert s["has_segm"] == 1 and s["segm"].shape == (16, 16)
+
+
+def test_predict_writes_a_panel_with_ground_truth(tmp_path):
+    from click.testing import CliRunner
+
+    from edgehydra import create_model
+    from edgehydra.checkpoint import save_checkpoint
+    from edgehydra.commands import cli
+
+    need_samples()
+    ck = save_checkpoint(create_model("hydranet_tiny"), tmp_path / "m.pt")
+    r = CliRunner().invoke(cli, ["predict", "--checkpoint", str(ck), "--out", str(tmp_path / "p"),
+                                 str(SAMPLES / "nyud" / "000433.png")])
+    assert r.exit_code == 0, r.output
+    png = tmp_path / "p" / "000433_panel.png"
+    assert png.is_file()
+    from PIL import Image
+
+    assert Image.open(png).size[1] > Image.open(png).size[0] / 3  # two rows: ground truth and prediction
