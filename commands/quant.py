@@ -57,7 +57,7 @@ def ptq(checkpoint, dataset, recipe, out, size, calib_frames, seed):
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="FP32 checkpoint (default: OUT/fp32.pt from `train`).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder; writes OUT/qat/.")
 @click.option("--epochs", type=click.IntRange(1), default=3, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="Fine-tuning rate (a tenth of training's or less).")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--recipe", default="w8a8", show_default=True, help=RECIPE_HELP)
 @click.option("--size", type=SIZE, default=None)

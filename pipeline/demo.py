@@ -110,7 +110,7 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
         st.run("ptq", {**{k: base[k] for k in ("calib_frames",)}, "ckpt": _sha(ckpt)},
                lambda: {"metrics": ptq_run(ckpt, out / "ptq", "w8a8", calib_frames=cfg.calib_frames,
                                            progress=p)["metrics"]}, [out / "ptq" / "program.pt2"])
-    qcfg = TrainConfig(epochs=cfg.qat_epochs, batch_size=cfg.batch_size, lr_encoder=1e-3, lr_decoder=1e-3,
+    qcfg = TrainConfig(epochs=cfg.qat_epochs, batch_size=cfg.batch_size, lr_encoder=1e-4, lr_decoder=1e-4,
                        seed=cfg.seed, schedule="cosine")
 
     def qat_stage():
