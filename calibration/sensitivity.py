@@ -45,8 +45,6 @@ def measure(model, recipe, train, val, calib, size, keep_float, limit):
 def sensitivity_run(checkpoint: Path, out: Path, dataset=None, frames: int = 50, calib_frames: int = 32,
                     max_miou_drop=None, max_absrel_rise=None, recipe_spec=None, layers: str | None = None,
                     model=None, progress=None) -> dict:
-    import math
-
     base = load_recipe(recipe_spec)
     if model is None:
         model, _ = load_checkpoint(checkpoint)

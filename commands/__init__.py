@@ -6,7 +6,6 @@ with their code (2 bad input, 1 failed check); ``--debug`` shows the traceback i
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 import click

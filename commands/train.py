@@ -1,7 +1,6 @@
 """`edgehydra train`, `eval`, `predict`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click

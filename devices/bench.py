@@ -64,9 +64,6 @@ def _make_runner(path: Path, threads: int, provider: str | None, size):
     from edgehydra.exporters.runtime import open_artifact, read_manifest
 
     man = read_manifest(path)
-    shape = man["input"]["shape"]
-    if man["facts"].get("layout") == "NHWC":
-        shape = [shape[0], shape[2], shape[3], shape[1]]
     x = np.random.default_rng(0).standard_normal(man["input"]["shape"]).astype(np.float32)
     if suffix == ".onnx":
         import onnxruntime as ort
@@ -80,12 +77,10 @@ def _make_runner(path: Path, threads: int, provider: str | None, size):
     if suffix == ".tflite":
         from edgehydra.exporters.tflite import _interpreter
 
-        it = _interpreter(path)
-        it2 = it
-        inp = it2.get_input_details()[0]
-        xi = np.zeros(inp["shape"], inp["dtype"])
-        it2.set_tensor(inp["index"], xi)
-        return it2.invoke, "litert"
+        it = _interpreter(path)  # the interpreter knows its own input shape, layout and dtype
+        inp = it.get_input_details()[0]
+        it.set_tensor(inp["index"], np.zeros(inp["shape"], inp["dtype"]))
+        return it.invoke, "litert"
     if suffix == ".pte":
         from executorch.runtime import Runtime
 

@@ -194,7 +194,6 @@ def remote_bench(transport: Transport, artifact: Path, binary: str | None = None
     artifact = Path(artifact)
     if not artifact.exists():
         raise BadInputError(f"artifact not found: {artifact}")
-    android = isinstance(transport, AdbTransport) or (isinstance(transport, LocalTransport) and binary and "adb" in binary)
     base = "/data/local/tmp" if isinstance(transport, AdbTransport) else "/tmp"
     work = f"{base}/edgehydra-{uuid.uuid4().hex[:8]}"
     remote_art = f"{work}/{artifact.name}"
@@ -225,7 +224,6 @@ def remote_bench(transport: Transport, artifact: Path, binary: str | None = None
         res = parse(r.out + "\n" + r.err)
         res.update(device=transport.name, tool=tool, command=Transport.quote(argv), artifact=str(artifact),
                    threads=threads, warmup=warmup)
-        del android
         return res
     finally:
         try:

@@ -9,7 +9,7 @@ The forward pass is plain tensor code (no training-only branches, no Python-side
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch

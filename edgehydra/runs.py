@@ -63,7 +63,6 @@ def train_run(out: Path, dataset: str, model_name: str | None, cfg: TrainConfig,
     train_ds = open_split(ds, "train")
     train_ds = EpochAugmented(train_ds, TrainAugment(tuple(ds["size"])), seed=cfg.seed)
     val_ds = open_split(ds, "val", transform=Resize(tuple(ds["size"])))
-    info = getattr(val_ds, "info", None)
     num_classes = model.config.num_classes
     if getattr(val_ds, "num_classes", num_classes) != num_classes:
         raise BadInputError(f"dataset {dataset} has {val_ds.num_classes} classes, model {model_name} has {num_classes}")
@@ -83,7 +82,6 @@ def train_run(out: Path, dataset: str, model_name: str | None, cfg: TrainConfig,
     if is_main():
         atomic_write_json(out / "fp32_metrics.json", {"dataset": ds, "split": "val", "frames": len(val_ds),
                                                       "metrics": metrics})
-    del info
     return {"metrics": metrics, "epochs": state.epoch, "history": state.history, "checkpoint": str(ckpt_path)}
 
 

@@ -6,7 +6,6 @@ Vulkan) are used when ``--delegate`` names one whose package is installed.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import numpy as np

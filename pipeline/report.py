@@ -95,13 +95,11 @@ def est_vs_meas_plot(cal, path: Path) -> Path | None:
 
 def panels(run: Path, outdir: Path, limit_synth: int = 2) -> list[Path]:
     """Input | ground truth | FP32 | each runnable artifact, on synthroom val frames and real NYUDv2 samples."""
-    import numpy as np
     import torch
 
     from edgehydra.checkpoint import load_checkpoint
-    from edgehydra.data.layout import save_png
-    from edgehydra.visualize import find_ground_truth, panel, run_on_image
     from edgehydra.data.layout import read_rgb
+    from edgehydra.visualize import find_ground_truth, panel, run_on_image
 
     model, _ = load_checkpoint(run / "fp32.pt")
     cfg = model.config
@@ -133,7 +131,6 @@ def panels(run: Path, outdir: Path, limit_synth: int = 2) -> list[Path]:
         with torch.no_grad():
             rows += [(label, run_on_image(f, cfg, rgb, size)) for label, f in fwds]
         written.append(panel(rgb, rows, outdir / f"panel_{name}.png"))
-    del np, save_png
     return written
 
 

@@ -190,7 +190,6 @@ def test_check_exit_codes(tiny_run, tmp_path):
     from edgehydra.exporters.stage import export_run
 
     export_run(tiny_run / "export", ["onnx", "executorch"], ["fp32", "int8"], run=tiny_run, eval_frames=2)
-    prof = load_profile("host_cpu").to_dict()
     lenient = tmp_path / "lenient.toml"
     import dataclasses
 
@@ -209,4 +208,3 @@ def test_check_exit_codes(tiny_run, tmp_path):
     assert "mIoU" in fails
     assert res[0]["int8_vs_fp16"]["int8_ms"] > 0
     shutil.rmtree(tiny_run / "export")
-    del prof
