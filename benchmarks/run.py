@@ -70,13 +70,15 @@ def train_step_costs(model_name="hydranet_small", size=(120, 160), batch=8, step
     ds = SynthRoom(batch, size=size, seed=5)
     b = torch.utils.data.default_collate([ds[i] for i in range(batch)])
 
-    def cost(model, set_train):
+    def cost(model, set_train, extra=None):
         set_train(model)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
         def step():
             out = model(b["image"])
             loss, _ = multitask_loss(out, b, ("segm", "depth"))
+            if extra is not None:
+                loss = loss + extra(b, out)[0]
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -87,9 +89,19 @@ def train_step_costs(model_name="hydranet_small", size=(120, 160), batch=8, step
     fp = cost(m, lambda x: x.train())
     gm, _ = prepare_qat(create_model(model_name, input_size=size), PRESETS["w8a8"], size)
     ctl = QATController(gm, PRESETS["w8a8"])
+    from edgehydra.calibration.calibset import select_calibration
+    from edgehydra.data import Resize
+
+    ds_small = SynthRoom(batch, size=size, seed=5, transform=Resize(size))
+    ctl.calibrate(ds_small, select_calibration(ds_small, batch))  # as `edgehydra qat` does before training
+    ctl.epoch_hook(0)
     qat = cost(gm, ctl.set_train)
+    from edgehydra.calibration.qat import distill_loss
+
+    qat_kd = cost(gm, ctl.set_train, distill_loss(m.eval(), ("segm", "depth")))  # `edgehydra qat`'s default
     return {"model": model_name, "size": list(size), "batch": batch, "fp32_step_ms": fp, "qat_step_ms": qat,
-            "ratio": qat / fp, "fp32_img_per_s": batch / fp * 1e3, "qat_img_per_s": batch / qat * 1e3}
+            "ratio": qat / fp, "qat_distill_step_ms": qat_kd, "ratio_distill": qat_kd / fp,
+            "fp32_img_per_s": batch / fp * 1e3, "qat_img_per_s": batch / qat * 1e3}
 
 
 def ort_session(path, threads, providers=("CPUExecutionProvider",)):
@@ -264,7 +276,8 @@ def print_table(res):
     if "train_step" in res:
         t = res["train_step"]
         print(f"\ntraining step ({t['model']}, batch {t['batch']}, {t['size'][0]}x{t['size'][1]}): FP32 "
-              f"{t['fp32_step_ms']:.0f} ms, QAT {t['qat_step_ms']:.0f} ms -> QAT costs {t['ratio']:.2f}x (goal <= 2.5x)")
+              f"{t['fp32_step_ms']:.0f} ms, QAT {t['qat_step_ms']:.0f} ms -> QAT costs {t['ratio']:.2f}x (goal <= 2.5x); "
+              f"with self-distillation (the default) {t['qat_distill_step_ms']:.0f} ms, {t['ratio_distill']:.2f}x")
     print(f"synthroom generation: {res['synthroom_frames_per_s_240x320']:.0f} frames/s at 240x320 (goal >= 100)")
     acc = res.get("accuracy_drop", {})
     if acc:

@@ -122,9 +122,7 @@ def _specs(recipe: Recipe, is_qat: bool):
     eps = {"eps": 2 ** -12}
     act = None
     if not recipe.weight_only:
-        if is_qat:
-            ctr = FusedMovingAvgObsFakeQuantize.with_args(**eps)
-        elif recipe.observer == "minmax":
+        if recipe.observer == "minmax":
             ctr = MinMaxObserver.with_args(**eps)
         elif recipe.observer == "moving_average":
             ctr = MovingAverageMinMaxObserver.with_args(**eps)
@@ -134,6 +132,10 @@ def _specs(recipe: Recipe, is_qat: bool):
             ctr = PercentileHistogramObserver.with_args(percentile=recipe.percentile, **eps)
         else:
             ctr = HistogramObserver.with_args(**eps)  # its range search minimises L2 error: "mse"
+        if is_qat:  # the same observer, calibrated then frozen by QAT (calibration/qat.py)
+            from .observers import CalibratedFakeQuantize
+
+            ctr = CalibratedFakeQuantize.with_args(observer=ctr)
         bits = 8 if recipe.act_dtype == "int8" else 16
         qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
         act = QuantizationSpec(dtype=torch.int8 if bits == 8 else torch.int16, quant_min=qmin, quant_max=qmax,
@@ -163,9 +165,9 @@ def translate(recipe: Recipe, backend: str = "xnnpack", is_qat: bool = False, ta
 
     if not recipe.weight_symmetric:
         issues.append("weight_symmetric=False: both quantizers only produce symmetric int8 weights; weights stay symmetric")
-    if is_qat and not recipe.weight_only and recipe.observer != "moving_average":
-        notes.append(f"QAT observes activations with moving-average min/max fake-quant (recipe observer "
-                     f"{recipe.observer!r} applies to PTQ only)")
+    if is_qat and not recipe.weight_only:
+        notes.append(f"QAT: activation ranges from the recipe's {recipe.observer!r} observer on the calibration "
+                     "set, then frozen; weights fake-quantised with moving-average per-channel min/max")
     if backend == "xnnpack":
         require("executorch", "executorch", "the XNNPACK quantizer")
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer

@@ -64,12 +64,12 @@ def ptq_run(checkpoint: Path, out: Path, recipe_spec=None, dataset: str | None =
 
 
 def qat_run(checkpoint: Path, out: Path, cfg: TrainConfig, recipe_spec=None, dataset: str | None = None, size=None,
-            distill: bool = False, resume: bool = False, ptq_report: Path | None = None, progress=None,
-            val_limit: int | None = None, frames: int | None = None) -> dict:
+            distill: bool = True, resume: bool = False, ptq_report: Path | None = None, progress=None,
+            val_limit: int | None = None, frames: int | None = None, calib_frames: int = 200) -> dict:
     out = Path(out)
     recipe = load_recipe(recipe_spec)
     fp32_model, info = load_checkpoint(checkpoint)
-    ds, size, _, val = _datasets(Path(checkpoint), dataset, size)
+    ds, size, resized, val = _datasets(Path(checkpoint), dataset, size)
     from edgehydra.data import TrainAugment
 
     base = open_split(ds, "train")
@@ -92,6 +92,10 @@ def qat_run(checkpoint: Path, out: Path, cfg: TrainConfig, recipe_spec=None, dat
                         "history": raw["history"]}
         for e in range(raw["epoch"]):  # replay the freeze schedule up to where the run stopped
             ctl.epoch_hook(e)
+        calib = None
+    else:
+        calib = select_calibration(resized, calib_frames, cfg.seed)
+        ctl.calibrate(resized, calib, progress=progress)
 
     def save(state, opt):
         import io
@@ -130,6 +134,7 @@ def qat_run(checkpoint: Path, out: Path, cfg: TrainConfig, recipe_spec=None, dat
     report = {"recipe": recipe.to_dict(), "translation": tr.to_dict(), "events": ctl.events, "history": state.history,
               "metrics": metrics, "program": str(prog_path), "train_seconds": train_s, "distill": distill,
               "data": ds, "train_config": asdict(cfg), "frames": frames,
+              "calibration": {k: v for k, v in calib.to_dict().items() if k != "indices"} if calib else None,
               "program_sha256": sha256_path(prog_path) if prog_path else None}
     if is_main():
         atomic_write_json(out / "report.json", report)

@@ -132,10 +132,12 @@ def test_qat_steps_then_convert_matches_fake_quant(data, trained_tiny):
     recipe = PRESETS["w8a8"].replace(qat=PRESETS["w8a8"].qat.__class__(freeze_bn_epoch=1, freeze_observer_epoch=1))
     gm, _ = prepare_qat(copy.deepcopy(trained_tiny), recipe, SIZE)
     ctl = QATController(gm, recipe)
+    ctl.calibrate(train, select_calibration(train, 8))
     fit(gm, train, TrainConfig(epochs=2, batch_size=5, lr_encoder=1e-3, lr_decoder=1e-3), tasks=("segm", "depth"),
         num_classes=40, depth_cap=10, out_dir=None, set_train=ctl.set_train, set_eval=ctl.set_eval,
         epoch_hook=ctl.epoch_hook)  # 32 frames / batch 5: the last batch is partial (dynamic batch)
-    assert ctl.events == ["epoch 2: batch-norm statistics frozen", "epoch 2: observers frozen"]
+    assert ctl.events == ["activation ranges calibrated on 8 frames and frozen", "epoch 2: batch-norm statistics frozen",
+                          "epoch 2: observers frozen"]
     ctl.set_eval(gm)
     x = torch.stack([val[i]["image"] for i in range(4)])
     with torch.no_grad():
@@ -146,6 +148,35 @@ def test_qat_steps_then_convert_matches_fake_quant(data, trained_tiny):
     assert (fq[0].argmax(1) == q[0].argmax(1)).float().mean() > 0.97
     scale = fq[1].abs().mean()
     assert (fq[1] - q[1]).abs().mean() < 0.05 * scale
+
+
+def test_qat_starts_where_ptq_ends(data, trained_tiny):
+    """Calibrated QAT activation ranges are PTQ's: converted with no training step, QAT equals PTQ."""
+    import copy
+
+    from edgehydra.calibration.ptq import convert_stage, quantize_ptq
+    from edgehydra.calibration.qat import QATController, prepare_qat
+
+    train, val = data
+    calib = select_calibration(train, 8)
+    ptq, _ = quantize_ptq(copy.deepcopy(trained_tiny), PRESETS["w8a8"], train, calib, SIZE)
+    gm, _ = prepare_qat(copy.deepcopy(trained_tiny), PRESETS["w8a8"], SIZE)
+    ctl = QATController(gm, PRESETS["w8a8"])
+    assert ctl.calibrate(train, calib) > 10
+    ctl.epoch_hook(0)  # BN statistics frozen from the first epoch (the default schedule)
+    x = torch.stack([val[i]["image"] for i in range(4)])
+    from edgehydra.calibration.observers import CalibratedFakeQuantize
+
+    ranges = {f"{n}.scale": m.scale.clone() for n, m in gm.named_modules() if isinstance(m, CalibratedFakeQuantize)}
+    ctl.set_train(gm)
+    gm(x * 4)  # a training-mode forward on other data must not move the frozen activation ranges
+    assert ranges and all(torch.equal(v, gm.state_dict()[k]) for k, v in ranges.items())
+    assert all(float(v) != 1.0 for v in ranges.values())  # computed, not the initial placeholder
+    ctl.set_eval(gm)
+    with torch.no_grad():
+        a, b = ptq(x), convert_stage(gm)(x)
+    assert (a[0].argmax(1) == b[0].argmax(1)).float().mean() > 0.99
+    assert (a[1] - b[1]).abs().max() < 0.02 * a[1].abs().mean()
 
 
 def test_bn_and_observers_freeze(data, trained_tiny):
