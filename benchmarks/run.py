@@ -223,10 +223,37 @@ def main():
     if (run / "qat" / "report.json").is_file():
         q = json.loads((run / "qat" / "report.json").read_text())["metrics"]
         res["accuracy_drop"] = {k: q[k] for k in ("fp32", "ptq", "qat") if k in q}
+    res["estimate_vs_measured"] = estimate_section(model, host, res["sizes"])
     res["gpu"] = gpu_section(tmp)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2, default=str))
     print_table(res)
+
+
+def estimate_section(model, host, sizes: dict) -> dict:
+    """The analytical host estimate against the measured ExecuTorch fp32/int8 latencies (issue 6).
+
+    Three estimates per measurement: the shipped host_cpu profile (uncalibrated); the profile fitted
+    to the measurements at the *other* sizes only (out of sample: the honest test of the model);
+    fitted to all of them (in sample: 4 parameters, so this mostly shows the fit converges).
+    """
+    from edgehydra.devices.estimate import errors, fit_efficiencies, layer_rows
+
+    meas = [{"precision": prec, "size": [int(v) for v in size.split("x")], "p50_ms": e["latency_ms"][f"executorch_{prec}"]}
+            for size, e in sizes.items() for prec in ("fp32", "int8") if f"executorch_{prec}" in e["latency_ms"]]
+    if not meas:
+        return {"available": False, "reason": "no ExecuTorch latency measured"}
+    rows = {(m["precision"], tuple(m["size"])): layer_rows(model, tuple(m["size"]), m["precision"]) for m in meas}
+    shipped = errors(rows, host, meas)
+    _, all_rep = fit_efficiencies(model, host, meas)
+    held_out = []
+    for size in sizes:
+        train = [m for m in meas if "x".join(map(str, m["size"])) != size]
+        test = [m for m in meas if "x".join(map(str, m["size"])) == size]
+        if train and test:
+            fitted, _ = fit_efficiencies(model, host, train)
+            held_out += errors(rows, fitted, test)
+    return {"available": True, "shipped_profile": shipped, "fitted_other_size": held_out, "fitted_all": all_rep["after"]}
 
 
 def shutil_copy(a, b):
@@ -283,6 +310,18 @@ def print_table(res):
     if acc:
         print("accuracy (val): " + "; ".join(f"{k} mIoU {v.get('miou', float('nan')):.2f} RMSE {v.get('rmse', float('nan')):.3f}"
                                               for k, v in acc.items()))
+    ev = res.get("estimate_vs_measured", {})
+    if ev.get("available"):
+        print("\nestimated vs measured ExecuTorch latency on this host (goal: within 25 %)")
+        print(f"  {'precision':9s} {'size':>8s} {'measured':>9s} {'shipped':>14s} {'fit other size':>16s} {'fit all':>14s}")
+        key = lambda e: (e["precision"], tuple(e["size"]))  # noqa: E731
+        other = {key(e): e for e in ev["fitted_other_size"]}
+        allf = {key(e): e for e in ev["fitted_all"]}
+        cell = lambda e: "-" if e is None else f"{e['estimated_ms']:6.1f} {e['rel_err']:+6.0%}"  # noqa: E731
+        for e in ev["shipped_profile"]:
+            k = key(e)
+            print(f"  {e['precision']:9s} {'x'.join(map(str, e['size'])):>8s} {e['measured_ms']:8.1f}  {cell(e):>14s} "
+                  f"{cell(other.get(k)):>16s} {cell(allf.get(k)):>14s}")
     g = res.get("gpu", {})
     print(f"GPU: {g.get('reason') or g.get('latency_ms')}")
 

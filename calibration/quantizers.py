@@ -113,6 +113,80 @@ def _keep_float_quantizer(inner, patterns: tuple[str, ...], Quantizer):
     return KeepFloat()
 
 
+_HARDTANH = ("aten.hardtanh.default", "aten.hardtanh_.default")
+_BATCH_NORM = ("aten.batch_norm.default", "aten._native_batch_norm_legit.default")
+
+
+def annotate_conv_relu6(model, config) -> int:
+    """Annotate conv[-bn]-ReLU6 and add-ReLU6 as quantised units: inputs quantised, output after the clamp.
+
+    XNNPACKQuantizer fuses conv+ReLU but not conv+ReLU6 (hardtanh), so in MobileNet-v2 it quantises
+    every conv output, then runs the clamp as a separate int8 op with a second requantisation. With
+    the clamp inside the pattern, ExecuTorch's FuseActivationPass folds it into the conv (XNNPACK's
+    output min/max) and the int8 range spans [0, 6] instead of the conv's raw range. Returns the
+    number of patterns annotated; nodes already annotated are left alone.
+    """
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    key = "quantization_annotation"
+
+    def annotated(nodes):
+        return any(key in n.meta and n.meta[key]._annotated for n in nodes)
+
+    count = 0
+    for n in model.graph.nodes:
+        if n.op != "call_function" or str(n.target) not in _HARDTANH or tuple(n.args[1:3]) != (0.0, 6.0):
+            continue
+        prev, middle = n.args[0], []
+        if getattr(prev, "op", None) == "call_function" and str(prev.target) in _BATCH_NORM and len(prev.users) == 1:
+            middle, prev = [prev], prev.args[0]  # QAT graphs keep batch norm until convert
+        if getattr(prev, "op", None) != "call_function" or len(prev.users) != 1:
+            continue
+        if str(prev.target) == "aten.add.Tensor" and not middle:  # the decoder's add -> ReLU6 before each CRP
+            a, b = prev.args[:2]
+            if not (hasattr(a, "op") and hasattr(b, "op")) or annotated([n, prev]):
+                continue
+            prev.meta[key] = QuantizationAnnotation(input_qspec_map={a: config.input_activation, b: config.input_activation},
+                                                    _annotated=True)
+            n.meta[key] = QuantizationAnnotation(output_qspec=config.output_activation, _annotated=True)
+            count += 1
+            continue
+        if str(prev.target) != "aten.conv2d.default":
+            continue
+        conv = prev
+        weight, bias = conv.args[1], conv.args[2] if len(conv.args) > 2 else None
+        partition = [n, *middle, conv, weight] + ([bias] if bias is not None else [])
+        if annotated(partition):
+            continue
+        qmap = {conv.args[0]: config.input_activation, weight: config.weight}
+        if bias is not None and config.bias is not None:
+            qmap[bias] = config.bias
+        conv.meta[key] = QuantizationAnnotation(input_qspec_map=qmap, _annotated=True)
+        for m in middle:
+            m.meta[key] = QuantizationAnnotation(_annotated=True)
+        n.meta[key] = QuantizationAnnotation(output_qspec=config.output_activation, _annotated=True)
+        for m in (weight, bias):
+            if m is not None:
+                m.meta[key] = QuantizationAnnotation(_annotated=True)
+        count += 1
+    return count
+
+
+def _relu6_fusing_quantizer(inner, config, Quantizer):
+    class ConvReLU6(Quantizer):
+        def transform_for_annotation(self, model):
+            return inner.transform_for_annotation(model)
+
+        def annotate(self, model):
+            annotate_conv_relu6(model, config)
+            return inner.annotate(model)
+
+        def validate(self, model):
+            return inner.validate(model)
+
+    return ConvReLU6()
+
+
 def _specs(recipe: Recipe, is_qat: bool):
     from torchao.quantization.pt2e import (FusedMovingAvgObsFakeQuantize, HistogramObserver, MinMaxObserver,
                                            MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
@@ -174,7 +248,12 @@ def translate(recipe: Recipe, backend: str = "xnnpack", is_qat: bool = False, ta
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import QuantizationConfig
 
         act, weight = _specs(recipe, is_qat)
-        inner = XNNPACKQuantizer().set_global(QuantizationConfig(act, act, weight, None, is_qat))
+        config = QuantizationConfig(act, act, weight, None, is_qat)
+        inner = XNNPACKQuantizer().set_global(config)
+        if not recipe.weight_only:
+            inner = _relu6_fusing_quantizer(inner, config, Quantizer)
+            notes.append("conv+ReLU6 and add+ReLU6 quantised as units (XNNPACKQuantizer fuses only ReLU); "
+                         "XNNPACK runs each clamp inside the int8 conv or add")
         if recipe.act_dtype == "int16":
             issues.append("act_dtype=int16: XNNPACK has no int16-activation kernels; those ops are not delegated "
                           "and run on ExecuTorch's portable CPU kernels")
