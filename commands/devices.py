@@ -162,6 +162,8 @@ def check(run_dir, devices_, as_json):
                 t.add_row(row["budget"], f"{f(row['limit'])} {row['unit']}", f(row["value"]), f(row["margin"]),
                           "[green]PASS[/]" if row["pass"] else "[red]FAIL[/]", row["note"])
             c.print(t)
+            if r.get("profile_note"):
+                c.print(r["profile_note"])
             if r.get("reason"):
                 c.print(r["reason"])
             if "int8_vs_fp16" in r:

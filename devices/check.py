@@ -108,10 +108,20 @@ def check_device(run: Path, profile: Profile, model=None) -> dict:
 
 
 def check_run(run: Path, devices: list[str]) -> list[dict]:
+    devices = list(devices)
     if not devices:
         raise BadInputError("pass at least one --device")
+    calibrated = Path(run) / "devices" / "host_cpu.toml"  # written by the demo's calibrate stage
+    notes = {}
+    for i, d in enumerate(devices):
+        if d == "host_cpu" and calibrated.is_file():
+            devices[i] = str(calibrated)
+            notes[i] = f"host_cpu: using the profile calibrated on this run's benchmarks ({calibrated})"
     profiles = [load_profile(d) for d in devices]  # bad names/profiles fail before any work
     if not (Path(run) / "fp32.pt").is_file():
         raise BadInputError(f"no fp32.pt in {run}: pass a run folder made by `edgehydra train` or `demo`")
     model, _ = load_checkpoint(Path(run) / "fp32.pt")
-    return [check_device(Path(run), p, model) for p in profiles]
+    out = [check_device(Path(run), p, model) for p in profiles]
+    for i, note in notes.items():
+        out[i]["profile_note"] = note
+    return out

@@ -9,6 +9,7 @@ are done here, once.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib.metadata as md
 import logging
@@ -34,11 +35,37 @@ from edgehydra.model import HydraConfig
 # skips (torchvision is not a dependency), pytree deprecations inside torch.export, and a warning that a
 # pt2e GraphModule is "in training mode" (it has no train/eval state of its own).
 logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools / ai-edge-quantizer per-pass bars; ours is the export bar
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # LiteRT's C++ INFO lines
 warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
 warnings.filterwarnings("ignore", message="Exporting a model while it is in training mode")
+
+
+@contextlib.contextmanager
+def quiet_backends():
+    """Mute what converters print for themselves while they build: coremltools and ai-edge-quantizer
+    draw a tqdm bar per pass (dozens per export; ours is the export bar) and coremltools logs version
+    warnings at import. tqdm reads TQDM_DISABLE only when it is first imported, which happens before
+    any exporter runs, so the bars are disabled here, for the build, and restored after."""
+    import tqdm.std
+
+    orig = tqdm.std.tqdm.__init__
+
+    def init(self, *args, **kwargs):
+        kwargs["disable"] = True
+        orig(self, *args, **kwargs)
+
+    loggers = {n: logging.getLogger(n) for n in ("coremltools", "absl")}
+    levels = {n: lg.level for n, lg in loggers.items()}
+    tqdm.std.tqdm.__init__ = init
+    for lg in loggers.values():
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        tqdm.std.tqdm.__init__ = orig
+        for n, lg in loggers.items():
+            lg.setLevel(levels[n])
 
 
 class RunnerUnavailable(Exception):
@@ -221,7 +248,7 @@ def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     t0 = time.perf_counter()
     try:
-        with atomic_path(final) as tmp:
+        with atomic_path(final) as tmp, quiet_backends():
             facts = target.build(source, req, tmp) or {}
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):

@@ -69,7 +69,13 @@ def build(source, req, path):
     if req.precision == "w8":
         from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
 
-        ml = linear_quantize_weights(ml, OptimizationConfig(global_config=OpLinearQuantizerConfig(mode="linear_symmetric")))
+        import warnings
+
+        with warnings.catch_warnings():
+            # An all-zero output channel (dead after training) gets scale 0 and coremltools divides 0/0;
+            # whatever int8 it stores, dequantisation multiplies by that 0 scale, so the weight stays 0.
+            warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
+            ml = linear_quantize_weights(ml, OptimizationConfig(global_config=OpLinearQuantizerConfig(mode="linear_symmetric")))
     ml.short_description = "HydraNet joint semantic segmentation and depth (edgehydra)"
     md = ml.user_defined_metadata
     md["classes"] = json.dumps(list(cfg.class_names))

@@ -22,13 +22,15 @@ from edgehydra._io import atomic_write_json
 class DemoConfig:
     model: str = "hydranet_small"
     size: tuple[int, int] = (120, 160)
-    frames: int = 640
+    # 1000 frames x 10 epochs: ~4.5 min of the demo's ~10 on 2 cores; 640 x 8 reached only 28.6 % mIoU,
+    # under the host profile's 30 % budget, which made the checks say more about the demo than the model.
+    frames: int = 1000
     val_frames: int = 64
-    epochs: int = 8
+    epochs: int = 10
     batch_size: int = 16
     qat_epochs: int = 1
-    qat_frames: int = 320
-    calib_frames: int = 64
+    qat_frames: int = 1000
+    calib_frames: int = 200
     sensitivity_layers: str = "*segm*"
     devices: tuple[str, ...] = ("host_cpu", "raspberrypi5", "snapdragon8gen3_hexagon")
     bench_runs: int = 20
@@ -115,11 +117,12 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
 
     def qat_stage():
         # QAT fine-tunes on the first qat_frames training frames: a short schedule is what QAT needs.
-        rep = qat_run(ckpt, out / "qat", qcfg, "w8a8", progress=p, frames=cfg.qat_frames)
+        rep = qat_run(ckpt, out / "qat", qcfg, "w8a8", progress=p, frames=cfg.qat_frames, calib_frames=cfg.calib_frames)
         return {"metrics": rep["metrics"], "train_seconds": rep["train_seconds"]}
 
     with pf() as p:
-        st.run("qat", {"qat_epochs": cfg.qat_epochs, "qat_frames": cfg.qat_frames, "ckpt": _sha(ckpt)}, qat_stage,
+        st.run("qat", {"qat_epochs": cfg.qat_epochs, "qat_frames": cfg.qat_frames, "calib_frames": cfg.calib_frames,
+                       "ckpt": _sha(ckpt)}, qat_stage,
                [out / "qat" / "program.pt2"])
 
     def sens_stage():

@@ -206,5 +206,15 @@ def test_check_exit_codes(tiny_run, tmp_path):
     res = json.loads(r.output)
     fails = {row["budget"] for row in res[0]["rows"] if not row["pass"]}
     assert "mIoU" in fails
-    assert res[0]["int8_vs_fp16"]["int8_ms"] > 0
+    assert res[0]["int8_vs_fp16"]["int8_ms"] > 0 and "profile_note" not in res[0]
+    # a run with a calibrated host profile (the demo writes one): `check --device host_cpu` uses it
+    slow = dataclasses.replace(p, overhead_ms=5e4)
+    (tiny_run / "devices").mkdir(exist_ok=True)
+    (tiny_run / "devices" / "host_cpu.toml").write_text(to_toml(slow))
+    try:
+        r = CliRunner().invoke(cli, ["check", "--run", str(tiny_run), "--device", "host_cpu", "--json"])
+        cal = json.loads(r.output)[0]
+        assert "calibrated" in cal["profile_note"] and cal["estimated_ms"] > 5e4 > res[0]["estimated_ms"]
+    finally:
+        shutil.rmtree(tiny_run / "devices")
     shutil.rmtree(tiny_run / "export")
