@@ -111,6 +111,19 @@ def test_ptq_program_matches_fake_quant_and_round_trips(tmp_path, data, trained_
     assert one[0].shape[0] == 1 and prog.recipe == PRESETS["w8a8"] and prog.meta["stage"] == "ptq"
 
 
+def test_relu6_is_quantised_with_its_conv_or_add(data, trained_tiny):
+    """No ReLU6 reads a dequantised tensor: the clamp sits between the float conv/add and its output
+    quantisation, where ExecuTorch's FuseActivationPass folds it into the XNNPACK op."""
+    from edgehydra.calibration.ptq import quantize_ptq
+
+    conv, tr = quantize_ptq(trained_tiny, PRESETS["w8a8"], data[0], select_calibration(data[0], 4), SIZE)
+    relu6 = [n for n in conv.graph.nodes if n.op == "call_function" and "hardtanh" in str(n.target)]
+    assert len(relu6) > 20  # MobileNet-v2's and the decoder's
+    assert all("dequantize" not in str(n.args[0].target) for n in relu6)
+    assert {str(n.args[0].target) for n in relu6} <= {"aten.conv2d.default", "aten.add.Tensor"}
+    assert any("ReLU6" in note for note in tr.notes)
+
+
 def test_keep_float_leaves_those_layers_unquantised(data, trained_tiny):
     from edgehydra.calibration.ptq import quantize_ptq, quantized_layer_names
 
