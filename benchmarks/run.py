@@ -15,6 +15,7 @@ Measures, for the run's FP32 model (default: the demo run, else an untrained hyd
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -192,6 +193,7 @@ def main():
         results = export_run(d / "export", ["executorch", "tflite", "onnx"], ["fp32", "int8"], run=d, size=(h, w),
                              eval_frames=4)
         export_s = {f"{r.target}_{r.precision}": r.manifest.get("export_seconds") for r in results}
+        gc.collect()  # the verification's runtimes go before anything is timed
         x = torch.randn(1, 3, h, w)
         lat = {}
         with torch.no_grad():
@@ -199,15 +201,23 @@ def main():
         from edgehydra.exporters.runtime import open_artifact
 
         xn = x.numpy()
-        runners = {}
-        for r in results:
-            if r.status != "verified":
-                continue
+        # onnxruntime last, and every runtime released before the next is timed: idle onnxruntime worker
+        # threads spin and slowed an ExecuTorch .pte beside them from 6.8 to 8.5 ms (docs/RESULTS.md).
+        verified = sorted((r for r in results if r.status == "verified"),
+                          key=lambda r: {"executorch": 0, "tflite": 1}.get(r.target, 2))
+        gc.collect()
+        inter, pte = None, {}
+        for r in verified:
             art = open_artifact(r.path)
-            lat[f"{r.target}_{r.precision}"] = median_latency(lambda: art.runner(xn), repeats=a.repeats)
-            runners[f"{r.target}_{r.precision}"] = art.runner
-        pair = ("executorch_fp32", "executorch_int8")
-        inter = interleaved_medians([lambda k=k: runners[k](xn) for k in pair]) if all(k in runners for k in pair) else None
+            key = f"{r.target}_{r.precision}"
+            lat[key] = median_latency(lambda: art.runner(xn), repeats=a.repeats)
+            if r.target == "executorch":
+                pte[key] = art.runner
+                if len(pte) == 2 and {"executorch_fp32", "executorch_int8"} <= set(pte):
+                    inter = interleaved_medians([lambda: pte["executorch_fp32"](xn), lambda: pte["executorch_int8"](xn)])
+                    pte.clear()
+            del art
+            gc.collect()
         onnx_fp32 = d / "export" / "onnx" / "hydranet_fp32.onnx"
         if onnx_fp32.is_file():
             from edgehydra.exporters.stage import parity_frames
@@ -219,6 +229,8 @@ def main():
             quantize_static_onnx(onnx_fp32, qs, frames)
             s_ = ort_session(qs, a.threads)
             lat["onnxruntime_quantize_static_int8"] = median_latency(lambda: s_.run(None, {"image": xn}), repeats=a.repeats)
+            del s_
+            gc.collect()
         int8 = {k: v for k, v in lat.items() if k.endswith("int8") and "quantize_static" not in k}
         best = min(int8, key=int8.get) if int8 else None
         est8 = estimate(model, host, "int8", (h, w))
