@@ -18,7 +18,6 @@ import argparse
 import gc
 import json
 import logging
-import os
 import platform
 import statistics
 import sys
@@ -80,7 +79,7 @@ def train_step_costs(model_name="hydranet_small", size=(120, 160), batch=8, step
     from edgehydra import create_model
     from edgehydra.calibration.qat import QATController, prepare_qat
     from edgehydra.calibration.recipe import PRESETS
-    from edgehydra.data import SynthRoom, TrainAugment
+    from edgehydra.data import SynthRoom
     from edgehydra.losses import multitask_loss
 
     ds = SynthRoom(batch, size=size, seed=5)
@@ -106,10 +105,8 @@ def train_step_costs(model_name="hydranet_small", size=(120, 160), batch=8, step
     gm, _ = prepare_qat(create_model(model_name, input_size=size), PRESETS["w8a8"], size)
     ctl = QATController(gm, PRESETS["w8a8"])
     from edgehydra.calibration.calibset import select_calibration
-    from edgehydra.data import Resize
 
-    ds_small = SynthRoom(batch, size=size, seed=5, transform=Resize(size))
-    ctl.calibrate(ds_small, select_calibration(ds_small, batch))  # as `edgehydra qat` does before training
+    ctl.calibrate(ds, select_calibration(ds, batch))  # as `edgehydra qat` does before training
     ctl.epoch_hook(0)
     qat = cost(gm, ctl.set_train)
     from edgehydra.calibration.qat import distill_loss
@@ -177,7 +174,7 @@ def main():
                                                     "val_frames": 16, "seed": 0}})
     model, _ = load_checkpoint(ckpt)
     host = load_profile("host_cpu")
-    print(f"synthroom generation ...", file=sys.stderr)
+    print("synthroom generation ...", file=sys.stderr)
     res["synthroom_frames_per_s_240x320"] = synth_fps()
     if not a.skip_train:
         print("training step costs ...", file=sys.stderr)
@@ -189,7 +186,6 @@ def main():
         d.mkdir()
         shutil_copy(ckpt, d / "fp32.pt")
         rep = ptq_run(d / "fp32.pt", d / "ptq", "w8a8", size=(h, w), calib_frames=16, val_limit=8)
-        t0 = time.perf_counter()
         results = export_run(d / "export", ["executorch", "tflite", "onnx"], ["fp32", "int8"], run=d, size=(h, w),
                              eval_frames=4)
         export_s = {f"{r.target}_{r.precision}": r.manifest.get("export_seconds") for r in results}
@@ -205,19 +201,19 @@ def main():
         # threads spin and slowed an ExecuTorch .pte beside them from 6.8 to 8.5 ms (docs/RESULTS.md).
         verified = sorted((r for r in results if r.status == "verified"),
                           key=lambda r: {"executorch": 0, "tflite": 1}.get(r.target, 2))
-        gc.collect()
-        inter, pte = None, {}
+        inter, pte, runner = None, {}, None
         for r in verified:
-            art = open_artifact(r.path)
+            runner = open_artifact(r.path).runner
+            gc.collect()  # the previous artifact's runtime goes before this one is timed
             key = f"{r.target}_{r.precision}"
-            lat[key] = median_latency(lambda: art.runner(xn), repeats=a.repeats)
+            lat[key] = median_latency(lambda: runner(xn), repeats=a.repeats)
             if r.target == "executorch":
-                pte[key] = art.runner
-                if len(pte) == 2 and {"executorch_fp32", "executorch_int8"} <= set(pte):
+                pte[key] = runner
+                if {"executorch_fp32", "executorch_int8"} <= pte.keys():
                     inter = interleaved_medians([lambda: pte["executorch_fp32"](xn), lambda: pte["executorch_int8"](xn)])
                     pte.clear()
-            del art
-            gc.collect()
+        runner = None
+        gc.collect()
         onnx_fp32 = d / "export" / "onnx" / "hydranet_fp32.onnx"
         if onnx_fp32.is_file():
             from edgehydra.exporters.stage import parity_frames
@@ -333,7 +329,7 @@ def print_table(res):
             print(f"  best int8 ({e['best_int8']}): {rf['fraction_of_int8_peak']:.1%} of the int8 peak "
                   f"({rf['int8_peak_ms']:.1f} ms at {rf['host_int8_tops']} TOPS), "
                   f"{rf['fraction_of_bandwidth_bound']:.1%} of the bandwidth bound ({rf['bandwidth_bound_ms']:.1f} ms)")
-        print(f"  export seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in e["export_seconds"].items() if v))
+        print("  export seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in e["export_seconds"].items() if v))
     if "train_step" in res:
         t = res["train_step"]
         print(f"\ntraining step ({t['model']}, batch {t['batch']}, {t['size'][0]}x{t['size'][1]}): FP32 "

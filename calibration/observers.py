@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from torchao.quantization.pt2e import HistogramObserver
+from torchao.quantization.pt2e import FakeQuantize, HistogramObserver
 
 
 class PercentileHistogramObserver(HistogramObserver):
@@ -31,13 +31,7 @@ class PercentileHistogramObserver(HistogramObserver):
         return torch.minimum(new_min, torch.zeros_like(new_min)), torch.maximum(new_max, torch.zeros_like(new_max))
 
 
-def _fake_quantize_base():
-    from torchao.quantization.pt2e import FakeQuantize
-
-    return FakeQuantize
-
-
-class CalibratedFakeQuantize(_fake_quantize_base()):
+class CalibratedFakeQuantize(FakeQuantize):
     """QAT activation fake-quant whose range comes from the recipe's PTQ observer.
 
     torchao's FakeQuantize recomputes scale/zero-point on every forward while observing; for a

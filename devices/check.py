@@ -108,20 +108,16 @@ def check_device(run: Path, profile: Profile, model=None) -> dict:
 
 
 def check_run(run: Path, devices: list[str]) -> list[dict]:
-    devices = list(devices)
     if not devices:
         raise BadInputError("pass at least one --device")
     calibrated = Path(run) / "devices" / "host_cpu.toml"  # written by the demo's calibrate stage
-    notes = {}
-    for i, d in enumerate(devices):
-        if d == "host_cpu" and calibrated.is_file():
-            devices[i] = str(calibrated)
-            notes[i] = f"host_cpu: using the profile calibrated on this run's benchmarks ({calibrated})"
-    profiles = [load_profile(d) for d in devices]  # bad names/profiles fail before any work
+    specs = [str(calibrated) if d == "host_cpu" and calibrated.is_file() else d for d in devices]
+    profiles = [load_profile(s) for s in specs]  # bad names/profiles fail before any work
     if not (Path(run) / "fp32.pt").is_file():
         raise BadInputError(f"no fp32.pt in {run}: pass a run folder made by `edgehydra train` or `demo`")
     model, _ = load_checkpoint(Path(run) / "fp32.pt")
     out = [check_device(Path(run), p, model) for p in profiles]
-    for i, note in notes.items():
-        out[i]["profile_note"] = note
+    for r, d, s in zip(out, devices, specs):
+        if s != d:
+            r["profile_note"] = f"host_cpu: using the profile calibrated on this run's benchmarks ({s})"
     return out

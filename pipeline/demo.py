@@ -192,9 +192,7 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
     def check_stage():
         from edgehydra.devices.check import check_run
 
-        devs = [str(out / "devices" / "host_cpu.toml") if d == "host_cpu" and (out / "devices" / "host_cpu.toml").is_file()
-                else d for d in cfg.devices]
-        res = check_run(out, devs)
+        res = check_run(out, list(cfg.devices))  # it picks up the host profile calibrated above
         atomic_write_json(out / "check.json", res)
         return {"verdicts": {r["device"]: r["verdict"] for r in res}}
 

@@ -121,9 +121,8 @@ def _furniture(kind, x, z, sx, sz, rng):
         B.append(_box((x, ph, z), (x + sx, ph + 0.3, z + sz), cls, rng, col))
     elif kind == "floor_mat":
         B.append(_box((x, 0, z), (x + sx, 0.012, z + sz), cls, rng, col))
-    else:  # cabinet, bookshelf, dresser, night_stand, box, counter: a box (plus shelves' books)
-        h = {"cabinet": (0.8, 1.2), "bookshelf": (1.5, 2.1), "dresser": (0.8, 1.1), "night_stand": (0.45, 0.65),
-             "box": (0.2, 0.5), "counter": (0.85, 0.95)}[kind]
+    else:  # cabinet, bookshelf, box: a box
+        h = {"cabinet": (0.8, 1.2), "bookshelf": (1.5, 2.1), "box": (0.2, 0.5)}[kind]
         top = rng.uniform(*h)
         B.append(_box((x, 0, z), (x + sx, top, z + sz), cls, rng, col))
     return B
@@ -135,9 +134,8 @@ def _furniture(kind, x, z, sx, sz, rng):
 _FLOOR_KINDS = ("bed", "table", "chair", "sofa", "cabinet", "desk", "bookshelf", "box", "lamp", "floor_mat")
 _FOOT = {"bed": ((1.4, 2.0), (1.9, 2.2)), "table": ((0.8, 1.6), (0.7, 1.0)), "chair": ((0.42, 0.5), (0.42, 0.5)),
          "sofa": ((1.6, 2.4), (0.8, 1.0)), "cabinet": ((0.5, 1.2), (0.4, 0.6)), "desk": ((1.0, 1.6), (0.6, 0.8)),
-         "bookshelf": ((0.7, 1.2), (0.3, 0.4)), "dresser": ((0.8, 1.4), (0.45, 0.6)),
-         "night_stand": ((0.4, 0.55), (0.4, 0.5)), "box": ((0.3, 0.6), (0.3, 0.5)), "lamp": ((0.3, 0.45), (0.3, 0.45)),
-         "floor_mat": ((1.0, 2.0), (0.7, 1.4)), "counter": ((1.2, 2.4), (0.55, 0.65))}
+         "bookshelf": ((0.7, 1.2), (0.3, 0.4)), "box": ((0.3, 0.6), (0.3, 0.5)), "lamp": ((0.3, 0.45), (0.3, 0.45)),
+         "floor_mat": ((1.0, 2.0), (0.7, 1.4))}
 _WALL_KINDS = (("door", (0.8, 1.0), (2.0, 2.1), 0.0), ("window", (0.9, 1.8), (1.0, 1.4), 0.9),
                ("picture", (0.4, 1.0), (0.3, 0.8), 1.3), ("whiteboard", (1.2, 2.0), (0.9, 1.2), 0.9),
                ("television", (0.9, 1.3), (0.5, 0.75), 1.0), ("curtain", (0.8, 1.6), (1.8, 2.3), 0.3))
