@@ -47,9 +47,11 @@ def quiet_backends():
     draw a tqdm bar per pass (dozens per export; ours is the export bar) and coremltools logs version
     warnings at import. tqdm reads TQDM_DISABLE only when it is first imported, which happens before
     any exporter runs, so the bars are disabled here, for the build, and restored after."""
-    import tqdm.std
-
-    orig = tqdm.std.tqdm.__init__
+    try:
+        import tqdm.std
+    except ImportError:  # only coremltools and ai-edge-quantizer bring tqdm (and its bars)
+        tqdm = None
+    orig = tqdm.std.tqdm.__init__ if tqdm else None
 
     def init(self, *args, **kwargs):
         kwargs["disable"] = True
@@ -57,13 +59,15 @@ def quiet_backends():
 
     loggers = {n: logging.getLogger(n) for n in ("coremltools", "absl")}
     levels = {n: lg.level for n, lg in loggers.items()}
-    tqdm.std.tqdm.__init__ = init
+    if tqdm:
+        tqdm.std.tqdm.__init__ = init
     for lg in loggers.values():
         lg.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        tqdm.std.tqdm.__init__ = orig
+        if tqdm:
+            tqdm.std.tqdm.__init__ = orig
         for n, lg in loggers.items():
             lg.setLevel(levels[n])
 

@@ -134,3 +134,25 @@ def test_run_artifact_panels_and_verify(exported, tiny_run, tmp_path):
     r = CliRunner().invoke(cli, ["verify", "--run", str(tiny_run)])
     assert r.exit_code == 1 and "MISMATCH" in r.output
     shutil.rmtree(tiny_run / "export")
+
+
+def test_quiet_backends_mutes_bars_and_restores_them(monkeypatch):
+    import logging
+    import sys
+
+    import tqdm
+
+    from edgehydra.exporters.base import quiet_backends
+
+    logging.getLogger("coremltools").setLevel(logging.INFO)
+    with quiet_backends():
+        assert tqdm.tqdm(range(3)).disable
+        assert logging.getLogger("coremltools").level == logging.ERROR
+    assert not tqdm.tqdm(range(3), file=sys.stderr).disable
+    assert logging.getLogger("coremltools").level == logging.INFO
+    # an install with only the onnx or executorch extra may have no tqdm at all: nothing to mute
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.std", None)
+    with quiet_backends():
+        assert logging.getLogger("coremltools").level == logging.ERROR
+    assert logging.getLogger("coremltools").level == logging.INFO
