@@ -63,15 +63,19 @@ def interleaved_medians(fns, rounds=60, warmup=3) -> list[float]:
     return [statistics.median(t) for t in ts]
 
 
-def synth_fps(n=100) -> float:
+def synth_fps(n=50, repeats=3) -> float:
+    """Frames/s, median over ``repeats`` batches of ``n`` (one batch of 100 read 98-108 on this VM)."""
     from edgehydra.data.synthroom import SynthConfig, generate_frame
 
     cfg = SynthConfig(size=(240, 320))
     generate_frame(0, 0, cfg)
-    t = time.perf_counter()
-    for i in range(n):
-        generate_frame(1, i, cfg)
-    return n / (time.perf_counter() - t)
+    rates = []
+    for r in range(repeats):
+        t = time.perf_counter()
+        for i in range(n):
+            generate_frame(1 + r, i, cfg)
+        rates.append(n / (time.perf_counter() - t))
+    return statistics.median(rates)
 
 
 def train_step_costs(model_name="hydranet_small", size=(120, 160), batch=8, steps=4) -> dict:
@@ -156,6 +160,7 @@ def main():
 
     from edgehydra.calibration.stages import ptq_run
     from edgehydra.checkpoint import load_checkpoint, save_checkpoint
+    from edgehydra.devices.bench import set_executorch_threads
     from edgehydra.devices.estimate import estimate
     from edgehydra.devices.profile import load_profile
     from edgehydra.exporters.stage import export_run
@@ -181,6 +186,7 @@ def main():
         res["train_step"] = train_step_costs()
     for s in a.sizes.split(","):
         h, w = (int(v) for v in s.split("x"))
+        torch.set_num_threads(a.threads)
         print(f"size {h}x{w}: PTQ + export ...", file=sys.stderr)
         d = tmp / f"{h}x{w}"
         d.mkdir()
@@ -197,6 +203,10 @@ def main():
         from edgehydra.exporters.runtime import open_artifact
 
         xn = x.numpy()
+        # Every other runtime brings its own threads; torch's idle OpenMP workers would spin beside them
+        # after each output copy (an int8 .pte: 6.5 ms with them, 4.3 ms without; docs/RESULTS.md).
+        torch.set_num_threads(1)
+        set_executorch_threads(a.threads)
         # onnxruntime last, and every runtime released before the next is timed: idle onnxruntime worker
         # threads spin and slowed an ExecuTorch .pte beside them from 6.8 to 8.5 ms (docs/RESULTS.md).
         verified = sorted((r for r in results if r.status == "verified"),

@@ -37,12 +37,31 @@ def _rss_mb() -> float:
     return r / 1024 if platform.system() != "Darwin" else r / 2 ** 20
 
 
+def _executorch_threads() -> int:
+    from executorch.extension.pybindings import portable_lib
+
+    return portable_lib._threadpool_get_thread_count()
+
+
+def set_executorch_threads(threads: int) -> None:
+    """Size ExecuTorch's process-wide threadpool (XNNPACK runs on it); it starts with one thread per core."""
+    from executorch.extension.pybindings import portable_lib
+
+    if _executorch_threads() != threads:
+        # "unsafe" only while a method executes; nothing runs yet in this process
+        portable_lib._unsafe_reset_threadpool(threads)
+
+
 def _make_runner(path: Path, threads: int, provider: str | None, size):
     """(callable on one input, input array, runtime name) for an artifact or a PyTorch checkpoint."""
     import torch
 
-    torch.set_num_threads(threads)
     suffix = path.suffix
+    # torch owns the cores only for PyTorch models. Beside another runtime it merely wraps inputs and
+    # copies outputs, and with 2 threads its idle OpenMP workers spin after each copy and take a core
+    # from that runtime's own pool: an int8 .pte measured 6.5 ms beside them and 4.3 ms without
+    # (240x320, this 2-core host; docs/RESULTS.md).
+    torch.set_num_threads(threads if suffix in (".pt", ".pt2") else 1)
     if suffix in (".pt", ".pt2"):
         if suffix == ".pt2":
             from edgehydra.calibration.program import load_program
@@ -77,16 +96,17 @@ def _make_runner(path: Path, threads: int, provider: str | None, size):
     if suffix == ".tflite":
         from edgehydra.exporters.tflite import _interpreter
 
-        it = _interpreter(path)  # the interpreter knows its own input shape, layout and dtype
+        it = _interpreter(path, threads)  # the interpreter knows its own input shape, layout and dtype
         inp = it.get_input_details()[0]
         it.set_tensor(inp["index"], np.zeros(inp["shape"], inp["dtype"]))
         return it.invoke, "litert"
     if suffix == ".pte":
         from executorch.runtime import Runtime
 
+        set_executorch_threads(threads)
         method = Runtime.get().load_program(str(path)).load_method("forward")
         xt = torch.from_numpy(x)
-        return (lambda: method.execute([xt])), "executorch"
+        return (lambda: method.execute([xt])), f"executorch[{_executorch_threads()} threads]"
     art = open_artifact(path)
     return (lambda: art.runner(x)), art.target
 
@@ -110,7 +130,9 @@ def bench_in_process(path: Path, warmup: int = 5, runs: int = 30, threads: int =
         run()
         times.append((time.perf_counter() - t) * 1e3)
     res = stats(times)
-    res.update(warmup=warmup, threads=threads, runtime=runtime, device="host", artifact=str(path),
+    import torch
+
+    res.update(warmup=warmup, threads=threads, torch_threads=torch.get_num_threads(), runtime=runtime, device="host", artifact=str(path),
                sha256=sha256_path(path) if path.is_file() or path.is_dir() else None,
                peak_memory_mb=max(0.0, _rss_mb() - base), host=platform.node(), machine=platform.machine())
     return res

@@ -131,12 +131,12 @@ def _qparams(d):
     return {"dtype": np.dtype(d["dtype"]).name, "scale": float(s), "zero_point": int(z)}
 
 
-def _interpreter(path):
+def _interpreter(path, threads: int = 2):
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # the older runtime with the same API
         from tflite_runtime.interpreter import Interpreter
-    it = Interpreter(model_path=str(path), num_threads=2)
+    it = Interpreter(model_path=str(path), num_threads=threads)
     it.allocate_tensors()
     return it
 

@@ -2,7 +2,6 @@
 check), no traceback, and no partial output. docs/bad-input.md lists the same table."""
 import json
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -137,7 +137,7 @@ def test_keep_float_leaves_those_layers_unquantised(data, trained_tiny):
 def test_qat_steps_then_convert_matches_fake_quant(data, trained_tiny):
     import copy
 
-    from edgehydra.calibration.qat import QATController, bn_nodes, freeze_bn, prepare_qat
+    from edgehydra.calibration.qat import QATController, prepare_qat
     from edgehydra.calibration.ptq import convert_stage
     from edgehydra.train import TrainConfig, fit
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from edgehydra import create_model
 from edgehydra.commands import cli
 from edgehydra.devices import remote
-from edgehydra.devices.estimate import estimate_rows, fit_efficiencies, layer_rows, mean_abs_rel_err, errors
+from edgehydra.devices.estimate import estimate_rows, fit_efficiencies, layer_rows, mean_abs_rel_err
 from edgehydra.devices.profile import list_profiles, load_profile, load_profile_file, parse_profile, to_toml
 from edgehydra.errors import BadInputError, EdgeHydraError
 
@@ -176,10 +176,15 @@ def test_host_bench_runs_a_real_artifact(tiny_run, tmp_path):
     from edgehydra.devices.bench import bench
     from edgehydra.exporters.stage import export_run
 
-    res = export_run(tmp_path, ["onnx"], ["fp32"], run=tiny_run, eval_frames=1)
-    b = bench(res[0].path, warmup=1, runs=5, threads=1)
+    res = {r.target: r for r in export_run(tmp_path, ["onnx", "executorch"], ["fp32"], run=tiny_run, eval_frames=1)}
+    b = bench(res["onnx"].path, warmup=1, runs=5, threads=1)
     assert b["runs"] == 5 and 0 < b["min_ms"] <= b["p50_ms"] <= b["p90_ms"] <= b["p99_ms"]
     assert b["runtime"].startswith("onnxruntime") and Path(b["json"]).is_file()
+    # the runtime gets the threads asked for (ExecuTorch's pool starts with one per core), and torch,
+    # which only wraps the tensors, keeps one thread so that its idle workers do not spin beside it
+    for threads in (1, 2):
+        b = bench(res["executorch"].path, warmup=1, runs=3, threads=threads, write=False)
+        assert b["runtime"] == f"executorch[{threads} threads]" and b["torch_threads"] == 1
     r = CliRunner().invoke(cli, ["bench", "--artifact", str(tmp_path / "nope.pte")])
     assert r.exit_code == 1 and "artifact not found" in r.output
 
@@ -218,3 +223,12 @@ def test_check_exit_codes(tiny_run, tmp_path):
     finally:
         shutil.rmtree(tiny_run / "devices")
     shutil.rmtree(tiny_run / "export")
+
+
+def test_host_peak_counts_fma_ports():
+    from edgehydra.devices.host import detect_host, fma_ports
+
+    assert fma_ports({"avx512f", "amx_tile"}) == 2 and fma_ports({"avx512f", "avx512_fp16"}) == 2
+    assert fma_ports({"avx512f", "avx512_vnni"}) == 1 and fma_ports({"avx2", "fma"}) == 1
+    p = detect_host(load_profile("host_cpu"))
+    assert p.int8_tops >= p.fp32_tflops > 0  # int8 never peaks below fp32 on the same SIMD units

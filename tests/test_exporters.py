@@ -2,12 +2,11 @@ import json
 import platform
 import shutil
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from edgehydra.commands import cli
-from edgehydra.errors import BadInputError, MissingBackendError
+from edgehydra.errors import MissingBackendError
 from edgehydra.exporters import get_target, installed_targets, list_targets
 from edgehydra.exporters.stage import export_run
 

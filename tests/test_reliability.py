@@ -4,9 +4,7 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import pytest
 import torch
 
 ARGS = ["train", "--dataset", "synthroom", "--model", "hydranet_tiny", "--size", "64x96", "--frames", "128",
