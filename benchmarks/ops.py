@@ -66,11 +66,10 @@ def pte_pair(module: nn.Module, shape) -> tuple:
     """(fp32 runner, int8 runner) of ``module`` lowered to XNNPACK."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
-    from executorch.runtime import Runtime
-
     from edgehydra.calibration.ptq import convert_stage, prepare_stage
     from edgehydra.calibration.quantizers import translate
     from edgehydra.calibration.recipe import PRESETS
+    from edgehydra.exporters.executorch import runtime
 
     module = module.eval()
     x = torch.randn(*shape)
@@ -82,7 +81,7 @@ def pte_pair(module: nn.Module, shape) -> tuple:
         prog = to_edge_transform_and_lower(torch.export.export(m, (x,)), partitioner=[XnnpackPartitioner()])
         path = Path(tempfile.mkdtemp()) / "graph.pte"
         path.write_bytes(prog.to_executorch().buffer)
-        method = Runtime.get().load_program(str(path)).load_method("forward")
+        method = runtime().load_program(str(path)).load_method("forward")
         runners.append(lambda method=method: method.execute([x]))
     return tuple(runners)
 

@@ -40,6 +40,9 @@ def _rss_mb() -> float:
 def _executorch_threads() -> int:
     from executorch.extension.pybindings import portable_lib
 
+    from edgehydra.exporters.executorch import runtime
+
+    runtime()  # starts the threadpool quietly
     return portable_lib._threadpool_get_thread_count()
 
 
@@ -101,10 +104,10 @@ def _make_runner(path: Path, threads: int, provider: str | None, size):
         it.set_tensor(inp["index"], np.zeros(inp["shape"], inp["dtype"]))
         return it.invoke, "litert"
     if suffix == ".pte":
-        from executorch.runtime import Runtime
+        from edgehydra.exporters.executorch import runtime
 
         set_executorch_threads(threads)
-        method = Runtime.get().load_program(str(path)).load_method("forward")
+        method = runtime().load_program(str(path)).load_method("forward")
         xt = torch.from_numpy(x)
         return (lambda: method.execute([xt])), f"executorch[{_executorch_threads()} threads]"
     art = open_artifact(path)

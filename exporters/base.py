@@ -72,6 +72,23 @@ def quiet_backends():
             lg.setLevel(levels[n])
 
 
+@contextlib.contextmanager
+def muted_native_stderr():
+    """Send what native code writes to file descriptor 2 to /dev/null (Python's sys.stderr is
+    flushed first and restored after): for C++ libraries that log unconditionally."""
+    import sys
+
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class RunnerUnavailable(Exception):
     """The artifact cannot run on this host; the message says why (it goes into the report)."""
 

@@ -13,7 +13,7 @@ import torch
 
 from edgehydra.errors import BadInputError, MissingBackendError
 
-from .base import ExportTarget
+from .base import ExportTarget, muted_native_stderr
 
 DELEGATES = {
     "xnnpack": ("executorch.backends.xnnpack.partition.xnnpack_partitioner", "XnnpackPartitioner"),
@@ -77,10 +77,26 @@ def build(source, req, path):
             "metadata_location": "manifest.json (a .pte holds no free-form metadata)"}
 
 
-def load_runner(path, manifest):
+_THREADPOOL_STARTED = False
+
+
+def runtime():
+    """executorch.runtime's Runtime, its threadpool started once with native stderr muted: starting
+    it on an x86 host logs five lines about ARM-only sysfs files (cpuinfo_utils.cpp: image_version,
+    midr_el1) into the output of every command that runs a .pte."""
+    global _THREADPOOL_STARTED
+    from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 
-    method = Runtime.get().load_program(str(path)).load_method("forward")
+    if not _THREADPOOL_STARTED:
+        with muted_native_stderr():
+            portable_lib._threadpool_get_thread_count()
+        _THREADPOOL_STARTED = True
+    return Runtime.get()
+
+
+def load_runner(path, manifest):
+    method = runtime().load_program(str(path)).load_method("forward")
 
     def run(x: np.ndarray):
         return [o.numpy() for o in method.execute([torch.from_numpy(np.ascontiguousarray(x))])]

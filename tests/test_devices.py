@@ -1,5 +1,7 @@
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -185,6 +187,13 @@ def test_host_bench_runs_a_real_artifact(tiny_run, tmp_path):
     for threads in (1, 2):
         b = bench(res["executorch"].path, warmup=1, runs=3, threads=threads, write=False)
         assert b["runtime"] == f"executorch[{threads} threads]" and b["torch_threads"] == 1
+    # running a .pte keeps ExecuTorch's threadpool start-up log (cpuinfo, ARM sysfs files) out of stderr
+    code = ("import numpy as np; from edgehydra.exporters.runtime import open_artifact; "
+            f"a = open_artifact({str(res['executorch'].path)!r}); "
+            "print(len(a.runner(np.zeros(a.manifest['input']['shape'], np.float32))))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == "2", p.stderr
+    assert "cpuinfo" not in p.stderr
     r = CliRunner().invoke(cli, ["bench", "--artifact", str(tmp_path / "nope.pte")])
     assert r.exit_code == 1 and "artifact not found" in r.output
 
