@@ -116,6 +116,8 @@ def _make_runner(path: Path, threads: int, provider: str | None, size):
 
 def bench_in_process(path: Path, warmup: int = 5, runs: int = 30, threads: int = 2, provider: str | None = None,
                      size=None) -> dict:
+    import torch
+
     path = Path(path)
     if not path.exists():
         raise BadInputError(f"artifact not found: {path}")
@@ -133,9 +135,8 @@ def bench_in_process(path: Path, warmup: int = 5, runs: int = 30, threads: int =
         run()
         times.append((time.perf_counter() - t) * 1e3)
     res = stats(times)
-    import torch
-
-    res.update(warmup=warmup, threads=threads, torch_threads=torch.get_num_threads(), runtime=runtime, device="host", artifact=str(path),
+    res.update(warmup=warmup, threads=threads, torch_threads=torch.get_num_threads(), runtime=runtime,
+               device="host", artifact=str(path),
                sha256=sha256_path(path) if path.is_file() or path.is_dir() else None,
                peak_memory_mb=max(0.0, _rss_mb() - base), host=platform.node(), machine=platform.machine())
     return res
