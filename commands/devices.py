@@ -128,7 +128,9 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
             atomic_write_json(Path(str(artifact) + f".{device.replace(':', '_').replace('@', '_')}.bench.json"), res)
     from rich.table import Table
 
-    t = Table(title=f"{res.get('artifact', ingest)} on {res.get('device')}")
+    # the artifact's path goes above the table: as its title, rich would cut it to the table's width
+    console().print(f"[bold]{res.get('artifact', ingest)}[/] on {res.get('device')}")
+    t = Table("metric", "value")
     for k in ("p50_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms", "peak_memory_mb", "runs", "threads", "runtime", "tool"):
         if k in res:
             v = res[k]
