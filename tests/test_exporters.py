@@ -1,6 +1,8 @@
 import json
 import platform
 import shutil
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -121,9 +123,14 @@ def test_run_artifact_panels_and_verify(exported, tiny_run, tmp_path):
     from PIL import Image
 
     Image.fromarray(generate_frame(0, 0)["rgb"]).save(img)
-    r = CliRunner().invoke(cli, ["run", "--artifact", str(pte), "--out", str(tmp_path / "p"), str(img)])
-    assert r.exit_code == 0, r.output
+    # in a fresh process, as a user runs it: the output holds what edgehydra says and no import-time
+    # or start-up logs of torchao (CUDA-only kernels) or ExecuTorch's threadpool (ARM sysfs files)
+    p = subprocess.run([sys.executable, "-m", "edgehydra.commands", "run", "--artifact", str(pte),
+                        "--out", str(tmp_path / "p"), str(img)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
     assert (tmp_path / "p" / "frame_panel.png").stat().st_size > 1000
+    assert p.stdout.strip() == f"wrote {tmp_path / 'p' / 'frame_panel.png'}"
+    assert "Failed to load" not in p.stderr and "cpuinfo" not in p.stderr, p.stderr
     # verify: copy the export into the run and check, then tamper
     shutil.copytree(out, tiny_run / "export", dirs_exist_ok=True)
     r = CliRunner().invoke(cli, ["verify", "--run", str(tiny_run)])
