@@ -160,9 +160,9 @@ def main():
 
     from edgehydra.calibration.stages import ptq_run
     from edgehydra.checkpoint import load_checkpoint, save_checkpoint
-    from edgehydra.devices.bench import set_executorch_threads
     from edgehydra.devices.estimate import estimate
     from edgehydra.devices.profile import load_profile
+    from edgehydra.exporters.executorch import runtime as executorch_runtime
     from edgehydra.exporters.stage import export_run
 
     run = Path(a.run)
@@ -206,7 +206,7 @@ def main():
         # Every other runtime brings its own threads; torch's idle OpenMP workers would spin beside them
         # after each output copy (an int8 .pte: 6.5 ms with them, 4.3 ms without; docs/RESULTS.md).
         torch.set_num_threads(1)
-        set_executorch_threads(a.threads)
+        executorch_runtime(a.threads)  # its threadpool sized to --threads
         # onnxruntime last, and every runtime released before the next is timed: idle onnxruntime worker
         # threads spin and slowed an ExecuTorch .pte beside them from 6.8 to 8.5 ms (docs/RESULTS.md).
         verified = sorted((r for r in results if r.status == "verified"),

@@ -37,24 +37,6 @@ def _rss_mb() -> float:
     return r / 1024 if platform.system() != "Darwin" else r / 2 ** 20
 
 
-def _executorch_threads() -> int:
-    from executorch.extension.pybindings import portable_lib
-
-    from edgehydra.exporters.executorch import runtime
-
-    runtime()  # starts the threadpool quietly
-    return portable_lib._threadpool_get_thread_count()
-
-
-def set_executorch_threads(threads: int) -> None:
-    """Size ExecuTorch's process-wide threadpool (XNNPACK runs on it); it starts with one thread per core."""
-    from executorch.extension.pybindings import portable_lib
-
-    if _executorch_threads() != threads:
-        # "unsafe" only while a method executes; nothing runs yet in this process
-        portable_lib._unsafe_reset_threadpool(threads)
-
-
 def _make_runner(path: Path, threads: int, provider: str | None, size):
     """(callable on one input, input array, runtime name) for an artifact or a PyTorch checkpoint."""
     import torch
@@ -104,12 +86,11 @@ def _make_runner(path: Path, threads: int, provider: str | None, size):
         it.set_tensor(inp["index"], np.zeros(inp["shape"], inp["dtype"]))
         return it.invoke, "litert"
     if suffix == ".pte":
-        from edgehydra.exporters.executorch import runtime
+        from edgehydra.exporters.executorch import runtime, runtime_threads
 
-        set_executorch_threads(threads)
-        method = runtime().load_program(str(path)).load_method("forward")
+        method = runtime(threads).load_program(str(path)).load_method("forward")
         xt = torch.from_numpy(x)
-        return (lambda: method.execute([xt])), f"executorch[{_executorch_threads()} threads]"
+        return (lambda: method.execute([xt])), f"executorch[{runtime_threads()} threads]"
     art = open_artifact(path)
     return (lambda: art.runner(x)), art.target
 
