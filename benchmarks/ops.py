@@ -62,25 +62,34 @@ class Cut(nn.Module):
         return self.layers(x).mean((2, 3), keepdim=True)
 
 
-def pte_pair(module: nn.Module, shape) -> tuple:
-    """(fp32 runner, int8 runner) of ``module`` lowered to XNNPACK."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
+def pte_files(module: nn.Module, shape, out_dir: Path | None = None) -> tuple[Path, Path]:
+    """``module`` lowered to XNNPACK as an fp32 and an int8 .pte (paths)."""
     from edgehydra.calibration.ptq import convert_stage, prepare_stage
     from edgehydra.calibration.quantizers import translate
     from edgehydra.calibration.recipe import PRESETS
-    from edgehydra.exporters.executorch import runtime
+    from edgehydra.exporters.executorch import lower
 
     module = module.eval()
     x = torch.randn(*shape)
     prepared = prepare_stage(torch.export.export(module, (x,)).module(), translate(PRESETS["w8a8"]))
     for _ in range(4):
         prepared(torch.randn(*shape))
+    out_dir = Path(out_dir or tempfile.mkdtemp())
+    paths = []
+    for m, name in ((module, "fp32"), (convert_stage(prepared), "int8")):
+        prog, _ = lower(m, x, name)  # as `edgehydra export` lowers it
+        paths.append(out_dir / f"graph_{name}.pte")
+        paths[-1].write_bytes(prog.buffer)
+    return paths[0], paths[1]
+
+
+def pte_pair(module: nn.Module, shape) -> tuple:
+    """(fp32 runner, int8 runner) of ``module`` lowered to XNNPACK."""
+    from edgehydra.exporters.executorch import runtime
+
+    x = torch.randn(*shape)
     runners = []
-    for m in (module, convert_stage(prepared)):
-        prog = to_edge_transform_and_lower(torch.export.export(m, (x,)), partitioner=[XnnpackPartitioner()])
-        path = Path(tempfile.mkdtemp()) / "graph.pte"
-        path.write_bytes(prog.to_executorch().buffer)
+    for path in pte_files(module, shape):
         method = runtime().load_program(str(path)).load_method("forward")
         runners.append(lambda method=method: method.execute([x]))
     return tuple(runners)

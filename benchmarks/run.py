@@ -2,8 +2,10 @@
 """edgehydra benchmarks: one process, one run, medians over repeated runs; prints one table, writes JSON.
 
     python benchmarks/run.py [--run runs/demo] [--sizes 240x320,480x640] [--repeats 3] [--out benchmarks/results.json]
+    python benchmarks/run.py --model hydranet_nyud --skip-train --out benchmarks/results_hydranet_nyud.json
 
-Measures, for the run's FP32 model (default: the demo run, else an untrained hydranet_nyud):
+Measures, for the run's FP32 model (default: the demo run, else an untrained hydranet_nyud; --model
+picks a registered architecture, untrained: latency does not depend on the weights):
 - latency at each size of PyTorch eager FP32, ExecuTorch XNNPACK fp32/int8, LiteRT fp32/int8,
   onnxruntime fp32, the ONNX QDQ from our pt2e program, and onnxruntime's own quantize_static
   int8 of the same model (what a user would reach for instead), as ratios;
@@ -155,6 +157,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results.json")
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--model", help="a registered architecture, untrained, instead of the run's checkpoint")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
@@ -169,15 +172,18 @@ def main():
     res = {"host": platform.node(), "cpu": load_profile("host_cpu").description, "threads": a.threads,
            "torch": torch.__version__, "sizes": {}}
     tmp = Path(tempfile.mkdtemp(prefix="edgehydra-bench-"))
-    if (run / "fp32.pt").is_file():
+    trained = (run / "fp32.pt").is_file() and not a.model
+    if trained:
         ckpt = run / "fp32.pt"
-    else:  # no demo run: an untrained NYUD model still gives true latencies
+    else:  # an untrained model still gives true latencies (no accuracy figures then)
         from edgehydra import create_model
 
-        ckpt = save_checkpoint(create_model("hydranet_nyud", dataset="synthroom"), tmp / "fp32.pt",
+        ckpt = save_checkpoint(create_model(a.model or "hydranet_nyud", dataset="synthroom"), tmp / "fp32.pt",
                                provenance={"data": {"dataset": "synthroom", "size": [240, 320], "frames": 64,
                                                     "val_frames": 16, "seed": 0}})
     model, _ = load_checkpoint(ckpt)
+    res["model"] = str(ckpt) if trained else f"{a.model or 'hydranet_nyud'} (untrained)"
+    res["parameters_m"] = model.num_parameters() / 1e6
     host = load_profile("host_cpu")
     print("synthroom generation ...", file=sys.stderr)
     res["synthroom_frames_per_s_240x320"] = synth_fps()
@@ -258,8 +264,9 @@ def main():
                               "host_int8_tops": host.int8_tops, "host_bandwidth_gbs": host.bandwidth_gbs},
                  "gmacs": sum(l["macs"] for l in est8["layers"]) / 1e9}
         res["sizes"][f"{h}x{w}"] = entry
-        res["accuracy_drop"] = {"fp32": rep["metrics"]["fp32"], "ptq": rep["metrics"]["ptq"]}
-    if (run / "qat" / "report.json").is_file():
+        if trained:
+            res["accuracy_drop"] = {"fp32": rep["metrics"]["fp32"], "ptq": rep["metrics"]["ptq"]}
+    if trained and (run / "qat" / "report.json").is_file():
         q = json.loads((run / "qat" / "report.json").read_text())["metrics"]
         res["accuracy_drop"] = {k: q[k] for k in ("fp32", "ptq", "qat") if k in q}
     res["estimate_vs_measured"] = estimate_section(model, host, res["sizes"])
@@ -321,7 +328,10 @@ def gpu_section(tmp: Path) -> dict:
 
 
 def print_table(res):
-    print(f"\nedgehydra benchmarks on {res['cpu']}, {res['threads']} threads (medians)\n")
+    print(f"\nedgehydra benchmarks on {res['cpu']}, {res['threads']} threads (medians)")
+    if "model" in res:
+        print(f"model: {res['model']}, {res['parameters_m']:.2f} M parameters")
+    print()
     for size, e in res["sizes"].items():
         base = e["latency_ms"]["pytorch_eager_fp32"]
         print(f"{size} ({e['gmacs']:.2f} GMACs)")

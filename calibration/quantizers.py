@@ -123,8 +123,10 @@ def annotate_conv_relu6(model, config) -> int:
     XNNPACKQuantizer fuses conv+ReLU but not conv+ReLU6 (hardtanh), so in MobileNet-v2 it quantises
     every conv output, then runs the clamp as a separate int8 op with a second requantisation. With
     the clamp inside the pattern, ExecuTorch's FuseActivationPass folds it into the conv (XNNPACK's
-    output min/max) and the int8 range spans [0, 6] instead of the conv's raw range. Returns the
-    number of patterns annotated; nodes already annotated are left alone.
+    output min/max) and the int8 range spans [0, 6] instead of the conv's raw range. XNNPACK's
+    partitioner fuses only ReLU into an add, so the ExecuTorch exporter drops the add's clamp where
+    the [0, 6] quantize makes it redundant (exporters/executorch.drop_saturated_add_clamps). Returns
+    the number of patterns annotated; nodes already annotated are left alone.
     """
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
 
@@ -253,7 +255,8 @@ def translate(recipe: Recipe, backend: str = "xnnpack", is_qat: bool = False, ta
         if not recipe.weight_only:
             inner = _relu6_fusing_quantizer(inner, config, Quantizer)
             notes.append("conv+ReLU6 and add+ReLU6 quantised as units (XNNPACKQuantizer fuses only ReLU); "
-                         "XNNPACK runs each clamp inside the int8 conv or add")
+                         "XNNPACK runs each clamp inside the int8 conv, and each add's in its output range "
+                         "(the ExecuTorch exporter drops the then-redundant clamp)")
         if recipe.act_dtype == "int16":
             issues.append("act_dtype=int16: XNNPACK has no int16-activation kernels; those ops are not delegated "
                           "and run on ExecuTorch's portable CPU kernels")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from edgehydra.commands import cli
@@ -44,6 +45,8 @@ def test_round_trip_in_own_runtime(exported, target, precision):
     if target == "executorch":
         d = m["facts"]["delegation"]
         assert d["delegated_ops"] > 0 and d["coverage"] > 0.9, d
+        if precision == "int8":  # the decoder's four add -> ReLU6 run as qs8 adds
+            assert m["facts"]["add_relu6_clamps"] == {"dropped": 4, "kept": 0}
     if target == "coreml":
         s = m["facts"]["structure"]
         assert s["outputs"] == ["segm", "depth"] and "image" in s["inputs"] and not s["problems"]
@@ -162,3 +165,79 @@ def test_quiet_backends_mutes_bars_and_restores_them(monkeypatch):
     with quiet_backends():
         assert logging.getLogger("coremltools").level == logging.ERROR
     assert logging.getLogger("coremltools").level == logging.INFO
+
+
+def _add_relu6_program(gain: float):
+    """relu6(conv_a(x) * gain-scaled + conv_b(x)) quantised with the project's w8a8 translation."""
+    from torch import nn
+
+    from edgehydra.calibration.ptq import convert_stage, prepare_stage
+    from edgehydra.calibration.quantizers import translate
+    from edgehydra.calibration.recipe import PRESETS
+
+    class AddReLU6(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.act = nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 1), nn.ReLU6()
+
+        def forward(self, x):
+            return self.act(self.a(x) + self.b(x))
+
+    torch.manual_seed(0)
+    m = AddReLU6().eval()
+    with torch.no_grad():
+        m.a.weight.mul_(gain), m.a.bias.mul_(gain)
+    x = torch.randn(1, 8, 16, 16)
+    prepared = prepare_stage(torch.export.export(m, (x,)).module(), translate(PRESETS["w8a8"]))
+    for _ in range(4):
+        prepared(torch.randn(1, 8, 16, 16))
+    return convert_stage(prepared), x
+
+
+def _hardtanhs(gm) -> int:
+    return sum(n.target == torch.ops.aten.hardtanh.default for n in gm.graph.nodes)
+
+
+def test_dropping_saturated_add_clamp_is_exact_and_runs_as_int8(tmp_path):
+    from edgehydra.exporters.executorch import drop_saturated_add_clamps, lower, runtime
+
+    program, x = _add_relu6_program(gain=1.0)
+    ep = torch.export.export(program, (x,))
+    xs = [torch.randn(1, 8, 16, 16) * s for s in (0.5, 1, 4, 20)]  # 20: far outside [0, 6] both ways
+    before = [ep.module()(v) for v in xs]
+    assert _hardtanhs(ep.graph_module) == 1
+    assert drop_saturated_add_clamps(ep.graph_module) == {"dropped": 1, "kept": 0}
+    assert _hardtanhs(ep.graph_module) == 0
+    for v, b in zip(xs, before):
+        assert torch.equal(ep.module()(v), b)
+    prog, facts = lower(program, x, "int8")
+    assert facts["add_relu6_clamps"]["dropped"] == 1 and facts["delegation"]["portable"] == {}
+    (tmp_path / "g.pte").write_bytes(prog.buffer)
+    method = runtime().load_program(str(tmp_path / "g.pte")).load_method("forward")
+    scale = next(n.args[1] for n in program.graph.nodes if n.target == torch.ops.aten.hardtanh.default
+                 for n in n.users)
+    for v in xs:  # XNNPACK's qs8 add rounds within one output step of the reference
+        out = method.execute([v])[0]
+        assert float((out - program(v)).abs().max()) <= scale * 1.001
+        assert float(out.min()) >= 0 and float(out.max()) <= 6.0
+
+
+def test_add_clamp_kept_where_xnnpack_refuses_the_scales_or_the_range_is_wider(tmp_path):
+    from edgehydra.exporters.executorch import drop_saturated_add_clamps, lower, runtime
+
+    program, x = _add_relu6_program(gain=1e4)  # conv_a's range / [0, 6]'s step > 2**8: no qs8 add
+    ep = torch.export.export(program, (x,))
+    assert drop_saturated_add_clamps(ep.graph_module) == {"dropped": 0, "kept": 1}
+    prog, _ = lower(program, x, "int8")
+    (tmp_path / "g.pte").write_bytes(prog.buffer)  # the add stays in fp32 and the .pte loads and runs
+    out = runtime().load_program(str(tmp_path / "g.pte")).load_method("forward").execute([x])[0]
+    assert float((out - program(x)).abs().max()) < 0.1
+
+    program, x = _add_relu6_program(gain=1.0)
+    ep = torch.export.export(program, (x,))
+    for n in ep.graph_module.graph.nodes:  # a range wider than the clamp: q(clamp(v)) != q(v)
+        if n.target == torch.ops.aten.hardtanh.default:
+            q = next(iter(n.users))
+            q.args = (q.args[0], 0.1, *q.args[2:])
+    assert drop_saturated_add_clamps(ep.graph_module) == {"dropped": 0, "kept": 0}
+    assert _hardtanhs(ep.graph_module) == 1
