@@ -248,7 +248,9 @@ def main():
         est8 = estimate(model, host, "int8", (h, w))
         peak_ms = sum(l["macs"] for l in est8["layers"]) / host.peak_ops("int8") * 1e3
         bw_ms = sum(l["bytes"] for l in est8["layers"]) / (host.bandwidth_gbs * 1e9) * 1e3
-        entry = {"latency_ms": lat, "export_seconds": export_s, "best_int8": best,
+        # an artifact that failed its parity check is not timed, and the table says so
+        unverified = {f"{r.target}_{r.precision}": f"{r.status}: {r.reason}" for r in results if r.status != "verified"}
+        entry = {"latency_ms": lat, "export_seconds": export_s, "best_int8": best, "not_timed": unverified,
                  "interleaved_pte_fp32_int8_ms": inter,
                  "ratios": {
                      "pte_int8_vs_eager_fp32": lat["pytorch_eager_fp32"] / lat["executorch_int8"] if "executorch_int8" in lat else None,
@@ -349,6 +351,8 @@ def print_table(res):
             print(f"  best int8 ({e['best_int8']}): {rf['fraction_of_int8_peak']:.1%} of the int8 peak "
                   f"({rf['int8_peak_ms']:.1f} ms at {rf['host_int8_tops']} TOPS), "
                   f"{rf['fraction_of_bandwidth_bound']:.1%} of the bandwidth bound ({rf['bandwidth_bound_ms']:.1f} ms)")
+        for k, why in e.get("not_timed", {}).items():
+            print(f"  not timed: {k} ({why})")
         print("  export seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in e["export_seconds"].items() if v))
     if "train_step" in res:
         t = res["train_step"]
