@@ -1,7 +1,9 @@
 """ExecuTorch .pte lowered to XNNPACK (fp32 and int8), verified with executorch.runtime.
 
 Delegation coverage is reported from the lowered graph: the share of operators inside delegates
-and the list of those left to the portable CPU kernels. Other partitioners (Core ML, Qualcomm QNN,
+and the list of those left to the portable CPU kernels. Before an int8 graph is lowered to XNNPACK,
+the clamps its partitioner cannot fuse into an add are dropped where they are provably redundant
+(``drop_saturated_add_clamps``; counted in the manifest). Other partitioners (Core ML, Qualcomm QNN,
 Vulkan) are used when ``--delegate`` names one whose package is installed.
 """
 from __future__ import annotations
@@ -68,10 +70,10 @@ _XNN_ADD_SCALE_RATIO = (2.0**-10, 2.0**8)
 
 
 def _quantize_level(v: float, scale: float, zero_point: int, qmin: int, qmax: int) -> int:
-    """quantize_per_tensor of one value (round half to even, like torch.round)."""
+    """quantize_per_tensor of one value, as quantized_decomposed computes it (round half to even)."""
     if math.isinf(v):
         return qmax if v > 0 else qmin
-    return int(min(max(round(v / scale) + zero_point, qmin), qmax))
+    return int(min(max(round(v * (1.0 / scale)) + zero_point, qmin), qmax))
 
 
 def drop_saturated_add_clamps(graph_module) -> dict:
