@@ -110,7 +110,7 @@ class Functions:
         c = self.counts(fn)
         return next(((f, r) for f, r, test in FAMILIES if test(c)), ("other XNNPACK", "other"))
 
-    def signature(self, fn, n: int = 5) -> str:
+    def signature(self, fn) -> str:
         return " ".join(k for k, _ in self.counts(fn).most_common(40) if k not in SIGNATURE_SKIP)[:60] or "-"
 
 
