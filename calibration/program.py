@@ -54,7 +54,7 @@ def save_program(module, path: str | Path, config: HydraConfig, recipe: Recipe, 
 
 
 def load_program(path: str | Path) -> QuantisedProgram:
-    from .quantizers import quiet_imports
+    from edgehydra.quiet import quiet_imports
 
     quiet_imports()
     import torchao.quantization.pt2e  # noqa: F401  (registers the quantized_decomposed ops the graph uses)

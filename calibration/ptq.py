@@ -6,10 +6,11 @@ from pathlib import Path
 import torch
 
 from edgehydra.errors import BadInputError
+from edgehydra.quiet import quiet_imports
 
 from .calibset import CalibrationSet
 from .program import dynamic_batch_export
-from .quantizers import Translation, quiet_imports, translate
+from .quantizers import Translation, translate
 from .recipe import Recipe
 
 

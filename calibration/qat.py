@@ -10,8 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from edgehydra.quiet import quiet_imports
+
 from .ptq import export_stage, prepare_stage
-from .quantizers import quiet_imports, translate
+from .quantizers import translate
 from .recipe import Recipe
 
 _BN_TARGETS = ("aten.batch_norm", "aten._native_batch_norm_legit", "aten.cudnn_batch_norm")

@@ -11,25 +11,18 @@ Nothing is changed silently: every recipe field a backend cannot honour becomes 
 from __future__ import annotations
 
 import fnmatch
-import logging
 from dataclasses import dataclass, field
 
 import torch
 
 from edgehydra.errors import require
+from edgehydra.quiet import quiet_imports
 
 from .recipe import Recipe
 
 BACKENDS = ("xnnpack", "litert")
 # Which quantizer each export target's program comes from.
 TARGET_BACKEND = {"executorch": "xnnpack", "coreml": "xnnpack", "onnx": "xnnpack", "tflite": "litert"}
-
-
-def quiet_imports():
-    """torchao prints 'Failed to load ..._C_mxfp8...' for CUDA-only kernels on every import; those
-    kernels are irrelevant on CPU, so keep the message out of users' terminals."""
-    for name in ("torchao", "torchao.kernel", "torchao.ops", "absl", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @dataclass

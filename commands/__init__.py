@@ -110,7 +110,7 @@ def cli(ctx, debug):
     if not debug:
         # executorch imports torchao, whose import logs 'Failed to load ..._C_mxfp8' (CUDA-only kernels)
         # into the output of every command that runs a .pte, not only the quantising ones
-        from edgehydra.calibration.quantizers import quiet_imports
+        from edgehydra.quiet import quiet_imports
 
         quiet_imports()
 

@@ -1,0 +1,11 @@
+"""Keep third-party import-time log lines out of users' terminals (the CLI's ``--debug`` keeps them)."""
+from __future__ import annotations
+
+import logging
+
+
+def quiet_imports():
+    """torchao prints 'Failed to load ..._C_mxfp8...' for CUDA-only kernels on every import (and
+    executorch imports torchao); those kernels are irrelevant on CPU."""
+    for name in ("torchao", "torchao.kernel", "torchao.ops", "absl", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
