@@ -214,8 +214,8 @@ def test_dropping_saturated_add_clamp_is_exact_and_runs_as_int8(tmp_path):
     assert facts["add_relu6_clamps"]["dropped"] == 1 and facts["delegation"]["portable"] == {}
     (tmp_path / "g.pte").write_bytes(prog.buffer)
     method = runtime().load_program(str(tmp_path / "g.pte")).load_method("forward")
-    scale = next(n.args[1] for n in program.graph.nodes if n.target == torch.ops.aten.hardtanh.default
-                 for n in n.users)
+    scale = next(q.args[1] for n in program.graph.nodes if n.target == torch.ops.aten.hardtanh.default
+                 for q in n.users)  # the output quantize's step
     for v in xs:  # XNNPACK's qs8 add rounds within one output step of the reference
         out = method.execute([v])[0]
         assert float((out - program(v)).abs().max()) <= scale * 1.001
