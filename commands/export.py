@@ -44,10 +44,12 @@ def summary_table(rows, title="export summary"):
 @click.option("--io-dtype", type=click.Choice(["int8", "float"]), default="int8", show_default=True, help="TFLite int8 I/O type.")
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True, help="TFLite input layout.")
 @click.option("--opset", type=click.IntRange(13, 23), default=18, show_default=True, help="ONNX opset.")
+@click.option("--qdq", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True,
+              help="ONNX int8 storage: uint8 runs exactly under onnxruntime on any CPU; int8 is what TensorRT needs.")
 @click.option("--tol", multiple=True, help="Parity tolerance PRECISION=MIN_ARGMAX_AGREEMENT,MAX_DEPTH_REL_ERR (repeatable).")
 @click.option("--dataset", default=None, help="Frames for parity and metrics (default: the checkpoint's).")
 def export(targets, precisions, run_dir, checkpoint, program, out, size, delegate, compute_units, image_input,
-           deployment_target, io_dtype, layout, opset, tol, dataset):
+           deployment_target, io_dtype, layout, opset, qdq, tol, dataset):
     """Export, run each artifact in its own runtime, and check it against the PyTorch reference.
 
     Exit code 1 if any artifact fails verification (its report is kept).
@@ -59,7 +61,8 @@ def export(targets, precisions, run_dir, checkpoint, program, out, size, delegat
     out = Path(out) if out else (Path(run_dir) / "export" if run_dir else Path("export"))
     targets = ["all"] if "all" in targets else list(dict.fromkeys(targets))
     opts = {"delegate": delegate, "compute_units": compute_units, "image_input": image_input,
-            "deployment_target": deployment_target, "io_dtype": io_dtype, "layout": layout, "opset": opset}
+            "deployment_target": deployment_target, "io_dtype": io_dtype, "layout": layout, "opset": opset,
+            "qdq": qdq}
     with progress_bar(transient=True) as p:
         res = export_run(out, targets, list(precisions) or None, run=Path(run_dir) if run_dir else None,
                          checkpoint=Path(checkpoint) if checkpoint else None, program=Path(program) if program else None,

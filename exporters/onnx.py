@@ -1,6 +1,9 @@
 """ONNX: fp32 and QDQ int8 (from the quantised pt2e program), verified with onnxruntime.
 
-The QDQ graph is what TensorRT on Jetson and onnxruntime's quantised kernels consume.
+The QDQ graph is what TensorRT on Jetson and onnxruntime's quantised kernels consume. Option
+``qdq``: ``uint8`` (default: the same integer maths stored as U8U8, exact under onnxruntime on every
+x86 CPU, see exporters/_onnx_qdq.py) or ``int8`` (signed, zero point 0: what TensorRT requires; under
+onnxruntime on CPUs without VNNI its u8s8 kernels saturate).
 """
 from __future__ import annotations
 
@@ -9,13 +12,22 @@ import json
 import numpy as np
 import torch
 
+from edgehydra.errors import BadInputError
+
+from ._onnx_qdq import signed_to_unsigned
 from .base import ExportTarget
+
+QDQ_TYPES = ("uint8", "int8")
 
 
 def build(source, req, path):
     import onnx
 
     opset = int(req.options.get("opset", 18))
+    qdq = req.options.get("qdq", "uint8")
+    if qdq not in QDQ_TYPES:
+        raise BadInputError(f"--option qdq={qdq!r}: choose one of {', '.join(QDQ_TYPES)} "
+                            "(int8 for TensorRT, uint8 for onnxruntime on any CPU)")
     module = source.fp32.eval() if req.precision == "fp32" else source.program.module
     x = torch.zeros(req.batch, 3, *req.size)
     names = list(source.config.tasks)
@@ -30,12 +42,19 @@ def build(source, req, path):
     del m.metadata_props[:]
     for k, v in meta.items():
         m.metadata_props.add(key=k, value=v)
+    facts = {}
+    if req.precision == "int8":
+        facts["qdq_dtype"] = qdq
+        if qdq == "uint8":
+            facts["qdq_rewrite"] = signed_to_unsigned(m)
+            facts["qdq_note"] = ("pt2e's signed int8 stored as uint8 (+128, exact): onnxruntime's U8U8 kernels do not "
+                                 "saturate on CPUs without VNNI; TensorRT needs --option qdq=int8")
     onnx.save(m, str(path))
     ops = {}
     for n in m.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
     return {"opset": opset, "ops": ops, "qdq_nodes": ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0),
-            "tools": ("onnx", "onnxscript", "onnxruntime")}
+            "tools": ("onnx", "onnxscript", "onnxruntime"), **facts}
 
 
 def load_runner(path, manifest):
@@ -54,4 +73,4 @@ def load_runner(path, manifest):
 
 TARGET = ExportTarget(name="onnx", suffix=".onnx", precisions=("fp32", "int8"), runtime="onnxruntime",
                       extra="onnx", packages=("onnx", "onnxscript", "onnxruntime"), build=build,
-                      load_runner=load_runner, options=("opset",))
+                      load_runner=load_runner, options=("opset", "qdq"))

@@ -241,3 +241,69 @@ def test_add_clamp_kept_where_xnnpack_refuses_the_scales_or_the_range_is_wider(t
             q.args = (q.args[0], 0.1, *q.args[2:])
     assert drop_saturated_add_clamps(ep.graph_module) == {"dropped": 0, "kept": 0}
     assert _hardtanhs(ep.graph_module) == 1
+
+
+def _output_steps(model) -> dict:
+    """Each graph output's quantisation step: the scale of the DequantizeLinear it is computed from
+    (through Resize and other ops that mix values convexly, so a one-step input difference stays one step)."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    steps = {}
+    for out in model.graph.output:
+        n = producer[out.name]
+        while n.op_type != "DequantizeLinear":
+            n = producer[n.input[0]]
+        steps[out.name] = float(numpy_helper.to_array(inits[n.input[1]]).max())
+    return steps
+
+
+def test_onnx_int8_is_exact_uint8_and_within_an_output_step_of_its_program(tiny_run, tmp_path):
+    """The default ONNX int8 artifact stores pt2e's signed int8 as uint8 (exporters/_onnx_qdq.py): the
+    same real values, so with onnxruntime's QDQ fusion off (reference maths, no integer kernel) both forms
+    give identical outputs; with fusion on, the U8U8 kernels agree with the pt2e program to within the
+    rounding of one requantisation per layer, on CPUs with and without VNNI."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from edgehydra.calibration.program import load_program
+    from edgehydra.exporters._onnx_qdq import qdq_dtype
+    from edgehydra.exporters.stage import open_source, parity_frames
+    from edgehydra.data import Resize
+    from edgehydra.runs import open_split
+
+    paths = {}
+    for qdq in ("int8", "uint8"):
+        res = export_run(tmp_path / qdq, ["onnx"], ["int8"], run=tiny_run, options={"qdq": qdq}, eval_frames=2)
+        assert res[0].manifest["facts"]["qdq_dtype"] == qdq
+        paths[qdq] = res[0].path
+        assert qdq_dtype(onnx.load(str(res[0].path))) == qdq
+    assert res[0].manifest["facts"]["qdq_rewrite"]["tensors_shifted"] > 0
+
+    _, _, prog, ds = open_source(tiny_run, None, None, None)
+    x = parity_frames(open_split(ds, "val", transform=Resize(prog.size)), 4)
+
+    def run(path, level):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = level
+        s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        outs = [s.run(None, {"image": x[i:i + 1]}) for i in range(len(x))]
+        return [np.concatenate([o[k] for o in outs]) for k in range(len(outs[0]))]
+
+    off = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    for a, b in zip(run(paths["int8"], off), run(paths["uint8"], off)):
+        assert np.array_equal(a, b)
+    steps = _output_steps(onnx.load(str(paths["uint8"])))
+    with torch.no_grad():
+        ref = [o.numpy() for o in prog.module(torch.from_numpy(x))]
+    got = run(paths["uint8"], ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    # Measured in output steps. onnxruntime requantises each layer with its own fixed-point rounding, so a
+    # value at a rounding tie lands one step off, and such one-step flips add up over the ~30 layers only in
+    # a thin tail. Seen on AMD Zen 3 (AVX2): u8 graph mean 0.28 / max 3 steps; the s8 graph there, saturating,
+    # mean 4.9 / max 12 steps (only 11 % within one step).
+    for name, a, b in zip(("segm", "depth"), ref, got):
+        d = np.abs(a - b) / steps[name]
+        assert d.mean() <= 0.5 and (d <= 1.0 + 1e-3).mean() >= 0.99 and d.max() <= 4 + 1e-3, (
+            name, d.mean(), (d <= 1.001).mean(), d.max())
