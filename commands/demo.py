@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from ._common import console
+from ._common import console, show
 from ._progress import progress_bar
 
 
@@ -33,7 +33,7 @@ def demo(out, fast, epochs):
         t.add_column(col)
     for s in res["stages"]:
         t.add_row(s["stage"], s["status"], f"{s['seconds']:.1f}", s.get("note", ""))
-    c.print(t)
+    show(t, c)
     c.print(f"report: {Path(out) / 'report' / 'report.html'}")
 
 

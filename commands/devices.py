@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ._common import SIZE, console
+from ._common import SIZE, console, fit_ids, show, table
 
 
 @click.command()
@@ -21,14 +21,11 @@ def devices(as_json):
     if as_json:
         click.echo(json.dumps([p.to_dict() for p in profs], indent=2))
         return
-    t = Table(title="device profiles")
-    for c in ("name", "kind", "format/precision", "unit", "int8 TOPS", "fp16 TFLOPS", "GB/s", "budget @ size", "min mIoU"):
-        t.add_column(c)
-    for p in profs:
-        b = p.budgets
-        t.add_row(p.name, p.kind, f"{p.format}/{p.precision}", p.compute_unit, f"{p.int8_tops:g}", f"{p.fp16_tflops:g}",
-                  f"{p.bandwidth_gbs:g}", f"p50 {b.latency_p50_ms:g} ms @ {b.input_size[0]}x{b.input_size[1]}", f"{b.min_miou:g}")
-    console().print(t)
+    t = table("device profiles", ("name",), ("kind", "artifact", "int8 / fp16 TOPS", "GB/s", "p50 budget", "min mIoU"))
+    fit_ids(t, [(p.name, p.kind, f"{p.format} {p.precision}", f"{p.int8_tops:g} / {p.fp16_tflops:g}",
+                 f"{p.bandwidth_gbs:g}", f"{p.budgets.latency_p50_ms:g} ms @ {p.budgets.input_size[0]}x"
+                 f"{p.budgets.input_size[1]}", f"{p.budgets.min_miou:g}") for p in profs])
+    show(t)
 
 
 @click.command()
@@ -74,7 +71,7 @@ def profile(device, model_spec, size, precision, top, bench_files, as_json):
         for b, a in zip(rep["before"], rep["after"]):
             t.add_row(b["precision"], "x".join(map(str, b["size"])), f"{b['measured_ms']:.1f}", f"{b['estimated_ms']:.1f}",
                       f"{b['rel_err']:+.0%}", f"{a['estimated_ms']:.1f}", f"{a['rel_err']:+.0%}")
-        c.print(t)
+        show(t, c)
         c.print(f"mean |error|: {mean_abs_rel_err(rep['before']):.0%} -> {mean_abs_rel_err(rep['after']):.0%}; "
                 f"wrote {out}")
         return
@@ -90,7 +87,7 @@ def profile(device, model_spec, size, precision, top, bench_files, as_json):
     for l in sorted(e["layers"], key=lambda l: -l["ms"])[:top]:
         t.add_row(l["name"], l["kind"], f"{l['macs'] / 1e6:.1f}", f"{l['bytes'] / 1024:.0f}", f"{l['compute_ms']:.3f}",
                   f"{l['memory_ms']:.3f}", f"{l['ms']:.3f}", l["bound"])
-    c.print(t)
+    show(t, c)
     c.print(f"total {e['total_ms']:.2f} ms = compute-bound layers {e['compute_bound_ms']:.2f} + memory-bound "
             f"{e['memory_bound_ms']:.2f} + overhead {e['overhead_ms']:.2f}")
 
@@ -135,7 +132,7 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
         if k in res:
             v = res[k]
             t.add_row(k, f"{v:.2f}" if isinstance(v, float) else str(v))
-    console().print(t)
+    show(t)
     if res.get("json"):
         click.echo(f"wrote {res['json']}")
 
@@ -163,7 +160,7 @@ def check(run_dir, devices_, as_json):
                 f = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
                 t.add_row(row["budget"], f"{f(row['limit'])} {row['unit']}", f(row["value"]), f(row["margin"]),
                           "[green]PASS[/]" if row["pass"] else "[red]FAIL[/]", row["note"])
-            c.print(t)
+            show(t, c)
             if r.get("profile_note"):
                 c.print(r["profile_note"])
             if r.get("reason"):

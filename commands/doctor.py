@@ -52,7 +52,7 @@ def doctor(as_json):
 
     from rich.table import Table
 
-    from ._common import console
+    from ._common import console, show
 
     rows = backend_status()
     if as_json:
@@ -69,4 +69,4 @@ def doctor(as_json):
         else:
             ver = "[yellow]not installed[/yellow] (optional)"
         t.add_row(r["package"], ver, r["enables"])
-    console().print(t)
+    show(t)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from ._common import SIZE, console
+from ._common import SIZE, console, show
 from ._progress import progress_bar
 
 TARGETS = ["executorch", "coreml", "tflite", "onnx", "all"]
@@ -69,7 +69,7 @@ def export(targets, precisions, run_dir, checkpoint, program, out, size, delegat
                          dataset=dataset, size=size, options=opts, tolerances=parse_tolerances(tol), progress=p)
     rows = summary_rows(res)
     c = console()
-    c.print(summary_table(rows))
+    show(summary_table(rows), c)
     for r in rows:
         if r["reason"]:
             c.print(f"{r['target']} {r['precision']}: {r['reason']}", soft_wrap=True)
@@ -111,6 +111,6 @@ def verify(run_dir):
         bad |= not (r["hash_ok"] and r["parity_ok"] is not False)
         t.add_row(r["artifact"], "ok" if r["hash_ok"] else "[red]MISMATCH[/red]",
                   {True: "ok", False: "[red]FAIL[/red]", None: "skipped"}[r["parity_ok"]], r["detail"])
-    console().print(t)
+    show(t)
     if bad:
         raise SystemExit(1)

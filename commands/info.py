@@ -5,7 +5,7 @@ import json
 
 import click
 
-from ._common import SIZE, console
+from ._common import SIZE, console, show
 
 
 def load_model_arg(model_name: str | None, checkpoint: str | None):
@@ -48,7 +48,7 @@ def info(model_name, checkpoint, size, precision, top, as_json):
     t.add_row("weights", f"{s['weight_bytes'] / 2**20:.2f} MiB")
     t.add_row("activations written", f"{s['act_bytes'] / 2**20:.1f} MiB")
     t.add_row("largest layer in+out", f"{s['peak_act_bytes'] / 2**20:.1f} MiB")
-    c.print(t)
+    show(t, c)
     layers = sorted(s["layers"], key=lambda r: -r["macs"])[:top]
     lt = Table(title=f"heaviest {len(layers)} layers by MACs")
     for col in ("layer", "type", "output", "MMACs", "params", "act out KiB"):
@@ -56,7 +56,7 @@ def info(model_name, checkpoint, size, precision, top, as_json):
     for r in layers:
         lt.add_row(r["name"], r["kind"], "x".join(map(str, r["out_shape"])), f"{r['macs'] / 1e6:.1f}", f"{r['params']:,}",
                    f"{r['act_out_bytes'] / 1024:.0f}")
-    c.print(lt)
+    show(lt, c)
 
 
 @click.command()
@@ -75,4 +75,4 @@ def models():
         s = summarize(count_layers(m, m.config.input_size))
         t.add_row(name, str(m.config.num_classes), ",".join(m.config.tasks), "x".join(map(str, m.config.input_size)),
                   f"{s['params']:,}", f"{s['macs'] / 1e9:.2f}")
-    console().print(t)
+    show(t)

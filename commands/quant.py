@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from ._common import SIZE, console
+from ._common import SIZE, console, show
 from ._progress import progress_bar
 from .train import metrics_table
 
@@ -109,7 +109,7 @@ def sensitivity(checkpoint, dataset, out, frames, calib_frames, max_miou_drop, m
     for r in rep["layers"][:20]:
         t.add_row(r["layer"], f"{r['float_one']['miou']:+.2f}", f"{r['float_one']['abs_rel']:+.4f}",
                   f"{r['quant_one']['miou']:+.2f}", f"{r['quant_one']['abs_rel']:+.4f}")
-    console().print(t)
+    show(t)
     if rep.get("proposal"):
         click.echo(f"proposed recipe: {rep['proposal']['recipe_file']} (keep float: {', '.join(rep['proposal']['keep_float']) or 'none'})")
     click.echo(f"chart: {rep['chart']}")
