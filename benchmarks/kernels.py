@@ -36,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 # fp32 family with its int8 counterpart in the side-by-side table.
 FAMILIES = [
     ("int8 GEMM/conv: AVX512-VNNI vpdpbusd", "GEMM/conv", lambda c: c["vpdpbusd"] > 0),
+    ("int8 GEMM/conv: AVX2 vpmaddwd on int16-widened int8 (no VNNI)", "GEMM/conv",
+     lambda c: c["vpmaddwd"] > 0 and c["vpmovsxbw"] + c["vpmovzxbw"] + c["vpmaddubsw"] > 0 and c["vpmulld"] < 9),
     ("int8 depthwise: vpmovsxbd + vpmulld (32-bit multiplies)", "depthwise",
      lambda c: c["vpmulld"] >= 9 and c["vpmovsxbd"] >= 9),
     ("int8 add/requantise: vpmulld", "add", lambda c: c["vpmulld"] > 0),  # before max-pool: it clamps with vpmaxsb

@@ -169,7 +169,12 @@ def main():
     from edgehydra.exporters.stage import export_run
 
     run = Path(a.run)
-    res = {"host": platform.node(), "cpu": load_profile("host_cpu").description, "threads": a.threads,
+    from edgehydra.devices.host import isa_summary, microarch, read_cpuinfo
+
+    cpu = read_cpuinfo()
+    res = {"host": platform.node(), "cpu": load_profile("host_cpu").description,
+           "cpu_model": cpu.model_name, "cpu_vendor": cpu.vendor, "microarch": microarch(cpu).name,
+           "isa": isa_summary(cpu.flags), "threads": a.threads,
            "torch": torch.__version__, "sizes": {}}
     tmp = Path(tempfile.mkdtemp(prefix="edgehydra-bench-"))
     trained = (run / "fp32.pt").is_file() and not a.model
@@ -230,7 +235,7 @@ def main():
                     pte.clear()
         runner = None
         gc.collect()
-        onnx_fp32 = d / "export" / "onnx" / "hydranet_fp32.onnx"
+        onnx_fp32 = d / "export" / "onnx" / f"hydranet_fp32_{h}x{w}.onnx"
         if onnx_fp32.is_file():
             from edgehydra.exporters.stage import parity_frames
             from edgehydra.runs import open_split
@@ -330,7 +335,8 @@ def gpu_section(tmp: Path) -> dict:
 
 
 def print_table(res):
-    print(f"\nedgehydra benchmarks on {res['cpu']}, {res['threads']} threads (medians)")
+    print(f"\nedgehydra benchmarks on {res['cpu_model']} ({res['cpu_vendor']}, {res['microarch']}; ISA {res['isa']}), "
+          f"{res['threads']} threads (medians)\n  host profile: {res['cpu']}")
     if "model" in res:
         print(f"model: {res['model']}, {res['parameters_m']:.2f} M parameters")
     print()

@@ -62,11 +62,23 @@ def load_program(path: str | Path) -> QuantisedProgram:
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"quantised program not found: {path}")
+    import zipfile
+
     extra = {META: ""}
+    if not zipfile.is_zipfile(path):  # a .pt2 is a zip archive; torch logs a 12-line traceback before failing on one
+        raise BadInputError(f"{path} is not a readable torch.export program (not a complete .pt2 archive: "
+                            "truncated or another format)")
+    import logging
+
+    export_log = logging.getLogger("torch.export")
+    level = export_log.level
+    export_log.setLevel(logging.ERROR)  # its warning-level traceback would precede our one-line error
     try:
         ep = torch.export.load(str(path), extra_files=extra)
     except Exception as e:  # noqa: BLE001 - any failure means the file is not a program we wrote
         raise BadInputError(f"{path} is not a readable torch.export program: {str(e).splitlines()[0][:160]}") from None
+    finally:
+        export_log.setLevel(level)
     if not extra[META]:
         raise BadInputError(f"{path} has no {META}: not written by edgehydra")
     meta = json.loads(extra[META])

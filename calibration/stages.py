@@ -16,6 +16,7 @@ from edgehydra._io import atomic_path, atomic_write_json, sha256_path
 from edgehydra.checkpoint import load_checkpoint
 from edgehydra.data import Resize
 from edgehydra.errors import BadInputError
+from edgehydra.run import Run
 from edgehydra.runs import open_split, read_json, run_data_settings
 from edgehydra.train import EpochAugmented, TrainConfig, evaluate, fit, is_main
 
@@ -26,8 +27,9 @@ from .qat import QATController, distill_loss, prepare_qat
 from .recipe import load_recipe
 
 
-def _datasets(checkpoint: Path, dataset: str | None, size):
-    ds = run_data_settings(checkpoint, dataset, size)
+def _datasets(checkpoint: Path, dataset: str | None, size, run: Run | None = None):
+    """Data settings: the run's record (what an earlier stage of it used), else the checkpoint's."""
+    ds = run_data_settings(checkpoint, dataset, size, base=run.record().get("data") if run else None)
     size = tuple(ds["size"])
     return ds, size, open_split(ds, "train", transform=Resize(size)), open_split(ds, "val", transform=Resize(size))
 
@@ -44,7 +46,8 @@ def ptq_run(checkpoint: Path, out: Path, recipe_spec=None, dataset: str | None =
     out = Path(out)
     recipe = load_recipe(recipe_spec)
     model, info = load_checkpoint(checkpoint)
-    ds, size, train, val = _datasets(Path(checkpoint), dataset, size)
+    ds, size, train, val = _datasets(Path(checkpoint), dataset, size, Run(out.parent))
+    Run(out.parent).note_source(checkpoint, info["sha256"], ds)
     t0 = time.perf_counter()
     calib = select_calibration(train, calib_frames, seed)
     converted, tr = quantize_ptq(model, recipe, train, calib, size, progress=progress)
@@ -69,7 +72,9 @@ def qat_run(checkpoint: Path, out: Path, cfg: TrainConfig, recipe_spec=None, dat
     out = Path(out)
     recipe = load_recipe(recipe_spec)
     fp32_model, info = load_checkpoint(checkpoint)
-    ds, size, resized, val = _datasets(Path(checkpoint), dataset, size)
+    ds, size, resized, val = _datasets(Path(checkpoint), dataset, size, Run(out.parent))
+    if is_main():
+        Run(out.parent).note_source(checkpoint, info["sha256"], ds)
     from edgehydra.data import TrainAugment
 
     base = open_split(ds, "train")
@@ -146,10 +151,10 @@ def program_of(run_or_file: Path) -> Path:
     p = Path(run_or_file)
     if p.is_file():
         return p
-    for sub in ("qat", "ptq"):
-        if (p / sub / "program.pt2").is_file():
-            return p / sub / "program.pt2"
-    raise BadInputError(f"no quantised program in {p} (looked for qat/program.pt2 and ptq/program.pt2)")
+    prog = Run(p).program()
+    if prog is None:
+        raise BadInputError(f"no quantised program in {p} (looked for qat/program.pt2 and ptq/program.pt2)")
+    return prog
 
 
 __all__ = ["ptq_run", "qat_run", "program_of", "load_program"]

@@ -101,9 +101,18 @@ def profile(device, model_spec, size, precision, top, bench_files, as_json):
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--provider", default=None, help="onnxruntime provider, e.g. CUDAExecutionProvider or TensorrtExecutionProvider.")
 @click.option("--apple-script", type=click.Path(dir_okay=False), default=None, help="Write a Core ML benchmark script to run on a Mac.")
-@click.option("--ingest", type=click.Path(dir_okay=False), default=None, help="Read a JSON written by the Apple script.")
-def bench(artifact, device, binary, runs, warmup, threads, provider, apple_script, ingest):
-    """Latency of an artifact in its own runtime: p50/p90/p99, min, peak memory; JSON beside the artifact."""
+@click.option("--ingest", type=click.Path(dir_okay=False), default=None,
+              help="Read a JSON written by the Apple script (with --artifact: the .mlpackage it timed).")
+@click.option("--profile", "profile_name", default=None,
+              help="Device profile this measurement stands for (default: host_cpu on the host); `check` judges "
+                   "that profile's latency with it.")
+def bench(artifact, device, binary, runs, warmup, threads, provider, apple_script, ingest, profile_name):
+    """Latency of an artifact in its own runtime: p50/p90/p99, min, peak memory.
+
+    The result is written beside the artifact and, for an artifact exported into a run, kept as a
+    measurement record in RUN/measurements/ (tied to the artifact's sha256 and input size), which
+    `edgehydra check --run RUN --device PROFILE` reads.
+    """
     from edgehydra._io import atomic_write_bytes, atomic_write_json
     from edgehydra.devices import remote
     from edgehydra.devices.bench import bench as host_bench
@@ -113,16 +122,39 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
         click.echo(f"wrote {apple_script}: on a Mac run `python3 {Path(apple_script).name} MODEL.mlpackage`, "
                    "then `edgehydra bench --ingest coreml_bench.json`")
         return
+    from edgehydra.devices.bench import record_measurement
+
+    if profile_name:
+        from edgehydra.devices.profile import load_profile
+
+        profile_name = load_profile(profile_name).name  # an unknown name fails here, before any work
     if ingest:
+        if not artifact:
+            raise click.UsageError("--ingest needs --artifact: the .mlpackage the Apple script timed (its sha256 and "
+                                   "input size tie the measurement to it)")
         res = remote.ingest(Path(ingest))
+        res.update(remote.artifact_facts(Path(artifact)), runner=res.get("tool", "coremltools"),
+                   profile=profile_name or "iphone15pro_ane")
+        if Path(res.get("artifact", artifact)).name != Path(artifact).name:
+            raise click.BadParameter(f"{ingest} timed {res['artifact']}, not {artifact}", param_hint="--artifact")
+        res["artifact"] = str(artifact)
+        record_measurement(Path(artifact), res)
     else:
         if not artifact:
             raise click.UsageError("pass --artifact FILE (or --apple-script / --ingest)")
         if device == "host":
             res = host_bench(Path(artifact), warmup, runs, threads, provider)
+            if profile_name and profile_name != "host_cpu":
+                raise click.BadParameter(f"a run on this host measures host_cpu, not {profile_name}",
+                                         param_hint="--profile")
         else:
             res = remote.remote_bench(remote.parse_device(device), Path(artifact), binary, runs, warmup, threads)
+            res.update(remote.artifact_facts(Path(artifact)), runner=res.get("tool"), profile=profile_name)
             atomic_write_json(Path(str(artifact) + f".{device.replace(':', '_').replace('@', '_')}.bench.json"), res)
+            record_measurement(Path(artifact), res)
+            if not profile_name:
+                console().print("[yellow]note:[/] no --profile given: `check` cannot tell which device profile "
+                                "this measurement stands for and will keep estimating it")
     from rich.table import Table
 
     # the artifact's path goes above the table: as its title, rich would cut it to the table's width
@@ -135,6 +167,8 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
     show(t)
     if res.get("json"):
         click.echo(f"wrote {res['json']}")
+    if res.get("record"):
+        click.echo(f"measurement record: {res['record']}")
 
 
 @click.command()
@@ -142,7 +176,11 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
 @click.option("--device", "devices_", multiple=True, required=True, help="Profile name or .toml (repeatable).")
 @click.option("--json", "as_json", is_flag=True)
 def check(run_dir, devices_, as_json):
-    """Check a run's artifacts against device budgets (per task); exit 1 if any budget fails."""
+    """Check a run's artifacts against device budgets (per task); exit 1 unless every device PASSes.
+
+    Each device is judged on the run's artifact at its budget's input size; without one it is NOT JUDGED
+    (exit 1) and the command that would make one is printed.
+    """
     from rich.table import Table
 
     from edgehydra.devices.check import check_run
@@ -152,15 +190,21 @@ def check(run_dir, devices_, as_json):
         click.echo(json.dumps(res, indent=2))
     else:
         c = console()
+        colour = {"PASS": "green", "FAIL": "red"}
         for r in res:
-            t = Table(title=f"{r['device']}: {r.get('artifact', '-')} -> [{'green' if r['verdict'] == 'PASS' else 'red'}]{r['verdict']}[/]")
+            size = "x".join(map(str, r.get("size", [])))
+            t = Table(title=f"{r['device']} at {size}: {r.get('artifact', '-')} -> "
+                            f"[{colour.get(r['verdict'], 'yellow')}]{r['verdict']}[/]")
             for col in ("budget", "limit", "value", "margin", "result", "note"):
                 t.add_column(col, justify="right" if col in ("limit", "value", "margin") else "left")
             for row in r["rows"]:
                 f = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
                 t.add_row(row["budget"], f"{f(row['limit'])} {row['unit']}", f(row["value"]), f(row["margin"]),
                           "[green]PASS[/]" if row["pass"] else "[red]FAIL[/]", row["note"])
-            show(t, c)
+            if r["rows"]:
+                show(t, c)
+            else:
+                c.print(f"[bold]{r['device']}[/] at {size}: [yellow]{r['verdict']}[/]")
             if r.get("profile_note"):
                 c.print(r["profile_note"])
             if r.get("reason"):

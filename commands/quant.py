@@ -13,15 +13,15 @@ RECIPE_HELP = "Preset (w8a8, w8a8-heads-fp, w8a16, w8-weight-only) or a recipe J
 
 
 def _checkpoint(checkpoint, out):
-    from edgehydra.runs import find_fp32
+    from edgehydra.run import Run
 
     if checkpoint:
         return Path(checkpoint)
-    # No --checkpoint: the FP32 model of a `train` run in the same folder (OUT or its parent).
-    for cand in (Path(out), Path(out).parent):
-        if (cand / "fp32.pt").is_file():
-            return cand / "fp32.pt"
-    return find_fp32(Path(out))
+    # No --checkpoint: the run's own FP32 model or the checkpoint it was started from; else a `train`
+    # run one folder up.
+    if not Run(out).fp32.is_file() and not Run(out).record() and Run(Path(out).parent).fp32.is_file():
+        return Run(Path(out).parent).fp32
+    return Run(out).checkpoint()
 
 
 def _print_issues(tr: dict):

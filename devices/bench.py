@@ -95,6 +95,12 @@ def _make_runner(path: Path, threads: int, provider: str | None, size):
     return (lambda: art.runner(x)), art.target
 
 
+def load_program_size(path: Path):
+    from edgehydra.calibration.program import load_program
+
+    return load_program(path).size
+
+
 def bench_in_process(path: Path, warmup: int = 5, runs: int = 30, threads: int = 2, provider: str | None = None,
                      size=None) -> dict:
     import torch
@@ -108,6 +114,17 @@ def bench_in_process(path: Path, warmup: int = 5, runs: int = 30, threads: int =
         raise EdgeHydraError(f"{path.name}: Core ML runs only on macOS; use `edgehydra bench --apple-script` on a Mac")
     base = _rss_mb()
     run, runtime = _make_runner(path, threads, provider, size)
+    if path.suffix in (".pt", ".pt2"):
+        from edgehydra.checkpoint import load_checkpoint
+
+        precision = "int8" if path.suffix == ".pt2" else "fp32"
+        if size is None:
+            size = (load_program_size(path) if path.suffix == ".pt2" else load_checkpoint(path)[0].config.input_size)
+    else:
+        from edgehydra.exporters.runtime import read_manifest
+
+        man = read_manifest(path)
+        precision, size = man["precision"], man["size"]
     for _ in range(warmup):
         run()
     times = []
@@ -117,7 +134,8 @@ def bench_in_process(path: Path, warmup: int = 5, runs: int = 30, threads: int =
         times.append((time.perf_counter() - t) * 1e3)
     res = stats(times)
     res.update(warmup=warmup, threads=threads, torch_threads=torch.get_num_threads(), runtime=runtime,
-               device="host", artifact=str(path),
+               runner=runtime, device="host", profile="host_cpu", artifact=str(path), size=list(size),
+               precision=precision,
                sha256=sha256_path(path) if path.is_file() or path.is_dir() else None,
                peak_memory_mb=max(0.0, _rss_mb() - base), host=platform.node(), machine=platform.machine())
     return res
@@ -142,7 +160,23 @@ def bench(path: Path, warmup: int = 5, runs: int = 30, threads: int = 2, provide
         out = Path(str(path) + ".bench.json")
         atomic_write_json(out, res)
         res["json"] = str(out)
+        record_measurement(path, res)
     return res
+
+
+def record_measurement(path: Path, res: dict) -> Path | None:
+    """Keep a measurement in the run its artifact belongs to (RUN/measurements/), where `check` reads it."""
+    from edgehydra.run import run_of_artifact
+
+    run = run_of_artifact(path)
+    if run is None:
+        return None
+    rec = {k: res.get(k) for k in ("device", "profile", "runner", "sha256", "size", "precision", "threads", "p50_ms",
+                                   "p90_ms", "p99_ms", "min_ms", "mean_ms", "runs", "warmup", "peak_memory_mb",
+                                   "artifact", "host", "machine", "tool", "command")}
+    rec = {k: v for k, v in rec.items() if v is not None}
+    res["record"] = str(run.add_measurement(rec))
+    return Path(res["record"])
 
 
 if __name__ == "__main__":  # the worker: python -m edgehydra.devices.bench PATH WARMUP RUNS THREADS [PROVIDER] [HxW]

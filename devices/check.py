@@ -1,10 +1,14 @@
 """`edgehydra check`: a run's artifacts against device budgets, per task, with a verdict.
 
-For each device: the artifact in the profile's format (its preferred precision first), its
-accuracy from the verified evaluation in its manifest, GMACs at the budget's input size, size on
-disk, peak memory (measured, else weights + the two largest activations), latency estimated at
-the budget's input size (and measured where a benchmark at that size exists). Joint multi-task
-budgets: every task must pass. Also whether int8 beats fp16 there, and the recommended precision.
+A budget is judged on what ships, never on a neighbour of it:
+- the artifact is one of the run's exports in the profile's format **at the budget's input size**
+  (its preferred precision first). Where the run has none at that size the device is NOT JUDGED,
+  with the export command that would make one: never a PASS about an artifact that does not exist;
+- latency is a measurement record of **that artifact** (its sha256, that size) on that device where
+  the run holds one, else the analytical estimate at that size, and each row says which;
+- accuracy is that artifact's own, run in its own runtime on the validation frames at its size, or,
+  where it cannot run here (Core ML off macOS), the PyTorch model it was converted from, labelled so.
+Joint multi-task budgets: every task must pass. Also whether int8 beats fp16 there.
 """
 from __future__ import annotations
 
@@ -14,46 +18,64 @@ from pathlib import Path
 from edgehydra.accounting import count_layers, summarize
 from edgehydra.checkpoint import load_checkpoint
 from edgehydra.errors import BadInputError
+from edgehydra.run import Run
 
 from .estimate import estimate
 from .profile import Profile, load_profile
 
 ORDER = {"int8": 0, "fp16": 1, "w8": 2, "fp32": 3}
+NOT_JUDGED = "NOT JUDGED"
 
 
-def _artifacts(run: Path) -> list[dict]:
-    mf = Path(run) / "export" / "manifest.json"
-    if not mf.is_file():
-        raise BadInputError(f"no export manifest at {mf}: run `edgehydra export --run {run} --target all` first")
-    d = json.loads(mf.read_text())
-    return [a for a in d["artifacts"] if a.get("path") and a["status"] in ("verified", "exported")]
+def host_device(profile: Profile) -> str | None:
+    """The device name a measurement of this profile carries: the host for host_cpu, else the name the
+    user gave `bench --profile` (records store the profile's name)."""
+    return "host" if profile.name == "host_cpu" else None
 
 
-def _metrics_for(a: dict, run: Path) -> tuple[dict, str]:
+def artifacts(run: Run) -> list[dict]:
+    if not run.export_manifest.is_file():
+        raise BadInputError(f"no export manifest at {run.export_manifest}: run "
+                            f"`edgehydra export --run {run.root} --target all` first")
+    d = json.loads(run.export_manifest.read_text())
+    out = []
+    for a in d["artifacts"]:
+        if not a.get("path") or a["status"] not in ("verified", "exported"):
+            continue
+        if not a.get("size"):  # a manifest from before sizes were listed: the artifact's own manifest says
+            own = run.export_dir / (a["path"] + ".manifest.json")
+            a = dict(a, size=json.loads(own.read_text())["size"]) if own.is_file() else a
+        out.append(a)
+    return out
+
+
+def _metrics_for(a: dict, run: Run) -> tuple[dict, str]:
     if a.get("metrics"):
-        return a["metrics"], "artifact (run in its runtime)"
-    # Not runnable here (Core ML off macOS): the PyTorch model it was converted from.
+        return a["metrics"], f"{a['target']} {a['precision']} artifact run in its runtime"
+    # Not runnable here (Core ML off macOS): the PyTorch model it was converted from, at the same size.
     src = None
+    prog = a.get("source_program") or {}
     if a["precision"] == "int8":
-        for sub in ("qat", "ptq"):
-            f = Path(run) / sub / "report.json"
+        stage = prog.get("stage")
+        for s in ([stage] if stage else []) + ["qat", "ptq"]:
+            f = run.stage_dir(s) / "report.json"
             if f.is_file():
                 m = json.loads(f.read_text())["metrics"]
-                src = m.get(sub) or m.get("qat") or m.get("ptq")
+                src = m.get(s)
                 break
     if src is None:
-        f = Path(run) / "fp32_metrics.json"
+        f = run.root / "fp32_metrics.json"
         src = json.loads(f.read_text())["metrics"] if f.is_file() else {}
-    return src, "reference model (artifact not runnable on this host)"
+    return src, "the PyTorch model it was converted from (artifact not runnable on this host)"
 
 
-def _bench(run: Path, a: dict, size) -> dict | None:
-    p = Path(run) / "export" / (a["path"] + ".bench.json")
-    if p.is_file():
-        b = json.loads(p.read_text())
-        if b.get("size") in (None, list(size)):
-            return b
-    return None
+def measurement_for(run: Run, profile: Profile, a: dict) -> dict | None:
+    """The latest measurement of this artifact (sha256, size) on this profile's device, or None."""
+    dev = host_device(profile)
+    cands = [m for m in run.measurements()
+             if m.get("sha256") == a.get("sha256") and list(m.get("size") or []) == list(a["size"])
+             and (m.get("profile") == profile.name or (dev is not None and m.get("device") == dev))]
+    return max(cands, key=lambda m: m.get("recorded", "")) if cands else None
 
 
 def row(name, budget, value, unit, higher_is_better=False, note=""):
@@ -65,58 +87,81 @@ def row(name, budget, value, unit, higher_is_better=False, note=""):
             "note": note}
 
 
-def check_device(run: Path, profile: Profile, model=None) -> dict:
-    arts = [a for a in _artifacts(run) if a["target"] == profile.format]
-    if not arts:
-        return {"device": profile.name, "verdict": "FAIL", "rows": [],
-                "reason": f"no {profile.format} artifact in {run}/export (export with --target {profile.format})"}
-    arts.sort(key=lambda a: (a["precision"] != profile.precision, ORDER.get(a["precision"], 9)))
-    a = arts[0]
-    if model is None:
-        model, _ = load_checkpoint(Path(run) / "fp32.pt")
+def _not_judged(run: Run, profile: Profile, have: list[dict]) -> dict:
+    h, w = profile.budgets.input_size
+    sizes = sorted({"x".join(map(str, a["size"])) for a in have})
+    what = (f"its {profile.format} artifacts are at {', '.join(sizes)}" if sizes
+            else f"it has no {profile.format} artifact")
+    cmd = f"edgehydra export --run {run.root} --target {profile.format} --size {h}x{w}"
+    if profile.precision == "int8":
+        cmd = (f"edgehydra ptq --out {run.root} --size {h}x{w} (an int8 program is traced at one size), then " + cmd)
+    return {"device": profile.name, "verdict": NOT_JUDGED, "rows": [], "size": [h, w],
+            "reason": f"{profile.name} budgets {h}x{w} input and {what}: not judged. Make one: {cmd}"}
+
+
+def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None = None) -> dict:
     b = profile.budgets
-    size = b.input_size
+    size = tuple(b.input_size)
+    arts = artifacts(run) if arts is None else arts
+    fmt = [a for a in arts if a["target"] == profile.format]
+    at_size = [a for a in fmt if tuple(a["size"]) == size]
+    if not at_size:
+        return _not_judged(run, profile, fmt)
+    at_size.sort(key=lambda a: (a["precision"] != profile.precision, ORDER.get(a["precision"], 9)))
+    a = at_size[0]
+    if model is None:
+        model, _ = load_checkpoint(run.checkpoint())
     est_prec = "int8" if a["precision"] == "int8" else ("fp16" if a["precision"] in ("fp16", "w8") else "fp32")
     s = summarize(count_layers(model, size, est_prec))
     est = estimate(model, profile, est_prec, size)
-    bench = _bench(run, a, size) if profile.kind == "cpu" and profile.name == "host_cpu" else None
+    meas = measurement_for(run, profile, a)
     metrics, msrc = _metrics_for(a, run)
-    peak_mb = bench.get("peak_memory_mb") if bench else (s["weight_bytes"] + s["peak_act_bytes"]) / 2 ** 20
-    lat = bench["p50_ms"] if bench else est["total_ms"]
-    lat90 = bench.get("p90_ms", lat) if bench else est["total_ms"]
-    src = "measured" if bench else "estimated"
+    hw = f"{size[0]}x{size[1]}"
+    if meas:
+        src = f"measured on {meas['device']} by {meas['runner']} at {hw}"
+        lat, lat90 = meas["p50_ms"], meas.get("p90_ms")
+        peak = meas.get("peak_memory_mb")
+    else:
+        src = f"estimated at {hw} ({profile.name} roofline)"
+        lat, lat90, peak = est["total_ms"], est["total_ms"], None
     rows = [
-        row("latency p50", b.latency_p50_ms, lat, "ms", note=f"{src} at {size[0]}x{size[1]}"),
-        row("latency p90", b.latency_p90_ms, lat90, "ms", note=f"{src}" + ("" if bench else " (estimate has no spread)")),
-        row("GMACs", b.max_gmacs, s["macs"] / 1e9, "G", note=f"at {size[0]}x{size[1]}"),
-        row("artifact size", b.max_artifact_mb, a["size_bytes"] / 2 ** 20, "MB"),
-        row("peak memory", b.max_peak_memory_mb, peak_mb, "MB", note="measured" if bench else "weights + largest activations"),
-        row("mIoU", b.min_miou, metrics.get("miou"), "%", higher_is_better=True, note=msrc),
-        row("depth RMSE", b.max_depth_rmse, metrics.get("rmse"), "m", note=msrc),
-        row("depth abs rel", b.max_abs_rel, metrics.get("abs_rel"), "", note=msrc),
+        row("latency p50", b.latency_p50_ms, lat, "ms", note=src),
+        row("latency p90", b.latency_p90_ms, lat90, "ms", note=src + ("" if meas else "; an estimate has no spread")),
+        row("GMACs", b.max_gmacs, s["macs"] / 1e9, "G", note=f"at {hw}"),
+        row("artifact size", b.max_artifact_mb, a["size_bytes"] / 2 ** 20, "MB", note=a["path"]),
+        row("peak memory", b.max_peak_memory_mb,
+            peak if peak is not None else (s["weight_bytes"] + s["peak_act_bytes"]) / 2 ** 20, "MB",
+            note=src if peak is not None else "weights + largest activations (estimated)"),
+        row("mIoU", b.min_miou, metrics.get("miou"), "%", higher_is_better=True, note=f"{msrc} at {hw}"),
+        row("depth RMSE", b.max_depth_rmse, metrics.get("rmse"), "m", note=f"{msrc} at {hw}"),
+        row("depth abs rel", b.max_abs_rel, metrics.get("abs_rel"), "", note=f"{msrc} at {hw}"),
     ]
     e8 = estimate(model, profile, "int8", size)["total_ms"]
     e16 = estimate(model, profile, "fp16", size)["total_ms"]
     acc_ok = all(r["pass"] for r in rows[5:])
     rec = "int8" if e8 < e16 else "fp16"
     return {"device": profile.name, "description": profile.description, "artifact": a["path"],
-            "precision": a["precision"], "rows": rows, "verdict": "PASS" if all(r["pass"] for r in rows) else "FAIL",
-            "estimated_ms": est["total_ms"], "measured_ms": bench["p50_ms"] if bench else None,
+            "artifact_sha256": a.get("sha256"), "precision": a["precision"], "size": list(size), "rows": rows,
+            "verdict": "PASS" if all(r["pass"] for r in rows) else "FAIL",
+            "latency_source": "measured" if meas else "estimated", "measurement": meas.get("record") if meas else None,
+            "estimated_ms": est["total_ms"], "measured_ms": meas["p50_ms"] if meas else None,
             "int8_vs_fp16": {"int8_ms": e8, "fp16_ms": e16, "int8_faster": e8 < e16,
                              "speedup": e16 / e8 if e8 else None},
             "recommendation": rec if acc_ok else f"{rec} (but the accuracy budgets fail at this model quality)"}
 
 
-def check_run(run: Path, devices: list[str]) -> list[dict]:
+def check_run(run_dir: Path, devices: list[str]) -> list[dict]:
     if not devices:
         raise BadInputError("pass at least one --device")
-    calibrated = Path(run) / "devices" / "host_cpu.toml"  # written by the demo's calibrate stage
-    specs = [str(calibrated) if d == "host_cpu" and calibrated.is_file() else d for d in devices]
+    run = Run(run_dir)
+    specs = []
+    for d in devices:  # host_cpu: the profile calibrated on this run's measurements, when the run has one
+        cal = run.calibrated_profile(d) if d == "host_cpu" else None
+        specs.append(str(cal) if cal is not None and cal.is_file() else d)
     profiles = [load_profile(s) for s in specs]  # bad names/profiles fail before any work
-    if not (Path(run) / "fp32.pt").is_file():
-        raise BadInputError(f"no fp32.pt in {run}: pass a run folder made by `edgehydra train` or `demo`")
-    model, _ = load_checkpoint(Path(run) / "fp32.pt")
-    out = [check_device(Path(run), p, model) for p in profiles]
+    model, _ = load_checkpoint(run.checkpoint())
+    arts = artifacts(run)
+    out = [check_device(run, p, model, arts) for p in profiles]
     for r, d, s in zip(out, devices, specs):
         if s != d:
             r["profile_note"] = f"host_cpu: using the profile calibrated on this run's benchmarks ({s})"

@@ -271,6 +271,16 @@ print(open(a.out).read())
 '''
 
 
+def artifact_facts(artifact: Path) -> dict:
+    """sha256, input size and precision of an exported artifact, from the artifact and its manifest."""
+    from edgehydra._io import sha256_path
+    from edgehydra.exporters.runtime import read_manifest
+
+    man = read_manifest(artifact)
+    return {"sha256": sha256_path(artifact), "size": man["size"], "precision": man["precision"],
+            "target": man["target"]}
+
+
 def ingest(path: Path) -> dict:
     """Read a JSON written by the Apple script (or any runner in the same format)."""
     import json

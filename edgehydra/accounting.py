@@ -62,6 +62,7 @@ def count_layers(model: nn.Module, size: tuple[int, int], precision: str = "fp32
     """
     if precision not in BYTES:
         raise ValueError(f"precision={precision!r}: choose one of {sorted(BYTES)}")
+    guard_size(model, size, batch)
     b = BYTES[precision]
     rows: list[LayerCost] = []
     names = {m: n for n, m in model.named_modules()}
@@ -129,6 +130,40 @@ def _functional_extra(model: nn.Module, size, batch: int, b: int) -> list[LayerC
         ops = el * (7 if kind == "Upsample" else 1)
         rows.append(LayerCost(f"{kind.lower()}:{node.name}", kind, tuple(val.shape), 0, ops, 0, 0, ins * b, el * b))
     return rows
+
+
+_REF = (64, 64)
+
+
+def available_bytes() -> int:
+    """Memory this process can still allocate (MemAvailable), or a large number where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1 << 62
+
+
+def guard_size(model: nn.Module, size: tuple[int, int], batch: int = 1) -> None:
+    """Refuse, before allocating anything, a size whose forward pass cannot fit in memory.
+
+    Activations scale with H x W, so the bytes of the largest layer (input + output, fp32 as the
+    counting pass runs) are counted once at 64x64 and scaled; the pass also keeps that layer's
+    input alive for its skip connections, so twice that is the least a forward at ``size`` needs."""
+    h, w = size
+    if h * w <= _REF[0] * _REF[1]:
+        return
+    ref = summarize(count_layers(model, _REF, "fp32", 1))
+    need = 2 * ref["peak_act_bytes"] * (h * w) / (_REF[0] * _REF[1]) * batch
+    have = available_bytes()
+    if need > have:
+        from .errors import BadInputError
+
+        raise BadInputError(f"{h}x{w} needs at least {need / 2**30:.1f} GiB for its largest layer's activations; "
+                            f"{have / 2**30:.1f} GiB are available: choose a smaller --size")
 
 
 def summarize(rows: list[LayerCost]) -> dict:

@@ -85,26 +85,26 @@ def train_run(out: Path, dataset: str, model_name: str | None, cfg: TrainConfig,
     return {"metrics": metrics, "epochs": state.epoch, "history": state.history, "checkpoint": str(ckpt_path)}
 
 
-def find_fp32(run: Path) -> Path:
-    p = Path(run) / "fp32.pt"
-    if not p.is_file():
-        raise BadInputError(f"no FP32 model in {run}: pass --checkpoint FILE, or train one first: "
-                            f"edgehydra train --dataset synthroom --out {run}")
-    return p
-
-
-def run_data_settings(checkpoint: Path, dataset: str | None, size=None) -> dict:
-    """Data settings for a later stage: what the checkpoint was trained on unless overridden."""
+def checkpoint_data(checkpoint: Path) -> dict | None:
+    """The data settings a checkpoint records (edgehydra's own), or None (a published checkpoint)."""
     raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
     saved = (raw.get("provenance") or {}).get("data") if isinstance(raw, dict) else None
+    return dict(saved) if saved else None
+
+
+def run_data_settings(checkpoint: Path, dataset: str | None, size=None, base: dict | None = None) -> dict:
+    """Data settings for a later stage: what the run (``base``) or the checkpoint records unless
+    overridden. Another dataset keeps the recorded input size: the size changes only when asked."""
+    saved = base or checkpoint_data(checkpoint)
     if saved and (dataset is None or dataset == saved["dataset"]):
         ds = dict(saved)
-        if size:
-            ds["size"] = list(size)
-        return ds
-    if dataset is None:
+    elif dataset is None:
         raise BadInputError(f"{checkpoint} does not record its dataset: pass --dataset")
-    return data_settings(dataset, size)
+    else:
+        ds = data_settings(dataset, size or (saved["size"] if saved else None))
+    if size:
+        ds["size"] = list(size)
+    return ds
 
 
 def read_json(path: Path) -> dict:

@@ -255,6 +255,11 @@ class ExportResult:
         return self.status != "failed"
 
 
+def artifact_name(precision: str, size, suffix: str) -> str:
+    """hydranet_int8_240x320.pte: the file name says the precision and the input size it was built for."""
+    return f"hydranet_{precision}_{size[0]}x{size[1]}{suffix}"
+
+
 def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir: Path, frames: np.ndarray,
                val_eval: Callable | None = None) -> ExportResult:
     """build -> place atomically -> run in its runtime -> parity vs reference -> task metrics -> manifest."""
@@ -264,7 +269,7 @@ def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir
     target.require()
     ref_fn = source.reference(req.precision)
     out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / f"hydranet_{req.precision}{target.suffix}"
+    final = out_dir / artifact_name(req.precision, req.size, target.suffix)
     for stale in out_dir.glob(f".{final.name}.*"):  # temporaries left by a killed export
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     t0 = time.perf_counter()
@@ -285,6 +290,11 @@ def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir
                 "model_config": source.config.to_dict(), "size": list(req.size),
                 "sha256": sha256_path(final), "size_bytes": path_size(final), "export_seconds": export_s,
                 "source_checkpoint_sha256": source.checkpoint_sha256,
+                "source_program": ({"stage": source.program.meta.get("stage"), "sha256": source.program.meta.get("sha256"),
+                                    "size": list(source.program.size),
+                                    "weights_and_ranges_carried_over": "quantised_by" not in facts,
+                                    **({"quantised_by": facts["quantised_by"]} if "quantised_by" in facts else {})}
+                                   if (req.precision == "int8" and source.program) else None),
                 "recipe": source.program.recipe.to_dict() if (req.precision == "int8" and source.program) else None,
                 "tools": tool_versions(*facts.pop("tools", ())), "facts": facts, "verification": {}}
     status, reason = "verified", ""
@@ -314,5 +324,5 @@ def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir
     else:
         manifest["verification"] = {"skipped": reason}
     manifest["status"], manifest["reason"] = status, reason
-    atomic_write_json(out_dir / f"hydranet_{req.precision}{target.suffix}.manifest.json", manifest)
+    atomic_write_json(Path(str(final) + ".manifest.json"), manifest)
     return ExportResult(target.name, req.precision, status, final, manifest, reason)

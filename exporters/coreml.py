@@ -2,7 +2,9 @@
 
 - fp16: the FP32 model converted with compute_precision FLOAT16.
 - int8 (W8A8): the converted pt2e program; its quantize/dequantize ops become Core ML's
-  (signed int8 activations: a quint8 configuration fails to convert at the CRP residual adds).
+  (signed int8 activations: a quint8 configuration fails to convert at the CRP residual adds), its
+  weights int8 constants, its compute fp16: a program typed FLOAT32 runs on CPU/GPU only, never on
+  the Neural Engine, which is what a W8A8 model is for.
 - w8: fp16 model with weights linearly quantised to int8 (coremltools.optimize).
 Options: compute units, image input with the normalisation folded in (what an iOS app feeds
 from a camera), deployment target. Class labels and normalisation go into the model metadata.
@@ -64,7 +66,7 @@ def build(source, req, path):
     kw = dict(inputs=[inp], outputs=[ct.TensorType(name=n) for n in cfg.tasks],
               minimum_deployment_target=getattr(ct.target, dep), compute_units=getattr(ct.ComputeUnit, units),
               convert_to="mlprogram")
-    kw["compute_precision"] = ct.precision.FLOAT16 if req.precision in ("fp16", "w8") else ct.precision.FLOAT32
+    kw["compute_precision"] = ct.precision.FLOAT16  # every precision here: the Neural Engine computes in fp16
     ml = ct.convert(ep, **kw)
     if req.precision == "w8":
         from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
@@ -85,8 +87,10 @@ def build(source, req, path):
     if req.precision == "int8":
         md["recipe"] = source.program.recipe.name
     ml.save(str(path))
+    removed = remove_sidecars(path)
     hist = op_histogram(ml)
     facts = {"compute_units": units, "deployment_target": dep, "ops": hist, "tools": ("coremltools",),
+             "removed_sidecars": removed,
              "image_input": bool(opts.get("image_input")), "metadata_location": "model user_defined_metadata"}
     if opts.get("image_input"):
         facts["image_input_note"] = (f"ImageType has one scale for all channels: 1/(255*{np.mean(cfg.std):.4f}) "
@@ -95,10 +99,53 @@ def build(source, req, path):
     return facts
 
 
+# Files coremltools writes into a package that the model does not need to run: converting a
+# torch.export program leaves executorch_debug_handle_mapping.json (226 KB of a 544 KB tiny W8A8 package).
+SIDECARS = ("executorch_debug_handle_mapping.json",)
+
+
+def remove_sidecars(path) -> list[dict]:
+    """Delete debug sidecars from a saved .mlpackage so its size is what ships; returns what went."""
+    from pathlib import Path
+
+    out = []
+    for name in SIDECARS:
+        for f in Path(path).rglob(name):
+            out.append({"file": str(f.relative_to(path)), "bytes": f.stat().st_size})
+            f.unlink()
+    return out
+
+
+# MIL proto DataType values (coremltools/proto/MIL.proto)
+_DTYPES = {10: "fp16", 11: "fp32", 21: "int8", 31: "uint8", 23: "int32"}
+
+
+def spec_dtypes(ml) -> dict:
+    """Output dtypes of the compute ops (conv) and the stored type of compressed weights."""
+    conv, weights = Counter(), Counter()
+
+    def walk(block):
+        for op in block.operations:
+            if op.type == "conv":
+                for o in op.outputs:
+                    conv[_DTYPES.get(o.type.tensorType.dataType, str(o.type.tensorType.dataType))] += 1
+            if op.type.startswith("constexpr") and "quantized_data" in op.attributes:
+                dt = op.attributes["quantized_data"].type.tensorType.dataType
+                weights[_DTYPES.get(dt, str(dt))] += 1
+            for b in op.blocks:
+                walk(b)
+
+    for f in ml.get_spec().mlProgram.functions.values():
+        for b in f.block_specializations.values():
+            walk(b)
+    return {"conv_outputs": dict(conv), "compressed_weights": dict(weights)}
+
+
 def structural_check(ml, req, cfg) -> dict:
-    """What can be checked without macOS: op histogram, (de)quantize ops, compressed weights, I/O."""
+    """What can be checked without macOS: op histogram, (de)quantize ops, int8 weights, fp16 compute, I/O."""
     spec = ml.get_spec()
     hist = op_histogram(ml)
+    dt = spec_dtypes(ml)
     ins = {i.name: list(i.type.multiArrayType.shape) or "image" for i in spec.description.input}
     outs = [o.name for o in spec.description.output]
     q_ops = sum(v for k, v in hist.items() if k in ("quantize", "dequantize"))
@@ -110,10 +157,15 @@ def structural_check(ml, req, cfg) -> dict:
         problems.append(f"inputs {list(ins)}, expected 'image'")
     if req.precision == "int8" and q_ops == 0:
         problems.append("W8A8 model has no quantize/dequantize ops")
-    if req.precision == "w8" and compressed == 0:
-        problems.append("weight-only model has no compressed (constexpr) weights")
+    if req.precision in ("int8", "w8"):
+        n_conv, n_w8 = hist.get("conv", 0), dt["compressed_weights"].get("int8", 0)
+        if n_w8 < n_conv:
+            problems.append(f"{n_w8} int8 weight constants for {n_conv} convolutions (weights {dt['compressed_weights']})")
+    if set(dt["conv_outputs"]) != {"fp16"}:
+        problems.append(f"convolutions compute in {dt['conv_outputs']}, not fp16 only (the Neural Engine runs fp16)")
     return {"inputs": ins, "outputs": outs, "quantize_dequantize_ops": q_ops, "compressed_weight_ops": compressed,
-            "conv_ops": hist.get("conv", 0), "problems": problems}
+            "conv_ops": hist.get("conv", 0), "conv_output_dtypes": dt["conv_outputs"],
+            "weight_dtypes": dt["compressed_weights"], "problems": problems}
 
 
 def load_runner(path, manifest):

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -26,25 +27,27 @@ PARITY_FRAMES = 8
 
 
 def open_source(run: Path | None, checkpoint: Path | None, program: Path | None, dataset: str | None):
-    """FP32 model (+ quantised program) and the data they were made with."""
+    """FP32 model (+ quantised program) and the data they were made with. From a run alone: its record
+    knows the checkpoint (its own fp32.pt or the one a ptq/qat run started from), the data and the program."""
     from edgehydra.calibration.program import load_program
-    from edgehydra.calibration.stages import program_of
+    from edgehydra.run import Run
 
+    base = None
     if run is not None:
-        checkpoint = checkpoint or Path(run) / "fp32.pt"
-        if program is None:
-            try:
-                program = program_of(Path(run))
-            except BadInputError:
-                program = None
-    if checkpoint is None and program is not None:
-        prog = load_program(program)
+        r = Run(run)
+        checkpoint = checkpoint or r.checkpoint()
+        program = program or r.program()
+        base = r.record().get("data")
+    prog = load_program(program) if program is not None else None
+    if checkpoint is None and prog is not None:
         checkpoint = Path(prog.meta.get("source_checkpoint", ""))
     if checkpoint is None or not Path(checkpoint).is_file():
         raise BadInputError(f"no FP32 checkpoint found ({checkpoint}); pass --run DIR or --checkpoint FILE")
     model, info = load_checkpoint(checkpoint)
-    prog = load_program(program) if program is not None else None
-    ds = run_data_settings(Path(checkpoint), dataset)
+    if prog is not None and prog.meta.get("source_sha256") not in (None, info["sha256"]):
+        raise BadInputError(f"{prog.path} was quantised from a checkpoint with sha256 {prog.meta['source_sha256'][:12]}, "
+                            f"not {checkpoint} ({info['sha256'][:12]}): pass the checkpoint it was made from")
+    ds = run_data_settings(Path(checkpoint), dataset, base=base or (prog.meta.get("data") if prog else None))
     return model, info, prog, ds
 
 
@@ -95,6 +98,7 @@ def export_run(out: Path, targets: list[str], precisions: list[str] | None = Non
                progress=None, strict_missing: bool = True) -> list[ExportResult]:
     model, info, prog, ds = open_source(run, checkpoint, program, dataset)
     size = tuple(size or (prog.size if prog else ds["size"]))
+    ds = dict(ds, size=list(size))  # synthroom renders its frames at the size asked for; real data is resized
     val = open_split(ds, "val", transform=Resize(size))
     calib_ds = open_split(ds, "train", transform=Resize(size)) if prog is not None else None
     source = Source(model, model.config, info["sha256"], prog, calib_ds)
@@ -132,15 +136,27 @@ def export_run(out: Path, targets: list[str], precisions: list[str] | None = Non
 
 
 def write_manifest(out: Path, results: list[ExportResult], ds: dict, size) -> None:
+    """OUT/manifest.json lists every artifact in OUT: this export's, and those of earlier exports at
+    other (target, precision, size) whose files are still there (an export at a second size adds to the
+    run, it does not hide the first)."""
     entries = []
     for r in results:
-        e = {"target": r.target, "precision": r.precision, "status": r.status, "reason": r.reason,
+        e = {"target": r.target, "precision": r.precision, "size": list(size), "status": r.status, "reason": r.reason,
              "path": str(r.path.relative_to(out)) if r.path else None}
         e.update({k: r.manifest.get(k) for k in ("sha256", "size_bytes", "export_seconds", "verification", "metrics",
-                                                 "facts", "tools", "recipe") if k in r.manifest})
+                                                 "facts", "tools", "recipe", "source_program") if k in r.manifest})
         entries.append(e)
+    keys = {(e["target"], e["precision"], tuple(e["size"])) for e in entries}
+    old = out / "manifest.json"
+    if old.is_file():
+        try:
+            prev = json.loads(old.read_text()).get("artifacts", [])
+        except json.JSONDecodeError:
+            prev = []
+        entries += [e for e in prev if e.get("size") and e.get("path") and (out / e["path"]).exists()
+                    and (e["target"], e["precision"], tuple(e["size"])) not in keys]
     atomic_write_json(out / "manifest.json", {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "data": ds,
-                                              "size": list(size), "artifacts": entries})
+                                              "artifacts": entries})
 
 
 def summary_rows(results: list[ExportResult]) -> list[dict]:

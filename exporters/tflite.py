@@ -107,6 +107,8 @@ def build(source, req, path):
             facts["io_dtype"] = io_dtype
             facts["reference"] = source.fp32  # parity frames are NCHW; the runner transposes for NHWC
             facts["tolerance_key"] = "int8_vs_fp32"
+            facts["quantised_by"] = ("ai-edge-quantizer from the FP32 model, with the program's recipe and calibration "
+                                     "frames: a QAT program's trained weights and ranges do not reach this artifact")
             facts["reference_note"] = ("FP32 model: LiteRT quantises with its own quantizer, so no PyTorch program "
                                        "has the same integer maths")
         res.export_model(str(path), overwrite=True)

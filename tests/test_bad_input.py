@@ -95,6 +95,11 @@ CASES = [
     ("artifact of unknown type", lambda t: ["run", "--artifact", str((t / "m.bin").write_bytes(b"x") and t / "m.bin"),
                                             str(t / "i.png")], 2, "unknown artifact type"),
     ("bad size", lambda t: ["info", "--size", "640"], 2, "not HxW"),
+    ("size beyond memory", lambda t: ["info", "--model", "hydranet_nyud", "--size", "99999x99999"], 2,
+     "GiB are available: choose a smaller --size"),
+    ("truncated program", lambda t: ["export", "--program", str((t / "p.pt2").write_bytes(b"PK\x03\x04" + b"x" * 99)
+                                                                and t / "p.pt2"), "--target", "onnx"], 2,
+     "not a complete .pt2 archive"),
 ]
 
 

@@ -163,6 +163,15 @@ def test_qat_steps_then_convert_matches_fake_quant(data, trained_tiny):
     assert (fq[1] - q[1]).abs().mean() < 0.05 * scale
 
 
+def _output_step(gm, i: int) -> float:
+    """Quantisation step of output ``i`` of a converted pt2e graph: the scale of the dequantize it ends in."""
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    n = out.args[0][i]
+    while "dequantize" not in str(n.target):
+        n = n.args[0]
+    return float(n.args[1])
+
+
 def test_qat_starts_where_ptq_ends(data, trained_tiny):
     """Calibrated QAT activation ranges are PTQ's: converted with no training step, QAT equals PTQ."""
     import copy
@@ -189,10 +198,16 @@ def test_qat_starts_where_ptq_ends(data, trained_tiny):
     with torch.no_grad():
         a, b = ptq(x), convert_stage(gm)(x)
     assert (a[0].argmax(1) == b[0].argmax(1)).float().mean() > 0.99
-    # the same int8 grid: most depth values identical (90 % here), the rest a step or two apart (QAT folds
-    # batch norm after fake-quantising the weights, PTQ before: rounding differs at a few boundaries)
-    d = (a[1] - b[1]).abs()
-    assert (d < 1e-4).float().mean() > 0.8 and d.mean() < 0.005 * a[1].abs().mean()
+    # The same int8 grid, not the same bits: QAT folds batch norm after fake-quantising the weights, PTQ
+    # before, and each runs its fp32 convolutions with the CPU's own kernels (AVX-512 or AVX2 sum in another
+    # order), so values at a rounding boundary land one step apart and that propagates. Identical depth
+    # values were 90 % on an Intel AVX-512 host and 66 % on an AMD AVX2 one. What does not depend on the
+    # CPU: differences are whole output steps (other activation ranges would put QAT off PTQ's grid), under
+    # one step on average, a few at most (AMD Zen 3: mean 0.37, 81 % within one step, max 3).
+    step = _output_step(ptq, 1)
+    k = (a[1] - b[1]).abs() / step
+    assert float((k - k.round()).abs().max()) < 1e-3  # on the same grid
+    assert float(k.mean()) < 1 and float(k.max()) <= 8, (float(k.mean()), float(k.max()))
 
 
 def test_bn_and_observers_freeze(data, trained_tiny):

@@ -54,8 +54,17 @@ def test_round_trip_in_own_runtime(exported, target, precision):
             assert s["quantize_dequantize_ops"] > 0
         if precision == "w8":
             assert s["compressed_weight_ops"] > 0
+        # read from the saved spec: fp16 compute (Neural Engine), int8 weight constants, no debug sidecar
+        assert s["conv_output_dtypes"] == {"fp16": s["conv_ops"]} and s["conv_ops"] > 0
+        if precision in ("int8", "w8"):
+            assert s["weight_dtypes"].get("int8", 0) >= s["conv_ops"]
+        assert not list(r.path.rglob("executorch_debug_handle_mapping.json"))
     if target == "onnx" and precision == "int8":
-        assert m["facts"]["qdq_nodes"] > 0
+        assert m["facts"]["qdq_nodes"] > 0 and m["facts"]["qdq_dtype"] == "uint8"
+    if precision == "int8":  # the artifact names the quantised program it was made from
+        assert m["source_program"]["stage"] in ("ptq", "qat") and len(m["source_program"]["sha256"]) == 64
+        # LiteRT quantises with its own quantizer: the manifest says the program's weights did not reach it
+        assert m["source_program"]["weights_and_ranges_carried_over"] == (target != "tflite")
     if target == "tflite" and precision == "int8":
         q = m["facts"]["io_quantization"]
         assert q["input"]["dtype"] == "int8" and q["input"]["scale"] > 0
@@ -95,7 +104,7 @@ def test_export_is_atomic_under_failure(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_mod, "TARGET", broken)
     res = export_run(tmp_path, ["onnx"], ["fp32"], run=tiny_run)
     assert res[0].status == "failed" and "disk full" in res[0].reason
-    assert not (tmp_path / "onnx" / "hydranet_fp32.onnx").exists()
+    assert not (tmp_path / "onnx" / "hydranet_fp32_64x96.onnx").exists()
     assert not [p for p in (tmp_path / "onnx").iterdir() if ".part" in p.name]
 
 
@@ -138,7 +147,7 @@ def test_run_artifact_panels_and_verify(exported, tiny_run, tmp_path):
     shutil.copytree(out, tiny_run / "export", dirs_exist_ok=True)
     r = CliRunner().invoke(cli, ["verify", "--run", str(tiny_run)])
     assert r.exit_code == 0, r.output
-    onnx = tiny_run / "export" / "onnx" / "hydranet_fp32.onnx"
+    onnx = tiny_run / "export" / "onnx" / "hydranet_fp32_64x96.onnx"
     onnx.write_bytes(onnx.read_bytes() + b"\0")
     r = CliRunner().invoke(cli, ["verify", "--run", str(tiny_run)])
     assert r.exit_code == 1 and "MISMATCH" in r.output

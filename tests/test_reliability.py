@@ -73,11 +73,11 @@ def test_killed_export_leaves_no_final_file(tiny_run, tmp_path):
     out = tmp_path / "exp"
     args = ["export", "--run", str(tiny_run), "--target", "tflite", "--precision", "int8", "--out", str(out)]
     p = _cli(*args)
-    final = out / "tflite" / "hydranet_int8.tflite"
+    final = out / "tflite" / "hydranet_int8_64x96.tflite"
     deadline = time.time() + 300
 
     def writing():
-        return (out / "tflite").is_dir() and list((out / "tflite").glob(".hydranet_int8.tflite.*"))
+        return (out / "tflite").is_dir() and list((out / "tflite").glob(".hydranet_int8_64x96.tflite.*"))
 
     while time.time() < deadline and p.poll() is None and not writing():
         time.sleep(0.01)
@@ -104,4 +104,4 @@ def test_disk_full_during_export_fails_cleanly(tiny_run, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "disk full" in (r.stdout + r.stderr) or "failed" in (r.stdout + r.stderr)
-    assert not (tmp_path / "o" / "onnx" / "hydranet_fp32.onnx").exists()
+    assert not (tmp_path / "o" / "onnx" / "hydranet_fp32_64x96.onnx").exists()

@@ -1,0 +1,167 @@
+"""The run record: one owner for a run folder's layout and for what the run was made from.
+
+    RUN/run.json                  source checkpoint (path, sha256), data settings, input size
+    RUN/fp32.pt                   a trained FP32 model (`train`), or none when the run started from a
+                                  brought checkpoint (`ptq`/`qat --checkpoint C --out RUN`)
+    RUN/ptq/program.pt2 · RUN/qat/program.pt2
+    RUN/export/manifest.json · RUN/export/<target>/hydranet_<precision>[_<H>x<W>]<suffix>
+    RUN/measurements/*.json       latency records, each tied to an artifact's sha256 and input size
+    RUN/devices/<profile>.toml    profiles calibrated on this run's measurements
+
+Every command resolves a ``Run`` once and asks it; nothing else joins these path strings. The run's
+input size has one owner: the size its data settings record (what the model was trained or
+quantised at); an export at another size is asked for explicitly with ``--size``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._io import atomic_write_json, sha256_path
+from .errors import BadInputError
+
+RECORD = "run.json"
+STAGES = ("qat", "ptq")  # quantised programs, preferred in this order
+
+
+@dataclass(frozen=True)
+class Run:
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    # ----------------------------------------------------------------------------------- layout
+    @property
+    def record_path(self) -> Path:
+        return self.root / RECORD
+
+    @property
+    def fp32(self) -> Path:
+        return self.root / "fp32.pt"
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def program_path(self, stage: str) -> Path:
+        return self.root / stage / "program.pt2"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.root / "export"
+
+    @property
+    def export_manifest(self) -> Path:
+        return self.export_dir / "manifest.json"
+
+    @property
+    def measurements_dir(self) -> Path:
+        return self.root / "measurements"
+
+    def calibrated_profile(self, name: str) -> Path:
+        return self.root / "devices" / f"{name}.toml"
+
+    # ----------------------------------------------------------------------------------- record
+    def record(self) -> dict:
+        if not self.record_path.is_file():
+            return {}
+        try:
+            return json.loads(self.record_path.read_text())
+        except json.JSONDecodeError as e:
+            raise BadInputError(f"{self.record_path}: invalid JSON ({e})") from None
+
+    def note_source(self, checkpoint: Path, sha256: str, data: dict) -> None:
+        """Record the checkpoint a stage started from and its data settings. A run holds one source:
+        a stage started from another checkpoint is refused rather than mixed in."""
+        rec = self.record()
+        checkpoint = Path(checkpoint).resolve()
+        if checkpoint == self.fp32.resolve():  # the run's own model (train): it may be retrained, not pinned
+            if "data" not in rec and self.root.is_dir():
+                atomic_write_json(self.record_path, dict(rec, data=data))
+            return
+        old = rec.get("source")
+        if old and old["sha256"] != sha256:
+            raise BadInputError(f"{self.root} was made from {old['path']} (sha256 {old['sha256'][:12]}); "
+                                f"{checkpoint} is another checkpoint: use a new --out")
+        rec["source"] = {"path": str(checkpoint), "sha256": sha256}
+        rec.setdefault("data", data)
+        rec.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.record_path, rec)
+
+    def checkpoint(self) -> Path:
+        """The FP32 checkpoint of this run: its own fp32.pt, else the one its record names (checked by hash)."""
+        if self.fp32.is_file():
+            return self.fp32
+        src = self.record().get("source")
+        if src:
+            p = Path(src["path"])
+            if not p.is_file():
+                raise BadInputError(f"{self.root} was made from {p}, which is gone: put it back or pass --checkpoint")
+            if sha256_path(p) != src["sha256"]:
+                raise BadInputError(f"{p} changed since {self.root} was made from it (sha256 differs): "
+                                    "pass the original with --checkpoint")
+            return p
+        raise BadInputError(f"no FP32 model in {self.root} (no fp32.pt, no {RECORD} naming a checkpoint): train one "
+                            f"with `edgehydra train --out {self.root}` or start with `edgehydra ptq --checkpoint FILE "
+                            f"--out {self.root}`")
+
+    def data(self) -> dict:
+        """Data settings: the run's record, else the checkpoint's provenance."""
+        rec = self.record().get("data")
+        if rec:
+            return dict(rec)
+        from .runs import checkpoint_data
+
+        d = checkpoint_data(self.checkpoint())
+        if d is None:
+            raise BadInputError(f"{self.root}: neither {RECORD} nor the checkpoint records a dataset: pass --dataset")
+        return d
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.data()["size"])
+
+    def program(self) -> Path | None:
+        for s in STAGES:
+            if self.program_path(s).is_file():
+                return self.program_path(s)
+        return None
+
+    # ----------------------------------------------------------------------------------- measurements
+    def add_measurement(self, rec: dict) -> Path:
+        for k in ("device", "runner", "sha256", "size", "precision", "p50_ms"):
+            if rec.get(k) is None:
+                raise BadInputError(f"a measurement needs {k!r}; got {sorted(rec)}")
+        rec = dict(rec, recorded=rec.get("recorded") or time.strftime("%Y-%m-%dT%H:%M:%S"))
+        name = f"{rec['sha256'][:12]}_{rec['size'][0]}x{rec['size'][1]}_{_slug(rec['device'])}_{_slug(rec['runner'])}.json"
+        path = self.measurements_dir / name
+        self.measurements_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, rec)
+        return path
+
+    def measurements(self) -> list[dict]:
+        if not self.measurements_dir.is_dir():
+            return []
+        out = []
+        for p in sorted(self.measurements_dir.glob("*.json")):
+            try:
+                out.append(dict(json.loads(p.read_text()), record=str(p)))
+            except json.JSONDecodeError:
+                continue  # a half-written file cannot exist (atomic writes); a hand-edited one is skipped
+        return out
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in str(s))[:40]
+
+
+def run_of_artifact(path: Path) -> Run | None:
+    """The run an artifact was exported into (RUN/export/<target>/<file>), if any."""
+    p = Path(path).resolve()
+    for parent in p.parents:
+        if parent.name == "export" and (parent / "manifest.json").is_file():
+            return Run(parent.parent)
+    return None
