@@ -124,9 +124,9 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
         return
     from edgehydra.devices.bench import record_measurement
 
-    if profile_name:
-        from edgehydra.devices.profile import load_profile
+    from edgehydra.devices.profile import load_profile
 
+    if profile_name:
         profile_name = load_profile(profile_name).name  # an unknown name fails here, before any work
     if ingest:
         if not artifact:
@@ -148,7 +148,11 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
                 raise click.BadParameter(f"a run on this host measures host_cpu, not {profile_name}",
                                          param_hint="--profile")
         else:
-            res = remote.remote_bench(remote.parse_device(device), Path(artifact), binary, runs, warmup, threads)
+            from edgehydra.exporters.runtime import read_manifest
+
+            prof = load_profile(profile_name) if profile_name else None
+            res = remote.remote_bench(remote.parse_device(device), Path(artifact), binary, runs, warmup, threads,
+                                      manifest=read_manifest(Path(artifact)), profile=prof)
             res.update(remote.artifact_facts(Path(artifact)), runner=res.get("tool"), profile=profile_name)
             atomic_write_json(Path(str(artifact) + f".{device.replace(':', '_').replace('@', '_')}.bench.json"), res)
             record_measurement(Path(artifact), res)

@@ -44,6 +44,18 @@ def backend_status() -> list[dict]:
     return rows
 
 
+def target_status() -> list[dict]:
+    """One row per registered export target, from its record."""
+    from edgehydra.exporters import get_target, list_targets
+
+    rows = []
+    for n in list_targets():
+        t = get_target(n)
+        rows.append({"target": n, "suffix": t.suffix, "precisions": list(t.precisions), "runtime": t.runtime,
+                     "installed": t.installed(), "extra": t.extra, "runs_here": t.runs_here()})
+    return rows
+
+
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def doctor(as_json):
@@ -56,7 +68,8 @@ def doctor(as_json):
 
     rows = backend_status()
     if as_json:
-        click.echo(json.dumps({"python": platform.python_version(), "platform": platform.platform(), "backends": rows}, indent=2))
+        click.echo(json.dumps({"python": platform.python_version(), "platform": platform.platform(), "backends": rows,
+                               "targets": target_status()}, indent=2))
         return
     t = Table(title=f"edgehydra doctor: Python {platform.python_version()} on {platform.system()} {platform.machine()}")
     for c in ("package", "version", "enables"):
@@ -70,3 +83,11 @@ def doctor(as_json):
             ver = "[yellow]not installed[/yellow] (optional)"
         t.add_row(r["package"], ver, r["enables"])
     show(t)
+    tt = Table(title="export targets")
+    for c in ("target", "suffix", "precisions", "verified with", "status"):
+        tt.add_column(c, no_wrap=c == "target")
+    for r in target_status():
+        status = ("[green]ready[/]" if r["runs_here"] else "[yellow]exports; runs elsewhere[/]") if r["installed"] \
+            else f"[red]missing[/] (pip install 'edgehydra[{r['extra']}]')"
+        tt.add_row(r["target"], r["suffix"], ", ".join(r["precisions"]), r["runtime"], status)
+    show(tt)

@@ -8,8 +8,35 @@ import click
 from ._common import SIZE, console, show
 from ._progress import progress_bar
 
-TARGETS = ["executorch", "coreml", "tflite", "onnx", "all"]
-PRECISIONS = ["fp32", "fp16", "int8", "w8"]
+
+
+class RegistryChoice(click.Choice):
+    """click.Choice whose values are read from the export-target registry when the command runs, so a
+    target registered after import (register_target, EDGEHYDRA_TARGETS) is accepted and listed."""
+
+    def __init__(self, values, extra=()):
+        self._values, self._extra = values, tuple(extra)
+        super().__init__(list(extra))
+
+    @property
+    def choices(self):
+        return tuple(self._values()) + self._extra
+
+    @choices.setter
+    def choices(self, _):
+        pass
+
+
+def _targets():
+    from edgehydra.exporters import list_targets
+
+    return list_targets()
+
+
+def _precisions():
+    from edgehydra.exporters import all_precisions
+
+    return all_precisions()
 
 
 def summary_table(rows, title="export summary"):
@@ -28,9 +55,9 @@ def summary_table(rows, title="export summary"):
 
 
 @click.command()
-@click.option("--target", "targets", multiple=True, type=click.Choice(TARGETS), required=True,
+@click.option("--target", "targets", multiple=True, type=RegistryChoice(_targets, ["all"]), required=True,
               help="Repeatable; 'all' exports every installed target.")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(PRECISIONS),
+@click.option("--precision", "precisions", multiple=True, type=RegistryChoice(_precisions),
               help="Repeatable; default: every precision the target supports.")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None, help="Run folder (fp32.pt, ptq/, qat/).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="FP32 checkpoint (instead of --run).")

@@ -20,7 +20,7 @@ import numpy as np
 from edgehydra._io import atomic_write_json, sha256_path
 from edgehydra.errors import BadInputError, EdgeHydraError
 
-RUNTIMES = {".pte": "executorch", ".tflite": "litert", ".onnx": "onnxruntime", ".pt": "pytorch", ".pt2": "pytorch"}
+PYTORCH = (".pt", ".pt2")  # an FP32 checkpoint or a quantised program, timed eagerly; artifacts: the target registry
 
 
 def stats(times_ms: list[float]) -> dict:
@@ -108,10 +108,17 @@ def bench_in_process(path: Path, warmup: int = 5, runs: int = 30, threads: int =
     path = Path(path)
     if not path.exists():
         raise BadInputError(f"artifact not found: {path}")
-    if path.suffix not in RUNTIMES and path.suffix != ".mlpackage":
-        raise BadInputError(f"{path}: cannot benchmark {path.suffix!r} files; expected .pte, .tflite, .onnx, .pt or .pt2")
-    if path.suffix == ".mlpackage" and platform.system() != "Darwin":
-        raise EdgeHydraError(f"{path.name}: Core ML runs only on macOS; use `edgehydra bench --apple-script` on a Mac")
+    from edgehydra.exporters import get_target, list_targets, target_for_suffix
+
+    target = target_for_suffix(path.suffix)
+    if target is None and path.suffix not in PYTORCH:
+        known = ", ".join([get_target(t).suffix for t in list_targets()] + list(PYTORCH))
+        raise BadInputError(f"{path}: cannot benchmark {path.suffix!r} files; expected one of {known}")
+    if target is not None and not get_target(target).runs_here():
+        t = get_target(target)
+        hint = " use `edgehydra bench --apple-script` on a Mac" if target == "coreml" else ""
+        where = ", ".join({"Darwin": "macOS"}.get(o, o) for o in t.runtime_os)
+        raise EdgeHydraError(f"{path.name}: {target} artifacts run only on {where};{hint}")
     base = _rss_mb()
     run, runtime = _make_runner(path, threads, provider, size)
     if path.suffix in (".pt", ".pt2"):

@@ -15,7 +15,6 @@ from pathlib import Path
 from edgehydra.errors import BadInputError
 
 KINDS = ("gpu", "jetson", "phone-npu", "cpu")
-FORMATS = ("executorch", "coreml", "tflite", "onnx")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -104,7 +103,9 @@ def parse_profile(data: dict, where: str) -> Profile:
         if not isinstance(data[k], str) or not data[k]:
             raise BadInputError(f"{where}: {k} must be a non-empty string, got {data[k]!r}")
         kw[k] = data[k]
-    for k, allowed in (("kind", KINDS), ("format", FORMATS), ("precision", PRECISIONS)):
+    from edgehydra.exporters import list_targets  # a profile's format is an export target's name
+
+    for k, allowed in (("kind", KINDS), ("format", tuple(list_targets())), ("precision", PRECISIONS)):
         if kw[k] not in allowed:
             raise BadInputError(f"{where}: {k} = {kw[k]!r}; allowed: {', '.join(allowed)}")
     for k, unit in _NUM.items():

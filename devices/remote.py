@@ -146,9 +146,19 @@ def parse_benchmark_model(text: str) -> dict:
            "p50_from": "median" if us["median"] is not None else "avg (the tool printed no median)"}
     if us["p95"] is not None:
         res["p95_ms"] = us["p95"] / 1e3
-    mem = _f(r"overall=([\d.]+)", text)
-    if mem is not None:
-        res["peak_memory_mb"] = mem
+    # Peak memory is the periodic monitor's line (--report_peak_memory_footprint); the "Memory footprint
+    # delta ... overall=" line is growth since the tool started, not a peak: kept under its own name.
+    peak = _f(r"Overall peak memory footprint \(MB\) via periodic monitoring: ([\d.]+)", text)
+    if peak is not None:
+        res["peak_memory_mb"] = peak
+    delta = _f(r"footprint delta.*overall=([\d.]+)", text)
+    if delta is not None:
+        res["memory_delta_mb"] = delta
+    dl = re.findall(r"Replacing (\d+) out of (\d+) node\(s\) with delegate \((\w+)\)", text)
+    if dl:
+        done, total, name = dl[-1]
+        res["delegate"] = {"name": name, "nodes": int(done), "of": int(total),
+                           "cpu_fallback_nodes": int(total) - int(done)}
     return res
 
 
@@ -189,11 +199,57 @@ def parse_device(spec: str):
     raise BadInputError(f"--device {spec!r}: use host, adb:SERIAL or ssh:user@host")
 
 
+# benchmark_model flags per accelerator a profile names in its compute_unit (TFLite's benchmark tool and
+# the QNN delegate's documentation): NNAPI reaches the Tensor TPU, the GPU delegate the Adreno/Mali GPU,
+# Qualcomm's QNN external delegate the Hexagon NPU (backend htp).
+TFLITE_DELEGATES = [
+    (("hexagon", "qnn", "htp"), ["--external_delegate_path=libQnnTFLiteDelegate.so",
+                                 "--external_delegate_options=backend_type:htp"], "QNN HTP (Hexagon)"),
+    (("nnapi", "tpu", "tensor", "edgetpu"), ["--use_nnapi=true"], "NNAPI"),
+    (("gpu",), ["--use_gpu=true"], "GPU delegate"),
+]
+EXECUTORCH_RUNNERS = {"xnnpack": "xnn_executor_runner", "qnn": "qnn_executor_runner", "coreml": "coreml_executor_runner",
+                      "vulkan": "vulkan_executor_runner"}
+
+
+def remote_plan(suffix: str, manifest: dict | None, profile=None) -> dict:
+    """What runs an artifact on a device, read from its manifest and the device profile: the tool, the
+    binaries to look for, and the flags that make it measure what the profile describes."""
+    man = manifest or {}
+    precision = man.get("precision", "fp32")
+    unit = (getattr(profile, "compute_unit", "") or "").lower()
+    if suffix == ".tflite":
+        for keys, flags, name in TFLITE_DELEGATES:
+            if any(k in unit for k in keys):
+                return {"tool": "benchmark_model", "binaries": ["benchmark_model"], "flags": flags, "accelerator": name}
+        return {"tool": "benchmark_model", "binaries": ["benchmark_model"], "flags": [], "accelerator": "CPU (XNNPACK)"}
+    if suffix == ".pte":
+        delegate = (man.get("facts") or {}).get("delegate", "xnnpack")
+        # the portable executor_runner links no backend: a delegated program fails to load in it
+        return {"tool": "executor_runner", "binaries": [EXECUTORCH_RUNNERS.get(delegate, "executor_runner")],
+                "flags": [], "accelerator": delegate}
+    if suffix == ".onnx":
+        facts = man.get("facts") or {}
+        if precision == "int8" and facts.get("qdq_dtype") == "uint8":
+            raise BadInputError("TensorRT builds only signed int8 Q/DQ: export with `--qdq int8` for a trtexec run")
+        flags = {"int8": ["--int8"], "fp16": ["--fp16"]}.get(precision, [])
+        want = getattr(profile, "precision", None)
+        if precision == "fp32" and want == "fp16":
+            flags = ["--fp16"]  # an fp32 ONNX built as an fp16 engine, as the profile measures
+        if precision == "int8" and want in ("int8", "fp16"):
+            flags = ["--int8", "--fp16"]  # layers outside the Q/DQ pairs in fp16 rather than fp32 (trtexec --best)
+        return {"tool": "trtexec", "binaries": ["trtexec", "/usr/src/tensorrt/bin/trtexec"], "flags": flags,
+                "accelerator": "TensorRT " + (" ".join(f.strip("-") for f in flags) or "fp32")}
+    raise BadInputError(f"remote benchmarks take .tflite, .pte or .onnx, not {suffix!r}")
+
+
 def remote_bench(transport: Transport, artifact: Path, binary: str | None = None, runs: int = 50, warmup: int = 5,
-                 threads: int = 4, precision: str = "int8", timeout: float = 900) -> dict:
+                 threads: int = 4, timeout: float = 900, manifest: dict | None = None, profile=None) -> dict:
     artifact = Path(artifact)
     if not artifact.exists():
         raise BadInputError(f"artifact not found: {artifact}")
+    plan = remote_plan(artifact.suffix, manifest, profile)  # refuses what the tool cannot run, before any copy
+    tool = plan["tool"]
     base = "/data/local/tmp" if isinstance(transport, AdbTransport) else "/tmp"
     work = f"{base}/edgehydra-{uuid.uuid4().hex[:8]}"
     remote_art = f"{work}/{artifact.name}"
@@ -202,28 +258,24 @@ def remote_bench(transport: Transport, artifact: Path, binary: str | None = None
         transport.push(artifact, remote_art)
         suffix = artifact.suffix
         if suffix == ".tflite":
-            exe = binary or _find(transport, ["benchmark_model"], [base, "/data/local/tmp"])
+            exe = binary or _find(transport, plan["binaries"], [base, "/data/local/tmp"])
             argv = [exe, f"--graph={remote_art}", f"--num_threads={threads}", f"--num_runs={runs}",
-                    f"--warmup_runs={warmup}", "--report_peak_memory_footprint=true"]
-            parse, tool = parse_benchmark_model, "benchmark_model"
+                    f"--warmup_runs={warmup}", "--report_peak_memory_footprint=true", *plan["flags"]]
+            parse = parse_benchmark_model
         elif suffix == ".pte":
-            exe = binary or _find(transport, ["executor_runner"], [base, "/data/local/tmp"])
+            exe = binary or _find(transport, plan["binaries"], [base, "/data/local/tmp"])
             argv = [exe, f"--model_path={remote_art}", f"--num_executions={runs}"]
-            parse, tool = parse_executor_runner, "executor_runner"
-        elif suffix == ".onnx":
-            exe = binary or _find(transport, ["trtexec", "/usr/src/tensorrt/bin/trtexec"], [])
-            argv = [exe, f"--onnx={remote_art}", f"--iterations={runs}", f"--warmUp={warmup * 100}"]
-            if precision in ("int8", "fp16"):
-                argv.append(f"--{precision}")
-            parse, tool = parse_trtexec, "trtexec"
+            parse = parse_executor_runner
         else:
-            raise BadInputError(f"{artifact.name}: remote benchmarks take .tflite, .pte or .onnx")
+            exe = binary or _find(transport, plan["binaries"], [])
+            argv = [exe, f"--onnx={remote_art}", f"--iterations={runs}", f"--warmUp={warmup * 100}", *plan["flags"]]
+            parse = parse_trtexec
         r = transport.shell(argv, timeout=timeout)
         if r.rc != 0:
             raise EdgeHydraError(f"{transport.name}: {tool} exited {r.rc}: {(r.err or r.out).strip()[-300:]}")
         res = parse(r.out + "\n" + r.err)
         res.update(device=transport.name, tool=tool, command=Transport.quote(argv), artifact=str(artifact),
-                   threads=threads, warmup=warmup)
+                   threads=threads, warmup=warmup, accelerator=plan["accelerator"])
         return res
     finally:
         try:

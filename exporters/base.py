@@ -255,6 +255,31 @@ class ExportResult:
         return self.status != "failed"
 
 
+# What an artifact's outputs are compared with (one policy, used by export, verify and bench):
+REFERENCES = {"program": "the quantised pt2e program it was converted from (same integer maths)",
+              "fp32": "the FP32 PyTorch model"}
+
+
+def reference_kind(precision: str, facts: dict) -> str:
+    """int8 artifacts built from the run's program are compared with that program; an artifact quantised
+    by its backend's own quantizer (facts["quantised_by"]), and every float artifact, with FP32."""
+    return "program" if precision == "int8" and "quantised_by" not in facts else "fp32"
+
+
+def default_tolerance(precision: str, kind: str) -> Tolerance:
+    return DEFAULT_TOLERANCES["int8_vs_fp32" if (precision == "int8" and kind == "fp32") else precision]
+
+
+def check_parity(runner: Callable, ref_fn: Callable, kind: str, frames: np.ndarray, batch: int, tasks, tol: Tolerance
+                 ) -> dict:
+    """Run ``frames`` through the artifact and its reference; the verification record of a manifest."""
+    ref = run_outputs(ref_fn, frames)
+    got = run_batched(runner, frames, batch)
+    par = parity(ref, got, tasks)
+    return {"parity": par, "frames": int(frames.shape[0]), "tolerance": vars(tol), "reference_kind": kind,
+            "reference": REFERENCES[kind], "failures": within(par, tol)}
+
+
 def artifact_name(precision: str, size, suffix: str) -> str:
     """hydranet_int8_240x320.pte: the file name says the precision and the input size it was built for."""
     return f"hydranet_{precision}_{size[0]}x{size[1]}{suffix}"
@@ -267,7 +292,7 @@ def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir
         raise BadInputError(f"{target.name} does not support precision {req.precision!r}; "
                             f"supported: {', '.join(target.precisions)}")
     target.require()
-    ref_fn = source.reference(req.precision)
+    source.reference(req.precision)  # an int8 export without a quantised program fails here, before building
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / artifact_name(req.precision, req.size, target.suffix)
     for stale in out_dir.glob(f".{final.name}.*"):  # temporaries left by a killed export
@@ -298,31 +323,22 @@ def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir
                 "recipe": source.program.recipe.to_dict() if (req.precision == "int8" and source.program) else None,
                 "tools": tool_versions(*facts.pop("tools", ())), "facts": facts, "verification": {}}
     status, reason = "verified", ""
-    ref_override = facts.pop("reference", None)  # a target that quantises itself brings its own reference
-    tol = req.tol
-    if ref_override is not None:
-        ref_fn = ref_override
-        if req.tolerance is None and facts.get("tolerance_key"):
-            tol = DEFAULT_TOLERANCES[facts["tolerance_key"]]
+    kind = reference_kind(req.precision, facts)
+    tol = req.tolerance or default_tolerance(req.precision, kind)
     try:
         runner = target.load_runner(final, manifest)
     except RunnerUnavailable as e:
         runner, status, reason = None, "exported", f"verification skipped: {e}"
     if runner is not None:
-        ref = run_outputs(ref_fn, frames)
-        got = run_batched(runner, frames, req.batch)
-        par = parity(ref, got, source.config.tasks)
-        fails = within(par, tol)
-        manifest["verification"] = {"parity": par, "frames": int(frames.shape[0]), "tolerance": vars(tol),
-                                    "reference": facts.get("reference_note", "PyTorch " + (
-                                        "quantised program" if req.precision == "int8" else "FP32 model")),
-                                    "failures": fails}
+        ref_fn = source.fp32.eval() if kind == "fp32" else source.reference("int8")
+        manifest["verification"] = check_parity(runner, ref_fn, kind, frames, req.batch, source.config.tasks, tol)
+        fails = manifest["verification"]["failures"]
         if val_eval is not None:
             manifest["metrics"] = val_eval(runner)
         if fails:
             status, reason = "failed", "; ".join(fails)
     else:
-        manifest["verification"] = {"skipped": reason}
+        manifest["verification"] = {"skipped": reason, "reference_kind": kind, "reference": REFERENCES[kind]}
     manifest["status"], manifest["reason"] = status, reason
     atomic_write_json(Path(str(final) + ".manifest.json"), manifest)
     return ExportResult(target.name, req.precision, status, final, manifest, reason)

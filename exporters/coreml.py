@@ -41,6 +41,18 @@ def op_histogram(mlmodel) -> dict:
     return dict(ops)
 
 
+def w8_config(source):
+    """Weight-only int8 as the run's recipe sets weights (granularity, symmetry), on every convolution:
+    coremltools' default leaves weights under 2048 elements in fp16, which would keep most of a small
+    decoder's and every depthwise layer's weights uncompressed."""
+    from coremltools.optimize.coreml import OpLinearQuantizerConfig
+
+    r = source.program.recipe if source.program is not None else None
+    mode = "linear_symmetric" if (r is None or r.weight_symmetric) else "linear"
+    granularity = "per_tensor" if (r is not None and r.weight_granularity == "per_tensor") else "per_channel"
+    return OpLinearQuantizerConfig(mode=mode, granularity=granularity, weight_threshold=1)
+
+
 def build(source, req, path):
     import coremltools as ct
 
@@ -69,7 +81,7 @@ def build(source, req, path):
     kw["compute_precision"] = ct.precision.FLOAT16  # every precision here: the Neural Engine computes in fp16
     ml = ct.convert(ep, **kw)
     if req.precision == "w8":
-        from coremltools.optimize.coreml import OpLinearQuantizerConfig, OptimizationConfig, linear_quantize_weights
+        from coremltools.optimize.coreml import OptimizationConfig, linear_quantize_weights
 
         import warnings
 
@@ -77,7 +89,7 @@ def build(source, req, path):
             # An all-zero output channel (dead after training) gets scale 0 and coremltools divides 0/0;
             # whatever int8 it stores, dequantisation multiplies by that 0 scale, so the weight stays 0.
             warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
-            ml = linear_quantize_weights(ml, OptimizationConfig(global_config=OpLinearQuantizerConfig(mode="linear_symmetric")))
+            ml = linear_quantize_weights(ml, OptimizationConfig(global_config=w8_config(source)))
     ml.short_description = "HydraNet joint semantic segmentation and depth (edgehydra)"
     md = ml.user_defined_metadata
     md["classes"] = json.dumps(list(cfg.class_names))

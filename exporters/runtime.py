@@ -13,10 +13,8 @@ from edgehydra._io import sha256_path
 from edgehydra.errors import BadInputError, EdgeHydraError
 from edgehydra.model import HydraConfig
 
-from . import get_target, list_targets
-from .base import RunnerUnavailable, Tolerance, parity, run_batched, run_outputs, within
-
-SUFFIX_TARGET = {".pte": "executorch", ".tflite": "tflite", ".onnx": "onnx", ".mlpackage": "coreml"}
+from . import get_target, list_targets, target_for_suffix
+from .base import RunnerUnavailable, Tolerance, check_parity, reference_kind
 
 
 @dataclass
@@ -47,9 +45,10 @@ def open_artifact(path: Path, check_hash: bool = True) -> Artifact:
     path = Path(path)
     if not path.exists():
         raise BadInputError(f"artifact not found: {path}")
-    target = SUFFIX_TARGET.get(path.suffix)
+    target = target_for_suffix(path.suffix)
     if target is None:
-        raise BadInputError(f"{path}: unknown artifact type {path.suffix!r}; expected one of {', '.join(SUFFIX_TARGET)}")
+        suffixes = ", ".join(get_target(t).suffix for t in list_targets())
+        raise BadInputError(f"{path}: unknown artifact type {path.suffix!r}; expected one of {suffixes}")
     man = read_manifest(path)
     if check_hash and sha256_path(path) != man.get("sha256"):
         raise EdgeHydraError(f"{path}: sha256 does not match its manifest (modified or corrupt); re-export it")
@@ -65,9 +64,11 @@ def open_artifact(path: Path, check_hash: bool = True) -> Artifact:
 
 def verify_run(run: Path) -> list[dict]:
     """Hashes and parity of every artifact listed in RUN/export/manifest.json."""
+    from edgehydra.run import Run
+
     from .stage import open_source, parity_frames
 
-    mf = Path(run) / "export" / "manifest.json"
+    mf = Run(run).export_manifest
     if not mf.is_file():
         raise BadInputError(f"no export manifest at {mf}: run `edgehydra export --run {run}` first")
     entries = json.loads(mf.read_text())["artifacts"]
@@ -94,7 +95,7 @@ def verify_run(run: Path) -> list[dict]:
         man = read_manifest(path)
         size = tuple(man["size"])
         if size not in frames_cache:
-            frames_cache[size] = parity_frames(open_split(ds, "val", transform=Resize(size)))
+            frames_cache[size] = parity_frames(open_split(dict(ds, size=list(size)), "val", transform=Resize(size)))
         frames = frames_cache[size]
         try:
             runner = get_target(e["target"]).load_runner(path, man)
@@ -102,17 +103,22 @@ def verify_run(run: Path) -> list[dict]:
             row["detail"] = f"parity skipped: {ex}"
             rows.append(row)
             continue
-        if e["precision"] == "int8" and prog is None:
+        ver = man.get("verification") or {}
+        if not ver.get("tolerance"):
+            row["parity_ok"] = False
+            row["detail"] = "the manifest records no parity tolerance: re-export it"
+            rows.append(row)
+            continue
+        kind = ver.get("reference_kind") or reference_kind(e["precision"], man.get("facts") or {})
+        if kind == "program" and prog is None:
             row["detail"] = "no quantised program in the run to compare with"
             rows.append(row)
             continue
-        ref = run_outputs(prog.module if e["precision"] == "int8" else model, frames)
-        got = run_batched(runner, frames, man["input"]["shape"][0])
-        tol = Tolerance(**man["verification"]["tolerance"]) if man.get("verification", {}).get("tolerance") else None
-        par = parity(ref, got, model.config.tasks)
-        fails = within(par, tol) if tol else []
-        row["parity_ok"] = not fails
-        row["detail"] = "; ".join(fails) or f"argmax agreement {par['segm']['argmax_agreement']:.4f}"
+        res = check_parity(runner, prog.module if kind == "program" else model, kind, frames,
+                           man["input"]["shape"][0], model.config.tasks, Tolerance(**ver["tolerance"]))
+        row["parity_ok"] = not res["failures"]
+        row["detail"] = "; ".join(res["failures"]) or (
+            f"argmax agreement {res['parity']['segm']['argmax_agreement']:.4f} vs {kind}")
         rows.append(row)
     return rows
 

@@ -1,7 +1,10 @@
-"""TFLite/LiteRT: fp32 and fp16 via litert-torch, int8 full-integer via LiteRT's quantizer.
+"""TFLite/LiteRT: fp32 and fp16 via litert-torch, int8 full-integer from the run's quantised program.
 
-int8: the fp32 .tflite is calibrated with the quantised program's calibration frames and
-quantised by ai-edge-quantizer with the recipe's translation (see calibration.quantizers).
+int8: the run's pt2e program (PTQ or QAT: its weights and activation ranges) converted by litert-torch's
+pt2e path (QDQ lowered to TFLite's int8 kernels), compared with that program. Two requests cannot be
+served from the program and fall back, saying so in the manifest (``quantised_by``), to re-quantising
+the FP32 model with ai-edge-quantizer, the recipe's translation and the program's calibration frames:
+an input size other than the program's (it is traced at one size) and ``io_dtype`` float.
 ``io_dtype`` int8 (default: what an integer-only NPU wants) or float (QUANTIZE/DEQUANTIZE at the
 edges); with int8 I/O the (scale, zero point) of input and outputs go into the manifest.
 ``layout`` NHWC feeds the model channel-last, as Android camera pipelines produce.
@@ -57,6 +60,26 @@ def _calibration_inputs(source, req, nhwc: bool, facts: dict, limit: int = 64):
         yield x.transpose(0, 2, 3, 1).copy() if nhwc else x
 
 
+def _convert_program(source, nhwc: bool, x, path) -> dict:
+    """The run's pt2e program through litert-torch's pt2e path: its own weights and ranges, int8 I/O."""
+    import copy
+
+    import litert_torch
+    from litert_torch import _config
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    from ._pt2e import unfold_int8_weights
+
+    gm = copy.deepcopy(source.program.module)
+    n = unfold_int8_weights(gm)
+    _config.config.show_progress = False
+    # The quantizer here only tells the converter to lower Q/DQ statically; the graph is already quantised.
+    qc = QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)))
+    litert_torch.convert(_ChannelLast(gm) if nhwc else gm, (x,), quant_config=qc).export(str(path))
+    return {"from_program": {"stage": source.program.meta.get("stage"), "weights_requantised_exactly": n}}
+
+
 def build(source, req, path):
     from edgehydra.calibration.quantizers import translate
 
@@ -71,6 +94,17 @@ def build(source, req, path):
     if req.precision == "fp32":
         _convert_fp32(module, x, path)
         return facts
+    fallback = None
+    if req.precision == "int8":
+        if tuple(req.size) != tuple(source.program.size):
+            fallback = (f"the program is traced at {source.program.size[0]}x{source.program.size[1]}, this export is "
+                        f"{req.size[0]}x{req.size[1]}")
+        elif io_dtype != "int8":
+            fallback = "float I/O was asked for; the program converts with int8 I/O"
+    if req.precision == "int8" and fallback is None:
+        facts.update(_convert_program(source, nhwc, x, path))
+        facts["io_dtype"] = "int8"
+        return _io_facts(facts, path, source, req)
     tmp32 = path.with_name(path.name + ".fp32.tflite")
     try:
         _convert_fp32(module, x, tmp32)
@@ -105,15 +139,16 @@ def build(source, req, path):
             res = q.quantize(cal, enable_progress_bar=False, enable_progress_report=False)
             facts["translation"] = tr.to_dict()
             facts["io_dtype"] = io_dtype
-            facts["reference"] = source.fp32  # parity frames are NCHW; the runner transposes for NHWC
-            facts["tolerance_key"] = "int8_vs_fp32"
-            facts["quantised_by"] = ("ai-edge-quantizer from the FP32 model, with the program's recipe and calibration "
-                                     "frames: a QAT program's trained weights and ranges do not reach this artifact")
-            facts["reference_note"] = ("FP32 model: LiteRT quantises with its own quantizer, so no PyTorch program "
-                                       "has the same integer maths")
+            facts["quantised_by"] = (f"ai-edge-quantizer from the FP32 model, with the program's recipe and calibration "
+                                     f"frames, because {fallback}: the program's trained weights and activation "
+                                     f"ranges do not reach this artifact")
         res.export_model(str(path), overwrite=True)
     finally:
         tmp32.unlink(missing_ok=True)
+    return _io_facts(facts, path, source, req)
+
+
+def _io_facts(facts, path, source, req):
     it = _interpreter(path)
     facts["input_dtype"] = np.dtype(it.get_input_details()[0]["dtype"]).name
     if req.precision == "int8":

@@ -133,4 +133,4 @@ def test_coreml_prediction_off_macos_is_refused(tmp_path):
     pkg.mkdir()
     (tmp_path / "m.mlpackage.manifest.json").write_text(json.dumps({"sha256": "x"}))
     r = CliRunner().invoke(cli, ["bench", "--artifact", str(pkg)])
-    assert r.exit_code == 1 and "Core ML runs only on macOS" in r.output
+    assert r.exit_code == 1 and "coreml artifacts run only on macOS" in r.output

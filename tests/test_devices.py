@@ -101,7 +101,11 @@ def test_calibration_reduces_error_on_synthetic_measurements():
 def test_parsers_on_tool_output():
     b = remote.parse_benchmark_model((FIX / "benchmark_model_android.txt").read_text())
     assert b["runs"] == 50 and math.isclose(b["mean_ms"], 20.3917) and math.isclose(b["min_ms"], 19.711)
-    assert b["peak_memory_mb"] == 15.7266 and "avg" in b["p50_from"]
+    # the "footprint delta" line is growth since start, not a peak: it is not reported as one
+    assert "peak_memory_mb" not in b and b["memory_delta_mb"] == 15.7266 and "avg" in b["p50_from"]
+    q = remote.parse_benchmark_model((FIX / "benchmark_model_qnn.txt").read_text())
+    assert q["peak_memory_mb"] == 41.2383
+    assert q["delegate"] == {"name": "TfLiteQnnDelegate", "nodes": 118, "of": 121, "cpu_fallback_nodes": 3}
     e = remote.parse_executor_runner((FIX / "executor_runner.txt").read_text())
     assert e["runs"] == 50 and math.isclose(e["mean_ms"], 1010.321 / 50)
     t = remote.parse_trtexec((FIX / "trtexec_orin.txt").read_text())
@@ -243,3 +247,22 @@ def test_devices_table_never_cuts_a_profile_name():
     assert r.exit_code == 0, r.output
     cells = {c.strip() for line in r.output.splitlines() for c in line.split("│")}
     assert set(list_profiles()) <= cells and "…" not in r.output
+
+
+def test_remote_command_follows_the_artifact_and_the_profile():
+    """The tool's flags measure what the profile describes: its accelerator, the artifact's precision."""
+    from edgehydra.devices.profile import load_profile
+    from edgehydra.errors import BadInputError
+
+    plan = lambda suffix, man, dev: remote.remote_plan(suffix, man, load_profile(dev) if dev else None)  # noqa: E731
+    assert plan(".tflite", {"precision": "int8"}, "snapdragon8gen3_hexagon")["flags"][0].startswith(
+        "--external_delegate_path=libQnnTFLiteDelegate")
+    assert plan(".tflite", {"precision": "int8"}, "pixel8pro_tensorg3")["flags"] == ["--use_nnapi=true"]
+    assert plan(".tflite", {"precision": "int8"}, None)["flags"] == []
+    s8 = {"precision": "int8", "facts": {"qdq_dtype": "int8"}}
+    assert plan(".onnx", s8, "jetson_orin_nano_8gb")["flags"] == ["--int8", "--fp16"]
+    assert plan(".onnx", {"precision": "fp32"}, "rtx4090")["flags"] == ["--fp16"]  # never --int8 on an fp32 ONNX
+    assert plan(".onnx", {"precision": "fp32"}, None)["flags"] == []
+    with pytest.raises(BadInputError, match="qdq int8"):
+        plan(".onnx", {"precision": "int8", "facts": {"qdq_dtype": "uint8"}}, "jetson_orin_nano_8gb")
+    assert plan(".pte", {"facts": {"delegate": "xnnpack"}}, "raspberrypi5")["binaries"] == ["xnn_executor_runner"]

@@ -63,8 +63,9 @@ def test_round_trip_in_own_runtime(exported, target, precision):
         assert m["facts"]["qdq_nodes"] > 0 and m["facts"]["qdq_dtype"] == "uint8"
     if precision == "int8":  # the artifact names the quantised program it was made from
         assert m["source_program"]["stage"] in ("ptq", "qat") and len(m["source_program"]["sha256"]) == 64
-        # LiteRT quantises with its own quantizer: the manifest says the program's weights did not reach it
-        assert m["source_program"]["weights_and_ranges_carried_over"] == (target != "tflite")
+        # every int8 artifact carries the program's own weights and ranges (TFLite through litert-torch's pt2e path)
+        assert m["source_program"]["weights_and_ranges_carried_over"] is True
+        assert m["verification"]["reference_kind"] in ("program",) or not get_target(target).runs_here()
     if target == "tflite" and precision == "int8":
         q = m["facts"]["io_quantization"]
         assert q["input"]["dtype"] == "int8" and q["input"]["scale"] > 0
@@ -85,6 +86,10 @@ def test_tflite_float_io_and_nhwc(tiny_run, tmp_path):
     r = res[0]
     assert r.status == "verified", r.reason
     assert r.manifest["facts"]["layout"] == "NHWC" and r.manifest["input"]["dtype"] == "float32"
+    # float I/O cannot come from the program: re-quantised from FP32, and the manifest says so and why
+    assert not r.manifest["source_program"]["weights_and_ranges_carried_over"]
+    assert "float I/O" in r.manifest["source_program"]["quantised_by"]
+    assert r.manifest["verification"]["reference_kind"] == "fp32"
     from edgehydra.exporters.tflite import _interpreter
 
     it = _interpreter(r.path)

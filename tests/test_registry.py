@@ -1,0 +1,51 @@
+"""A new export target touches its own module and one registry line: the CLI's choices, `doctor`,
+`run`, `bench` (in its worker process) and `verify` all see it."""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image
+
+from edgehydra.commands import cli
+
+HERE = Path(__file__).parent
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_a_throwaway_target_reaches_every_command(tiny_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEHYDRA_TARGETS", "torchscript=_torchscript_target")  # the one registry line
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(str(HERE))
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "measurements"))
+
+    r = invoke("export", "--run", run, "--target", "torchscript")
+    assert r.exit_code == 0, r.output
+    art = run / "export" / "torchscript" / "hydranet_fp32_64x96.ts"
+    man = json.loads(Path(str(art) + ".manifest.json").read_text())
+    assert man["status"] == "verified" and man["verification"]["reference_kind"] == "fp32"
+    assert "torchscript" in invoke("export", "--help").output
+
+    doc = json.loads(invoke("doctor", "--json").output)
+    assert {"target": "torchscript", "suffix": ".ts", "installed": True}.items() <= {
+        k: v for t in doc["targets"] if t["target"] == "torchscript" for k, v in t.items()}.items()
+
+    img = tmp_path / "frame.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(img)
+    r = invoke("run", "--artifact", art, "--out", tmp_path / "panels", img)
+    assert r.exit_code == 0, r.output
+    assert list((tmp_path / "panels").glob("*.png"))
+
+    r = invoke("bench", "--artifact", art, "--runs", 3, "--warmup", 1)  # a fresh worker process
+    assert r.exit_code == 0, r.output
+    assert json.loads(Path(str(art) + ".bench.json").read_text())["runtime"] == "torchscript"
+
+    r = invoke("verify", "--run", run)
+    assert r.exit_code == 0, r.output
+    assert "hydranet_fp32_64x96.ts" in r.output
