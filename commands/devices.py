@@ -211,6 +211,8 @@ def check(run_dir, devices_, as_json):
                 c.print(f"[bold]{r['device']}[/] at {size}: [yellow]{r['verdict']}[/]")
             if r.get("profile_note"):
                 c.print(r["profile_note"])
+            if r.get("provenance"):
+                c.print(r["provenance"])
             if r.get("reason"):
                 c.print(r["reason"])
             if "int8_vs_fp16" in r:

@@ -140,7 +140,10 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
     e16 = estimate(model, profile, "fp16", size)["total_ms"]
     acc_ok = all(r["pass"] for r in rows[5:])
     rec = "int8" if e8 < e16 else "fp16"
-    return {"device": profile.name, "description": profile.description, "artifact": a["path"],
+    prog = a.get("source_program") or {}
+    provenance = (f"{a['path']} was quantised by {prog['quantised_by']}" if prog.get("quantised_by")
+                  else f"{a['path']} carries the {prog['stage']} program's weights and ranges" if prog else None)
+    return {"device": profile.name, "description": profile.description, "artifact": a["path"], "provenance": provenance,
             "artifact_sha256": a.get("sha256"), "precision": a["precision"], "size": list(size), "rows": rows,
             "verdict": "PASS" if all(r["pass"] for r in rows) else "FAIL",
             "latency_source": "measured" if meas else "estimated", "measurement": meas.get("record") if meas else None,

@@ -101,10 +101,11 @@ def panels(run: Path, outdir: Path, limit_synth: int = 2) -> list[Path]:
     from edgehydra.data.layout import read_rgb
     from edgehydra.visualize import find_ground_truth, panel, run_on_image
 
-    model, _ = load_checkpoint(run / "fp32.pt")
+    from edgehydra.run import Run
+
+    model, _ = load_checkpoint(Run(run).checkpoint())
     cfg = model.config
-    size = cfg.input_size
-    fwds = [("FP32", lambda x: model(x))]
+    fwds = [("FP32", lambda x: model(x), cfg.input_size)]  # each runs at its own input size
     man = _load(run / "export" / "manifest.json") or {"artifacts": []}
     from edgehydra.exporters.runtime import open_artifact
 
@@ -114,7 +115,7 @@ def panels(run: Path, outdir: Path, limit_synth: int = 2) -> list[Path]:
                 art = open_artifact(run / "export" / a["path"])
             except Exception:  # noqa: BLE001 - a panel row missing is reported by the artifact table
                 continue
-            fwds.append((f"{a['target']} {a['precision']}", art.forward))
+            fwds.append((f"{a['target']} {a['precision']} {art.size[0]}x{art.size[1]}", art.forward, art.size))
     written = []
     from edgehydra.data.synthroom import SynthConfig, generate_frame
     from edgehydra.data import SYNTH_VAL_SEED_OFFSET
@@ -129,7 +130,7 @@ def panels(run: Path, outdir: Path, limit_synth: int = 2) -> list[Path]:
     for name, rgb, gt in frames:
         rows = [("ground truth", gt)] if gt else []
         with torch.no_grad():
-            rows += [(label, run_on_image(f, cfg, rgb, size)) for label, f in fwds]
+            rows += [(label, run_on_image(f, cfg, rgb, size)) for label, f, size in fwds]
         written.append(panel(rgb, rows, outdir / f"panel_{name}.png"))
     return written
 
@@ -146,20 +147,22 @@ def collect(run: Path) -> dict:
 
 
 def artifact_rows(d: dict) -> list[dict]:
-    bench = {(b["target"], b["precision"]): b for b in ((d.get("bench") or {}).get("result", {}).get("rows", []))}
+    brows = (d.get("bench") or {}).get("result", {}).get("rows", [])
+    bench = {Path(b["artifact"]).name: b for b in brows if b.get("target") != "pytorch"}  # one per artifact file
     verdicts = {}
     for c in d.get("check") or []:
         if c.get("artifact"):
             verdicts.setdefault(c["artifact"], []).append(f"{c['device']}: {c['verdict']}")
     rows = []
     for a in (d.get("manifest") or {}).get("artifacts", []):
-        b = bench.get((a["target"], a["precision"]))
+        b = bench.get(Path(a["path"]).name) if a.get("path") else None
         m = a.get("metrics") or {}
-        rows.append({"target": a["target"], "precision": a["precision"], "status": a["status"],
+        size = "x".join(map(str, a.get("size") or []))
+        rows.append({"target": a["target"], "precision": f"{a['precision']} {size}".strip(), "status": a["status"],
                      "reason": a.get("reason", ""), "size_mb": (a.get("size_bytes") or 0) / 2 ** 20,
                      "miou": m.get("miou"), "rmse": m.get("rmse"), "ms": b["p50_ms"] if b else None,
                      "fps": 1000 / b["p50_ms"] if b else None, "verdicts": ", ".join(verdicts.get(a.get("path"), [])) or "-"})
-    e = bench.get(("pytorch", "fp32"))
+    e = next((b for b in brows if b.get("target") == "pytorch"), None)
     if e:
         rows.append({"target": "pytorch eager", "precision": "fp32", "status": "reference", "reason": "", "size_mb": None,
                      "miou": (d.get("fp32") or {}).get("metrics", {}).get("miou"),
@@ -181,7 +184,7 @@ def write_report(run: Path) -> list[Path]:
     p = est_vs_meas_plot(d.get("cal"), out / "estimated_vs_measured.png")
     if p:
         imgs["est_meas"] = p
-    pans = panels(run, out) if (run / "fp32.pt").is_file() else []
+    pans = panels(run, out)
     md, body = [], []
 
     def section(title, md_lines, html_str):
