@@ -18,6 +18,7 @@ def cpu(name):
     ("amd_epyc_zen3_kvm.txt", "Zen 3", 2, 256, 2, "AVX2 FMA"),
     ("amd_epyc_zen4.txt", "Zen 4", 2, 256, 4, "AVX-512 FMA VNNI BF16"),
     ("intel_xeon_spr_kvm.txt", "Sapphire Rapids", 2, 512, 4, "AVX-512 FMA VNNI AVX-VNNI BF16 FP16 AMX"),
+    ("intel_xeon_emr_kvm.txt", "Emerald Rapids", 2, 512, 4, "AVX-512 FMA VNNI AVX-VNNI BF16 FP16 AMX"),
     ("intel_xeon_cascadelake_silver.txt", "Skylake-SP/Cascade Lake", 1, 512, 4, "AVX-512 FMA VNNI"),
 ])
 def test_microarchitecture_from_cpuinfo(name, arch, pipes, bits, i8, isa):
