@@ -143,6 +143,8 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
     prog = a.get("source_program") or {}
     provenance = (f"{a['path']} was quantised by {prog['quantised_by']}" if prog.get("quantised_by")
                   else f"{a['path']} carries the {prog['stage']} program's weights and ranges" if prog else None)
+    if a.get("not_honoured"):
+        provenance = (provenance or a["path"]) + "; not honoured: " + "; ".join(a["not_honoured"])
     return {"device": profile.name, "description": profile.description, "artifact": a["path"], "provenance": provenance,
             "artifact_sha256": a.get("sha256"), "precision": a["precision"], "size": list(size), "rows": rows,
             "verdict": "PASS" if all(r["pass"] for r in rows) else "FAIL",

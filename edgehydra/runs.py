@@ -19,6 +19,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Resize, TrainAugment, open_dataset
 from .errors import BadInputError
 from .registry import create_model
+from .run import Run
 from .train import EpochAugmented, TrainConfig, evaluate, fit, is_main
 
 DEFAULT_MODEL = {"synthroom": "hydranet_small", "nyud": "hydranet_nyud", "kitti": "hydranet_kitti"}
@@ -40,7 +41,7 @@ def open_split(ds: dict, split: str, transform=None):
 def train_run(out: Path, dataset: str, model_name: str | None, cfg: TrainConfig, size=None, frames=None,
               val_frames=None, resume: bool = False, progress=None, console=None) -> dict:
     out = Path(out)
-    ckpt_path = out / "fp32.pt"
+    ckpt_path = Run(out).fp32
     ds = data_settings(dataset, size, frames, val_frames, cfg.seed)
     model_name = model_name or DEFAULT_MODEL.get(dataset, "hydranet_nyud")
     resume_state = None

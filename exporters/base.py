@@ -307,6 +307,12 @@ def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir
                                  f"{final}: free space and export again") from None
         raise
     export_s = time.perf_counter() - t0
+    if req.precision == "int8" and source.program is not None and "translation" not in facts:
+        # what this target could not honour of the recipe the program was quantised with, recorded for every
+        # target (the TFLite fallback records its own ai-edge-quantizer translation)
+        from edgehydra.calibration.quantizers import translate
+
+        facts["translation"] = translate(source.program.recipe, "xnnpack", target=target.name).to_dict()
     manifest = {"artifact": final.name, "target": target.name, "precision": req.precision,
                 "input": {"name": "image", "shape": [req.batch, 3, *req.size], "layout": facts.get("layout", "NCHW"),
                           "dtype": facts.get("input_dtype", "float32"),
@@ -321,6 +327,7 @@ def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir
                                     **({"quantised_by": facts["quantised_by"]} if "quantised_by" in facts else {})}
                                    if (req.precision == "int8" and source.program) else None),
                 "recipe": source.program.recipe.to_dict() if (req.precision == "int8" and source.program) else None,
+                "not_honoured": list((facts.get("translation") or {}).get("issues", [])),
                 "tools": tool_versions(*facts.pop("tools", ())), "facts": facts, "verification": {}}
     status, reason = "verified", ""
     kind = reference_kind(req.precision, facts)

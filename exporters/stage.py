@@ -92,6 +92,14 @@ def plan(targets: list[str], precisions: list[str] | None, have_program: bool) -
     return pairs
 
 
+def dropped_int8(targets: list[str], precisions: list[str] | None, have_program: bool) -> list[str]:
+    """Targets whose int8 row a default plan leaves out because the run has no quantised program."""
+    if precisions or have_program:
+        return []
+    names = installed_targets() if targets == ["all"] else targets
+    return [t for t in names if "int8" in get_target(t).precisions]
+
+
 def export_run(out: Path, targets: list[str], precisions: list[str] | None = None, *, run: Path | None = None,
                checkpoint: Path | None = None, program: Path | None = None, dataset: str | None = None, size=None,
                options: dict | None = None, tolerances: dict | None = None, eval_frames: int = 32,
@@ -104,7 +112,10 @@ def export_run(out: Path, targets: list[str], precisions: list[str] | None = Non
     source = Source(model, model.config, info["sha256"], prog, calib_ds)
     frames = parity_frames(val)
     pairs = plan(targets, precisions, prog is not None)
-    results: list[ExportResult] = []
+    results: list[ExportResult] = [
+        ExportResult(t, "int8", "skipped", None, {}, "no quantised program: run `edgehydra ptq` (or `qat`) on this "
+                                                     "run first, or pass --program FILE.pt2")
+        for t in dropped_int8(targets, precisions, prog is not None)]
     task = progress.add_task("export", total=len(pairs)) if progress else None
     for t, p in pairs:
         tgt = get_target(t)
@@ -144,7 +155,7 @@ def write_manifest(out: Path, results: list[ExportResult], ds: dict, size) -> No
         e = {"target": r.target, "precision": r.precision, "size": list(size), "status": r.status, "reason": r.reason,
              "path": str(r.path.relative_to(out)) if r.path else None}
         e.update({k: r.manifest.get(k) for k in ("sha256", "size_bytes", "export_seconds", "verification", "metrics",
-                                                 "facts", "tools", "recipe", "source_program") if k in r.manifest})
+                                                 "facts", "tools", "recipe", "source_program", "not_honoured") if k in r.manifest})
         entries.append(e)
     keys = {(e["target"], e["precision"], tuple(e["size"])) for e in entries}
     old = out / "manifest.json"

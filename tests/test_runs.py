@@ -91,3 +91,17 @@ def test_export_at_a_second_size_adds_to_the_run(tiny_run, tmp_path):
     assert sorted(a["path"] for a in man["artifacts"]) == ["onnx/hydranet_fp32_64x96.onnx", "onnx/hydranet_fp32_96x128.onnx"]
     a = {tuple(x["size"]): x for x in man["artifacts"]}
     assert a[(96, 128)]["metrics"]["frames"] == 2  # accuracy of that artifact, at its own size
+
+
+def test_default_export_without_a_program_says_which_int8_rows_it_left_out(tiny_run, tmp_path):
+    from edgehydra.exporters.stage import export_run
+
+    run = tmp_path / "r"
+    run.mkdir()
+    shutil.copy(tiny_run / "fp32.pt", run / "fp32.pt")  # trained, never quantised
+    res = {(r.target, r.precision): r for r in export_run(run / "export", ["onnx"], run=run, eval_frames=2)}
+    assert res[("onnx", "fp32")].status == "verified"
+    assert res[("onnx", "int8")].status == "skipped" and "edgehydra ptq" in res[("onnx", "int8")].reason
+    man = json.loads((run / "export" / "manifest.json").read_text())
+    assert {(a["target"], a["precision"], a["status"]) for a in man["artifacts"]} == {
+        ("onnx", "fp32", "verified"), ("onnx", "int8", "skipped")}
