@@ -38,7 +38,7 @@ def _rss_mb() -> float:
 
 
 def _make_runner(path: Path, threads: int, provider: str | None, size):
-    """(callable on one input, input array, runtime name) for an artifact or a PyTorch checkpoint."""
+    """(callable on one input, runtime name, input size, precision) for an artifact or a PyTorch checkpoint."""
     import torch
 
     suffix = path.suffix
@@ -64,10 +64,11 @@ def _make_runner(path: Path, threads: int, provider: str | None, size):
             with torch.no_grad():
                 model(x)
 
-        return run, "pytorch-eager"
+        return run, "pytorch-eager", tuple(sz), "int8" if suffix == ".pt2" else "fp32"
     from edgehydra.exporters.runtime import open_artifact, read_manifest
 
     man = read_manifest(path)
+    facts = (tuple(man["size"]), man["precision"])
     x = np.random.default_rng(0).standard_normal(man["input"]["shape"]).astype(np.float32)
     if suffix == ".onnx":
         import onnxruntime as ort
@@ -77,28 +78,22 @@ def _make_runner(path: Path, threads: int, provider: str | None, size):
         provs = [provider] if provider else ["CPUExecutionProvider"]
         sess = ort.InferenceSession(str(path), so, providers=provs)
         name = sess.get_inputs()[0].name
-        return (lambda: sess.run(None, {name: x})), f"onnxruntime[{sess.get_providers()[0]}]"
+        return (lambda: sess.run(None, {name: x})), f"onnxruntime[{sess.get_providers()[0]}]", *facts
     if suffix == ".tflite":
         from edgehydra.exporters.tflite import _interpreter
 
         it = _interpreter(path, threads)  # the interpreter knows its own input shape, layout and dtype
         inp = it.get_input_details()[0]
         it.set_tensor(inp["index"], np.zeros(inp["shape"], inp["dtype"]))
-        return it.invoke, "litert"
+        return it.invoke, "litert", *facts
     if suffix == ".pte":
         from edgehydra.exporters.executorch import runtime, runtime_threads
 
         method = runtime(threads).load_program(str(path)).load_method("forward")
         xt = torch.from_numpy(x)
-        return (lambda: method.execute([xt])), f"executorch[{runtime_threads()} threads]"
+        return (lambda: method.execute([xt])), f"executorch[{runtime_threads()} threads]", *facts
     art = open_artifact(path)
-    return (lambda: art.runner(x)), art.target
-
-
-def load_program_size(path: Path):
-    from edgehydra.calibration.program import load_program
-
-    return load_program(path).size
+    return (lambda: art.runner(x)), art.target, *facts
 
 
 def bench_in_process(path: Path, warmup: int = 5, runs: int = 30, threads: int = 2, provider: str | None = None,
@@ -114,24 +109,13 @@ def bench_in_process(path: Path, warmup: int = 5, runs: int = 30, threads: int =
     if target is None and path.suffix not in PYTORCH:
         known = ", ".join([get_target(t).suffix for t in list_targets()] + list(PYTORCH))
         raise BadInputError(f"{path}: cannot benchmark {path.suffix!r} files; expected one of {known}")
-    if target is not None and not get_target(target).runs_here():
-        t = get_target(target)
+    t = get_target(target) if target is not None else None
+    if t is not None and not t.runs_here():
         hint = " use `edgehydra bench --apple-script` on a Mac" if target == "coreml" else ""
         where = ", ".join({"Darwin": "macOS"}.get(o, o) for o in t.runtime_os)
         raise EdgeHydraError(f"{path.name}: {target} artifacts run only on {where};{hint}")
     base = _rss_mb()
-    run, runtime = _make_runner(path, threads, provider, size)
-    if path.suffix in (".pt", ".pt2"):
-        from edgehydra.checkpoint import load_checkpoint
-
-        precision = "int8" if path.suffix == ".pt2" else "fp32"
-        if size is None:
-            size = (load_program_size(path) if path.suffix == ".pt2" else load_checkpoint(path)[0].config.input_size)
-    else:
-        from edgehydra.exporters.runtime import read_manifest
-
-        man = read_manifest(path)
-        precision, size = man["precision"], man["size"]
+    run, runtime, size, precision = _make_runner(path, threads, provider, size)
     for _ in range(warmup):
         run()
     times = []
