@@ -190,7 +190,9 @@ def main():
         from ops import pte_files
 
         h, w = (int(v) for v in a.size.split("x"))
-        ckpt = Path(a.run) / "fp32.pt"
+        from edgehydra.run import Run
+
+        ckpt = Run(a.run).fp32
         torch.manual_seed(0)
         if ckpt.is_file() and not a.model:
             from edgehydra.checkpoint import load_checkpoint

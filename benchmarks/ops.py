@@ -131,7 +131,9 @@ def main():
     h, w = (int(v) for v in a.size.split("x"))
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    ckpt = Path(a.run) / "fp32.pt"
+    from edgehydra.run import Run
+
+    ckpt = Run(a.run).fp32
     if ckpt.is_file():
         from edgehydra.checkpoint import load_checkpoint
 

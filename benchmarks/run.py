@@ -168,7 +168,9 @@ def main():
     from edgehydra.exporters.executorch import runtime as executorch_runtime
     from edgehydra.exporters.stage import export_run
 
-    run = Path(a.run)
+    from edgehydra.run import Run
+
+    run = Run(a.run)
     from edgehydra.devices.host import isa_summary, microarch, read_cpuinfo
 
     cpu = read_cpuinfo()
@@ -177,9 +179,9 @@ def main():
            "isa": isa_summary(cpu.flags), "threads": a.threads,
            "torch": torch.__version__, "sizes": {}}
     tmp = Path(tempfile.mkdtemp(prefix="edgehydra-bench-"))
-    trained = (run / "fp32.pt").is_file() and not a.model
+    trained = run.fp32.is_file() and not a.model
     if trained:
-        ckpt = run / "fp32.pt"
+        ckpt = run.fp32
     else:  # an untrained model still gives true latencies (no accuracy figures then)
         from edgehydra import create_model
 
@@ -201,9 +203,10 @@ def main():
         print(f"size {h}x{w}: PTQ + export ...", file=sys.stderr)
         d = tmp / f"{h}x{w}"
         d.mkdir()
-        shutil_copy(ckpt, d / "fp32.pt")
-        rep = ptq_run(d / "fp32.pt", d / "ptq", "w8a8", size=(h, w), calib_frames=16, val_limit=8)
-        results = export_run(d / "export", ["executorch", "tflite", "onnx"], ["fp32", "int8"], run=d, size=(h, w),
+        dr = Run(d)
+        shutil_copy(ckpt, dr.fp32)
+        rep = ptq_run(dr.fp32, dr, "w8a8", size=(h, w), calib_frames=16, val_limit=8)
+        results = export_run(dr.export_dir, ["executorch", "tflite", "onnx"], ["fp32", "int8"], run=d, size=(h, w),
                              eval_frames=4)
         export_s = {f"{r.target}_{r.precision}": r.manifest.get("export_seconds") for r in results}
         gc.collect()  # the verification's runtimes go before anything is timed
@@ -235,7 +238,7 @@ def main():
                     pte.clear()
         runner = None
         gc.collect()
-        onnx_fp32 = d / "export" / "onnx" / f"hydranet_fp32_{h}x{w}.onnx"
+        onnx_fp32 = dr.export_dir / "onnx" / f"hydranet_fp32_{h}x{w}.onnx"
         if onnx_fp32.is_file():
             from edgehydra.exporters.stage import parity_frames
             from edgehydra.runs import open_split
@@ -273,8 +276,8 @@ def main():
         res["sizes"][f"{h}x{w}"] = entry
         if trained:
             res["accuracy_drop"] = {"fp32": rep["metrics"]["fp32"], "ptq": rep["metrics"]["ptq"]}
-    if trained and (run / "qat" / "report.json").is_file():
-        q = json.loads((run / "qat" / "report.json").read_text())["metrics"]
+    if trained and run.stage_report("qat").is_file():
+        q = json.loads(run.stage_report("qat").read_text())["metrics"]
         res["accuracy_drop"] = {k: q[k] for k in ("fp32", "ptq", "qat") if k in q}
     res["estimate_vs_measured"] = estimate_section(model, host, res["sizes"])
     res["gpu"] = gpu_section(tmp)

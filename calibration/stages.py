@@ -1,8 +1,10 @@
 """PTQ and QAT as run-folder stages: what `edgehydra ptq` and `edgehydra qat` (and the demo) call.
 
-    runs/NAME/ptq/program.pt2   converted pt2e program (XNNPACK recipe translation)
-    runs/NAME/ptq/report.json   recipe, translation issues, calibration set, FP32 vs PTQ metrics
-    runs/NAME/qat/program.pt2   QAT program;  qat/state.pt resume state;  qat/report.json FP32/PTQ/QAT
+    RUN/ptq/program.pt2   converted pt2e program (XNNPACK recipe translation)
+    RUN/ptq/report.json   recipe, translation issues, calibration set, FP32 vs PTQ metrics
+    RUN/qat/program.pt2   QAT program;  qat/state.pt resume state;  qat/report.json FP32/PTQ/QAT
+
+Both take the run folder and ask :class:`edgehydra.run.Run` for every path in it.
 """
 from __future__ import annotations
 
@@ -41,13 +43,14 @@ def _eval(fwd, val, cfg, limit=None, progress=None):
     return m
 
 
-def ptq_run(checkpoint: Path, out: Path, recipe_spec=None, dataset: str | None = None, size=None,
+def ptq_run(checkpoint: Path, run: Run | Path, recipe_spec=None, dataset: str | None = None, size=None,
             calib_frames: int = 200, seed: int = 0, progress=None, val_limit: int | None = None) -> dict:
-    out = Path(out)
+    """PTQ into the run folder ``run``: its program and report go where the run record says (RUN/ptq/)."""
+    run = run if isinstance(run, Run) else Run(run)
     recipe = load_recipe(recipe_spec)
     model, info = load_checkpoint(checkpoint)
-    ds, size, train, val = _datasets(Path(checkpoint), dataset, size, Run(out.parent))
-    Run(out.parent).note_source(checkpoint, info["sha256"], ds)
+    ds, size, train, val = _datasets(Path(checkpoint), dataset, size, run)
+    run.note_source(checkpoint, info["sha256"], ds)
     t0 = time.perf_counter()
     calib = select_calibration(train, calib_frames, seed)
     converted, tr = quantize_ptq(model, recipe, train, calib, size, progress=progress)
@@ -55,26 +58,27 @@ def ptq_run(checkpoint: Path, out: Path, recipe_spec=None, dataset: str | None =
     meta = {"stage": "ptq", "source_checkpoint": str(checkpoint), "source_sha256": info["sha256"],
             "calibration": calib.to_dict(), "translation": tr.to_dict(), "data": ds,
             "quantized_layers": len(q_layers), "float_layers": f_layers}
-    prog_path = save_program(converted, out / "program.pt2", model.config, recipe, size, meta)
+    prog_path = save_program(converted, run.program_path("ptq"), model.config, recipe, size, meta)
     fp32 = _eval(model, val, model.config, val_limit, progress)
     ptq = _eval(converted, val, model.config, val_limit, progress)
     report = {"recipe": recipe.to_dict(), "translation": tr.to_dict(), "calibration": {
         k: v for k, v in calib.to_dict().items() if k not in ("indices",)}, "float_layers": f_layers,
         "metrics": {"fp32": fp32, "ptq": ptq}, "program": str(prog_path), "program_sha256": sha256_path(prog_path),
         "seconds": time.perf_counter() - t0, "data": ds}
-    atomic_write_json(out / "report.json", report)
+    atomic_write_json(run.stage_report("ptq"), report)
     return report
 
 
-def qat_run(checkpoint: Path, out: Path, cfg: TrainConfig, recipe_spec=None, dataset: str | None = None, size=None,
+def qat_run(checkpoint: Path, run: Run | Path, cfg: TrainConfig, recipe_spec=None, dataset: str | None = None, size=None,
             distill: bool = True, resume: bool = False, ptq_report: Path | None = None, progress=None,
             val_limit: int | None = None, frames: int | None = None, calib_frames: int = 200) -> dict:
-    out = Path(out)
+    """QAT into the run folder ``run`` (RUN/qat/: program, report, resume state)."""
+    run = run if isinstance(run, Run) else Run(run)
     recipe = load_recipe(recipe_spec)
     fp32_model, info = load_checkpoint(checkpoint)
-    ds, size, resized, val = _datasets(Path(checkpoint), dataset, size, Run(out.parent))
+    ds, size, resized, val = _datasets(Path(checkpoint), dataset, size, run)
     if is_main():
-        Run(out.parent).note_source(checkpoint, info["sha256"], ds)
+        run.note_source(checkpoint, info["sha256"], ds)
     from edgehydra.data import TrainAugment
 
     base = open_split(ds, "train")
@@ -84,7 +88,7 @@ def qat_run(checkpoint: Path, out: Path, cfg: TrainConfig, recipe_spec=None, dat
     student, _ = load_checkpoint(checkpoint)
     gm, tr = prepare_qat(student, recipe, size)
     ctl = QATController(gm, recipe)
-    state_path = out / "state.pt"
+    state_path = run.qat_state
     resume_state = None
     if resume:
         if not state_path.is_file():
@@ -115,7 +119,7 @@ def qat_run(checkpoint: Path, out: Path, cfg: TrainConfig, recipe_spec=None, dat
     extra = distill_loss(teacher, fp32_model.config.tasks) if distill else None
     t0 = time.perf_counter()
     state = fit(gm, train, cfg, tasks=fp32_model.config.tasks, num_classes=fp32_model.config.num_classes,
-                depth_cap=getattr(val, "depth_cap", fp32_model.config.depth_cap), out_dir=out, val_ds=val,
+                depth_cap=getattr(val, "depth_cap", fp32_model.config.depth_cap), out_dir=run.stage_dir("qat"), val_ds=val,
                 save=save, resume=resume_state, set_train=ctl.set_train, set_eval=ctl.set_eval,
                 epoch_hook=ctl.epoch_hook, extra_loss=extra, progress=progress, drop_last=False, val_limit=val_limit)
     train_s = time.perf_counter() - t0
@@ -129,9 +133,9 @@ def qat_run(checkpoint: Path, out: Path, cfg: TrainConfig, recipe_spec=None, dat
     meta = {"stage": "qat", "source_checkpoint": str(checkpoint), "source_sha256": info["sha256"],
             "translation": tr.to_dict(), "data": ds, "qat_events": ctl.events, "distill": distill,
             "train_config": asdict(cfg), "quantized_layers": len(q_layers), "float_layers": f_layers}
-    prog_path = save_program(converted, out / "program.pt2", fp32_model.config, recipe, size, meta) if is_main() else None
+    prog_path = save_program(converted, run.program_path("qat"), fp32_model.config, recipe, size, meta) if is_main() else None
     metrics = {"fp32": _eval(fp32_model, val, fp32_model.config, val_limit, progress)}
-    ptq_path = Path(ptq_report) if ptq_report else out.parent / "ptq" / "report.json"
+    ptq_path = Path(ptq_report) if ptq_report else run.stage_report("ptq")
     if ptq_path.is_file():
         metrics["ptq"] = read_json(ptq_path)["metrics"]["ptq"]
     metrics["qat_fake_quant"] = fq
@@ -142,7 +146,7 @@ def qat_run(checkpoint: Path, out: Path, cfg: TrainConfig, recipe_spec=None, dat
               "calibration": {k: v for k, v in calib.to_dict().items() if k != "indices"} if calib else None,
               "program_sha256": sha256_path(prog_path) if prog_path else None}
     if is_main():
-        atomic_write_json(out / "report.json", report)
+        atomic_write_json(run.stage_report("qat"), report)
     return report
 
 

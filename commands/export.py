@@ -82,10 +82,11 @@ def export(targets, precisions, run_dir, checkpoint, program, out, size, delegat
     Exit code 1 if any artifact fails verification (its report is kept).
     """
     from edgehydra.exporters.stage import export_run, parse_tolerances, summary_rows
+    from edgehydra.run import Run
 
     if not (run_dir or checkpoint or program):
         raise click.UsageError("pass --run DIR, --checkpoint FILE or --program FILE")
-    out = Path(out) if out else (Path(run_dir) / "export" if run_dir else Path("export"))
+    out = Path(out) if out else (Run(run_dir).export_dir if run_dir else Path("export"))
     targets = ["all"] if "all" in targets else list(dict.fromkeys(targets))
     opts = {"delegate": delegate, "compute_units": compute_units, "image_input": image_input,
             "deployment_target": deployment_target, "io_dtype": io_dtype, "layout": layout, "opset": opset,

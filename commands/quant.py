@@ -46,7 +46,7 @@ def ptq(checkpoint, dataset, recipe, out, size, calib_frames, seed):
 
     ckpt = _checkpoint(checkpoint, out)
     with progress_bar(transient=True) as p:
-        rep = ptq_run(ckpt, Path(out) / "ptq", recipe, dataset, size, calib_frames, seed, progress=p)
+        rep = ptq_run(ckpt, Path(out), recipe, dataset, size, calib_frames, seed, progress=p)
     _print_issues(rep["translation"])
     console().print(metrics_table(f"PTQ ({rep['recipe']['name']})", rep["metrics"]))
     click.echo(f"program: {rep['program']}")
@@ -78,7 +78,7 @@ def qat(dataset, checkpoint, out, epochs, lr, batch_size, recipe, size, distill,
     except ValueError as e:
         raise click.UsageError(str(e))
     with progress_bar() as p:
-        rep = qat_run(ckpt, Path(out) / "qat", cfg, recipe, dataset, size, distill, resume,
+        rep = qat_run(ckpt, Path(out), cfg, recipe, dataset, size, distill, resume,
                       progress=p if is_main() else None)
     if is_main():
         _print_issues(rep["translation"])

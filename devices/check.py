@@ -58,7 +58,7 @@ def _metrics_for(a: dict, run: Run) -> tuple[dict, str]:
     if a["precision"] == "int8":
         stage = prog.get("stage")
         for s in ([stage] if stage else []) + ["qat", "ptq"]:
-            f = run.stage_dir(s) / "report.json"
+            f = run.stage_report(s)
             if f.is_file():
                 m = json.loads(f.read_text())["metrics"]
                 src = m.get(s)

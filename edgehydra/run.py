@@ -3,7 +3,7 @@
     RUN/run.json                  source checkpoint (path, sha256), data settings, input size
     RUN/fp32.pt                   a trained FP32 model (`train`), or none when the run started from a
                                   brought checkpoint (`ptq`/`qat --checkpoint C --out RUN`)
-    RUN/ptq/program.pt2 · RUN/qat/program.pt2
+    RUN/ptq/program.pt2 · RUN/qat/program.pt2   (+ report.json each; RUN/qat/state.pt resume state)
     RUN/export/manifest.json · RUN/export/<target>/hydranet_<precision>[_<H>x<W>]<suffix>
     RUN/measurements/*.json       latency records, each tied to an artifact's sha256 and input size
     RUN/devices/<profile>.toml    profiles calibrated on this run's measurements
@@ -47,6 +47,13 @@ class Run:
 
     def program_path(self, stage: str) -> Path:
         return self.root / stage / "program.pt2"
+
+    def stage_report(self, stage: str) -> Path:
+        return self.root / stage / "report.json"
+
+    @property
+    def qat_state(self) -> Path:
+        return self.root / "qat" / "state.pt"
 
     @property
     def export_dir(self) -> Path:

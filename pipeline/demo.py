@@ -81,10 +81,12 @@ class _Skip(Exception):
 
 def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) -> dict:
     from edgehydra.calibration.stages import ptq_run, qat_run
+    from edgehydra.run import Run
     from edgehydra.runs import train_run
     from edgehydra.train import TrainConfig
 
     out = Path(out)
+    run = Run(out)
     st = Stages(out, console)
     pf = progress_factory or (lambda: _null())
     t_start = time.perf_counter()
@@ -106,8 +108,8 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
         st.run("train", {k: base[k] for k in ("model", "size", "frames", "val_frames", "epochs", "batch_size", "seed")},
                lambda: {"metrics": train_run(out, "synthroom", cfg.model, tcfg, size=cfg.size, frames=cfg.frames,
                                              val_frames=cfg.val_frames, progress=p)["metrics"]},
-               [out / "fp32.pt"])
-    ckpt = out / "fp32.pt"
+               [run.fp32])
+    ckpt = run.fp32
     # The model trains at cfg.size (fast on 2 cores); it is quantised, exported and judged at the input size
     # the checked devices' budgets name, so `check` judges artifacts that exist (an int8 program is traced
     # at one size: PTQ and QAT run at the first device's budget size, other sizes get their own export).
@@ -117,21 +119,21 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
     deploy = budget_sizes[cfg.devices[0]] if cfg.devices else cfg.size
     with pf() as p:
         st.run("ptq", {**{k: base[k] for k in ("calib_frames",)}, "ckpt": _sha(ckpt), "size": deploy},
-               lambda: {"metrics": ptq_run(ckpt, out / "ptq", "w8a8", size=deploy, calib_frames=cfg.calib_frames,
-                                           progress=p)["metrics"]}, [out / "ptq" / "program.pt2"])
+               lambda: {"metrics": ptq_run(ckpt, out, "w8a8", size=deploy, calib_frames=cfg.calib_frames,
+                                           progress=p)["metrics"]}, [run.program_path("ptq")])
     qcfg = TrainConfig(epochs=cfg.qat_epochs, batch_size=cfg.batch_size, lr_encoder=1e-4, lr_decoder=1e-4,
                        seed=cfg.seed, schedule="cosine")
 
     def qat_stage():
         # QAT fine-tunes on the first qat_frames training frames: a short schedule is what QAT needs.
-        rep = qat_run(ckpt, out / "qat", qcfg, "w8a8", size=deploy, progress=p, frames=cfg.qat_frames,
+        rep = qat_run(ckpt, out, qcfg, "w8a8", size=deploy, progress=p, frames=cfg.qat_frames,
                       calib_frames=cfg.calib_frames)
         return {"metrics": rep["metrics"], "train_seconds": rep["train_seconds"]}
 
     with pf() as p:
         st.run("qat", {"qat_epochs": cfg.qat_epochs, "qat_frames": cfg.qat_frames, "calib_frames": cfg.calib_frames,
                        "ckpt": _sha(ckpt), "size": deploy}, qat_stage,
-               [out / "qat" / "program.pt2"])
+               [run.program_path("qat")])
 
     def sens_stage():
         from edgehydra.calibration.sensitivity import sensitivity_run
@@ -149,28 +151,28 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
 
         missing = [t for t in list_targets() if t not in installed_targets()]
         with pf() as p:
-            res = export_run(out / "export", ["all"], run=out, eval_frames=cfg.val_frames, progress=p, strict_missing=False)
+            res = export_run(run.export_dir, ["all"], run=out, eval_frames=cfg.val_frames, progress=p, strict_missing=False)
             for d, size in budget_sizes.items():  # a device budgeting another size gets its format at that size
                 fmt = load_profile(d).format
                 if size != deploy and fmt in installed_targets():
-                    res += export_run(out / "export", [fmt], run=out, size=size, eval_frames=cfg.val_frames,
+                    res += export_run(run.export_dir, [fmt], run=out, size=size, eval_frames=cfg.val_frames,
                                       progress=p, strict_missing=False)
         note = f"not installed: {', '.join(missing)}" if missing else ""
         return {"rows": summary_rows(res), "_note": note}
 
-    exp = st.run("export", {"ckpt": _sha(ckpt), "qat": _sha(out / "qat" / "program.pt2"),
+    exp = st.run("export", {"ckpt": _sha(ckpt), "qat": _sha(run.program_path("qat")),
                            "sizes": budget_sizes}, export_stage,
-                 [out / "export" / "manifest.json"])
+                 [run.export_manifest])
 
     def bench_stage():
         from edgehydra.devices.bench import bench
 
         rows = []
-        man = json.loads((out / "export" / "manifest.json").read_text())
+        man = json.loads(run.export_manifest.read_text())
         for a in man["artifacts"]:
             if not a.get("path") or a["status"] not in ("verified",):
                 continue
-            r = bench(out / "export" / a["path"], warmup=3, runs=cfg.bench_runs, threads=2)  # recorded in the run
+            r = bench(run.export_dir / a["path"], warmup=3, runs=cfg.bench_runs, threads=2)  # recorded in the run
             r.update(target=a["target"])
             rows.append(r)
         eager = bench(ckpt, warmup=2, runs=max(3, cfg.bench_runs // 2), threads=2, write=False, size=deploy)
@@ -178,7 +180,7 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
         rows.append(eager)
         return {"rows": rows}
 
-    bench_res = st.run("bench", {"export": _sha(out / "export" / "manifest.json"), "runs": cfg.bench_runs}, bench_stage)
+    bench_res = st.run("bench", {"export": _sha(run.export_manifest), "runs": cfg.bench_runs}, bench_stage)
 
     def calibrate_stage():
         from edgehydra.checkpoint import load_checkpoint

@@ -103,16 +103,17 @@ def panels(run: Path, outdir: Path, limit_synth: int = 2) -> list[Path]:
 
     from edgehydra.run import Run
 
-    model, _ = load_checkpoint(Run(run).checkpoint())
+    r = Run(run)
+    model, _ = load_checkpoint(r.checkpoint())
     cfg = model.config
     fwds = [("FP32", lambda x: model(x), cfg.input_size)]  # each runs at its own input size
-    man = _load(run / "export" / "manifest.json") or {"artifacts": []}
+    man = _load(r.export_manifest) or {"artifacts": []}
     from edgehydra.exporters.runtime import open_artifact
 
     for a in man["artifacts"]:
         if a.get("status") == "verified" and a.get("path"):
             try:
-                art = open_artifact(run / "export" / a["path"])
+                art = open_artifact(r.export_dir / a["path"])
             except Exception:  # noqa: BLE001 - a panel row missing is reported by the artifact table
                 continue
             fwds.append((f"{a['target']} {a['precision']} {art.size[0]}x{art.size[1]}", art.forward, art.size))

@@ -41,5 +41,5 @@ def tiny_run(tmp_path_factory):
     torch.manual_seed(0)
     train_run(out, "synthroom", "hydranet_tiny", TrainConfig(epochs=2, batch_size=8), size=TINY_SIZE, frames=32,
               val_frames=8)
-    ptq_run(out / "fp32.pt", out / "ptq", "w8a8", calib_frames=8)
+    ptq_run(out / "fp32.pt", out, "w8a8", calib_frames=8)
     return out
