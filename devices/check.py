@@ -143,6 +143,11 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
     prog = a.get("source_program") or {}
     provenance = (f"{a['path']} was quantised by {prog['quantised_by']}" if prog.get("quantised_by")
                   else f"{a['path']} carries the {prog['stage']} program's weights and ranges" if prog else None)
+    ps = a.get("precision_summary") or {}
+    floats = sum(n for k, n in ps.items() if k != "int8" and isinstance(n, int))
+    if a["precision"] == "int8" and floats:
+        total = sum(n for n in ps.values() if isinstance(n, int))
+        provenance = (provenance or a["path"]) + f"; {floats} of {total} ops not int8 (per-layer map in its manifest)"
     if a.get("not_honoured"):
         provenance = (provenance or a["path"]) + "; not honoured: " + "; ".join(a["not_honoured"])
     return {"device": profile.name, "description": profile.description, "artifact": a["path"], "provenance": provenance,

@@ -313,6 +313,9 @@ def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir
         from edgehydra.calibration.quantizers import translate
 
         facts["translation"] = translate(source.program.recipe, "xnnpack", target=target.name).to_dict()
+    from .precision_map import artifact_map
+
+    pmap = artifact_map(source, target.name, req.precision, facts, final)
     manifest = {"artifact": final.name, "target": target.name, "precision": req.precision,
                 "input": {"name": "image", "shape": [req.batch, 3, *req.size], "layout": facts.get("layout", "NCHW"),
                           "dtype": facts.get("input_dtype", "float32"),
@@ -328,6 +331,7 @@ def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir
                                    if (req.precision == "int8" and source.program) else None),
                 "recipe": source.program.recipe.to_dict() if (req.precision == "int8" and source.program) else None,
                 "not_honoured": list((facts.get("translation") or {}).get("issues", [])),
+                "precision_map": pmap,
                 "tools": tool_versions(*facts.pop("tools", ())), "facts": facts, "verification": {}}
     status, reason = "verified", ""
     kind = reference_kind(req.precision, facts)

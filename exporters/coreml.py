@@ -107,7 +107,13 @@ def build(source, req, path):
     if opts.get("image_input"):
         facts["image_input_note"] = (f"ImageType has one scale for all channels: 1/(255*{np.mean(cfg.std):.4f}) "
                                      f"replaces per-channel std {list(cfg.std)}")
-    facts["structure"] = structural_check(ml, req, cfg)
+    kept = None
+    if req.precision == "int8" and source.program is not None:  # convolutions the recipe kept float have float weights
+        from .precision_map import program_layers
+
+        kept = sum(r["count"] for r in program_layers(source.program.module, source.program.recipe)
+                   if r["op"] == "conv" and r["precision"] not in ("int8", "int16", "w8"))
+    facts["structure"] = structural_check(ml, req, cfg, float_convs=kept or 0)
     return facts
 
 
@@ -153,8 +159,9 @@ def spec_dtypes(ml) -> dict:
     return {"conv_outputs": dict(conv), "compressed_weights": dict(weights)}
 
 
-def structural_check(ml, req, cfg) -> dict:
-    """What can be checked without macOS: op histogram, (de)quantize ops, int8 weights, fp16 compute, I/O."""
+def structural_check(ml, req, cfg, float_convs: int = 0) -> dict:
+    """What can be checked without macOS: op histogram, (de)quantize ops, int8 weights, fp16 compute, I/O.
+    ``float_convs``: convolutions the program keeps in float (recipe keep-float), which have no int8 weights."""
     spec = ml.get_spec()
     hist = op_histogram(ml)
     dt = spec_dtypes(ml)
@@ -171,8 +178,9 @@ def structural_check(ml, req, cfg) -> dict:
         problems.append("W8A8 model has no quantize/dequantize ops")
     if req.precision in ("int8", "w8"):
         n_conv, n_w8 = hist.get("conv", 0), dt["compressed_weights"].get("int8", 0)
-        if n_w8 < n_conv:
-            problems.append(f"{n_w8} int8 weight constants for {n_conv} convolutions (weights {dt['compressed_weights']})")
+        if n_w8 < n_conv - float_convs:
+            problems.append(f"{n_w8} int8 weight constants for {n_conv} convolutions, {float_convs} of them kept "
+                            f"float (weights {dt['compressed_weights']})")
     if set(dt["conv_outputs"]) != {"fp16"}:
         problems.append(f"convolutions compute in {dt['conv_outputs']}, not fp16 only (the Neural Engine runs fp16)")
     return {"inputs": ins, "outputs": outs, "quantize_dequantize_ops": q_ops, "compressed_weight_ops": compressed,

@@ -60,8 +60,10 @@ def delegation(graph_module) -> dict:
     except Exception:  # noqa: BLE001 - older/newer devtools: fall back to our own count
         non = sum(portable.values())
     total = delegated + non
+    from .precision_map import _delegate_fallback_layers
+
     return {"delegated_ops": delegated, "portable_ops": non, "coverage": delegated / total if total else 0.0,
-            "portable": dict(portable)}
+            "portable": dict(portable), "fallback_layers": _delegate_fallback_layers(graph_module)}
 
 
 # XNNPACK refuses a qs8 add whose input-to-output scale ratio lies outside [2**-10, 2**8)

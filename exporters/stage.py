@@ -156,6 +156,9 @@ def write_manifest(out: Path, results: list[ExportResult], ds: dict, size) -> No
              "path": str(r.path.relative_to(out)) if r.path else None}
         e.update({k: r.manifest.get(k) for k in ("sha256", "size_bytes", "export_seconds", "verification", "metrics",
                                                  "facts", "tools", "recipe", "source_program", "not_honoured") if k in r.manifest})
+        pm = r.manifest.get("precision_map") or {}
+        if pm:  # the combined manifest carries the counts; the artifact's own manifest has every layer
+            e["precision_summary"] = pm.get("summary") or {pm["uniform"]: "all"}
         entries.append(e)
     keys = {(e["target"], e["precision"], tuple(e["size"])) for e in entries}
     old = out / "manifest.json"

@@ -66,6 +66,13 @@ def test_round_trip_in_own_runtime(exported, target, precision):
         # every int8 artifact carries the program's own weights and ranges (TFLite through litert-torch's pt2e path)
         assert m["source_program"]["weights_and_ranges_carried_over"] is True
         assert m["verification"]["reference_kind"] in ("program",) or not get_target(target).runs_here()
+    pm = m["precision_map"]
+    if precision == "int8":  # w8a8 everywhere: every conv/add/pool/upsample of the program is int8 as shipped
+        assert set(pm["summary"]) == {"int8"} or target == "coreml", pm["summary"]
+        assert pm["layers"] and all(r["runs_on"] for r in pm["layers"])
+        assert not any(r.get("changed_by_converter") for r in pm["layers"])
+    else:
+        assert pm["uniform"] == precision
     if target == "tflite" and precision == "int8":
         q = m["facts"]["io_quantization"]
         assert q["input"]["dtype"] == "int8" and q["input"]["scale"] > 0
@@ -76,6 +83,42 @@ def test_combined_manifest(exported):
     out, res = exported
     man = json.loads((out / "manifest.json").read_text())
     assert {(a["target"], a["precision"]) for a in man["artifacts"]} == set(res)
+
+
+def test_precision_map_names_each_kept_float_layer_and_why(tiny_run, tmp_path):
+    """A recipe keeping the segmentation head and the first CRP block in float: every artifact's manifest
+    lists those layers as float (Core ML: fp16) with the recipe pattern as the reason, the rest int8, read
+    back from the artifact itself where the format allows (the .tflite's operator dtypes)."""
+    from edgehydra.calibration.recipe import PRESETS
+    from edgehydra.calibration.stages import ptq_run
+    from edgehydra.run import Run
+
+    run = Run(tmp_path / "run")
+    run.root.mkdir()
+    shutil.copy(Run(tiny_run).fp32, run.fp32)
+    recipe = PRESETS["w8a8"].replace(name="mixed", keep_float=("segm", "crp1.*"))
+    rpath = tmp_path / "mixed.json"
+    rpath.write_text(recipe.to_json())
+    ptq_run(run.fp32, run, str(rpath), calib_frames=4, val_limit=2)
+    targets = [t for t in ("executorch", "tflite", "onnx", "coreml") if t in installed_targets()]
+    res = export_run(run.export_dir, targets, ["int8"], run=run.root, eval_frames=2, strict_missing=False)
+    assert {r.target for r in res} == set(targets)
+    for r in res:
+        rows = {(x["layer"], x["op"], x["precision"]): x for x in r.manifest["precision_map"]["layers"]}
+        fl = "fp16" if r.target == "coreml" else "fp32"
+        assert "recipe keep-float ('segm')" in rows[("segm", "conv", fl)]["why"], r.target
+        assert "recipe keep-float ('crp1.*')" in rows[("crp1.0.4_outvar_dimred", "conv", fl)]["why"]
+        assert rows[("crp1.0", "add", fl)]["count"] == 4
+        q8 = "int8 (fp16 compute)" if r.target == "coreml" else "int8"
+        assert rows[("depth", "conv", q8)] and rows[("layer1.0", "conv", q8)]
+        # the first max-pool of the kept block reads int8 and passes it through: int8, and the map says why
+        assert "passes int8 through" in rows[("crp1.0.maxpool", "max_pool", q8)]["why"]
+        assert not any(x.get("changed_by_converter") for x in rows.values()), r.target
+        if r.target == "executorch":
+            assert {x["runs_on"] for x in rows.values()} == {"XNNPACK"}
+        summ = json.loads(run.export_manifest.read_text())
+        entry = next(a for a in summ["artifacts"] if a["target"] == r.target)
+        assert entry["precision_summary"][fl] == sum(x["count"] for x in rows.values() if x["precision"] == fl) > 0
 
 
 def test_tflite_float_io_and_nhwc(tiny_run, tmp_path):
