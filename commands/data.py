@@ -37,25 +37,37 @@ def prepare():
 @prepare.command("nyud")
 @click.option("--mat", type=click.Path(dir_okay=False), required=True, help="nyu_depth_v2_labeled.mat (v7.3)")
 @click.option("--out", type=click.Path(file_okay=False), required=True)
-def prepare_nyud(mat, out):
+@click.option("--train-depth", type=click.Choice(["raw", "filled"]), default="raw", show_default=True,
+              help="Training rows' depth: rawDepths (0 = invalid) or the in-painted depths.")
+@click.option("--eval-depth", type=click.Choice(["raw", "filled"]), default="raw", show_default=True,
+              help="Test rows' depth: rawDepths as the authors scored it, or the in-painted map (not the paper's protocol).")
+def prepare_nyud(mat, out, train_depth, eval_depth):
     """NYUDv2 labelled .mat -> layout, 894 labels mapped to 40 classes, official 795/654 split."""
     from edgehydra.data.nyud import prepare as run
 
     with progress_bar() as p:
-        r = run(Path(mat), Path(out), progress=p)
-    click.echo(f"wrote {r['train']} train + {r['val']} val frames to {out}")
+        r = run(Path(mat), Path(out), progress=p, train_depth=train_depth, eval_depth=eval_depth)
+    click.echo(f"wrote {r['train']} train + {r['val']} val frames to {out}; depth: train {r['depth_source']['train']}, "
+               f"val {r['depth_source']['val']}")
 
 
 @prepare.command("kitti")
 @click.option("--src", type=click.Path(file_okay=False), required=True, help="Folder with image_2/, segm/, depth/")
 @click.option("--out", type=click.Path(file_okay=False), required=True)
-def prepare_kitti(src, out):
+@click.option("--depth-scale", type=click.Choice(["256", "800"]), default="256", show_default=True,
+              help="Depth PNG value per metre: 256 is the official KITTI benchmark's; check your files' origin.")
+@click.option("--val-list", type=click.Path(dir_okay=False), default=None,
+              help="Frame names of the validation split (official KITTI-6 or Eigen list); default: first 10 %.")
+@click.option("--train-list", type=click.Path(dir_okay=False), default=None,
+              help="Frame names of the training split (default: every frame not in --val-list).")
+def prepare_kitti(src, out, depth_scale, val_list, train_list):
     """KITTI frames with colour-coded KITTI-6 labels and uint16 depth -> layout."""
     from edgehydra.data.kitti import prepare as run
 
     with progress_bar() as p:
-        r = run(Path(src), Path(out), progress=p)
-    click.echo(f"wrote {r['train']} train + {r['val']} val frames to {out}")
+        r = run(Path(src), Path(out), progress=p, depth_scale=float(depth_scale),
+                val_list=Path(val_list) if val_list else None, train_list=Path(train_list) if train_list else None)
+    click.echo(f"wrote {r['train']} train + {r['val']} val frames to {out} (val: {r['split']['val']})")
 
 
 @data.command()

@@ -41,9 +41,13 @@ def metrics_table(title: str, columns: dict[str, dict]):
 @click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="adam", show_default=True,
               help="adam trains from scratch ~2x faster than the paper's SGD (which assumed an ImageNet encoder).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--lam", type=float, default=0.5, show_default=True,
+              help="Depth loss weight: loss = CE + LAM * berHu (the paper's lambda).")
+@click.option("--encoder-weights", type=click.Path(dir_okay=False), default=None,
+              help="ImageNet MobileNet-v2 state dict (torchvision or timm keys) to start the encoder from.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/fp32.pt.")
 def train(dataset, out, model_name, size, frames, val_frames, epochs, batch_size, lr, lr_encoder, lr_decoder,
-          schedule, optimizer, seed, resume):
+          schedule, optimizer, seed, lam, encoder_weights, resume):
     """Train an FP32 HydraNet; writes OUT/fp32.pt every epoch and OUT/fp32_metrics.json at the end."""
     from edgehydra.runs import train_run
     from edgehydra.train import TrainConfig, init_distributed, is_main
@@ -51,16 +55,33 @@ def train(dataset, out, model_name, size, frames, val_frames, epochs, batch_size
     init_distributed()
     try:
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr_encoder=lr or lr_encoder, lr_decoder=lr or lr_decoder,
-                          schedule=schedule, optimizer=optimizer, seed=seed)
+                          schedule=schedule, optimizer=optimizer, seed=seed, lam=lam)
     except ValueError as e:
         raise click.UsageError(str(e))
     c = console()
     with progress_bar() as p:
         res = train_run(Path(out), dataset, model_name, cfg, size=size, frames=frames, val_frames=val_frames,
-                        resume=resume, progress=p if is_main() else None, console=c)
+                        resume=resume, progress=p if is_main() else None, console=c, encoder_weights=encoder_weights)
     if is_main():
         c.print(metrics_table(f"FP32 on {dataset} (val)", {"fp32": res["metrics"]}))
         c.print(f"checkpoint: {res['checkpoint']}")
+
+
+# The paper's figures (Nekrasov et al., ICRA 2019, Tables I-II; joint segmentation + depth, MobileNet-v2 HydraNet)
+PAPER = {"nyud": {"miou": 42.0, "rmse": 0.565, "source": "NYUDv2 test (654 frames), 40 classes, raw depth"},
+         "kitti": {"miou": 87.0, "rmse": 3.45, "source": "KITTI, 6 classes, native resolution"}}
+
+
+def _class_slice(spec: str | None):
+    if spec is None:
+        return None
+    try:
+        a, b = (int(v) for v in spec.split(":"))
+    except ValueError:
+        raise click.BadParameter(f"{spec!r}: expected START:STOP, e.g. 0:40 or 40:46", param_hint="--classes") from None
+    if not 0 <= a < b:
+        raise click.BadParameter(f"{spec!r}: need 0 <= START < STOP", param_hint="--classes")
+    return a, b
 
 
 @click.command("eval")
@@ -69,30 +90,68 @@ def train(dataset, out, model_name, size, frames, val_frames, epochs, batch_size
 @click.option("--split", type=click.Choice(["train", "val"]), default="val", show_default=True)
 @click.option("--size", type=SIZE, default=None, help="Input HxW (default: the checkpoint's).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate only the first N frames.")
+@click.option("--resolution", type=click.Choice(["auto", "native", "model"]), default="auto", show_default=True,
+              help="native: each frame at its own size, padded to a multiple of 32 and cropped back (KITTI's "
+                   "protocol); model: resized to the input size; auto: what the dataset records (KITTI native).")
+@click.option("--crop", type=click.Choice(["garg", "eigen"]), default=None, help="Score depth inside the Garg or Eigen crop (KITTI).")
+@click.option("--classes", "class_slice", default=None,
+              help="Score logits START:STOP only, e.g. 0:40 (NYUD) or 40:46 (KITTI) of the 46-class joint checkpoint.")
+@click.option("--protocol", type=click.Choice(["ours", "paper"]), default="ours", show_default=True,
+              help="paper: print the paper's figures beside these.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write metrics here (default beside the checkpoint).")
-def evaluate(checkpoint, dataset, split, size, limit, json_out):
-    """Evaluate a checkpoint: mIoU, pixel accuracy, RMSE, abs rel, delta thresholds."""
+def evaluate(checkpoint, dataset, split, size, limit, resolution, crop, class_slice, protocol, json_out):
+    """Evaluate a checkpoint: mIoU, pixel accuracy, RMSE, abs rel, log10, deltas (and normals' angular errors)."""
     from edgehydra._io import atomic_write_json
-    from edgehydra.data import Resize
+    from edgehydra.data import PadToMultiple, Resize
+    from edgehydra.errors import BadInputError
     from edgehydra.runs import open_split, run_data_settings
     from edgehydra.train import evaluate as run_eval
 
     from ._loaders import load_any
 
+    sl = _class_slice(class_slice)
     model, meta = load_any(checkpoint)
     cfg = meta["config"]
     ds = run_data_settings(Path(checkpoint), dataset, size)
     in_size = tuple(size or meta.get("size") or ds["size"])
-    data = open_split(ds, split, transform=Resize(in_size))
-    if getattr(data, "num_classes", cfg.num_classes) != cfg.num_classes:
-        from edgehydra.errors import BadInputError
+    probe = open_split(ds, split)
+    recorded = getattr(getattr(probe, "info", None), "eval_resolution", "model")
+    native = resolution == "native" or (resolution == "auto" and recorded == "native")
+    if native and meta["kind"] == "quantised":
+        if resolution == "native":
+            raise BadInputError(f"{checkpoint} is a program traced at {in_size[0]}x{in_size[1]}: it has one input size; "
+                                "evaluate the FP32 checkpoint at native resolution, or pass --resolution model")
+        native = False
+    data = open_split(ds, split, transform=PadToMultiple(32) if native else Resize(in_size))
+    n_classes = (sl[1] - sl[0]) if sl else cfg.num_classes
+    if sl and sl[1] > cfg.num_classes:
+        raise BadInputError(f"--classes {class_slice}: the model has {cfg.num_classes} classes")
+    if getattr(data, "num_classes", n_classes) != n_classes:
+        hint = "" if sl else "; a multi-dataset checkpoint is scored with --classes START:STOP"
+        raise BadInputError(f"dataset {ds['dataset']} has {data.num_classes} classes, model has {cfg.num_classes}{hint}")
+    fwd = model
+    if sl:
+        seg_i = list(cfg.tasks).index("segm")
 
-        raise BadInputError(f"dataset {ds['dataset']} has {data.num_classes} classes, model has {cfg.num_classes}")
+        def fwd(x):
+            outs = list(model(x))
+            outs[seg_i] = outs[seg_i][:, sl[0]:sl[1]]
+            return tuple(outs)
     with progress_bar(transient=True) as p:
-        m = run_eval(model, data, cfg.tasks, cfg.num_classes, getattr(data, "depth_cap", cfg.depth_cap), progress=p, limit=limit)
+        m = run_eval(fwd, data, cfg.tasks, n_classes, getattr(data, "depth_cap", cfg.depth_cap), progress=p,
+                     limit=limit, depth_crop=crop, padded=native, batch_size=1 if native else 8)
+    how = {"resolution": "native (padded to a multiple of 32, cropped back)" if native else f"resized to {in_size[0]}x{in_size[1]}",
+           "depth_crop": crop, "classes": class_slice, "depth_ground_truth": getattr(getattr(data, "info", None), "depth_source", None)}
     out = Path(json_out) if json_out else Path(checkpoint).with_suffix(".eval.json")
-    atomic_write_json(out, {"checkpoint": str(checkpoint), "dataset": ds, "split": split, "metrics": m})
-    console().print(metrics_table(f"{checkpoint} on {ds['dataset']} {split}", {"value": m}))
+    atomic_write_json(out, {"checkpoint": str(checkpoint), "dataset": ds, "split": split, "protocol": how, "metrics": m})
+    cols = {"value": m}
+    paper = PAPER.get(ds["dataset"]) if protocol == "paper" else None
+    if protocol == "paper" and paper is None:
+        console().print(f"no published figures for dataset {ds['dataset']!r} (the paper reports nyud and kitti)")
+    if paper:
+        cols["paper"] = {k: v for k, v in paper.items() if k != "source"}
+    console().print(metrics_table(f"{checkpoint} on {ds['dataset']} {split}", cols))
+    console().print("; ".join(f"{k}: {v}" for k, v in how.items() if v) + (f"; paper: {paper['source']}" if paper else ""))
     click.echo(f"wrote {out}")
 
 

@@ -1,4 +1,7 @@
-"""The paper's multi-task loss: softmax cross-entropy + inverse Huber (berHu), lambda = 0.5.
+"""The paper's multi-task loss: softmax cross-entropy + lambda * inverse Huber (berHu), lambda = 0.5.
+
+Nekrasov et al. (ICRA 2019), Sec. III: L = L_segm + lambda * L_depth with lambda = 0.5; berHu's
+threshold is c = 0.2 max |error| over the batch's valid pixels (Laina et al. 2016).
 
 Rows that lack a modality (``has_X == 0``) contribute nothing to that term; a batch with no
 row of a modality gives that term exactly 0 (not NaN).
@@ -45,14 +48,15 @@ def _to_label_size(out: torch.Tensor, size) -> torch.Tensor:
 
 def multitask_loss(outputs: tuple, batch: dict, tasks: tuple[str, ...], lam: float = 0.5,
                    normals_weight: float = 0.5) -> tuple[torch.Tensor, dict]:
-    """total = lam * seg + (1 - lam) * depth (+ normals_weight * normals). Outputs are upsampled
-    to label size (the network predicts at 1/4 resolution)."""
+    """total = seg + lam * depth (+ normals_weight * normals), as in the paper. Outputs are upsampled
+    to label size (the network predicts at 1/4 resolution). (Before this was fixed it was
+    lam * seg + (1 - lam) * depth, which at lam = 0.5 weighs depth twice as much relative to segmentation.)"""
     size = batch["segm"].shape[-2:]
     out = dict(zip(tasks, outputs))
     ls = seg_loss(_to_label_size(out["segm"], size), batch["segm"], batch["has_segm"])
     valid = (batch["depth"] > 0) & (batch["has_depth"].view(-1, 1, 1, 1) > 0.5)
     ld = berhu(_to_label_size(out["depth"], size), batch["depth"], valid)
-    total = lam * ls + (1 - lam) * ld
+    total = ls + lam * ld
     parts = {"seg": float(ls.detach()), "depth": float(ld.detach())}
     if "normals" in out:
         ln = normals_loss(_to_label_size(out["normals"], size), batch["normals"], batch["has_normals"])

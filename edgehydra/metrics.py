@@ -2,8 +2,10 @@
 
 Segmentation: confusion matrix -> mIoU over classes present in the prediction or the label
 (classes absent from both are excluded), pixel accuracy. Depth on valid pixels (0 < t <= cap,
-prediction clamped to [1e-3, cap]): RMSE, RMSE(log), abs rel, sq rel, delta < 1.25^k.
-Normals: mean angular error in degrees.
+prediction clamped to [1e-3, cap]; optionally inside the Garg or Eigen crop): RMSE, RMSE(log), abs
+rel, sq rel, log10, delta < 1.25^k. Normals on valid pixels (a non-zero ground-truth vector): mean
+and median angular error in degrees, % of pixels within 11.25, 22.5 and 30 degrees (the metrics of
+Eigen & Fergus 2015 that the paper's normals extension reports).
 """
 from __future__ import annotations
 
@@ -12,14 +14,22 @@ import torch
 import torch.nn.functional as F
 
 IGNORE = 255
+ANGLE_BINS = 18000  # 0.01-degree bins over [0, 180]: the median is exact to 0.01 degrees, and ranks can sum them
+# Crops of the KITTI depth benchmark, as fractions of the frame (rows top, bottom; columns left, right):
+# Garg et al. 2016 and Eigen et al. 2014, as every KITTI depth evaluation since has used them.
+CROPS = {"garg": (0.40810811, 0.99189189, 0.03594771, 0.96405229),
+         "eigen": (0.3324324, 0.91351351, 0.0359477, 0.96405229)}
 
 
 class Metrics:
-    def __init__(self, num_classes: int, depth_cap: float = 10.0):
-        self.num_classes, self.cap = num_classes, depth_cap
+    def __init__(self, num_classes: int, depth_cap: float = 10.0, depth_crop: str | None = None):
+        if depth_crop is not None and depth_crop not in CROPS:
+            raise ValueError(f"depth_crop={depth_crop!r}: choose one of {', '.join(CROPS)}")
+        self.num_classes, self.cap, self.crop = num_classes, depth_cap, depth_crop
         self.conf = np.zeros((num_classes, num_classes), np.int64)  # rows: label, cols: prediction
-        self.d = dict(n=0, se=0.0, se_log=0.0, abs_rel=0.0, sq_rel=0.0, d1=0, d2=0, d3=0)
+        self.d = dict(n=0, se=0.0, se_log=0.0, abs_rel=0.0, sq_rel=0.0, log10=0.0, d1=0, d2=0, d3=0)
         self.ang_sum, self.ang_n = 0.0, 0
+        self.ang_hist = np.zeros(ANGLE_BINS, np.int64)
 
     def update_segm(self, logits_or_pred: torch.Tensor, target: torch.Tensor):
         pred = logits_or_pred
@@ -37,9 +47,16 @@ class Metrics:
     def update_depth(self, pred: torch.Tensor, target: torch.Tensor):
         if pred.shape[-2:] != target.shape[-2:]:
             pred = F.interpolate(pred.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
+        valid = (target > 0) & (target <= self.cap)
+        if self.crop:
+            h, w = target.shape[-2:]
+            top, bottom, left, right = CROPS[self.crop]
+            inside = torch.zeros(h, w, dtype=torch.bool)
+            inside[int(top * h):int(bottom * h), int(left * w):int(right * w)] = True
+            valid = valid & inside
         t = target.reshape(-1).double()
         p = pred.reshape(-1).double().clamp(1e-3, self.cap)
-        v = (t > 0) & (t <= self.cap)
+        v = valid.reshape(-1)
         t, p = t[v], p[v]
         if t.numel() == 0:
             return
@@ -49,6 +66,7 @@ class Metrics:
         d["se_log"] += float(((p.log() - t.log()) ** 2).sum())
         d["abs_rel"] += float(((p - t).abs() / t).sum())
         d["sq_rel"] += float((((p - t) ** 2) / t).sum())
+        d["log10"] += float((p.log10() - t.log10()).abs().sum())
         ratio = torch.maximum(p / t, t / p)
         for k in (1, 2, 3):
             d[f"d{k}"] += int((ratio < 1.25 ** k).sum())
@@ -56,10 +74,13 @@ class Metrics:
     def update_normals(self, pred: torch.Tensor, target: torch.Tensor):
         if pred.shape[-2:] != target.shape[-2:]:
             pred = F.interpolate(pred.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
-        v = target.abs().sum(1) > 0
-        cos = F.cosine_similarity(pred, target, dim=1).clamp(-1, 1)[v]
-        self.ang_sum += float(torch.rad2deg(torch.acos(cos)).sum())
-        self.ang_n += int(cos.numel())
+        v = target.abs().sum(1) > 0  # invalid pixels are read as the zero vector (layout.read_normals)
+        cos = F.cosine_similarity(pred.double(), target.double(), dim=1).clamp(-1, 1)[v]
+        ang = torch.rad2deg(torch.acos(cos))
+        self.ang_sum += float(ang.sum())
+        self.ang_n += int(ang.numel())
+        idx = (ang * (ANGLE_BINS / 180.0)).long().clamp(0, ANGLE_BINS - 1).numpy()
+        self.ang_hist += np.bincount(idx, minlength=ANGLE_BINS)
 
     def update(self, outputs: dict, batch: dict):
         if "segm" in outputs:
@@ -82,17 +103,19 @@ class Metrics:
             self.d[k] += other.d[k]
         self.ang_sum += other.ang_sum
         self.ang_n += other.ang_n
+        self.ang_hist += other.ang_hist
 
     def as_array(self) -> np.ndarray:
         """Flat float64 vector of all accumulators, for an all-reduce across ranks."""
         return np.concatenate([self.conf.ravel().astype(np.float64), np.array([self.d[k] for k in self.d], np.float64),
-                               np.array([self.ang_sum, self.ang_n], np.float64)])
+                               self.ang_hist.astype(np.float64), np.array([self.ang_sum, self.ang_n], np.float64)])
 
     def load_array(self, a: np.ndarray):
         n = self.num_classes ** 2
         self.conf = a[:n].reshape(self.num_classes, self.num_classes).round().astype(np.int64)
         for i, k in enumerate(self.d):
             self.d[k] = a[n + i] if isinstance(self.d[k], float) else int(round(a[n + i]))
+        self.ang_hist = a[-2 - ANGLE_BINS:-2].round().astype(np.int64)
         self.ang_sum, self.ang_n = float(a[-2]), int(round(a[-1]))
 
     def compute(self) -> dict:
@@ -111,11 +134,21 @@ class Metrics:
         if d["n"] > 0:
             n = d["n"]
             out.update(rmse=float(np.sqrt(d["se"] / n)), rmse_log=float(np.sqrt(d["se_log"] / n)),
-                       abs_rel=d["abs_rel"] / n, sq_rel=d["sq_rel"] / n,
-                       delta1=d["d1"] / n * 100, delta2=d["d2"] / n * 100, delta3=d["d3"] / n * 100)
+                       abs_rel=d["abs_rel"] / n, sq_rel=d["sq_rel"] / n, log10=d["log10"] / n,
+                       delta1=d["d1"] / n * 100, delta2=d["d2"] / n * 100, delta3=d["d3"] / n * 100,
+                       depth_pixels=int(n))  # how many ground-truth pixels were scored (the valid ones)
+            if self.crop:
+                out["depth_crop"] = self.crop
         if self.ang_n:
             out["normals_mean_angle"] = self.ang_sum / self.ang_n
+            cum = np.cumsum(self.ang_hist)
+            # median: the bin where half the pixels are reached, at its centre (exact to 0.005 degrees)
+            out["normals_median_angle"] = (float(np.searchsorted(cum, self.ang_n / 2)) + 0.5) * 180.0 / ANGLE_BINS
+            for thr in (11.25, 22.5, 30.0):
+                k = int(round(thr * ANGLE_BINS / 180.0))  # bins entirely below thr
+                out[f"normals_within_{thr:g}"] = float(cum[k - 1]) / self.ang_n * 100
         return out
 
 
-HEADLINE = ("miou", "pixel_acc", "rmse", "abs_rel", "delta1", "normals_mean_angle")
+HEADLINE = ("miou", "pixel_acc", "rmse", "abs_rel", "log10", "delta1", "normals_mean_angle", "normals_median_angle",
+            "normals_within_11.25", "normals_within_22.5", "normals_within_30")

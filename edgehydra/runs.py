@@ -39,7 +39,8 @@ def open_split(ds: dict, split: str, transform=None):
 
 
 def train_run(out: Path, dataset: str, model_name: str | None, cfg: TrainConfig, size=None, frames=None,
-              val_frames=None, resume: bool = False, progress=None, console=None) -> dict:
+              val_frames=None, resume: bool = False, progress=None, console=None,
+              encoder_weights: Path | None = None) -> dict:
     out = Path(out)
     ckpt_path = Run(out).fp32
     ds = data_settings(dataset, size, frames, val_frames, cfg.seed)
@@ -61,6 +62,17 @@ def train_run(out: Path, dataset: str, model_name: str | None, cfg: TrainConfig,
     else:
         torch.manual_seed(cfg.seed)  # the initial weights are part of what --seed fixes
         model = create_model(model_name, input_size=tuple(ds["size"]), dataset=dataset)
+    pretrained = None
+    if encoder_weights is not None:
+        if resume:
+            raise BadInputError("--encoder-weights starts a training; with --resume the checkpoint already holds them")
+        from .pretrained import load_encoder
+
+        pretrained = load_encoder(model, Path(encoder_weights))
+        if console:
+            console.print(f"encoder from {encoder_weights} ({pretrained['layout']} layout): {pretrained['matched']} "
+                          f"tensors matched, {len(pretrained['identity_expand_convs'])} expand conv(s) set to identity, "
+                          f"{len(pretrained['unused_in_file'])} unused key(s) in the file")
     train_ds = open_split(ds, "train")
     train_ds = EpochAugmented(train_ds, TrainAugment(tuple(ds["size"])), seed=cfg.seed)
     val_ds = open_split(ds, "val", transform=Resize(tuple(ds["size"])))
@@ -69,6 +81,8 @@ def train_run(out: Path, dataset: str, model_name: str | None, cfg: TrainConfig,
         raise BadInputError(f"dataset {dataset} has {val_ds.num_classes} classes, model {model_name} has {num_classes}")
     cap = getattr(val_ds, "depth_cap", model.config.depth_cap)
     provenance = {"trained_on": dataset, "data": ds, "model": model_name, "edgehydra_version": __version__}
+    if pretrained:
+        provenance["encoder_weights"] = {k: v for k, v in pretrained.items() if k != "unused_in_file"}
 
     def save(state, opt):
         save_checkpoint(model, ckpt_path, provenance=provenance, optimizer=opt.state_dict(), epoch=state.epoch,

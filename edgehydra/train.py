@@ -59,8 +59,8 @@ class TrainConfig:
             raise ValueError(f"schedule={self.schedule!r}: choose poly, cosine or constant")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer={self.optimizer!r}: choose sgd or adam")
-        if not 0 <= self.lam <= 1:
-            raise ValueError(f"lam={self.lam}: the task weight lambda must be in [0, 1]")
+        if not self.lam >= 0:
+            raise ValueError(f"lam={self.lam}: the depth loss weight lambda must be >= 0 (the paper uses 0.5)")
 
 
 # ---------------------------------------------------------------------------- distributed
@@ -177,23 +177,44 @@ def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
 
 # ------------------------------------------------------------------------------ evaluate
 @torch.no_grad()
+def _crop_to_labels(outs, image_hw, label_hw):
+    """Outputs of a padded frame: upsampled to the padded input, then cropped to the frame (the labels' size)."""
+    import torch.nn.functional as F
+
+    res = []
+    for o in outs:
+        if o.dim() == 4 and tuple(image_hw) != tuple(label_hw):
+            o = F.interpolate(o.float(), size=tuple(image_hw), mode="bilinear", align_corners=False)
+            o = o[..., :label_hw[0], :label_hw[1]]
+        res.append(o)
+    return res
+
+
 def evaluate(forward: Callable, dataset, tasks, num_classes: int, depth_cap: float, batch_size: int = 8,
-             progress=None, limit: int | None = None) -> dict:
-    """Metrics of any callable ``forward(images) -> tuple of outputs`` over a dataset (or its first ``limit``)."""
-    m = Metrics(num_classes, depth_cap)
+             progress=None, limit: int | None = None, depth_crop: str | None = None, padded: bool = False) -> dict:
+    """Metrics of any callable ``forward(images) -> tuple of outputs`` over a dataset (or its first ``limit``).
+
+    Frames of different sizes are batched by size. ``padded``: the dataset pads each frame (PadToMultiple), so
+    outputs are upsampled to the padded input and cropped back to the frame before scoring."""
+    from .data.datasets import collate_by_size
+
+    m = Metrics(num_classes, depth_cap, depth_crop)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n == 0:
         raise BadInputError("evaluation dataset is empty")
     rank, world = dist_info()
     idx = list(range(rank, n, world))
     subset = torch.utils.data.Subset(dataset, idx)
-    loader = DataLoader(subset, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collate_by_size)
     task = progress.add_task("evaluate", total=len(idx)) if progress else None
-    for batch in loader:
-        outs = forward(batch["image"])
-        m.update(dict(zip(tasks, outs)), batch)
-        if progress:
-            progress.advance(task, len(batch["image"]))
+    for groups in loader:
+        for batch in groups:
+            outs = forward(batch["image"])
+            if padded:
+                outs = _crop_to_labels(outs, batch["image"].shape[-2:], batch["segm"].shape[-2:])
+            m.update(dict(zip(tasks, outs)), batch)
+            if progress:
+                progress.advance(task, len(batch["image"]))
     if world > 1:
         import numpy as np
 

@@ -72,12 +72,18 @@ def test_synth_writes_the_shared_layout(tmp_path):
     assert s["image"].shape == (3, 64, 96) and len(FolderDataset(tmp_path / "s", "val")) == 2
 
 
-def _write_mat(path: Path, n=3, seed=0):
+def _write_mat(path: Path, n=3, seed=0, raw=True):
+    """The labelled .mat's layout: (N, 3, W, H) images, (N, W, H) depths / rawDepths / labels. rawDepths is
+    the in-painted map with a third of its pixels 0 (no Kinect return), as in the real file."""
     rng = np.random.default_rng(seed)
     with h5py.File(path, "w") as f:
         f["images"] = rng.integers(0, 255, (n, 3, 640, 480), dtype=np.uint8)
         d = rng.uniform(0.5, 9.0, (n, 640, 480)).astype(np.float32)
         f["depths"] = d
+        if raw:
+            r = d + rng.normal(0, 0.05, d.shape).astype(np.float32)
+            r[rng.random(d.shape) < 0.34] = 0.0
+            f["rawDepths"] = r
         f["labels"] = rng.integers(0, 895, (n, 640, 480)).astype(np.uint16)
     return d
 
@@ -94,11 +100,14 @@ def test_nyud_prepare_from_official_layout(tmp_path):
     with h5py.File(mat) as f:
         lab = np.asarray(f["labels"][0]).T
         img = np.asarray(f["images"][0]).transpose(2, 1, 0)
+        rawd = np.asarray(f["rawDepths"][0]).T
     lut = class_mapping_40()
     assert np.array_equal(raw["segm"], lut[lab])
     assert np.array_equal(raw["rgb"], img)
-    assert np.allclose(raw["depth"], depths[0].T, atol=1 / 5000)
+    assert np.allclose(raw["depth"], rawd, atol=1 / 5000)  # evaluation ground truth: the raw map, zeros kept
+    assert (raw["depth"] == 0).mean() > 0.3
     assert (raw["segm"][lab == 0] == 255).all()
+    assert ds_val.info.depth_source["val"].startswith("rawDepths")
 
 
 def test_nyud_mat_errors(tmp_path):

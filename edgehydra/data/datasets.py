@@ -173,5 +173,31 @@ class Resize:
         return {**s, "image": img}
 
 
+class PadToMultiple:
+    """Native-resolution evaluation: pad the image (bottom and right, with 0 = the normalised mean colour) to a
+    multiple of ``m`` (the encoder's stride, 32); labels stay unpadded, and the evaluation crops the output back
+    to them. Nothing is stretched: frames of different sizes keep their own geometry."""
+
+    def __init__(self, m: int = 32):
+        self.m = int(m)
+
+    def __call__(self, s):
+        h, w = s["image"].shape[1:]
+        ph, pw = (-h) % self.m, (-w) % self.m
+        if ph == 0 and pw == 0:
+            return s
+        return {**s, "image": F.pad(s["image"], (0, pw, 0, ph), value=0.0)}
+
+
+def collate_by_size(samples: list[dict]) -> list[dict]:
+    """Batches whose frames differ in size (real KITTI): one stacked sub-batch per distinct size, in order."""
+    from torch.utils.data import default_collate
+
+    groups: dict = {}
+    for s in samples:
+        groups.setdefault((tuple(s["image"].shape), tuple(s["segm"].shape)), []).append(s)
+    return [default_collate(g) for g in groups.values()]
+
+
 def list_hash(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]

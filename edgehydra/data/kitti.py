@@ -1,4 +1,9 @@
-"""KITTI: colour-coded KITTI-6 segmentation and uint16 depth (metres = value / 256, 0 = invalid)."""
+"""KITTI: colour-coded KITTI-6 segmentation and uint16 depth (metres = value / scale, 0 = invalid).
+
+Frames differ in size (1242x375, 1241x376, 1224x370, ...): evaluation runs each at its native
+resolution, padded to a multiple of 32 and cropped back (dataset.json ``eval_resolution: native``),
+never stretched to one size.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,13 +34,59 @@ def decode_segmentation(rgb: np.ndarray, strict: bool = True, name: str = "") ->
     return out
 
 
-def prepare(src: str | Path, out: str | Path, progress=None) -> dict:
-    """``src`` holds image_2/*.png, optional depth/*.png (uint16 /256) and segm/*.png (colour-coded)."""
+# Depth PNG scales in use: 256 is the official KITTI depth benchmark's (metres = value / 256); the authors'
+# KITTI notebook reads its depth PNGs with another factor (see DEPTH_SCALES_NOTE). A folder records its own.
+DEPTH_SCALES = (256.0, 800.0)
+# A frame whose largest value reads as more than this at the chosen scale is not at that scale: KITTI's
+# LiDAR returns end near 80-90 m (the benchmark caps at 80 m), 120 m leaves room and still catches a 800-scaled
+# PNG read at 256 (its 80 m reads as 250 m).
+MAX_PLAUSIBLE_M = 120.0
+
+
+def _read_names(path: Path) -> list[str]:
+    if not Path(path).is_file():
+        raise BadInputError(f"split list not found: {path}")
+    names = [Path(line.split()[0]).name for line in Path(path).read_text().splitlines() if line.strip()
+             and not line.startswith("#")]
+    if not names:
+        raise BadInputError(f"{path}: split list has no names")
+    return [n if n.endswith(".png") else n + ".png" for n in names]
+
+
+def prepare(src: str | Path, out: str | Path, progress=None, depth_scale: float = 256.0,
+            val_list: Path | None = None, train_list: Path | None = None) -> dict:
+    """``src`` holds image_2/*.png, optional depth/*.png (uint16, metres x ``depth_scale``) and segm/*.png
+    (colour-coded). The split: ``val_list`` (and ``train_list``) name the frames (one per line, as in the
+    official KITTI-6 / Eigen lists); without them the first 10 % of sorted names are the validation split,
+    and dataset.json says so. Every depth PNG is checked against the scale before anything is written."""
     src, out = Path(src), Path(out)
+    if depth_scale not in DEPTH_SCALES:
+        raise BadInputError(f"--depth-scale {depth_scale:g}: choose one of {', '.join(f'{v:g}' for v in DEPTH_SCALES)}")
     imgs = sorted((src / "image_2").glob("*.png")) if (src / "image_2").is_dir() else []
     if not imgs:
         raise BadInputError(f"no KITTI frames: expected {src / 'image_2'}/*.png")
-    rows = []
+    by_name = {p.name: p for p in imgs}
+    if val_list is not None:
+        val_names = _read_names(val_list)
+        unknown = [n for n in val_names if n not in by_name]
+        if unknown:
+            raise BadInputError(f"{val_list}: {len(unknown)} frame(s) not in {src / 'image_2'}, e.g. {unknown[0]}")
+        train_names = _read_names(train_list) if train_list else [n for n in by_name if n not in set(val_names)]
+        split = {"val": str(val_list), "train": str(train_list) if train_list else "every other frame"}
+    else:
+        n_val = max(1, len(imgs) // 10)
+        val_names, train_names = [p.name for p in imgs[:n_val]], [p.name for p in imgs[n_val:]] or [imgs[0].name]
+        split = {"val": "first 10 % of sorted names (fallback: no split list given; pass --val-list for the "
+                        "official KITTI-6 or Eigen split)", "train": "the rest"}
+    # scale check first: a folder that mixes scales is refused before a file is written
+    for p in imgs:
+        dep = src / "depth" / p.name
+        if dep.is_file():
+            d = layout.read_depth(dep, depth_scale)
+            if d.max(initial=0) > MAX_PLAUSIBLE_M:
+                raise BadInputError(f"{dep}: reads as {d.max():.0f} m at --depth-scale {depth_scale:g} (KITTI ends near "
+                                    f"80 m): this folder uses another scale, or mixes scales")
+    rows = {}
     task = progress.add_task("kitti frames", total=len(imgs)) if progress else None
     for p in imgs:
         name = p.name
@@ -47,18 +98,18 @@ def prepare(src: str | Path, out: str | Path, progress=None) -> dict:
             layout.save_png(out / "masks" / name, decode_segmentation(layout.read_rgb(seg), name=str(seg)))
             mpath = f"masks/{name}"
         if dep.is_file():
-            d = layout.read_depth(dep, 256.0)
-            layout.save_png(out / "depth" / name, layout.encode_depth(d, 256.0))
+            d = layout.read_depth(dep, depth_scale)
+            layout.save_png(out / "depth" / name, layout.encode_depth(d, depth_scale))
             dpath = f"depth/{name}"
-        rows.append(layout.Row(f"rgb/{name}", mpath, dpath))
+        rows[name] = layout.Row(f"rgb/{name}", mpath, dpath)
         if progress:
             progress.advance(task)
-    n_val = max(1, len(rows) // 10)
-    layout.write_list(out / "train.txt", rows[n_val:] or rows)
-    layout.write_list(out / "val.txt", rows[:n_val])
+    layout.write_list(out / "train.txt", [rows[n] for n in train_names if n in rows])
+    layout.write_list(out / "val.txt", [rows[n] for n in val_names])
     from .._io import atomic_write_json
     from ..registry import KITTI6_CLASSES
 
-    atomic_write_json(out / "dataset.json", {"name": "kitti", "depth_scale": 256.0, "depth_cap": 80.0,
-                                             "num_classes": 6, "class_names": list(KITTI6_CLASSES)})
-    return {"train": len(rows) - n_val, "val": n_val, "out": str(out)}
+    atomic_write_json(out / "dataset.json", {"name": "kitti", "depth_scale": depth_scale, "depth_cap": 80.0,
+                                             "num_classes": 6, "class_names": list(KITTI6_CLASSES), "split": split,
+                                             "eval_resolution": "native"})
+    return {"train": len(train_names), "val": len(val_names), "out": str(out), "split": split}

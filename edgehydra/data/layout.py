@@ -158,6 +158,8 @@ class DatasetInfo:
     num_classes: int
     depth_cap: float
     class_names: tuple[str, ...] = ()
+    eval_resolution: str = "model"  # native: each frame at its own size (KITTI), model: resized to the input size
+    depth_source: dict | None = None  # which depth map each split holds (NYUD: rawDepths / in-painted)
 
 
 def dataset_info(root: Path) -> DatasetInfo:
@@ -176,4 +178,8 @@ def dataset_info(root: Path) -> DatasetInfo:
     cap = float(meta.get("depth_cap", 80.0 if name == "kitti" else 10.0))
     if not (scale > 0 and math.isfinite(scale)):
         raise BadInputError(f"{f}: depth_scale must be a positive number, got {scale}")
-    return DatasetInfo(name, scale, int(meta.get("num_classes", len(classes))), cap, classes)
+    res = meta.get("eval_resolution", "native" if name == "kitti" else "model")
+    if res not in ("native", "model"):
+        raise BadInputError(f"{f}: eval_resolution must be 'native' or 'model', got {res!r}")
+    return DatasetInfo(name, scale, int(meta.get("num_classes", len(classes))), cap, classes, res,
+                       meta.get("depth_source"))

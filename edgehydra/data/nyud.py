@@ -4,6 +4,13 @@
 (1449, 640, 480) uint16 with 894 classes (0 = unlabelled): transposed to H x W, labels mapped
 to the 40 classes of Gupta et al. with classMapping40.mat (0-based, 255 = unlabelled), split
 with splits.mat (795 train / 654 test, 1-based indices).
+
+Depth: ``depths`` is hole-filled (Levin et al.'s colorization in-painting, no invalid pixel);
+``rawDepths`` is the Kinect depth projected onto the RGB frame, 0 where the sensor had no return.
+The authors score depth on the raw map: their ground-truth PNGs of test frames 433 and 464 are
+34 % and 37 % zeros (../shared/samples/nyud/depth_gt_*.png). So ``depth/`` holds ``rawDepths`` and
+``eval`` masks its zeros; ``--train-depth filled`` writes the in-painted map for the training rows
+(``depth_filled/``), and dataset.json records which map each split uses.
 """
 from __future__ import annotations
 
@@ -37,9 +44,19 @@ def splits() -> tuple[np.ndarray, np.ndarray]:
     return s["trainNdxs"].ravel().astype(int) - 1, s["testNdxs"].ravel().astype(int) - 1
 
 
-def prepare(mat: str | Path, out: str | Path, progress=None) -> dict:
+DEPTH_SOURCES = ("raw", "filled")
+DEPTH_DIR = {"raw": "depth", "filled": "depth_filled"}
+_DATASET = {"raw": "rawDepths", "filled": "depths"}
+
+
+def prepare(mat: str | Path, out: str | Path, progress=None, train_depth: str = "raw", eval_depth: str = "raw") -> dict:
+    """``train_depth`` / ``eval_depth``: 'raw' (rawDepths, 0 = invalid; the authors' evaluation ground truth)
+    or 'filled' (the in-painted depths)."""
     import h5py
 
+    for what, v in (("train_depth", train_depth), ("eval_depth", eval_depth)):
+        if v not in DEPTH_SOURCES:
+            raise BadInputError(f"{what}={v!r}: choose one of {', '.join(DEPTH_SOURCES)}")
     mat, out = Path(mat), Path(out)
     if not mat.is_file():
         raise BadInputError(f"NYUDv2 .mat not found: {mat}")
@@ -51,10 +68,19 @@ def prepare(mat: str | Path, out: str | Path, progress=None) -> dict:
         for k in ("images", "depths", "labels"):
             if k not in f:
                 raise BadInputError(f"{mat}: dataset {k!r} missing (has {sorted(f.keys())}); is this nyu_depth_v2_labeled.mat?")
+        needs = {_DATASET[train_depth], _DATASET[eval_depth]}
+        if "rawDepths" in needs and "rawDepths" not in f:
+            raise BadInputError(
+                f"{mat} has no 'rawDepths': the authors score depth on the raw Kinect map (invalid pixels 0, about a "
+                "third of a frame), so evaluating on the in-painted 'depths' scores other pixels than the paper's 0.56 m; "
+                "pass --eval-depth filled --train-depth filled to accept that (recorded in dataset.json)")
         images, depths, labels = f["images"], f["depths"], f["labels"]
+        raw = f["rawDepths"] if "rawDepths" in f else None
         n = images.shape[0]
         if images.ndim != 4 or images.shape[1] != 3 or depths.shape[0] != n or labels.shape[0] != n:
             raise BadInputError(f"{mat}: unexpected shapes images {images.shape}, depths {depths.shape}, labels {labels.shape}")
+        if raw is not None and raw.shape != depths.shape:
+            raise BadInputError(f"{mat}: rawDepths {raw.shape} and depths {depths.shape} differ in shape")
         lut = class_mapping_40()
         train_idx, test_idx = splits()
         if n != 1449:  # a subset (tests, or a user's own crop): keep the indices that exist
@@ -62,29 +88,36 @@ def prepare(mat: str | Path, out: str | Path, progress=None) -> dict:
             if len(train_idx) == 0 and len(test_idx) == 0:
                 train_idx = np.arange(n)
         names = {}
+        train_set = set(train_idx.tolist())
         total = len(train_idx) + len(test_idx)
         task = progress.add_task("nyud frames", total=total) if progress else None
         for idx in sorted(set(train_idx.tolist()) | set(test_idx.tolist())):
             name = f"{idx + 1:06d}.png"
             rgb = np.asarray(images[idx]).transpose(2, 1, 0)  # (3, W, H) -> (H, W, 3)
-            depth = np.asarray(depths[idx], dtype=np.float32).T
+            src = {"raw": raw, "filled": depths}
+            kind = train_depth if idx in train_set else eval_depth
+            depth = np.asarray(src[kind][idx], dtype=np.float32).T
             lab = np.asarray(labels[idx]).T.astype(np.int64)
             if lab.max(initial=0) > 894:
                 raise BadInputError(f"{mat}: frame {idx + 1} has label {lab.max()} > 894")
             if not np.isfinite(depth).all():
-                raise BadInputError(f"{mat}: frame {idx + 1} depth contains NaN or Inf")
+                raise BadInputError(f"{mat}: frame {idx + 1} {_DATASET[kind]} contains NaN or Inf")
             layout.save_png(out / "rgb" / name, np.ascontiguousarray(rgb, dtype=np.uint8))
             layout.save_png(out / "masks" / name, lut[lab])
-            layout.save_png(out / "depth" / name, layout.encode_depth(depth, layout.DEPTH_SCALE["nyud"]))
+            layout.save_png(out / DEPTH_DIR[kind] / name, layout.encode_depth(depth, layout.DEPTH_SCALE["nyud"]))
             names[idx] = name
             if progress:
                 progress.advance(task)
-    rows = lambda idxs: [layout.Row(f"rgb/{names[i]}", f"masks/{names[i]}", f"depth/{names[i]}") for i in idxs]  # noqa: E731
-    layout.write_list(out / "train.txt", rows(train_idx))
-    layout.write_list(out / "val.txt", rows(test_idx))
+    rows = lambda idxs, kind: [layout.Row(f"rgb/{names[i]}", f"masks/{names[i]}", f"{DEPTH_DIR[kind]}/{names[i]}")  # noqa: E731
+                               for i in idxs]
+    layout.write_list(out / "train.txt", rows(train_idx, train_depth))
+    layout.write_list(out / "val.txt", rows(test_idx, eval_depth))
     from .._io import atomic_write_json
     from ..registry import NYUD40_CLASSES
 
+    depth_note = {"train": f"{_DATASET[train_depth]} ({'0 = invalid' if train_depth == 'raw' else 'in-painted'})",
+                  "val": f"{_DATASET[eval_depth]} ({'0 = invalid, masked in eval' if eval_depth == 'raw' else 'in-painted: not the paper protocol'})"}
     atomic_write_json(out / "dataset.json", {"name": "nyud", "depth_scale": 5000.0, "depth_cap": 10.0,
-                                             "num_classes": 40, "class_names": list(NYUD40_CLASSES)})
-    return {"train": len(train_idx), "val": len(test_idx), "out": str(out)}
+                                             "num_classes": 40, "class_names": list(NYUD40_CLASSES),
+                                             "depth_source": depth_note})
+    return {"train": len(train_idx), "val": len(test_idx), "out": str(out), "depth_source": depth_note}

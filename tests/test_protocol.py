@@ -1,0 +1,251 @@
+"""The paper's protocol on real layouts: NYUD raw depth, KITTI at native resolution, the loss, a pretrained
+encoder, multi-dataset class slices. Small files built in the real layouts; hand computations."""
+import json
+import math
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from PIL import Image
+
+from edgehydra.commands import cli
+from edgehydra.data import FolderDataset, layout
+from edgehydra.data.kitti import prepare as prepare_kitti
+from edgehydra.data.nyud import prepare as prepare_nyud
+from edgehydra.errors import BadInputError
+from edgehydra.metrics import Metrics
+
+from conftest import SAMPLES, need_samples
+from test_data import _write_mat
+
+
+# ------------------------------------------------------------------------------------------------ NYUD depth
+def test_nyud_eval_depth_is_raw_and_masked_rmse_matches_hand_computation(tmp_path):
+    mat = tmp_path / "nyu.mat"
+    _write_mat(mat, n=3)
+    prepare_nyud(mat, tmp_path / "nyud", train_depth="filled")
+    with h5py.File(mat) as f:
+        raw0, filled2 = np.asarray(f["rawDepths"][0]).T, np.asarray(f["depths"][2]).T
+    val = FolderDataset(tmp_path / "nyud", "val")
+    train = FolderDataset(tmp_path / "nyud", "train")
+    # frames 1, 2 are test frames, 3 a training frame (splits.mat); training rows read the in-painted map
+    assert np.allclose(train.raw(0)["depth"], filled2, atol=1 / 5000) and (train.raw(0)["depth"] > 0).all()
+    meta = json.loads((tmp_path / "nyud" / "dataset.json").read_text())
+    assert meta["depth_source"]["train"].startswith("depths") and meta["depth_source"]["val"].startswith("rawDepths")
+    # a constant 3 m prediction, scored on the valid raw pixels only (0 < t <= 10 m), by hand in float64
+    gt = val[0]["depth"]
+    m = Metrics(40, depth_cap=10.0)
+    m.update_depth(torch.full_like(gt, 3.0)[None], gt[None])
+    t = np.round(raw0.astype(np.float64) * 5000) / 5000  # what the 16-bit PNG holds
+    v = (t > 0) & (t <= 10)
+    assert 0.6 < v.mean() < 0.7
+    r = m.compute()
+    # the dataset holds t in float32 (relative rounding 2**-24 = 6e-8): the bound of the comparison
+    assert math.isclose(r["rmse"], math.sqrt(((3.0 - t[v]) ** 2).mean()), rel_tol=1e-7)
+    assert math.isclose(r["log10"], np.abs(np.log10(3.0) - np.log10(t[v])).mean(), rel_tol=1e-6)
+    assert r["depth_pixels"] == int(v.sum())
+
+
+def test_nyud_mat_without_raw_depths_is_refused_and_nothing_written(tmp_path):
+    mat = tmp_path / "nyu.mat"
+    _write_mat(mat, n=2, raw=False)
+    with pytest.raises(BadInputError, match="no 'rawDepths'.*--eval-depth filled"):
+        prepare_nyud(mat, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    rep = prepare_nyud(mat, tmp_path / "out", train_depth="filled", eval_depth="filled")  # asked for: recorded
+    assert "not the paper protocol" in rep["depth_source"]["val"]
+
+
+def test_sample_frames_are_scored_on_the_authors_pixels(tmp_path):
+    """The authors' ground-truth PNGs of test frames 433 and 464 as a two-frame dataset: eval counts exactly
+    their valid (non-zero) pixels, nothing in-painted."""
+    need_samples()
+    root = tmp_path / "nyud2"
+    rows = []
+    for n in ("000433", "000464"):
+        for sub, src in (("rgb", f"{n}.png"), ("masks", f"segm_gt_{n}.png"), ("depth", f"depth_gt_{n}.png")):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            (root / sub / f"{n}.png").write_bytes((SAMPLES / "nyud" / src).read_bytes())
+        rows.append(layout.Row(f"rgb/{n}.png", f"masks/{n}.png", f"depth/{n}.png"))
+    layout.write_list(root / "val.txt", rows)
+    layout.write_list(root / "train.txt", rows)
+    from edgehydra import create_model
+    from edgehydra.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    ck = save_checkpoint(create_model("hydranet_tiny", num_classes=40), tmp_path / "m.pt",
+                         provenance={"data": {"dataset": str(root), "size": [120, 160]}})
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(ck), "--dataset", str(root), "--json", str(tmp_path / "e.json")])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "e.json").read_text())["metrics"]
+    want = sum(int(((np.asarray(Image.open(SAMPLES / "nyud" / f"depth_gt_{n}.png")) / 5000.0 > 0)
+                    & (np.asarray(Image.open(SAMPLES / "nyud" / f"depth_gt_{n}.png")) / 5000.0 <= 10)).sum())
+               for n in ("000433", "000464"))
+    assert m["depth_pixels"] == want and want < 0.7 * 2 * 480 * 640  # a third of each frame has no depth
+
+
+# ------------------------------------------------------------------------------------------------ KITTI
+def _kitti_src(tmp_path, sizes, scale=256.0):
+    src = tmp_path / "kitti_raw"
+    for d in ("image_2", "segm", "depth"):
+        (src / d).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    palette = [(128, 128, 128), (128, 0, 0), (128, 64, 128), (0, 0, 192), (128, 128, 0), (64, 0, 128)]
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(src / "image_2" / f"{i:06d}.png")
+        ids = rng.integers(0, 6, (h, w))
+        Image.fromarray(np.array(palette, np.uint8)[ids]).save(src / "segm" / f"{i:06d}.png")
+        dep = rng.uniform(2, 70, (h, w))
+        dep[rng.random((h, w)) < 0.8] = 0  # sparse LiDAR
+        Image.fromarray((dep * scale).astype(np.uint16)).save(src / "depth" / f"{i:06d}.png")
+    return src
+
+
+def test_kitti_frames_of_three_sizes_evaluate_natively_without_resizing(tmp_path):
+    sizes = [(70, 230), (66, 224), (75, 241)]  # KITTI-like aspect, none a multiple of 32
+    src = _kitti_src(tmp_path, sizes)
+    (tmp_path / "val.txt").write_text("000000\n000001.png\n000002\n")
+    rep = prepare_kitti(src, tmp_path / "kitti", val_list=tmp_path / "val.txt")
+    assert rep["val"] == 3 and rep["split"]["val"] == str(tmp_path / "val.txt")
+    from edgehydra import create_model
+    from edgehydra.checkpoint import save_checkpoint
+    from edgehydra.data import PadToMultiple
+
+    torch.manual_seed(0)
+    model = create_model("hydranet_tiny", num_classes=6).eval()
+    ck = save_checkpoint(model, tmp_path / "m.pt", provenance={"data": {"dataset": str(tmp_path / "kitti"),
+                                                                         "size": [64, 224]}})
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(ck), "--json", str(tmp_path / "e.json"), "--crop", "garg"])
+    assert r.exit_code == 0, r.output
+    got = json.loads((tmp_path / "e.json").read_text())
+    assert got["protocol"]["resolution"].startswith("native") and got["metrics"]["depth_crop"] == "garg"
+    # by hand: each frame padded to a multiple of 32, run alone, output upsampled to the padded size, cropped
+    m = Metrics(6, depth_cap=80.0, depth_crop="garg")
+    val = FolderDataset(tmp_path / "kitti", "val", transform=PadToMultiple(32))
+    with torch.no_grad():
+        for i, (h, w) in enumerate(sizes):
+            s = val[i]
+            assert s["image"].shape[1] % 32 == 0 and s["image"].shape[2] % 32 == 0 and s["segm"].shape == (h, w)
+            outs = model(s["image"][None])
+            outs = [F.interpolate(o, size=s["image"].shape[1:], mode="bilinear", align_corners=False)[..., :h, :w]
+                    for o in outs]
+            m.update({"segm": outs[0], "depth": outs[1]}, {k: v[None] for k, v in s.items()})
+    want = m.compute()
+    for k in ("miou", "rmse", "abs_rel", "depth_pixels"):
+        assert got["metrics"][k] == pytest.approx(want[k], rel=1e-6), k
+
+
+def test_kitti_split_fallback_is_named_and_mixed_scales_refused(tmp_path):
+    src = _kitti_src(tmp_path, [(40, 96)] * 3)
+    rep = prepare_kitti(src, tmp_path / "a")
+    assert "first 10 %" in rep["split"]["val"]
+    meta = json.loads((tmp_path / "a" / "dataset.json").read_text())
+    assert meta["depth_scale"] == 256.0 and "first 10 %" in meta["split"]["val"]
+    # one frame written at 800 per metre: 70 m reads as 219 m at 256
+    Image.fromarray((np.full((40, 96), 70.0) * 800).astype(np.uint16)).save(src / "depth" / "000001.png")
+    with pytest.raises(BadInputError, match="reads as 219 m at --depth-scale 256"):
+        prepare_kitti(src, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+# ------------------------------------------------------------------------------------------------ loss
+def test_loss_is_ce_plus_lambda_berhu():
+    from edgehydra.losses import berhu, multitask_loss
+
+    torch.manual_seed(0)
+    seg, dep = torch.randn(2, 5, 8, 8), torch.rand(2, 1, 8, 8) * 3
+    batch = {"segm": torch.randint(0, 5, (2, 8, 8)), "depth": torch.rand(2, 1, 8, 8) * 3,
+             "has_segm": torch.ones(2), "has_depth": torch.ones(2)}
+    batch["depth"][0, 0, :4] = 0  # invalid pixels: outside berHu, and outside its threshold c
+    valid = batch["depth"] > 0
+    for lam in (0.5, 2.0):
+        total, parts = multitask_loss((seg, dep), batch, ("segm", "depth"), lam=lam)
+        ce = F.cross_entropy(seg, batch["segm"])
+        e = (F.relu(dep) - batch["depth"]).abs()[valid]
+        c = 0.2 * e.max()
+        bh = torch.where(e <= c, e, (e ** 2 + c ** 2) / (2 * c)).mean()
+        assert math.isclose(float(total), float(ce + lam * bh), rel_tol=1e-6)
+        assert math.isclose(parts["depth"], float(berhu(dep, batch["depth"], valid)), rel_tol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ encoder
+def _imagenet_dict(model, layout_name):
+    """An ImageNet-style MobileNet-v2 state dict in torchvision's or timm's key layout, built from ``model``'s
+    encoder (its t = 1 expand conv has no counterpart there), plus the head and classifier such files have."""
+    from edgehydra.pretrained import key_map
+
+    ours = model.state_dict()
+    m, ident = key_map(model, layout_name)
+    sd = {t: ours[o].clone() for o, t in m.items() if not any(o.startswith(f"{p}.output.0.") for p in ident)}
+    head = "features.18.0.weight" if layout_name == "torchvision" else "conv_head.weight"
+    sd[head] = torch.randn(1280, 320, 1, 1)
+    sd["classifier.1.weight" if layout_name == "torchvision" else "classifier.weight"] = torch.randn(1000, 1280)
+    return sd
+
+
+@pytest.mark.parametrize("layout_name", ["torchvision", "timm"])
+def test_encoder_weights_in_both_layouts_give_the_same_encoder(tmp_path, layout_name):
+    from edgehydra import create_model
+    from edgehydra.pretrained import load_encoder
+
+    torch.manual_seed(0)
+    src = create_model("hydranet_nyud").eval()
+    # the source's t = 1 expand conv as the identity it becomes on loading, so the encoders must agree exactly
+    conv, bn = src.layer2[0].output[0][0], src.layer2[0].output[0][1]
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(conv.out_channels).reshape(conv.weight.shape))
+        bn.weight.fill_(1), bn.bias.zero_(), bn.running_mean.zero_(), bn.running_var.fill_(1 - bn.eps)
+    f = tmp_path / "mnv2.pth"
+    torch.save(_imagenet_dict(src, layout_name), f)
+    torch.manual_seed(1)
+    dst = create_model("hydranet_nyud").eval()
+    rep = load_encoder(dst, f)
+    assert rep["layout"] == layout_name and rep["identity_expand_convs"] == ["layer2.0"]
+    assert rep["not_from_file"] == [] and len(rep["unused_in_file"]) == 2
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        a = src.layer8(src.layer7(src.layer6(src.layer5(src.layer4(src.layer3(src.layer2(src.layer1(x))))))))
+        b = dst.layer8(dst.layer7(dst.layer6(dst.layer5(dst.layer4(dst.layer3(dst.layer2(dst.layer1(x))))))))
+    assert torch.equal(a, b)
+
+
+def test_encoder_weights_of_another_architecture_refused_in_one_line(tmp_path):
+    from edgehydra import create_model
+
+    torch.manual_seed(0)
+    sd = _imagenet_dict(create_model("hydranet_nyud"), "torchvision")
+    f = tmp_path / "mnv2.pth"
+    torch.save(sd, f)
+    r = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "run"), "--model", "hydranet_tiny", "--epochs", "1",
+                                 "--frames", "8", "--val-frames", "4", "--encoder-weights", str(f)])
+    assert r.exit_code == 2 and "do not fit this model" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "run" / "fp32.pt").exists()
+    torch.save({"fc.weight": torch.zeros(2, 2)}, f)
+    r = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "run"), "--epochs", "1", "--encoder-weights", str(f)])
+    assert r.exit_code == 2 and "key layout" in r.output
+
+
+# ------------------------------------------------------------------------------------------------ class slices
+def test_multi_dataset_checkpoint_is_scored_on_a_class_slice(tmp_path):
+    """The 46-class NYUD+KITTI checkpoint's way: logits [a:b] scored against a dataset of b - a classes."""
+    from edgehydra import create_model
+    from edgehydra.checkpoint import save_checkpoint
+    from edgehydra.runs import open_split
+
+    torch.manual_seed(0)
+    ds = {"dataset": "synthroom", "size": [64, 96], "frames": 8, "val_frames": 4, "seed": 0}
+    n = open_split(ds, "val").num_classes
+    model = create_model("hydranet_tiny", num_classes=n + 3).eval()
+    ck = save_checkpoint(model, tmp_path / "m.pt", provenance={"data": ds})
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(ck)])
+    assert r.exit_code == 2 and "--classes START:STOP" in r.output
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(ck), "--classes", f"3:{n + 3}", "--json", str(tmp_path / "e.json"),
+                                 "--protocol", "paper"])
+    assert r.exit_code == 0, r.output
+    got = json.loads((tmp_path / "e.json").read_text())
+    assert got["protocol"]["classes"] == f"3:{n + 3}" and "miou" in got["metrics"]
+    assert "no published figures" in r.output  # synthroom is ours, not the paper's
