@@ -136,6 +136,10 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
         row("depth RMSE", b.max_depth_rmse, metrics.get("rmse"), "m", note=f"{msrc} at {hw}"),
         row("depth abs rel", b.max_abs_rel, metrics.get("abs_rel"), "", note=f"{msrc} at {hw}"),
     ]
+    if b.max_normals_median_deg is not None:
+        has = "normals" in model.config.tasks
+        rows.append(row("normals median angle", b.max_normals_median_deg, metrics.get("normals_median_angle"), "deg",
+                        note=f"{msrc} at {hw}" if has else "the model has no normals head"))
     e8 = estimate(model, profile, "int8", size)["total_ms"]
     e16 = estimate(model, profile, "fp16", size)["total_ms"]
     acc_ok = all(r["pass"] for r in rows[5:])

@@ -53,9 +53,9 @@ def _check_floor(index) -> int:
     d = R @ np.stack([(us + 0.5 - cx) / fx, (vs + 0.5 - cy) / fy, np.ones_like(us, float)])
     expected = -cam["position"][1] / d[1]  # the ray (z_cam = 1) meets the plane y = 0 at this z-depth
     assert np.allclose(f["depth"][floor], expected, rtol=1e-4)
-    # floor normals point up in the world: in the camera frame that is R^T (0, 1, 0)
+    # floor normals point up in the world: in the camera frame that is R^T (0, 1, 0), stored as (x, z, y)
     up_cam = R.T @ np.array([0, 1.0, 0])
-    assert np.allclose(f["normals"][floor], up_cam, atol=1e-5)
+    assert np.allclose(f["normals"][floor], up_cam[[0, 2, 1]], atol=1e-5)
     return 1
 
 

@@ -249,3 +249,62 @@ def test_multi_dataset_checkpoint_is_scored_on_a_class_slice(tmp_path):
     got = json.loads((tmp_path / "e.json").read_text())
     assert got["protocol"]["classes"] == f"3:{n + 3}" and "miou" in got["metrics"]
     assert "no published figures" in r.output  # synthroom is ours, not the paper's
+
+
+# ------------------------------------------------------------------------------------------------ normals
+def test_normals_png_in_the_authors_coding_with_invalid_pixels_and_angular_metrics(tmp_path):
+    """A 2x4 normals PNG: two grey (no normal) pixels, six known normals. The prediction is +z-ish everywhere;
+    mean / median / within-threshold figures are computed by hand over the six valid pixels."""
+    deg = [0.0, 10.0, 20.0, 25.0, 40.0, 90.0]
+    # ground-truth normals, channels (x, z, y): the camera-facing normal (x 0, z -1, y 0) tilted by each angle
+    gt = np.zeros((2, 4, 3), np.float32)
+    cells = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    for (i, j), a in zip(cells, deg):
+        r = math.radians(a)
+        gt[i, j] = (math.sin(r), -math.cos(r), 0.0)
+    png = layout.encode_normals(gt)
+    assert (png[0, 3] == 127).all() and (png[1, 3] == 127).all()  # the zero vector is stored as mid grey
+    Image.fromarray(png).save(tmp_path / "n.png")
+    n = layout.read_normals(tmp_path / "n.png")
+    assert (n[:, 3] == 0).all()  # grey read back as "no normal"
+    # channel order: n0 from R, n1 from G, n2 from 1 - B (the authors' notebook, inverted)
+    assert n[0, 0] == pytest.approx([2 * 128 / 255 - 1, -1.0, 1 - 2 * 128 / 255], abs=1e-6)
+    pred = torch.zeros(1, 3, 2, 4)
+    pred[0, 1] = -1.0  # facing the camera everywhere
+    m = Metrics(2)
+    m.update_normals(pred, torch.from_numpy(n).permute(2, 0, 1)[None])
+    r = m.compute()
+    # the PNG's 8-bit rounding moves each angle by < 0.5 degrees: the bound of these comparisons
+    ang = [math.degrees(math.acos(max(-1.0, min(1.0, -float(n[i, j, 1]) / float(np.linalg.norm(n[i, j])))))) for i, j in cells]
+    assert max(abs(a - b) for a, b in zip(ang, deg)) < 0.5
+    assert r["normals_mean_angle"] == pytest.approx(sum(ang) / 6, abs=1e-4)  # float32 vectors: ~1e-5 degrees
+    assert r["normals_median_angle"] == pytest.approx(sorted(ang)[2], abs=0.01)  # lower median of six, 0.01-degree bins
+    assert r["normals_within_11.25"] == pytest.approx(200 / 6)  # 0, 10
+    assert r["normals_within_22.5"] == pytest.approx(300 / 6)  # + 20
+    assert r["normals_within_30"] == pytest.approx(400 / 6)  # + 25
+
+
+def test_real_normals_sample_masks_its_grey_pixels():
+    need_samples()
+    png = np.asarray(Image.open(SAMPLES / "nyud" / "norm_gt_000433.png"))
+    n = layout.read_normals(SAMPLES / "nyud" / "norm_gt_000433.png")
+    grey = (png == 127).all(-1)
+    assert 0.2 < grey.mean() < 0.25 and (n[grey] == 0).all()
+    valid = np.linalg.norm(n, axis=-1) > 0
+    assert np.allclose(np.linalg.norm(n[valid], axis=-1), 1, atol=0.02)
+    # channel order (x, z, y) of the camera frame (y down, z forward), read off the authors' own labels: the
+    # floor (NYUD-40 class 1) faces up (n2 = y ~ -1), the windows (class 8) face the camera (n1 = z ~ -1)
+    seg = layout.read_mask(SAMPLES / "nyud" / "segm_gt_000433.png")
+    floor, window = n[(seg == 1) & valid], n[(seg == 8) & valid]
+    assert len(floor) > 1000 and np.median(floor[:, 2]) < -0.9 and abs(np.median(floor[:, 1])) < 0.3
+    assert len(window) > 1000 and np.median(window[:, 1]) < -0.9
+
+
+def test_normals_png_of_wrong_mode_or_size_refused(tmp_path):
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "g.png")
+    with pytest.raises(BadInputError, match="expected an 8-bit RGB PNG"):
+        layout.read_normals(tmp_path / "g.png")
+    from edgehydra.data.datasets import to_sample
+
+    with pytest.raises(BadInputError, match="rgb is 4x4 but normals is 2x2"):
+        to_sample(np.zeros((4, 4, 3), np.uint8), normals=np.zeros((2, 2, 3), np.float32), name="f")

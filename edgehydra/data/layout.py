@@ -3,7 +3,8 @@
     ROOT/rgb/NAME.png        RGB 8-bit
     ROOT/masks/NAME.png      8-bit class id 0..C-1, 255 = ignore
     ROOT/depth/NAME.png      16-bit, metres x scale (5000 NYUD/synthroom, 256 KITTI), 0 = invalid
-    ROOT/normals/NAME.png    optional; RGB, x = 2R/255-1, z = 2G/255-1, y = 1-2B/255 (the samples' coding)
+    ROOT/normals/NAME.png    optional; RGB, the authors' coding: channels (2R/255-1, 2G/255-1, 1-2B/255) =
+                             camera-frame (x, z, y); (127, 127, 127) = no normal
     ROOT/train.txt, val.txt  one row per frame: tab-separated rgb, mask, depth[, normals] paths
     ROOT/dataset.json        name, depth scale, classes (optional; defaults per dataset name)
 
@@ -125,9 +126,28 @@ def read_depth(path: Path, scale: float) -> np.ndarray:
     return arr
 
 
-def read_normals(path: Path) -> np.ndarray:
-    rgb = read_rgb(path).astype(np.float32)
-    return np.stack([2 * rgb[..., 0] / 255 - 1, 1 - 2 * rgb[..., 2] / 255, 2 * rgb[..., 1] / 255 - 1], axis=-1)
+# A pixel without a ground-truth normal is stored as mid grey (127, 127, 127) in the authors' PNGs (22 % of
+# norm_gt_000433.png), which decodes to a vector of length 0.007; a real normal has length 1. Anything
+# shorter than this is read as "no normal" (the zero vector, which loss and metrics mask).
+MIN_NORMAL_LENGTH = 0.5
+
+
+def read_normals(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """(H, W, 3) unit normals in the channel order the authors' network predicts: the inverse of their
+    notebook's encoding (ExpNYUD_three.ipynb, "xzy->RGB": R = (n0 + 1) / 2, G = (n1 + 1) / 2,
+    B = (1 - n2) / 2, times 255). In the camera frame (x right, y down, z forward) the channels are
+    (x, z, y): on their test frame 433 the walls and windows decode to n1 = z ~ -1 (facing the camera) and
+    the floor to n2 = y ~ -1 (up). Invalid pixels are the zero vector."""
+    im = _open(path, "normals")
+    if im.mode != "RGB":
+        raise BadInputError(f"normals {path} has mode {im.mode}; expected an 8-bit RGB PNG (the authors' coding: "
+                            "R, G, B = the normal's x, z, -y mapped to 0..255)")
+    rgb = np.asarray(im, dtype=np.float32)
+    if size is not None and rgb.shape[:2] != tuple(size):
+        raise BadInputError(f"normals {path} is {rgb.shape[0]}x{rgb.shape[1]}, its rgb frame {size[0]}x{size[1]}")
+    n = np.stack([2 * rgb[..., 0] / 255 - 1, 2 * rgb[..., 1] / 255 - 1, 1 - 2 * rgb[..., 2] / 255], axis=-1)
+    n[np.linalg.norm(n, axis=-1) < MIN_NORMAL_LENGTH] = 0.0
+    return n
 
 
 # ------------------------------------------------------------------------------------ writing
@@ -138,10 +158,13 @@ def encode_depth(depth: np.ndarray, scale: float) -> np.ndarray:
 
 
 def encode_normals(n: np.ndarray) -> np.ndarray:
+    """The authors' PNG coding (the inverse of read_normals); the zero vector (no normal) becomes mid grey."""
     r = (n[..., 0] + 1) * 127.5
-    g = (n[..., 2] + 1) * 127.5
-    b = (1 - n[..., 1]) * 127.5
-    return np.clip(np.round(np.stack([r, g, b], -1)), 0, 255).astype(np.uint8)
+    g = (n[..., 1] + 1) * 127.5
+    b = (1 - n[..., 2]) * 127.5
+    out = np.clip(np.round(np.stack([r, g, b], -1)), 0, 255).astype(np.uint8)
+    out[np.linalg.norm(n, axis=-1) < MIN_NORMAL_LENGTH] = 127
+    return out
 
 
 def save_png(path: Path, arr: np.ndarray) -> None:

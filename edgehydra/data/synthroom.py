@@ -8,7 +8,8 @@ objects (door, window, picture, whiteboard, ...), each labelled with its NYUDv2 
 pixels inside its projected screen rectangle, which is what makes >= 100 frames/s at 240x320.
 
 Per pixel: z-depth in metres (as a Kinect reports it, distance along the optical axis), class id,
-and the surface normal in the camera frame (x right, y down, z forward). Appearance: overlapping
+and the surface normal in the camera frame (x right, y down, z forward), stored in the channel order
+(x, z, y) that the authors' three-task network predicts. Appearance: overlapping
 per-class colour distributions, procedural texture in world coordinates, Lambertian shading from
 one or two point lights with 1/(1 + k d^2) falloff, optional sensor noise and Kinect-like depth
 holes (0 = invalid). Every frame is a pure function of (seed, index).
@@ -331,7 +332,9 @@ def render(scene, cfg: SynthConfig, rng: np.random.Generator):
     depth_clean = depth.copy()
     if cfg.noise:
         depth = kinect_noise(depth, rng)
-    normals_cam = np.einsum("ij,jhw->ihw", R.T.astype(np.float32), nw).transpose(1, 2, 0)
+    # channels in the authors' order (x, z, y) of the camera frame: what their three-task network predicts
+    # (ExpNYUD_three.ipynb's "xzy->RGB"; see layout.read_normals)
+    normals_cam = np.einsum("ij,jhw->ihw", R.T.astype(np.float32), nw)[[0, 2, 1]].transpose(1, 2, 0)
     return dict(rgb=rgb8, segm=segm, depth=depth, depth_clean=depth_clean, normals=normals_cam.astype(np.float32))
 
 
@@ -378,7 +381,7 @@ def kinect_noise(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def generate_frame(seed: int, index: int, cfg: SynthConfig = SynthConfig()) -> dict:
     """One frame: rgb uint8 (H,W,3), segm uint8 (H,W), depth float32 metres (0 = invalid),
-    depth_clean, normals float32 (H,W,3) camera frame, and the camera parameters."""
+    depth_clean, normals float32 (H,W,3) camera frame in (x, z, y) order, and the camera parameters."""
     rng = np.random.default_rng([int(seed), int(index)])
     scene = make_scene(rng, cfg)
     out = render(scene, cfg, rng)
