@@ -221,7 +221,10 @@ def write_report(run: Path) -> list[Path]:
     for r in (d.get("manifest") or {}).get("artifacts", []):
         if r.get("metrics"):
             metrics[f"{r['target']} {r['precision']}"] = r["metrics"]
-    keys = ("miou", "pixel_acc", "rmse", "abs_rel", "delta1")
+    keys = ("miou", "pixel_acc", "rmse", "abs_rel", "log10", "delta1")
+    if any("normals_median_angle" in m for m in metrics.values()):  # a three-task model: the normals metrics too
+        keys += ("normals_mean_angle", "normals_median_angle", "normals_within_11.25", "normals_within_22.5",
+                 "normals_within_30")
     m3, h3 = table(["model"] + list(keys), [[n] + [_fmt(m.get(k), ".4f") for k in keys] for n, m in metrics.items()])
     section("Per-task metrics", m3, h3)
 
