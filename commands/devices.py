@@ -106,7 +106,9 @@ def profile(device, model_spec, size, precision, top, bench_files, as_json):
 @click.option("--profile", "profile_name", default=None,
               help="Device profile this measurement stands for (default: host_cpu on the host); `check` judges "
                    "that profile's latency with it.")
-def bench(artifact, device, binary, runs, warmup, threads, provider, apple_script, ingest, profile_name):
+@click.option("--verify", is_flag=True,
+              help="Re-run the artifact's parity check against its run's reference before recording (host only).")
+def bench(artifact, device, binary, runs, warmup, threads, provider, apple_script, ingest, profile_name, verify):
     """Latency of an artifact in its own runtime: p50/p90/p99, min, peak memory.
 
     The result is written beside the artifact and, for an artifact exported into a run, kept as a
@@ -143,7 +145,7 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
         if not artifact:
             raise click.UsageError("pass --artifact FILE (or --apple-script / --ingest)")
         if device == "host":
-            res = host_bench(Path(artifact), warmup, runs, threads, provider)
+            res = host_bench(Path(artifact), warmup, runs, threads, provider, verify=verify)
             if profile_name and profile_name != "host_cpu":
                 raise click.BadParameter(f"a run on this host measures host_cpu, not {profile_name}",
                                          param_hint="--profile")
@@ -171,8 +173,15 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
     show(t)
     if res.get("json"):
         click.echo(f"wrote {res['json']}")
+    ver = res.get("verification") or {}
+    if ver.get("when") == "re-run by bench":
+        ok = ver.get("parity_ok")
+        click.echo(f"parity ({ver.get('reference_kind') or 'reference'}): "
+                   f"{'ok' if ok else 'skipped' if ok is None else 'FAILED'}: {ver.get('detail')}")
     if res.get("record"):
         click.echo(f"measurement record: {res['record']}")
+    if res.get("record_skipped"):
+        console().print(f"[yellow]note:[/] {res['record_skipped']}")
 
 
 @click.command()

@@ -133,8 +133,10 @@ def bench_in_process(path: Path, warmup: int = 5, runs: int = 30, threads: int =
 
 
 def bench(path: Path, warmup: int = 5, runs: int = 30, threads: int = 2, provider: str | None = None,
-          write: bool = True, timeout: float = 1800, size=None) -> dict:
-    """Benchmark in a fresh subprocess and write ``<artifact>.bench.json`` beside it."""
+          write: bool = True, timeout: float = 1800, size=None, verify: bool = False) -> dict:
+    """Benchmark in a fresh subprocess and write ``<artifact>.bench.json`` beside it. ``verify``: also re-run
+    the artifact's parity check against its reference (exporters.runtime.verify_run, the routine export uses)
+    before the measurement enters its run."""
     path = Path(path)
     args = [sys.executable, "-m", "edgehydra.devices.bench", str(path), str(warmup), str(runs), str(threads),
             provider or "", "x".join(map(str, size)) if size else ""]
@@ -147,6 +149,17 @@ def bench(path: Path, warmup: int = 5, runs: int = 30, threads: int = 2, provide
         last = (p.stderr.strip().splitlines() or ["no output"])[-1]
         raise EdgeHydraError(f"benchmark of {path} failed: {last}")
     res = json.loads(p.stdout.strip().splitlines()[-1])
+    if verify:
+        from edgehydra.run import run_of_artifact
+
+        run = run_of_artifact(path)
+        if run is None:
+            raise BadInputError(f"--verify: {path} is not in a run's export folder (no reference to compare with)")
+        from edgehydra.exporters.runtime import verify_run
+
+        row = verify_run(run.root, only=path)[0]
+        res["verification"] = {k: row.get(k) for k in ("hash_ok", "parity_ok", "reference_kind", "detail")}
+        res["verification"]["when"] = "re-run by bench"
     if write:
         out = Path(str(path) + ".bench.json")
         atomic_write_json(out, res)
@@ -162,9 +175,18 @@ def record_measurement(path: Path, res: dict) -> Path | None:
     run = run_of_artifact(path)
     if run is None:
         return None
+    # only what ships is measured into the run: the artifact its export manifest lists, by sha256
+    entry = next((e for e in json.loads(run.export_manifest.read_text()).get("artifacts", [])
+                  if e.get("path") and (run.export_dir / e["path"]).resolve() == Path(path).resolve()), None)
+    if entry is None or entry.get("sha256") != res.get("sha256"):
+        res["record_skipped"] = (f"{path} is not the artifact {run.export_manifest} lists (sha256 differs or it is not "
+                                 "listed): the measurement was not added to the run")
+        return None
+    res.setdefault("verification", {"status": entry.get("status"), "when": "at export",
+                                    "reference_kind": (entry.get("verification") or {}).get("reference_kind")})
     rec = {k: res.get(k) for k in ("device", "profile", "runner", "sha256", "size", "precision", "threads", "p50_ms",
                                    "p90_ms", "p99_ms", "min_ms", "mean_ms", "runs", "warmup", "peak_memory_mb",
-                                   "artifact", "host", "machine", "tool", "command")}
+                                   "artifact", "host", "machine", "tool", "command", "verification")}
     rec = {k: v for k, v in rec.items() if v is not None}
     res["record"] = str(run.add_measurement(rec))
     return Path(res["record"])

@@ -62,8 +62,9 @@ def open_artifact(path: Path, check_hash: bool = True) -> Artifact:
                     man, runner)
 
 
-def verify_run(run: Path) -> list[dict]:
-    """Hashes and parity of every artifact listed in RUN/export/manifest.json."""
+def verify_run(run: Path, only: Path | None = None) -> list[dict]:
+    """Hashes and parity of every artifact listed in RUN/export/manifest.json (or of ``only``, one of them):
+    the same routine as export's (check_parity, the reference and tolerance its manifest records)."""
     from edgehydra.run import Run
 
     from .stage import open_source, parity_frames
@@ -72,6 +73,10 @@ def verify_run(run: Path) -> list[dict]:
     if not mf.is_file():
         raise BadInputError(f"no export manifest at {mf}: run `edgehydra export --run {run}` first")
     entries = json.loads(mf.read_text())["artifacts"]
+    if only is not None:
+        entries = [e for e in entries if e.get("path") and (mf.parent / e["path"]).resolve() == Path(only).resolve()]
+        if not entries:
+            raise BadInputError(f"{only} is not listed in {mf}")
     model, info, prog, ds = open_source(Path(run), None, None, None)
     from edgehydra.data import Resize
     from edgehydra.runs import open_split
@@ -117,6 +122,8 @@ def verify_run(run: Path) -> list[dict]:
         res = check_parity(runner, prog.module if kind == "program" else model, kind, frames,
                            man["input"]["shape"][0], model.config.tasks, Tolerance(**ver["tolerance"]))
         row["parity_ok"] = not res["failures"]
+        row["reference_kind"] = kind
+        row["parity"] = res["parity"]
         row["detail"] = "; ".join(res["failures"]) or (
             f"argmax agreement {res['parity']['segm']['argmax_agreement']:.4f} vs {kind}")
         rows.append(row)

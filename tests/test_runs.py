@@ -3,6 +3,7 @@
 run holds a measurement (tiny model, 64x96)."""
 import json
 import shutil
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -57,12 +58,23 @@ def test_run_started_from_a_brought_checkpoint(tiny_run, tmp_path):
 
     # ... until the run holds a measurement of that artifact on that device
     art = run / "export" / res["artifact"]
-    r = invoke("bench", "--artifact", art, "--runs", 3, "--warmup", 1)
+    r = invoke("bench", "--artifact", art, "--runs", 3, "--warmup", 1, "--verify")
     assert r.exit_code == 0, r.output
+    assert "parity (program): ok" in r.output  # the export's own parity routine, against the PTQ program
     recs = list((run / "measurements").glob("*.json"))
     assert len(recs) == 1
     m = json.loads(recs[0].read_text())
     assert m["size"] == [64, 96] and m["sha256"] == res["artifact_sha256"] and m["precision"] == "int8"
+    assert m["verification"]["parity_ok"] is True and m["verification"]["reference_kind"] == "program"
+    # an artifact the run's manifest does not list (a copy beside it, with its own manifest) is timed, not recorded
+    fake = art.with_name("hydranet_int8_64x96_copy.onnx")
+    shutil.copy(art, fake)
+    shutil.copy(str(art) + ".manifest.json", str(fake) + ".manifest.json")
+    r = invoke("bench", "--artifact", fake, "--runs", 2, "--warmup", 0)
+    assert r.exit_code == 0 and "was not added to the run" in " ".join(r.output.split()), r.output
+    assert len(list((run / "measurements").glob("*.json"))) == 1
+    for f in (fake, Path(str(fake) + ".manifest.json"), Path(str(fake) + ".bench.json")):
+        f.unlink()
     res = json.loads(invoke("check", "--run", run, "--device", tmp_path / "host_cpu.toml", "--json").output)[0]
     assert res["latency_source"] == "measured" and res["measured_ms"] == m["p50_ms"]
     assert res["rows"][0]["note"] == f"measured on host by {m['runner']} at 64x96"
