@@ -1,7 +1,10 @@
 """The paper's multi-task loss: softmax cross-entropy + lambda * inverse Huber (berHu), lambda = 0.5.
 
 Nekrasov et al. (ICRA 2019), Sec. III: L = L_segm + lambda * L_depth with lambda = 0.5; berHu's
-threshold is c = 0.2 max |error| over the batch's valid pixels (Laina et al. 2016).
+threshold is c = 0.2 max |error| over the batch's valid pixels (Laina et al. 2016). Two differences
+from the authors' later DenseTorch, said here so nobody reads them as bugs: its InvHuberLoss averages
+over every pixel (invalid ones count as 0, so the loss shrinks with the share of holes; here the mean is
+over valid pixels), and its multitask example weighs the tasks (0.5, 0.5), i.e. lambda = 1 up to scale.
 
 Rows that lack a modality (``has_X == 0``) contribute nothing to that term; a batch with no
 row of a modality gives that term exactly 0 (not NaN).

@@ -1,9 +1,10 @@
 """Metrics accumulated over a whole dataset (not averaged per batch), outputs upsampled to label size.
 
 Segmentation: confusion matrix -> mIoU over classes present in the prediction or the label
-(classes absent from both are excluded), pixel accuracy. Depth on valid pixels (0 < t <= cap,
-prediction clamped to [1e-3, cap]; optionally inside the Garg or Eigen crop): RMSE, RMSE(log), abs
-rel, sq rel, log10, delta < 1.25^k. Normals on valid pixels (a non-zero ground-truth vector): mean
+(classes absent from both are excluded), pixel accuracy. Depth on the valid pixels as the authors
+score them (ground truth != 0, |prediction|, pooled over the set; DenseTorch's RMSE), or inside the
+Garg or Eigen crop with that benchmark's cap (0 < t <= cap, prediction clipped to [1e-3, cap]):
+RMSE, RMSE(log), abs rel, sq rel, log10, delta < 1.25^k. Normals on valid pixels (a non-zero ground-truth vector): mean
 and median angular error in degrees, % of pixels within 11.25, 22.5 and 30 degrees (the metrics of
 Eigen & Fergus 2015 that the paper's normals extension reports).
 """
@@ -47,15 +48,21 @@ class Metrics:
     def update_depth(self, pred: torch.Tensor, target: torch.Tensor):
         if pred.shape[-2:] != target.shape[-2:]:
             pred = F.interpolate(pred.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
-        valid = (target > 0) & (target <= self.cap)
+        # The authors' protocol (DenseTorch engine/metrics.py RMSE: ``idx = gt != 0``, ``pred = np.abs(pred)``,
+        # squared errors pooled over every valid pixel of the set): no upper cap. The Garg / Eigen crops come
+        # with their own convention, which also caps: ground truth <= cap, prediction clipped to [1e-3, cap].
+        valid = target > 0
         if self.crop:
+            valid = valid & (target <= self.cap)
             h, w = target.shape[-2:]
             top, bottom, left, right = CROPS[self.crop]
             inside = torch.zeros(h, w, dtype=torch.bool)
             inside[int(top * h):int(bottom * h), int(left * w):int(right * w)] = True
             valid = valid & inside
         t = target.reshape(-1).double()
-        p = pred.reshape(-1).double().clamp(1e-3, self.cap)
+        p = pred.reshape(-1).double()
+        # |pred| as the authors score it; the 1e-3 floor only keeps the log terms finite
+        p = p.clamp(1e-3, self.cap) if self.crop else p.abs().clamp(min=1e-3)
         v = valid.reshape(-1)
         t, p = t[v], p[v]
         if t.numel() == 0:

@@ -36,12 +36,12 @@ def test_nyud_eval_depth_is_raw_and_masked_rmse_matches_hand_computation(tmp_pat
     assert np.allclose(train.raw(0)["depth"], filled2, atol=1 / 5000) and (train.raw(0)["depth"] > 0).all()
     meta = json.loads((tmp_path / "nyud" / "dataset.json").read_text())
     assert meta["depth_source"]["train"].startswith("depths") and meta["depth_source"]["val"].startswith("rawDepths")
-    # a constant 3 m prediction, scored on the valid raw pixels only (0 < t <= 10 m), by hand in float64
+    # a constant -3 m prediction (scored as |pred|), on the valid raw pixels only (t != 0), by hand in float64
     gt = val[0]["depth"]
     m = Metrics(40, depth_cap=10.0)
-    m.update_depth(torch.full_like(gt, 3.0)[None], gt[None])
+    m.update_depth(torch.full_like(gt, -3.0)[None], gt[None])
     t = np.round(raw0.astype(np.float64) * 5000) / 5000  # what the 16-bit PNG holds
-    v = (t > 0) & (t <= 10)
+    v = t != 0
     assert 0.6 < v.mean() < 0.7
     r = m.compute()
     # the dataset holds t in float32 (relative rounding 2**-24 = 6e-8): the bound of the comparison
@@ -82,9 +82,8 @@ def test_sample_frames_are_scored_on_the_authors_pixels(tmp_path):
     r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(ck), "--dataset", str(root), "--json", str(tmp_path / "e.json")])
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "e.json").read_text())["metrics"]
-    want = sum(int(((np.asarray(Image.open(SAMPLES / "nyud" / f"depth_gt_{n}.png")) / 5000.0 > 0)
-                    & (np.asarray(Image.open(SAMPLES / "nyud" / f"depth_gt_{n}.png")) / 5000.0 <= 10)).sum())
-               for n in ("000433", "000464"))
+    # the authors' mask (DenseTorch's RMSE): every ground-truth pixel != 0
+    want = sum(int((np.asarray(Image.open(SAMPLES / "nyud" / f"depth_gt_{n}.png")) != 0).sum()) for n in ("000433", "000464"))
     assert m["depth_pixels"] == want and want < 0.7 * 2 * 480 * 640  # a third of each frame has no depth
 
 
