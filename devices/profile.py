@@ -134,7 +134,8 @@ def parse_profile(data: dict, where: str) -> Profile:
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v >= 32 for v in size)):
         raise BadInputError(f"{bw}: input_size must be [H, W] integers >= 32, got {size!r}")
     bkw = {k: _num(b[k], k, unit, bw) for k, unit in _BUDGET_NUM.items()}
-    bkw.update({k: _num(b[k], k, unit, bw) for k, unit in _BUDGET_OPT.items() if k in b})
+    # optional budgets: absent (TOML has no null; None from a dataclass round trip) means not budgeted
+    bkw.update({k: _num(b[k], k, unit, bw) for k, unit in _BUDGET_OPT.items() if b.get(k) is not None})
     if bkw["latency_p90_ms"] < bkw["latency_p50_ms"]:
         raise BadInputError(f"{bw}: latency_p90_ms ({bkw['latency_p90_ms']}) is below latency_p50_ms ({bkw['latency_p50_ms']})")
     kw["budgets"] = Budgets(input_size=tuple(size), **bkw)

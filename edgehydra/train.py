@@ -209,7 +209,8 @@ def evaluate(forward: Callable, dataset, tasks, num_classes: int, depth_cap: flo
     task = progress.add_task("evaluate", total=len(idx)) if progress else None
     for groups in loader:
         for batch in groups:
-            outs = forward(batch["image"])
+            with torch.no_grad():  # scoring only: no graph (a float() of a tensor that requires grad warns)
+                outs = forward(batch["image"])
             if padded:
                 outs = _crop_to_labels(outs, batch["image"].shape[-2:], batch["segm"].shape[-2:])
             m.update(dict(zip(tasks, outs)), batch)

@@ -316,6 +316,10 @@ def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir
     from .precision_map import artifact_map
 
     pmap = artifact_map(source, target.name, req.precision, facts, final)
+    changed = [f"{r['layer']} ({r['op']})" for r in pmap.get("layers", []) if r.get("changed_by_converter")]
+    if changed:  # read back from the artifact: the converter did not keep the program's precision there
+        facts.setdefault("translation", {}).setdefault("issues", []).append(
+            f"{target.name} converter changed the precision of {', '.join(changed)} (see precision_map)")
     manifest = {"artifact": final.name, "target": target.name, "precision": req.precision,
                 "input": {"name": "image", "shape": [req.batch, 3, *req.size], "layout": facts.get("layout", "NCHW"),
                           "dtype": facts.get("input_dtype", "float32"),

@@ -219,6 +219,14 @@ def test_check_exit_codes(tiny_run, tmp_path):
     r = CliRunner().invoke(cli, ["check", "--run", str(tiny_run), "--device", str(lenient)])
     assert r.exit_code == 0, r.output
     assert "PASS" in r.output
+    # a normals budget (optional, TOML round trip) on a model without a normals head is a failed row, said so
+    normals = tmp_path / "normals.toml"
+    normals.write_text(to_toml(dataclasses.replace(p, budgets=dataclasses.replace(b, max_normals_median_deg=30.0),
+                                                   name="lenient")))
+    assert load_profile(str(normals)).budgets.max_normals_median_deg == 30.0
+    r = CliRunner().invoke(cli, ["check", "--run", str(tiny_run), "--device", str(normals), "--json"])
+    row = next(x for x in json.loads(r.output)[0]["rows"] if x["budget"] == "normals median angle")
+    assert r.exit_code == 1 and not row["pass"] and row["note"] == "the model has no normals head"
     # the shipped host_cpu budgets 240x320, where the run has no artifact: not judged, exit 1
     r = CliRunner().invoke(cli, ["check", "--run", str(tiny_run), "--device", "host_cpu", "--json"])
     assert r.exit_code == 1 and json.loads(r.output)[0]["verdict"] == "NOT JUDGED"
