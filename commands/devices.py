@@ -106,9 +106,14 @@ def profile(device, model_spec, size, precision, top, bench_files, as_json):
 @click.option("--profile", "profile_name", default=None,
               help="Device profile this measurement stands for (default: host_cpu on the host); `check` judges "
                    "that profile's latency with it.")
+@click.option("--duration", default=None,
+              help="Sustained run for this long (60s, 2m): p50/p90/p99 over time, throughput, last/first window ratio, plot.")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With --duration: pace the calls like a camera at this rate and count dropped frames.")
 @click.option("--verify", is_flag=True,
               help="Re-run the artifact's parity check against its run's reference before recording (host only).")
-def bench(artifact, device, binary, runs, warmup, threads, provider, apple_script, ingest, profile_name, verify):
+def bench(artifact, device, binary, runs, warmup, threads, provider, apple_script, ingest, profile_name, duration, fps,
+          verify):
     """Latency of an artifact in its own runtime: p50/p90/p99, min, peak memory.
 
     The result is written beside the artifact and, for an artifact exported into a run, kept as a
@@ -128,6 +133,19 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
 
     from edgehydra.devices.profile import load_profile
 
+    duration_s = None
+    if duration is not None:
+        from edgehydra.devices.sustained import parse_duration
+
+        try:
+            duration_s = parse_duration(duration)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--duration") from None
+        if device != "host":
+            raise click.BadParameter("sustained runs are timed on this host; on a device, run its tool for the "
+                                     "duration and --ingest the result", param_hint="--duration")
+    elif fps is not None:
+        raise click.BadParameter("--fps paces a sustained run: give --duration too", param_hint="--fps")
     if profile_name:
         profile_name = load_profile(profile_name).name  # an unknown name fails here, before any work
     if ingest:
@@ -145,7 +163,8 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
         if not artifact:
             raise click.UsageError("pass --artifact FILE (or --apple-script / --ingest)")
         if device == "host":
-            res = host_bench(Path(artifact), warmup, runs, threads, provider, verify=verify)
+            res = host_bench(Path(artifact), warmup, runs, threads, provider, verify=verify, duration_s=duration_s,
+                             fps=fps, timeout=max(1800, 3 * (duration_s or 0)))
             if profile_name and profile_name != "host_cpu":
                 raise click.BadParameter(f"a run on this host measures host_cpu, not {profile_name}",
                                          param_hint="--profile")
@@ -166,13 +185,17 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
     # the artifact's path goes above the table: as its title, rich would cut it to the table's width
     console().print(f"[bold]{res.get('artifact', ingest)}[/] on {res.get('device')}")
     t = Table("metric", "value")
-    for k in ("p50_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms", "peak_memory_mb", "runs", "threads", "runtime", "tool"):
+    for k in ("p50_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms", "peak_memory_mb", "runs", "threads", "runtime", "tool",
+              "duration_s", "throughput_fps", "first_window_p50_ms", "last_window_p50_ms", "throttle_ratio", "target_fps",
+              "dropped_frames"):
         if k in res:
             v = res[k]
             t.add_row(k, f"{v:.2f}" if isinstance(v, float) else str(v))
     show(t)
     if res.get("json"):
         click.echo(f"wrote {res['json']}")
+    if res.get("plot"):
+        click.echo(f"wrote {res['plot']}")
     ver = res.get("verification") or {}
     if ver.get("when") == "re-run by bench":
         ok = ver.get("parity_ok")

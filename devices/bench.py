@@ -97,7 +97,7 @@ def _make_runner(path: Path, threads: int, provider: str | None, size):
 
 
 def bench_in_process(path: Path, warmup: int = 5, runs: int = 30, threads: int = 2, provider: str | None = None,
-                     size=None) -> dict:
+                     size=None, duration_s: float | None = None, fps: float | None = None) -> dict:
     import torch
 
     path = Path(path)
@@ -118,12 +118,18 @@ def bench_in_process(path: Path, warmup: int = 5, runs: int = 30, threads: int =
     run, runtime, size, precision = _make_runner(path, threads, provider, size)
     for _ in range(warmup):
         run()
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - t) * 1e3)
-    res = stats(times)
+    if duration_s:  # sustained: for a duration, optionally paced like a camera (devices/sustained.py)
+        from .sustained import sustained
+
+        res = sustained(run, duration_s, fps)
+        res["runs"] = res["calls"]
+    else:
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - t) * 1e3)
+        res = stats(times)
     res.update(warmup=warmup, threads=threads, torch_threads=torch.get_num_threads(), runtime=runtime,
                runner=runtime, device="host", profile="host_cpu", artifact=str(path), size=list(size),
                precision=precision,
@@ -133,13 +139,14 @@ def bench_in_process(path: Path, warmup: int = 5, runs: int = 30, threads: int =
 
 
 def bench(path: Path, warmup: int = 5, runs: int = 30, threads: int = 2, provider: str | None = None,
-          write: bool = True, timeout: float = 1800, size=None, verify: bool = False) -> dict:
+          write: bool = True, timeout: float = 1800, size=None, verify: bool = False, duration_s: float | None = None,
+          fps: float | None = None) -> dict:
     """Benchmark in a fresh subprocess and write ``<artifact>.bench.json`` beside it. ``verify``: also re-run
     the artifact's parity check against its reference (exporters.runtime.verify_run, the routine export uses)
     before the measurement enters its run."""
     path = Path(path)
     args = [sys.executable, "-m", "edgehydra.devices.bench", str(path), str(warmup), str(runs), str(threads),
-            provider or "", "x".join(map(str, size)) if size else ""]
+            provider or "", "x".join(map(str, size)) if size else "", str(duration_s or ""), str(fps or "")]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     try:
         p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
@@ -161,7 +168,12 @@ def bench(path: Path, warmup: int = 5, runs: int = 30, threads: int = 2, provide
         res["verification"] = {k: row.get(k) for k in ("hash_ok", "parity_ok", "reference_kind", "detail")}
         res["verification"]["when"] = "re-run by bench"
     if write:
-        out = Path(str(path) + ".bench.json")
+        out = Path(str(path) + (".sustained.json" if duration_s else ".bench.json"))
+        if duration_s:
+            from .sustained import plot
+
+            res["plot"] = str(plot(res, Path(str(path) + ".sustained.png"),
+                                   f"{path.name} on {res.get('device')} ({res.get('runtime')})"))
         atomic_write_json(out, res)
         res["json"] = str(out)
         record_measurement(path, res)
@@ -187,6 +199,10 @@ def record_measurement(path: Path, res: dict) -> Path | None:
     rec = {k: res.get(k) for k in ("device", "profile", "runner", "sha256", "size", "precision", "threads", "p50_ms",
                                    "p90_ms", "p99_ms", "min_ms", "mean_ms", "runs", "warmup", "peak_memory_mb",
                                    "artifact", "host", "machine", "tool", "command", "verification")}
+    if res.get("duration_s"):  # a sustained run: its summary travels with the record (the timeline stays beside)
+        rec["sustained"] = {k: res.get(k) for k in ("duration_s", "throughput_fps", "throttle_ratio", "window_s",
+                                                    "first_window_p50_ms", "last_window_p50_ms", "target_fps",
+                                                    "dropped_frames", "dropped_share") if res.get(k) is not None}
     rec = {k: v for k, v in rec.items() if v is not None}
     res["record"] = str(run.add_measurement(rec))
     return Path(res["record"])
@@ -200,8 +216,11 @@ if __name__ == "__main__":  # the worker: python -m edgehydra.devices.bench PATH
     logging.disable(logging.WARNING)
     a = sys.argv[1:]
     sz = tuple(int(v) for v in a[5].split("x")) if len(a) > 5 and a[5] else None
+    dur = float(a[6]) if len(a) > 6 and a[6] else None
+    fps_ = float(a[7]) if len(a) > 7 and a[7] else None
     try:
-        r = bench_in_process(Path(a[0]), int(a[1]), int(a[2]), int(a[3]), a[4] or None if len(a) > 4 else None, sz)
+        r = bench_in_process(Path(a[0]), int(a[1]), int(a[2]), int(a[3]), a[4] or None if len(a) > 4 else None, sz,
+                             dur, fps_)
     except EdgeHydraError as e:
         print(str(e), file=sys.stderr)
         sys.exit(1)

@@ -143,7 +143,9 @@ class Run:
             if rec.get(k) is None:
                 raise BadInputError(f"a measurement needs {k!r}; got {sorted(rec)}")
         rec = dict(rec, recorded=rec.get("recorded") or time.strftime("%Y-%m-%dT%H:%M:%S"))
-        name = f"{rec['sha256'][:12]}_{rec['size'][0]}x{rec['size'][1]}_{_slug(rec['device'])}_{_slug(rec['runner'])}.json"
+        kind = "_sustained" if rec.get("sustained") else ""  # a sustained run is kept beside the burst one
+        name = (f"{rec['sha256'][:12]}_{rec['size'][0]}x{rec['size'][1]}_{_slug(rec['device'])}_{_slug(rec['runner'])}"
+                f"{kind}.json")
         path = self.measurements_dir / name
         self.measurements_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, rec)

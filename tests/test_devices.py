@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -279,3 +280,65 @@ def test_remote_command_follows_the_artifact_and_the_profile():
     with pytest.raises(BadInputError, match="qdq int8"):
         plan(".onnx", {"precision": "int8", "facts": {"qdq_dtype": "uint8"}}, "jetson_orin_nano_8gb")
     assert plan(".pte", {"facts": {"delegate": "xnnpack"}}, "raspberrypi5")["binaries"] == ["xnn_executor_runner"]
+
+
+def test_sustained_pacing_counts_dropped_frames_with_a_fake_clock():
+    """Calls of 25 ms, then (throttled) 50 ms, paced at 50 FPS (20 ms slots) for 9 s on a clock the test drives:
+    a call that overruns its slot drops the frames whose slots passed; the throttle ratio compares the last
+    window's median with the first's."""
+    from edgehydra.devices import sustained as s
+
+    now = [0.0]
+    lat = iter([0.025] * 200 + [0.050] * 200)
+
+    def clock():
+        return now[0]
+
+    def run():
+        now[0] += next(lat)
+
+    orig = s.time.sleep
+    s.time.sleep = lambda d: now.__setitem__(0, now[0] + d)
+    try:
+        r = s.sustained(run, 9.0, fps=50, clock=clock)
+    finally:
+        s.time.sleep = orig
+    # 200 calls x 25 ms = 5 s, then 80 calls x 50 ms = 4 s: 280 frames processed of 450 slots; the slots that
+    # pass during the final call are not counted (the run ends), nor is one float-summed edge slot: 447..451
+    assert r["calls"] in (280, 281) and 447 <= r["calls"] + r["dropped_frames"] <= 451
+    assert r["first_window_p50_ms"] == pytest.approx(25.0) and r["last_window_p50_ms"] == pytest.approx(50.0)
+    assert r["throttle_ratio"] == pytest.approx(2.0) and r["window_s"] == 3.0
+    assert r["throughput_fps"] == pytest.approx(r["calls"] / 9.0, rel=0.01)
+    assert s.parse_duration("2m") == 120 and s.parse_duration("60s") == 60 and s.parse_duration("1.5") == 1.5
+    for bad in ("0s", "ten", "50ms"):
+        with pytest.raises(ValueError):
+            s.parse_duration(bad)
+
+
+def test_sustained_bench_of_a_real_artifact_enters_the_run_and_check(tiny_run, tmp_path):
+    import dataclasses
+
+    from edgehydra.exporters.stage import export_run
+
+    run = tmp_path / "r"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "measurements", "devices"))
+    res = export_run(run / "export", ["onnx"], ["int8"], run=run, eval_frames=1)
+    art = res[0].path
+    r = CliRunner().invoke(cli, ["bench", "--artifact", str(art), "--duration", "3s", "--fps", "20", "--warmup", "1"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(Path(str(art) + ".sustained.json").read_text())
+    assert 2.9 < out["duration_s"] < 4 and out["target_fps"] == 20 and out["calls"] + out["dropped_frames"] >= 55
+    assert out["window_s"] == 1.0 and out["throttle_ratio"] > 0 and Path(out["plot"]).stat().st_size > 5000
+    rec = [json.loads(f.read_text()) for f in (run / "measurements").glob("*_sustained.json")]
+    assert len(rec) == 1 and rec[0]["sustained"]["target_fps"] == 20 and "timeline" not in rec[0]
+    p = load_profile("host_cpu")
+    b = dataclasses.replace(p.budgets, input_size=(64, 96), min_sustained_fps=15.0, latency_p50_ms=1e4,
+                            latency_p90_ms=1e4, max_gmacs=100, max_artifact_mb=100, max_peak_memory_mb=1e5,
+                            min_miou=0.0, max_depth_rmse=100, max_abs_rel=100)
+    prof = tmp_path / "p.toml"
+    prof.write_text(to_toml(dataclasses.replace(p, budgets=b, format="onnx")))
+    r = CliRunner().invoke(cli, ["check", "--run", str(run), "--device", str(prof), "--json"])
+    row = next(x for x in json.loads(r.output)[0]["rows"] if x["budget"] == "sustained FPS")
+    assert row["value"] == pytest.approx(rec[0]["sustained"]["throughput_fps"]) and "3 s on host" in row["note"]
+    r = CliRunner().invoke(cli, ["bench", "--artifact", str(art), "--fps", "30"])
+    assert r.exit_code == 2 and "give --duration too" in r.output
