@@ -98,8 +98,8 @@ def plot(res: dict, out: Path, title: str = "") -> Path:
     y = np.asarray(res["timeline"]["latency_ms"])
     fig, ax = plt.subplots(figsize=(8, 3.2), dpi=110)
     ax.plot(t, y, ".", ms=2, alpha=0.35, color="#4878a8", label="call")
-    k = max(1, len(y) // 50)
-    if len(y) > k:
+    k = max(5, len(y) // 50)
+    if len(y) > 2 * k:
         med = np.array([np.median(y[max(0, i - k):i + 1]) for i in range(len(y))])
         ax.plot(t, med, "-", lw=1.5, color="#c44e52", label=f"rolling median ({k} calls)")
     w = res["window_s"]
