@@ -68,16 +68,17 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_killed_export_leaves_no_final_file(tiny_run, tmp_path):
-    """Kill a TFLite int8 export while it is writing (its fp32 intermediate sits beside the temporary
-    artifact for the whole quantisation step): nothing may appear under the final name."""
+    """Kill a TFLite fp16 export while it is writing (its fp32 intermediate sits beside the temporary
+    artifact for the whole ai-edge-quantizer step; the int8 export converts the pt2e program directly
+    and has no such window): nothing may appear under the final name."""
     out = tmp_path / "exp"
-    args = ["export", "--run", str(tiny_run), "--target", "tflite", "--precision", "int8", "--out", str(out)]
+    args = ["export", "--run", str(tiny_run), "--target", "tflite", "--precision", "fp16", "--out", str(out)]
     p = _cli(*args)
-    final = out / "tflite" / "hydranet_int8_64x96.tflite"
+    final = out / "tflite" / "hydranet_fp16_64x96.tflite"
     deadline = time.time() + 300
 
     def writing():
-        return (out / "tflite").is_dir() and list((out / "tflite").glob(".hydranet_int8_64x96.tflite.*"))
+        return (out / "tflite").is_dir() and list((out / "tflite").glob(".hydranet_fp16_64x96.tflite.*"))
 
     while time.time() < deadline and p.poll() is None and not writing():
         time.sleep(0.01)
