@@ -15,6 +15,7 @@ import torch
 
 from edgehydra._io import atomic_write_json
 from edgehydra.checkpoint import load_checkpoint
+from edgehydra.errors import BadInputError
 from edgehydra.data import Resize
 from edgehydra.runs import open_split, run_data_settings
 from edgehydra.train import evaluate
@@ -28,9 +29,51 @@ def conv_layers(model) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
 
 
+def select_layers(model, layers: str | None) -> list[str]:
+    """Conv layers matching comma-separated names or fnmatch patterns; a pattern matching nothing is
+    refused with the closest names (a typo would otherwise sweep nothing and propose nothing)."""
+    import difflib
+
+    names = conv_layers(model)
+    if not layers:
+        return names
+    pats = [p.strip() for p in layers.split(",") if p.strip()]
+    for p in pats:
+        if not any(n == p or fnmatch.fnmatchcase(n, p) or n.startswith(p + ".") for n in names):
+            close = difflib.get_close_matches(p, names, n=4, cutoff=0.5)
+            raise BadInputError(f"layer {p!r} matches no convolution"
+                                + (f"; close: {', '.join(close)}" if close else f"; e.g. {', '.join(names[-4:])}"))
+    return [n for n in names if any(n == p or fnmatch.fnmatchcase(n, p) or n.startswith(p + ".") for p in pats)]
+
+
+def sweep(names: list[str], fn, progress=None, label: str = "sensitivity") -> dict:
+    """``{name: fn(name)}`` for every name; under torchrun each rank computes names[rank::world] and
+    every rank gets the merged table (gloo's all_gather_object), in ``names`` order."""
+    from edgehydra.train import dist_info
+
+    rank, world = dist_info()
+    mine = names[rank::world]
+    task = progress.add_task(label, total=len(mine)) if progress else None
+    part = {}
+    for n in mine:
+        part[n] = fn(n)
+        if progress:
+            progress.advance(task)
+    if world > 1:
+        import torch.distributed as dist
+
+        parts = [None] * world
+        dist.all_gather_object(parts, part)
+        part = {k: v for p in parts for k, v in p.items()}
+    return {n: part[n] for n in names}
+
+
 def _metrics(fwd, val, cfg, limit):
     m = evaluate(fwd, val, cfg.tasks, cfg.num_classes, getattr(val, "depth_cap", cfg.depth_cap), limit=limit)
-    return {k: m.get(k, float("nan")) for k in ("miou", "rmse", "abs_rel")}
+    out = {k: m.get(k, float("nan")) for k in ("miou", "rmse", "abs_rel")}
+    if "normals" in cfg.tasks:
+        out["normals_median_deg"] = m.get("normals_median_angle", float("nan"))
+    return out
 
 
 def _delta(m, ref):
@@ -52,22 +95,18 @@ def sensitivity_run(checkpoint: Path, out: Path, dataset=None, frames: int = 50,
     size = tuple(ds["size"])
     train, val = open_split(ds, "train", Resize(size)), open_split(ds, "val", Resize(size))
     calib = select_calibration(train, calib_frames)
-    names = conv_layers(model)
-    if layers:  # comma-separated names or fnmatch patterns
-        pats = [p.strip() for p in layers.split(",") if p.strip()]
-        names = [n for n in names if any(n == p or fnmatch.fnmatchcase(n, p) for p in pats)]
+    names = select_layers(model, layers)
     fp32 = _metrics(model, val, model.config, frames)
     all_q = measure(model, base, train, val, calib, size, (), frames)
-    rows = []
-    task = progress.add_task("sensitivity", total=2 * len(names)) if progress else None
-    for n in names:
+
+    def one(n):
         float_one = measure(model, base, train, val, calib, size, (n,), frames)
         others = tuple(x for x in conv_layers(model) if x != n)
         quant_one = measure(model, base, train, val, calib, size, others, frames)
-        rows.append({"layer": n, "float_one": _delta(float_one, fp32), "quant_one": _delta(quant_one, fp32),
-                     "recovers": _delta(float_one, all_q)})
-        if progress:
-            progress.advance(task, 2)
+        return {"layer": n, "float_one": _delta(float_one, fp32), "quant_one": _delta(quant_one, fp32),
+                "recovers": _delta(float_one, all_q)}
+
+    rows = list(sweep(names, one, progress).values())
     # Rank by the damage the layer's quantisation does on its own, per task and relative to FP32
     # (mIoU points lost / FP32 mIoU; depth RMSE or abs rel gained / FP32's): the worse task decides.
     for r in rows:

@@ -87,20 +87,50 @@ def qat(dataset, checkpoint, out, epochs, lr, batch_size, recipe, size, distill,
 
 
 @click.command()
-@click.option("--checkpoint", type=click.Path(dir_okay=False), required=True)
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="FP32 checkpoint (per-layer table only).")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
+              help="Run folder: its FP32 model, data and size (needed with --device).")
+@click.option("--device", default=None,
+              help="Search a mixed-precision assignment for this device profile (name or .toml): latency measured "
+                   "per layer on this host for host_cpu, estimated from the profile otherwise.")
 @click.option("--dataset", default=None)
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for sensitivity.json/png (default beside the checkpoint).")
+@click.option("--layers", default=None, help="Comma-separated layer names or patterns to consider (default: every conv).")
+@click.option("--recipe", default="w8a8", show_default=True, help=RECIPE_HELP)
+@click.option("--size", type=SIZE, default=None, help="With --device: input size (default: the device's budget size).")
 @click.option("--frames", type=click.IntRange(1), default=50, show_default=True, help="Validation frames per measurement.")
 @click.option("--calib-frames", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--max-miou-drop", type=float, default=None, help="Budget: mIoU points lost vs FP32.")
+@click.option("--max-rmse-rise", type=float, default=None, help="Budget: depth RMSE increase vs FP32 (m).")
 @click.option("--max-absrel-rise", type=float, default=None, help="Budget: abs rel increase vs FP32.")
-def sensitivity(checkpoint, dataset, out, frames, calib_frames, max_miou_drop, max_absrel_rise):
-    """Per-layer, per-task sensitivity; with budgets, proposes layers to keep in float as a recipe file."""
+@click.option("--latency-budget-ms", type=float, default=None, help="Latency budget (default: the profile's p50 budget).")
+@click.option("--profile-floors/--no-profile-floors", default=True, show_default=True,
+              help="Also hold the profile's absolute task floors (min mIoU, max RMSE, max abs rel) and size budget.")
+@click.option("--max-trials", type=click.IntRange(1), default=6, show_default=True,
+              help="Candidates checked by real PTQ + evaluation, fastest predicted first.")
+@click.option("--apply", "do_apply", is_flag=True, help="PTQ with the chosen recipe, export for the device, check.")
+@click.option("--qat", is_flag=True, help="With --apply: QAT instead of PTQ.")
+def sensitivity(checkpoint, run_dir, device, dataset, out, layers, recipe, size, frames, calib_frames, max_miou_drop,
+                max_rmse_rise, max_absrel_rise, latency_budget_ms, profile_floors, max_trials, do_apply, qat):
+    """Per-layer, per-task sensitivity. With --device: the mixed-precision Pareto front under that device's
+    joint budgets and the fastest assignment that meets them (a recipe); --apply hands it on."""
+    if device:
+        return _mixed(run_dir, device, layers, recipe, size, frames, calib_frames, max_miou_drop, max_rmse_rise,
+                      max_absrel_rise, latency_budget_ms, profile_floors, max_trials, do_apply, qat)
+    if do_apply or qat or max_rmse_rise is not None or latency_budget_ms is not None:
+        raise click.UsageError("--apply, --qat, --max-rmse-rise and --latency-budget-ms need --device")
     from edgehydra.calibration.sensitivity import sensitivity_run
 
+    if checkpoint is None and run_dir is None:
+        raise click.UsageError("pass --run RUN or --checkpoint FILE")
+    if checkpoint is None:
+        from edgehydra.run import Run
+
+        checkpoint = Run(run_dir).checkpoint()
     out = Path(out) if out else Path(checkpoint).parent / "sensitivity"
     with progress_bar(transient=True) as p:
-        rep = sensitivity_run(Path(checkpoint), out, dataset, frames, calib_frames, max_miou_drop, max_absrel_rise, progress=p)
+        rep = sensitivity_run(Path(checkpoint), out, dataset, frames, calib_frames, max_miou_drop, max_absrel_rise,
+                              recipe_spec=recipe, layers=layers, progress=p)
     from rich.table import Table
 
     t = Table(title="per-layer sensitivity (only this layer in float / only this layer quantised)")
@@ -113,3 +143,63 @@ def sensitivity(checkpoint, dataset, out, frames, calib_frames, max_miou_drop, m
     if rep.get("proposal"):
         click.echo(f"proposed recipe: {rep['proposal']['recipe_file']} (keep float: {', '.join(rep['proposal']['keep_float']) or 'none'})")
     click.echo(f"chart: {rep['chart']}")
+
+
+def _mixed(run_dir, device, layers, recipe, size, frames, calib_frames, max_miou_drop, max_rmse_rise, max_absrel_rise,
+           latency_budget_ms, profile_floors, max_trials, do_apply, qat):
+    from edgehydra.calibration.mixed import MixedBudgets
+    from edgehydra.calibration.mixed_stage import apply, mixed_run
+    from edgehydra.devices.profile import load_profile
+    from edgehydra.run import Run
+    from edgehydra.train import init_distributed, is_main
+
+    if run_dir is None:
+        raise click.UsageError("--device needs --run RUN (the run's model, data and measurements)")
+    run = Run(run_dir)
+    cal = run.calibrated_profile(device)
+    b = load_profile(str(cal) if cal.is_file() else device).budgets
+    budgets = MixedBudgets(
+        max_miou_drop=max_miou_drop, max_rmse_rise=max_rmse_rise, max_absrel_rise=max_absrel_rise,
+        min_miou=b.min_miou if profile_floors else None, max_rmse=b.max_depth_rmse if profile_floors else None,
+        max_abs_rel=b.max_abs_rel if profile_floors else None,
+        latency_ms=latency_budget_ms if latency_budget_ms is not None else b.latency_p50_ms,
+        size_mb=b.max_artifact_mb if profile_floors else None)
+    init_distributed()
+    with progress_bar(transient=True) as p:
+        rep = mixed_run(run, device, budgets, recipe_spec=recipe, layers=layers, size=size, frames=frames,
+                        calib_frames=calib_frames, max_trials=max_trials, progress=p if is_main() else None)
+    if not is_main():
+        return
+    _mixed_table(rep)
+    c = rep["chosen"]
+    click.echo(f"chosen: {len(c['keep_float'])} layers float ({', '.join(c['keep_float']) or 'none'}); "
+               f"recipe: {rep['recipe_file']}")
+    click.echo(f"front: {rep['chart']}")
+    if do_apply:
+        with progress_bar(transient=True) as p:
+            res = apply(run, device, Path(rep["recipe_file"]), qat=qat, size=size, calib_frames=calib_frames, progress=p)
+        v = res["check"]
+        click.echo(f"applied: {res['quantised']} -> {', '.join(str(r.get('path')) for r in res['export'])}; "
+                   f"check {v['device']}: {v['verdict']}")
+        if v["verdict"] != "PASS":
+            raise SystemExit(1)
+
+
+def _mixed_table(rep: dict):
+    from rich.table import Table
+
+    t = Table(title=f"{rep['device']} at {rep['size'][0]}x{rep['size'][1]}: latency {rep['latency_source']}")
+    for col in ("assignment", "float layers", "mIoU", "RMSE", "abs rel", "latency ms", "size MB"):
+        t.add_column(col, justify="left" if col == "assignment" else "right")
+    ht = rep.get("host_timing") or {}
+    rows = [("FP32", "all", rep["fp32"], ht.get("fp32", rep["float_total_ms"]), None),
+            ("all int8", "0", rep["all_int8"], ht.get("int8", rep["int8_total_ms"]), None)]
+    c = rep["chosen"]
+    rows.append((f"mixed ({c['name']})", str(len(c["keep_float"])), c["measured"],
+                 c["measured_latency_ms"] or c["latency_ms"], c["size_mb"]))
+    for name, nf, m, lat, mb in rows:
+        t.add_row(name, nf, f"{m['miou']:.2f}", f"{m['rmse']:.4f}", f"{m['abs_rel']:.4f}", f"{lat:.2f}",
+                  "" if mb is None else f"{mb:.2f}")
+    show(t)
+    for n in rep.get("notes", []):
+        click.echo(f"note: {n}")

@@ -1,0 +1,247 @@
+"""Mixed precision under joint budgets: which layers stay float, for one device, and what it costs each task.
+
+For each candidate convolution L two tables are built:
+
+- **accuracy**: the run's PTQ with every layer quantised except L (``keep_float=(L,)``), evaluated per
+  task: what keeping L float recovers, in mIoU, depth RMSE and abs rel (normals where present), against
+  the all-int8 model. The sweep shards over ranks under torchrun (``sensitivity.sweep``).
+- **latency**: on this host (a profile of format ``executorch``), measured: the all-int8 and the FP32
+  .pte are profiled operator by operator through ETDump (devices/opprofile.py) and each operator is
+  charged to its layer, so L's float cost is ``t_fp32(L) - t_int8(L)``. On x86 this is often negative:
+  XNNPACK's int8 depthwise convolutions run slower than its fp32 ones (benchmarks/ops.py), so keeping
+  them float is faster and more accurate at once. On a remote device, estimated from its profile
+  (devices/estimate.py, per-precision efficiencies calibrated on the run's measurements when present),
+  at the precision its format computes float layers in (fp16 on GPUs/NPUs and Core ML, fp32 on CPUs).
+
+An assignment is the set S of layers kept float; its accuracy is predicted as the all-int8 figures
+plus the sum of the members' recoveries, its latency as the all-int8 latency minus the members'
+gains, its size from the weights' bytes. Candidates: a greedy path (free layers first: faster and no
+less accurate; then the most budget deficit removed per millisecond) and every combination of the
+groups "depthwise", "encoder", "decoder" and each head. The predicted Pareto front is then **checked
+by real PTQ and evaluation** in order of predicted latency until one assignment meets every budget
+when measured; on this host its latency is measured too (fp32, int8 and mixed .pte timed interleaved
+in one run). Additivity is an approximation, and the report shows predicted against measured.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from edgehydra._io import atomic_write_json
+from edgehydra.errors import BadInputError, EdgeHydraError
+
+TASK_METRICS = {"miou": +1, "rmse": -1, "abs_rel": -1, "normals_median_deg": -1}  # +1: higher is better
+
+
+class BudgetsNotMet(EdgeHydraError):
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class MixedBudgets:
+    """Joint budgets. Relative ones are against FP32 on the same frames; absolute ones come from the profile."""
+
+    max_miou_drop: float | None = None
+    max_rmse_rise: float | None = None
+    max_absrel_rise: float | None = None
+    min_miou: float | None = None
+    max_rmse: float | None = None
+    max_abs_rel: float | None = None
+    latency_ms: float | None = None
+    size_mb: float | None = None
+
+    def __post_init__(self):
+        for k, v in asdict(self).items():
+            if v is not None and (not isinstance(v, (int, float)) or v < 0 or not math.isfinite(v)):
+                raise BadInputError(f"budget {k}={v!r}: a finite number >= 0")
+
+    def misses(self, m: dict, fp32: dict, latency_ms: float | None, size_mb: float | None) -> dict:
+        """{budget: excess} for every budget ``m`` misses (excess > 0, in the budget's unit)."""
+        def over(value, limit):
+            return value - limit if value is not None and limit is not None and value > limit else 0.0
+
+        g = lambda k: m.get(k) if m.get(k) is not None and math.isfinite(m.get(k)) else None  # noqa: E731
+        out = {
+            "max_miou_drop": over(fp32["miou"] - g("miou") if g("miou") is not None else None, self.max_miou_drop),
+            "max_rmse_rise": over(g("rmse") - fp32["rmse"] if g("rmse") is not None else None, self.max_rmse_rise),
+            "max_absrel_rise": over(g("abs_rel") - fp32["abs_rel"] if g("abs_rel") is not None else None,
+                                    self.max_absrel_rise),
+            "min_miou": over(-g("miou") if g("miou") is not None else None,
+                             -self.min_miou if self.min_miou is not None else None),
+            "max_rmse": over(g("rmse"), self.max_rmse),
+            "max_abs_rel": over(g("abs_rel"), self.max_abs_rel),
+            "latency_ms": over(latency_ms, self.latency_ms),
+            "size_mb": over(size_mb, self.size_mb),
+        }
+        return {k: v for k, v in out.items() if v > 0}
+
+    def scale(self, key: str, fp32: dict) -> float:
+        """What one unit of miss weighs in the greedy search: the budget itself, or 1 % of FP32."""
+        v = getattr(self, key)
+        ref = {"max_miou_drop": "miou", "min_miou": "miou", "max_rmse_rise": "rmse", "max_rmse": "rmse",
+               "max_absrel_rise": "abs_rel", "max_abs_rel": "abs_rel"}.get(key)
+        floor = 0.01 * abs(fp32.get(ref, 1.0)) if ref else 0.01
+        return max(v if key.startswith("max_") and v else 0.0, floor, 1e-6)
+
+
+# ----------------------------------------------------------------------------------------- groups
+def groups_of(layers: list[str], depthwise: set[str], tasks) -> dict[str, list[str]]:
+    from edgehydra.devices.opprofile import stage_of
+
+    g = {"depthwise": [n for n in layers if n in depthwise]}
+    for st in ["encoder", "decoder"] + [f"head:{t}" for t in tasks]:
+        g[st] = [n for n in layers if stage_of(n, tasks) == st]
+    return {k: v for k, v in g.items() if v}
+
+
+# ----------------------------------------------------------------------------------------- latency
+def host_layer_latency(model, program, size, runs: int = 20, threads: int = 2) -> dict:
+    """Measured per-layer ms of the all-int8 and the FP32 .pte on this host (ETDump)."""
+    from edgehydra.devices.opprofile import profile_pte
+    from edgehydra.exporters.executorch import lower
+
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        for prec, module in (("int8", program), ("fp32", model.eval())):
+            x = torch.zeros(1, 3, *size)
+            prog, _ = lower(module, x, prec)
+            p = Path(d) / f"{prec}.pte"
+            p.write_bytes(prog.buffer)
+            prof = profile_pte(p, module, size, runs=runs, tasks=model.config.tasks, threads=threads)
+            if not prof["mapped"]:
+                raise EdgeHydraError(f"per-operator profile of the {prec} .pte could not be mapped to layers: "
+                                     f"{prof['unmapped_reason']}")
+            out[prec] = {"total_ms": prof["total_ms"], "by_layer": prof["by_layer"], "by_stage": prof["by_stage"]}
+    return {"source": "measured on this host (ETDump per XNNPACK operator)", "float_precision": "fp32",
+            "int8_total_ms": out["int8"]["total_ms"], "float_total_ms": out["fp32"]["total_ms"],
+            "int8": out["int8"]["by_layer"], "float": out["fp32"]["by_layer"], "profiles": out}
+
+
+def estimated_layer_latency(model, profile, size) -> dict:
+    """Per-layer ms from the device profile's roofline, int8 and the float precision it computes."""
+    from edgehydra.devices.estimate import estimate
+
+    fprec = "fp16" if profile.fp16_tflops > profile.fp32_tflops else "fp32"
+    e8, ef = estimate(model, profile, "int8", size), estimate(model, profile, fprec, size)
+    per = lambda e: {r["name"]: r["ms"] for r in e["layers"]}  # noqa: E731
+    return {"source": f"estimated from the {profile.name} profile", "float_precision": fprec,
+            "int8_total_ms": e8["total_ms"], "float_total_ms": ef["total_ms"], "int8": per(e8), "float": per(ef)}
+
+
+def weight_bytes(model, layers, float_bytes: int) -> dict[str, tuple[int, int]]:
+    """(int8 bytes, float bytes) of each conv's weights: int8 adds a float scale per output channel."""
+    mods = dict(model.named_modules())
+    out = {}
+    for n in layers:
+        w = mods[n].weight
+        b = mods[n].bias.numel() * 4 if mods[n].bias is not None else 0
+        out[n] = (w.numel() + 4 * w.shape[0] + b, w.numel() * float_bytes + b)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- search
+@dataclass
+class Candidate:
+    name: str
+    keep_float: tuple[str, ...]
+    predicted: dict
+    latency_ms: float
+    size_mb: float
+    measured: dict | None = None
+    measured_latency_ms: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "keep_float": list(self.keep_float), "predicted": self.predicted,
+                "latency_ms": self.latency_ms, "size_mb": self.size_mb, "measured": self.measured,
+                "measured_latency_ms": self.measured_latency_ms}
+
+
+class Space:
+    """Predicted accuracy, latency and size of any keep-float set, from the per-layer tables."""
+
+    def __init__(self, all_q: dict, gains: dict[str, dict], lat: dict, sizes: dict, base_size_bytes: int):
+        self.all_q, self.gains, self.lat, self.sizes, self.base = all_q, gains, lat, sizes, base_size_bytes
+
+    def lat_gain(self, n: str) -> float:
+        """ms saved by keeping n float (negative: float is slower)."""
+        return self.lat["int8"].get(n, 0.0) - self.lat["float"].get(n, 0.0)
+
+    def candidate(self, name: str, keep) -> Candidate:
+        keep = tuple(sorted(set(keep)))
+        pred = {}
+        for k, v in self.all_q.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                pred[k] = v + sum(self.gains[n].get(k, 0.0) for n in keep if math.isfinite(self.gains[n].get(k, 0.0)))
+        lat = self.lat["int8_total_ms"] - sum(self.lat_gain(n) for n in keep)
+        size = self.base + sum(self.sizes[n][1] - self.sizes[n][0] for n in keep)
+        return Candidate(name, keep, pred, lat, size / 1e6)
+
+
+def deficit(c: Candidate, budgets: MixedBudgets, fp32: dict, with_latency: bool = False) -> float:
+    miss = budgets.misses(c.predicted, fp32, c.latency_ms if with_latency else None, c.size_mb if with_latency else None)
+    return sum(v / budgets.scale(k, fp32) for k, v in miss.items())
+
+
+def benefit(c: Candidate, fp32: dict) -> float:
+    """Accuracy closeness to FP32, summed over tasks relative to FP32 (higher is better)."""
+    s = 0.0
+    for k, sign in TASK_METRICS.items():
+        if k in c.predicted and k in fp32 and math.isfinite(fp32[k]):
+            s += sign * (c.predicted[k] - fp32[k]) / max(abs(fp32[k]), 1e-3)
+    return s
+
+
+def greedy_path(space: Space, layers: list[str], budgets: MixedBudgets, fp32: dict) -> list[Candidate]:
+    """From all-int8 to all-float, one layer at a time: free moves first, then the most budget deficit
+    (or, once the accuracy budgets are met, the most accuracy) bought per millisecond."""
+    keep: list[str] = []
+    path = [space.candidate("all-int8", ())]
+    left = list(layers)
+    while left:
+        cur = path[-1]
+        best, best_score = None, -math.inf
+        for n in left:
+            c = space.candidate("", keep + [n])
+            cost = c.latency_ms - cur.latency_ms
+            gain_def = deficit(cur, budgets, fp32) - deficit(c, budgets, fp32)
+            gain_acc = benefit(c, fp32) - benefit(cur, fp32)
+            if cost <= 0 and gain_def >= 0 and gain_acc >= 0:
+                score = 1e9 + gain_acc - cost  # free: faster and no less accurate
+            else:
+                score = (gain_def + 1e-3 * gain_acc) / max(cost, 1e-3)
+            if score > best_score:
+                best, best_score = n, score
+        keep.append(best)
+        left.remove(best)
+        path.append(space.candidate(f"greedy+{len(keep)}", keep))
+    return path
+
+
+def group_candidates(space: Space, groups: dict[str, list[str]]) -> list[Candidate]:
+    out = []
+    names = list(groups)
+    for r in range(1, len(names) + 1):
+        for combo in itertools.combinations(names, r):
+            out.append(space.candidate("+".join(combo), [n for g in combo for n in groups[g]]))
+    return out
+
+
+def pareto(cands: list[Candidate], key=lambda c: c.predicted) -> list[Candidate]:
+    """Candidates no other one beats on latency, size and every task metric at once."""
+    def vec(c):
+        m = key(c) or {}
+        return [c.latency_ms, c.size_mb] + [-s * m.get(k, 0.0) for k, s in TASK_METRICS.items() if k in m]
+
+    vs = [vec(c) for c in cands]
+    front = []
+    for i, c in enumerate(cands):
+        if not any(all(a <= b for a, b in zip(vs[j], vs[i])) and any(a < b for a, b in zip(vs[j], vs[i]))
+                   for j in range(len(cands)) if j != i):
+            front.append(c)
+    uniq = {c.keep_float: c for c in front}
+    return sorted(uniq.values(), key=lambda c: c.latency_ms)

@@ -1,0 +1,291 @@
+"""`edgehydra sensitivity --run R --device D`: the mixed-precision search as a run stage, and `--apply`.
+
+    RUN/mixed/<device>/front.json   per-layer table, candidates, predicted front, measured trials, chosen
+    RUN/mixed/<device>/front.png    per-task accuracy against latency, the front and the chosen point
+    RUN/mixed/<device>/recipe.json  the chosen assignment as a recipe (keep_float = the float layers)
+
+`--apply` hands that recipe on: PTQ (or QAT) into the run, export for the device's format at the
+device's input size, and `check` of what ships. See calibration/mixed.py for the method.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from edgehydra._io import atomic_write_json
+from edgehydra.checkpoint import load_checkpoint
+from edgehydra.data import Resize
+from edgehydra.errors import BadInputError
+from edgehydra.run import Run
+from edgehydra.runs import open_split, run_data_settings
+
+from .calibset import select_calibration
+from .mixed import (BudgetsNotMet, Candidate, MixedBudgets, Space, deficit, estimated_layer_latency, greedy_path,
+                    group_candidates, groups_of, host_layer_latency, pareto, weight_bytes)
+from .ptq import quantize_ptq
+from .recipe import load_recipe
+from .sensitivity import _delta, _metrics, select_layers, sweep
+
+# What each format does with a layer kept float (the recipe's keep_float), for the report and for
+# formats where per-layer float is not what runs.
+FLOAT_IN = {
+    "executorch": "fp32 XNNPACK kernels beside the int8 ones, in one delegate",
+    "onnx": "fp32 between QDQ pairs (onnxruntime runs the rest as integer kernels; TensorRT builds fp16/fp32 there)",
+    "coreml": "fp16 compute with fp16 weights (Core ML computes every op in fp16; int8 layers keep int8 weights)",
+    "tflite": ("converted by litert-torch from the program: kept-float layers stay float, but the converter may "
+               "still feed them int8 inputs (listed per layer as not honoured in the manifest)"),
+}
+
+
+def _time_ptes(paths: dict[str, Path], size, rounds: int, threads: int) -> dict[str, float]:
+    """Median ms of each .pte, one call of each per round (interleaved, so drift hits all alike)."""
+    from edgehydra.exporters.executorch import runtime
+
+    rt = runtime(threads)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)  # torch only wraps the tensors (see benchmarks/run.py)
+    try:
+        methods = {k: rt.load_program(str(p)).load_method("forward") for k, p in paths.items()}
+        x = torch.zeros(1, 3, *size)
+        for m in methods.values():
+            for _ in range(3):
+                m.execute([x])
+        times = {k: [] for k in methods}
+        for _ in range(rounds):
+            for k, m in methods.items():
+                t = time.perf_counter()
+                m.execute([x])
+                times[k].append((time.perf_counter() - t) * 1e3)
+    finally:
+        torch.set_num_threads(prev)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def nearest_misses(trials: list[Candidate], budgets: MixedBudgets, fp32: dict) -> list[dict]:
+    """Per budget missed by every trial: the trial that came closest and by how much."""
+    rows = []
+    keys = {k for c in trials for k in budgets.misses(c.measured or c.predicted, fp32, _lat(c), c.size_mb)}
+    for k in sorted(keys):
+        best = min(trials, key=lambda c: budgets.misses(c.measured or c.predicted, fp32, _lat(c), c.size_mb).get(k, 0.0))
+        miss = budgets.misses(best.measured or best.predicted, fp32, _lat(best), best.size_mb).get(k, 0.0)
+        if miss > 0:
+            rows.append({"budget": k, "limit": getattr(budgets, k), "closest": best.name,
+                         "keep_float": list(best.keep_float), "missed_by": miss})
+    return rows
+
+
+def _lat(c: Candidate) -> float:
+    return c.measured_latency_ms if c.measured_latency_ms is not None else c.latency_ms
+
+
+def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spec=None, layers: str | None = None,
+              size=None, frames: int = 50, calib_frames: int = 32, max_trials: int = 6, rounds: int = 20,
+              threads: int = 2, progress=None) -> dict:
+    from edgehydra.devices.check import host_device
+    from edgehydra.devices.opprofile import graph_convs
+    from edgehydra.devices.profile import load_profile
+    from edgehydra.train import dist_info
+
+    run = run if isinstance(run, Run) else Run(run)
+    cal = run.calibrated_profile(device)
+    profile = load_profile(str(cal) if cal.is_file() else device)
+    size = tuple(size or profile.budgets.input_size)
+    base = load_recipe(recipe_spec)
+    model, _ = load_checkpoint(run.checkpoint())
+    ds = run_data_settings(run.checkpoint(), None, size, base=run.record().get("data"))
+    train, val = open_split(ds, "train", Resize(size)), open_split(ds, "val", Resize(size))
+    calib = select_calibration(train, calib_frames)
+    names = select_layers(model, layers)
+    notes = []
+    if profile.format == "tflite":
+        notes.append(f"{profile.name} ships TFLite: {FLOAT_IN['tflite']}")
+
+    def measure(keep) -> dict:
+        q, _ = quantize_ptq(model, base.replace(keep_float=tuple(keep)), train, calib, size)
+        return _metrics(q, val, model.config, frames)
+
+    fp32 = _metrics(model, val, model.config, frames)
+    all_q = measure(())
+    gains = sweep(names, lambda n: _delta(measure((n,)), all_q), progress, label="per-layer accuracy")
+    if dist_info()[0] != 0:
+        return {}
+
+    measured_host = host_device(profile) == "host" and profile.format == "executorch"
+    program = None
+    if measured_host:
+        program, _ = quantize_ptq(model, base, train, calib, size)
+        lat = host_layer_latency(model, program, size, runs=rounds, threads=threads)
+    else:
+        lat = estimated_layer_latency(model, profile, size)
+    fbytes = 2 if lat["float_precision"] == "fp16" else 4
+    sizes = weight_bytes(model, names, fbytes)
+    conv_ids = {id(m) for m in model.modules() if isinstance(m, torch.nn.Conv2d)}
+    others = sum(p.numel() * 4 for m in model.modules() if id(m) not in conv_ids for p in m.parameters(recurse=False))
+    all_convs = weight_bytes(model, [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)], fbytes)
+    space = Space(all_q, gains, lat, sizes, others + sum(v[0] for v in all_convs.values()))
+
+    dw = {n for n, d in graph_convs(torch.export.export(model.eval(), (torch.zeros(1, 3, *size),))) if d}
+    cands = greedy_path(space, names, budgets, fp32) + group_candidates(space, groups_of(names, dw, model.config.tasks))
+    front = pareto(cands)
+
+    # Check the prediction by real PTQ + evaluation, fastest predicted-feasible first.
+    feasible = sorted((c for c in cands if deficit(c, budgets, fp32, with_latency=True) == 0), key=lambda c: c.latency_ms)
+    order = feasible or sorted(cands, key=lambda c: (deficit(c, budgets, fp32, with_latency=True), c.latency_ms))
+    trials, seen, chosen = [], set(), None
+    task = progress.add_task("check candidates", total=max_trials) if progress else None
+    for c in order:
+        if c.keep_float in seen or len(trials) >= max_trials:
+            continue
+        seen.add(c.keep_float)
+        c.measured = all_q if not c.keep_float else measure(c.keep_float)
+        trials.append(c)
+        if progress:
+            progress.advance(task)
+        if not budgets.misses(c.measured, fp32, c.latency_ms, c.size_mb):
+            chosen = c
+            break
+
+    timing = None
+    if measured_host and chosen is not None:
+        timing = _measure_host(model, program, base, chosen, train, calib, size, rounds, threads)
+        chosen.measured_latency_ms = timing["mixed"]
+        if budgets.misses(chosen.measured, fp32, chosen.measured_latency_ms, chosen.size_mb):
+            notes.append(f"the chosen assignment measured {timing['mixed']:.2f} ms against its predicted "
+                         f"{chosen.latency_ms:.2f} ms and misses the latency budget when timed")
+            chosen_ok = False
+        else:
+            chosen_ok = True
+    else:
+        chosen_ok = chosen is not None
+
+    out = run.root / "mixed" / profile.name
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "device": profile.name, "format": profile.format, "size": list(size), "frames": frames,
+        "float_layers_run_as": FLOAT_IN.get(profile.format, "float"), "recipe": base.to_dict(),
+        "budgets": {k: v for k, v in budgets.__dict__.items() if v is not None},
+        "latency_source": lat["source"], "float_precision": lat["float_precision"],
+        "fp32": fp32, "all_int8": all_q, "int8_total_ms": lat["int8_total_ms"], "float_total_ms": lat["float_total_ms"],
+        "layers": [{"layer": n, "recovers": gains[n], "int8_ms": lat["int8"].get(n, 0.0),
+                    "float_ms": lat["float"].get(n, 0.0), "depthwise": n in dw} for n in names],
+        "front": [c.to_dict() for c in front], "trials": [c.to_dict() for c in trials],
+        "chosen": chosen.to_dict() if chosen else None, "meets_budgets": chosen_ok, "host_timing": timing,
+        "notes": notes, "calibration_sha256": calib.sha256,
+    }
+    if chosen:
+        rec = base.replace(name=f"{base.name}-mixed-{profile.name}", keep_float=chosen.keep_float)
+        atomic_write_json(out / "recipe.json", rec.to_dict())
+        report["recipe_file"] = str(out / "recipe.json")
+    if not chosen_ok:
+        report["nearest_misses"] = nearest_misses(trials or cands[:1], budgets, fp32)
+    report["chart"] = str(chart(report, out / "front.png"))
+    atomic_write_json(out / "front.json", report)
+    if not chosen_ok:
+        raise BudgetsNotMet(_miss_text(report))
+    return report
+
+
+def _miss_text(report: dict) -> str:
+    rows = report.get("nearest_misses") or []
+    head = (f"no assignment of {len(report['layers'])} layers meets the budgets on {report['device']} "
+            f"({len(report['trials'])} checked by PTQ + evaluation); nearest misses:")
+    lines = [f"  {r['budget']} <= {r['limit']}: missed by {r['missed_by']:.4g} ({r['closest']}, "
+             f"{len(r['keep_float'])} layers float)" for r in rows]
+    return "\n".join([head] + lines + [f"  table: {Path(report['chart']).with_name('front.json')}"])
+
+
+def _measure_host(model, program, base, chosen, train, calib, size, rounds, threads) -> dict:
+    """fp32, all-int8 and the chosen mixed .pte, timed interleaved in one run on this host."""
+    from edgehydra.exporters.executorch import lower
+
+    mixed, _ = quantize_ptq(model, base.replace(keep_float=chosen.keep_float), train, calib, size)
+    x = torch.zeros(1, 3, *size)
+    with tempfile.TemporaryDirectory() as d:
+        paths = {}
+        for k, m, prec in (("fp32", model.eval(), "fp32"), ("int8", program, "int8"), ("mixed", mixed, "int8")):
+            prog, _ = lower(m, x, prec)
+            paths[k] = Path(d) / f"{k}.pte"
+            paths[k].write_bytes(prog.buffer)
+        t = _time_ptes(paths, size, rounds, threads)
+    return dict(t, rounds=rounds, threads=threads)
+
+
+def chart(report: dict, path: Path) -> Path:
+    """Per task: accuracy against latency, every candidate (predicted), the front, measured trials, chosen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("miou", "mIoU (%)"), ("rmse", "depth RMSE (m)"), ("abs_rel", "depth abs rel")]
+    panels = [p for p in panels if math.isfinite(report["fp32"].get(p[0], float("nan")))]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6))
+    axes = [axes] if len(panels) == 1 else list(axes)
+    b = report["budgets"]
+    for ax, (k, label) in zip(axes, panels):
+        fr = report["front"]
+        ax.plot([c["latency_ms"] for c in fr], [c["predicted"].get(k) for c in fr], "-o", ms=3, color="#95a5a6",
+                label="predicted front")
+        tr = [c for c in report["trials"] if c["measured"]]
+        ax.scatter([c["measured_latency_ms"] or c["latency_ms"] for c in tr], [c["measured"].get(k) for c in tr],
+                   color="#2471a3", zorder=3, label="checked (PTQ + eval)")
+        ax.scatter([report["int8_total_ms"]], [report["all_int8"][k]], marker="s", color="#c0392b", zorder=4,
+                   label="all int8")
+        ax.axhline(report["fp32"][k], color="#27ae60", ls="--", lw=1, label="FP32 accuracy")
+        c = report.get("chosen")
+        if c:
+            ax.scatter([c["measured_latency_ms"] or c["latency_ms"]], [c["measured"][k]], marker="*", s=160,
+                       color="#f39c12", zorder=5, label="chosen")
+        lim = {"miou": ("max_miou_drop", -1), "rmse": ("max_rmse_rise", 1), "abs_rel": ("max_absrel_rise", 1)}[k]
+        if b.get(lim[0]) is not None:
+            ax.axhline(report["fp32"][k] + lim[1] * b[lim[0]], color="#7f8c8d", ls=":", lw=1, label="budget")
+        lats = [c["latency_ms"] for c in fr] + [report["int8_total_ms"]]
+        if b.get("latency_ms") is not None and b["latency_ms"] < 1.5 * max(lats):  # else it only squashes the plot
+            ax.axvline(b["latency_ms"], color="#7f8c8d", ls=":", lw=1)
+        ax.set_xlabel("latency (ms, " + ("measured per layer" if "measured" in report["latency_source"] else "estimated")
+                      + ")")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Mixed precision on {report['device']} at {report['size'][0]}x{report['size'][1]}", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.part.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def apply(run: Run | Path, device: str, recipe_file: Path, *, qat: bool = False, size=None, calib_frames: int = 32,
+          qat_epochs: int = 1, eval_frames: int = 32, progress=None) -> dict:
+    """Hand the chosen recipe on: PTQ (or QAT) into the run, export for the device, check what ships."""
+    from edgehydra.devices.check import check_device
+    from edgehydra.devices.profile import load_profile
+    from edgehydra.exporters.stage import export_run
+
+    from .stages import ptq_run, qat_run
+
+    run = run if isinstance(run, Run) else Run(run)
+    cal = run.calibrated_profile(device)
+    profile = load_profile(str(cal) if cal.is_file() else device)
+    size = tuple(size or profile.budgets.input_size)
+    ckpt = run.checkpoint()
+    if qat:
+        from edgehydra.train import TrainConfig
+
+        cfg = TrainConfig(epochs=qat_epochs, lr_encoder=1e-4, lr_decoder=1e-4, schedule="cosine")
+        q = qat_run(ckpt, run, cfg, str(recipe_file), None, size, progress=progress)
+    else:
+        q = ptq_run(ckpt, run, str(recipe_file), None, size, calib_frames, progress=progress)
+    if profile.format == "tensorrt":
+        raise BadInputError(f"{profile.name}: no exporter for {profile.format}")
+    res = export_run(run.export_dir, [profile.format], ["int8"], run=run.root, size=size, eval_frames=eval_frames,
+                     progress=progress)
+    verdict = check_device(run, profile)
+    from edgehydra.exporters.stage import summary_rows
+
+    return {"quantised": q["program"], "export": summary_rows(res), "check": verdict}

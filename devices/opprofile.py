@@ -1,0 +1,217 @@
+"""Per-operator latency of an ExecuTorch .pte on this host, mapped to HydraNet's layers and stages.
+
+The installed ExecuTorch records one timing per XNNPACK operator through ETDump
+(``_load_for_executorch(..., enable_etdump=True)``; ``Inspector`` reads it back: see
+../shared/reference/TOOLCHAIN.md). Those rows carry XNNPACK's operator names ("Convolution (NHWC, QC8)
+DWConv #3", "Fully Connected (NC, QS8, QC8W) GEMM #20", "Add (ND) #4"), not module paths: the
+delegate logs no debug handles in this version (their module_hierarchy is empty even with an
+ETRecord). XNNPACK runs its operators in the order of the lowered graph, which is the exported
+graph's order, so the k-th convolution-like operator (Convolution or Fully Connected: XNNPACK runs
+1x1 convolutions as a GEMM) is the k-th ``aten.conv2d`` node of the graph that was lowered. The
+mapping is checked, not assumed: the counts must agree and every depthwise operator must land on a
+depthwise convolution, else the profile says it could not map and keeps the operator names only.
+Other operators (add, max-pool, resize, convert, clamp, transpose) are charged to the layer of the
+convolution before them (the CRP add after its 1x1, the convert after a float island), operators
+before the first convolution to "input".
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CONV_OPS = ("Convolution", "Fully Connected")
+
+
+def op_class(event: str) -> str:
+    """'Convolution (NHWC, QC8) DWConv #9' -> 'depthwise conv'; precision read from the kernel tag."""
+    e = event
+    if e.startswith("Convolution"):
+        kind = "depthwise conv" if "DWConv" in e else "conv"
+    elif e.startswith("Fully Connected"):
+        kind = "1x1 conv"
+    elif e.startswith("Add"):
+        kind = "add"
+    elif e.startswith("Max Pooling"):
+        kind = "max-pool"
+    elif e.startswith("Resize"):
+        kind = "upsample"
+    elif e.startswith("Convert"):
+        return "convert (quantise/dequantise)"
+    else:
+        kind = re.sub(r"\s*\(.*", "", e).lower()
+    return kind
+
+
+def op_precision(event: str) -> str:
+    tag = re.search(r"\(([^)]*)\)", event)
+    t = tag.group(1) if tag else ""
+    if any(k in t for k in ("QC8", "QS8", "S8", "QU8", "X8")):
+        return "int8"
+    if "F16" in t:
+        return "fp16"
+    if "F32" in t:
+        return "fp32"
+    return "-"
+
+
+def stage_of(layer: str, tasks=("segm", "depth", "normals")) -> str:
+    """HydraNet's network stage of a module path: encoder, decoder (CRP/adapt/dimred) or a head."""
+    if layer in ("", "input"):
+        return "input"
+    head = layer.split(".")[0]
+    for t in tasks:
+        if head in (t, f"pre_{t}") or (t == "normals" and head in ("normal", "pre_normal")):
+            return f"head:{t}"
+    if head.startswith("layer"):
+        return "encoder"
+    return "decoder"
+
+
+def graph_convs(module) -> list[tuple[str, bool]]:
+    """(module path, is depthwise) of each conv2d in the exported graph of ``module``, in graph order."""
+    from edgehydra.calibration.quantizers import node_module_path
+
+    gm = module.graph_module if hasattr(module, "graph_module") else module
+    out = []
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and n.target in (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default):
+            w = n.args[1].meta.get("val") if hasattr(n.args[1], "meta") else None
+            groups = n.args[6] if n.target == torch.ops.aten.conv2d.default and len(n.args) > 6 else (
+                n.args[8] if len(n.args) > 8 else 1)
+            dw = bool(groups > 1 and w is not None and w.shape[1] == 1)
+            out.append((node_module_path(n), dw))
+    return out
+
+
+def etdump_rows(pte: str | Path, example: torch.Tensor, runs: int = 20, warmup: int = 3) -> list[dict]:
+    """Median time per XNNPACK operator over ``runs`` calls: [{event, ms}] in execution order."""
+    import logging
+    import warnings
+
+    from executorch.extension.pybindings import portable_lib as pl
+
+    from edgehydra.exporters.executorch import runtime
+
+    runtime()  # the threadpool started quietly (cpuinfo lines muted)
+    m = pl._load_for_executorch(str(pte), enable_etdump=True)
+    x = example.contiguous()
+    for _ in range(warmup):
+        m.forward([x])
+    # ETDump keeps every call; a fresh module per profile would re-pay the load, so warm-up calls
+    # are dropped below by taking the last ``runs`` samples of each event.
+    for _ in range(runs):
+        m.forward([x])
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "run.etdp"
+        m.write_etdump_result_to_file(str(p))
+        from executorch.devtools import Inspector
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            level = logging.root.manager.disable
+            logging.disable(logging.WARNING)
+            try:
+                ins = Inspector(etdump_path=str(p))
+            finally:
+                logging.disable(level)
+        rows = []
+        for block in ins.event_blocks:
+            for ev in block.events:
+                if not ev.is_delegated_op or not ev.perf_data:
+                    continue
+                raw = list(ev.perf_data.raw)[-runs:]
+                rows.append({"event": ev.name, "ms": float(np.median(raw))})
+    return rows
+
+
+def map_rows(rows: list[dict], convs: list[tuple[str, bool]], tasks=("segm", "depth", "normals")) -> dict:
+    """Attach layer, op class, precision and stage to each operator row (see the module docstring)."""
+    conv_rows = [r for r in rows if r["event"].startswith(CONV_OPS)]
+    mapped = len(conv_rows) == len(convs) and all(
+        ("DWConv" in r["event"]) <= dw for r, (_, dw) in zip(conv_rows, convs))
+    why = None
+    if not mapped:
+        why = (f"{len(conv_rows)} convolution operators in the profile, {len(convs)} conv2d in the graph"
+               if len(conv_rows) != len(convs) else "a depthwise operator fell on a dense convolution")
+    k, layer = 0, "input"
+    out = []
+    for r in rows:
+        if mapped and r["event"].startswith(CONV_OPS):
+            layer = convs[k][0]
+            k += 1
+        r = dict(r, op_class=op_class(r["event"]), precision=op_precision(r["event"]))
+        if mapped:
+            r["layer"], r["stage"] = layer, stage_of(layer, tasks)
+        out.append(r)
+    return {"rows": out, "mapped": mapped, "unmapped_reason": why}
+
+
+def aggregate(rows: list[dict], key: str) -> list[dict]:
+    acc = defaultdict(lambda: [0.0, 0])
+    for r in rows:
+        k = r.get(key, "unmapped")
+        acc[k][0] += r["ms"]
+        acc[k][1] += 1
+    total = sum(v[0] for v in acc.values()) or 1.0
+    return sorted(({key: k, "ms": v[0], "ops": v[1], "share": v[0] / total} for k, v in acc.items()),
+                  key=lambda d: -d["ms"])
+
+
+def per_layer_ms(mapped_rows: list[dict]) -> dict[str, float]:
+    acc: dict[str, float] = defaultdict(float)
+    for r in mapped_rows:
+        acc[r.get("layer", "unmapped")] += r["ms"]
+    return dict(acc)
+
+
+def profile_pte(pte: str | Path, lowered_module, size, runs: int = 20, tasks=("segm", "depth", "normals"),
+                threads: int | None = None) -> dict:
+    """The per-operator profile of ``pte`` (lowered from ``lowered_module``), by layer, class and stage."""
+    from edgehydra.exporters.executorch import runtime
+
+    runtime(threads)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)  # torch only wraps the tensors; see benchmarks/run.py
+    try:
+        rows = etdump_rows(pte, torch.zeros(1, 3, *size), runs=runs)
+    finally:
+        torch.set_num_threads(prev)
+    ep = torch.export.export(lowered_module, (torch.zeros(1, 3, *size),))
+    res = map_rows(rows, graph_convs(ep), tasks)
+    res.update({"artifact": str(pte), "size": list(size), "runs": runs, "total_ms": sum(r["ms"] for r in rows),
+                "by_class": aggregate(res["rows"], "op_class")})
+    if res["mapped"]:
+        res["by_stage"] = aggregate(res["rows"], "stage")
+        res["by_layer"] = per_layer_ms(res["rows"])
+    return res
+
+
+def chart(profile: dict, path: Path, title: str = "") -> Path:
+    """Two bars: time by network stage and by operator class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [("by_stage", "stage"), ("by_class", "op_class")]
+    groups = [(k, f) for k, f in groups if profile.get(k)]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 3.2))
+    axes = np.atleast_1d(axes)
+    for ax, (k, f) in zip(axes, groups):
+        items = profile[k][::-1]
+        ax.barh([d[f] for d in items], [d["ms"] for d in items], color="#2471a3")
+        ax.set_xlabel("ms per call (median over calls)")
+        ax.set_title(f.replace("op_class", "operator class"))
+    fig.suptitle(title or f"Per-op profile, {Path(profile['artifact']).name} ({profile['total_ms']:.2f} ms in XNNPACK ops)",
+                 fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.part.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
