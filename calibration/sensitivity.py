@@ -69,7 +69,10 @@ def sweep(names: list[str], fn, progress=None, label: str = "sensitivity") -> di
 
 
 def _metrics(fwd, val, cfg, limit):
-    m = evaluate(fwd, val, cfg.tasks, cfg.num_classes, getattr(val, "depth_cap", cfg.depth_cap), limit=limit)
+    # shard=False: under torchrun each rank scores a different assignment; sharding the frames and
+    # all-reducing would sum two models' confusion matrices (the first 2-rank test caught exactly that).
+    m = evaluate(fwd, val, cfg.tasks, cfg.num_classes, getattr(val, "depth_cap", cfg.depth_cap), limit=limit,
+                 shard=False)
     out = {k: m.get(k, float("nan")) for k in ("miou", "rmse", "abs_rel")}
     if "normals" in cfg.tasks:
         out["normals_median_deg"] = m.get("normals_median_angle", float("nan"))

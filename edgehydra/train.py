@@ -191,18 +191,21 @@ def _crop_to_labels(outs, image_hw, label_hw):
 
 
 def evaluate(forward: Callable, dataset, tasks, num_classes: int, depth_cap: float, batch_size: int = 8,
-             progress=None, limit: int | None = None, depth_crop: str | None = None, padded: bool = False) -> dict:
+             progress=None, limit: int | None = None, depth_crop: str | None = None, padded: bool = False,
+             shard: bool = True) -> dict:
     """Metrics of any callable ``forward(images) -> tuple of outputs`` over a dataset (or its first ``limit``).
 
     Frames of different sizes are batched by size. ``padded``: the dataset pads each frame (PadToMultiple), so
-    outputs are upsampled to the padded input and cropped back to the frame before scoring."""
+    outputs are upsampled to the padded input and cropped back to the frame before scoring. Under torchrun
+    the frames are split over ranks and the metric sums all-reduced (``shard``); a rank scoring a model
+    of its own (the per-layer sweep, where each rank quantises other layers) passes ``shard=False``."""
     from .data.datasets import collate_by_size
 
     m = Metrics(num_classes, depth_cap, depth_crop)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n == 0:
         raise BadInputError("evaluation dataset is empty")
-    rank, world = dist_info()
+    rank, world = dist_info() if shard else (0, 1)
     idx = list(range(rank, n, world))
     subset = torch.utils.data.Subset(dataset, idx)
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collate_by_size)
