@@ -123,6 +123,7 @@ def qat_run(checkpoint: Path, run: Run | Path, cfg: TrainConfig, recipe_spec=Non
                 save=save, resume=resume_state, set_train=ctl.set_train, set_eval=ctl.set_eval,
                 epoch_hook=ctl.epoch_hook, extra_loss=extra, progress=progress, drop_last=False, val_limit=val_limit)
     train_s = time.perf_counter() - t0
+    ranks = _rank_fingerprints(gm)
     ctl.set_eval(gm)
     with torch.no_grad():
         fq = _eval(gm, val, fp32_model.config, val_limit, progress)
@@ -142,12 +143,45 @@ def qat_run(checkpoint: Path, run: Run | Path, cfg: TrainConfig, recipe_spec=Non
     metrics["qat"] = _eval(converted, val, fp32_model.config, val_limit, progress)
     report = {"recipe": recipe.to_dict(), "translation": tr.to_dict(), "events": ctl.events, "history": state.history,
               "metrics": metrics, "program": str(prog_path), "train_seconds": train_s, "distill": distill,
-              "data": ds, "train_config": asdict(cfg), "frames": frames,
+              "data": ds, "train_config": asdict(cfg), "frames": frames, "rank_weights_sha256": ranks,
               "calibration": {k: v for k, v in calib.to_dict().items() if k != "indices"} if calib else None,
               "program_sha256": sha256_path(prog_path) if prog_path else None}
     if is_main():
         atomic_write_json(run.stage_report("qat"), report)
     return report
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 of a model's parameters and buffers (sorted names, raw bytes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        if isinstance(v, torch.Tensor):
+            h.update(k.encode())
+            h.update(v.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _rank_fingerprints(model) -> list[str]:
+    """Every rank's weight hash after QAT. DDP keeps parameters in step and the epoch-end buffer sync keeps
+    BN statistics and observers in step; if any rank still differs, the program rank 0 saves is not what
+    the others trained, so stop instead of writing it."""
+    from edgehydra.errors import EdgeHydraError
+    from edgehydra.train import dist_info
+
+    mine = weights_sha256(model)
+    _, world = dist_info()
+    if world == 1:
+        return [mine]
+    import torch.distributed as dist
+
+    allh = [None] * world
+    dist.all_gather_object(allh, mine)
+    if len(set(allh)) != 1:
+        raise EdgeHydraError(f"QAT ranks ended with different weights ({', '.join(h[:12] for h in allh)}): "
+                             "not saving a program only rank 0 trained")
+    return allh
 
 
 def program_of(run_or_file: Path) -> Path:

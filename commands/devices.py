@@ -112,8 +112,13 @@ def profile(device, model_spec, size, precision, top, bench_files, as_json):
               help="With --duration: pace the calls like a camera at this rate and count dropped frames.")
 @click.option("--verify", is_flag=True,
               help="Re-run the artifact's parity check against its run's reference before recording (host only).")
+@click.option("--bundle", is_flag=True,
+              help="Also run the .bpte beside a .pte (real frames + reference outputs) where it runs; the per-task "
+                   "parity verdict goes into the measurement record.")
+@click.option("--python", default="python3", show_default=True,
+              help="With --bundle on a device: the Python there that has the executorch package.")
 def bench(artifact, device, binary, runs, warmup, threads, provider, apple_script, ingest, profile_name, duration, fps,
-          verify):
+          verify, bundle, python):
     """Latency of an artifact in its own runtime: p50/p90/p99, min, peak memory.
 
     The result is written beside the artifact and, for an artifact exported into a run, kept as a
@@ -168,13 +173,19 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
             if profile_name and profile_name != "host_cpu":
                 raise click.BadParameter(f"a run on this host measures host_cpu, not {profile_name}",
                                          param_hint="--profile")
+            if bundle:
+                res["bundle_parity"] = _bundle_parity(Path(artifact), None, python)
+                record_measurement(Path(artifact), res)
         else:
             from edgehydra.exporters.runtime import read_manifest
 
             prof = load_profile(profile_name) if profile_name else None
-            res = remote.remote_bench(remote.parse_device(device), Path(artifact), binary, runs, warmup, threads,
+            transport = remote.parse_device(device)
+            res = remote.remote_bench(transport, Path(artifact), binary, runs, warmup, threads,
                                       manifest=read_manifest(Path(artifact)), profile=prof)
             res.update(remote.artifact_facts(Path(artifact)), runner=res.get("tool"), profile=profile_name)
+            if bundle:
+                res["bundle_parity"] = _bundle_parity(Path(artifact), transport, python)
             atomic_write_json(Path(str(artifact) + f".{device.replace(':', '_').replace('@', '_')}.bench.json"), res)
             record_measurement(Path(artifact), res)
             if not profile_name:
@@ -201,10 +212,38 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
         ok = ver.get("parity_ok")
         click.echo(f"parity ({ver.get('reference_kind') or 'reference'}): "
                    f"{'ok' if ok else 'skipped' if ok is None else 'FAILED'}: {ver.get('detail')}")
+    bp = res.get("bundle_parity")
+    if bp:
+        figs = "; ".join(f"{t}: " + ", ".join(f"{k} {v:.4g}" for k, v in d.items() if k in ("argmax_agreement", "depth_rel_err"))
+                         for t, d in bp["parity"].items())
+        click.echo(f"bundled reference I/O on {bp['device']} ({bp['cases']} frames): "
+                   f"{'PASS' if bp['pass'] else 'FAIL: ' + '; '.join(bp['failures'])} ({figs})")
     if res.get("record"):
         click.echo(f"measurement record: {res['record']}")
     if res.get("record_skipped"):
         console().print(f"[yellow]note:[/] {res['record_skipped']}")
+
+
+def _bundle_parity(artifact: Path, transport, python: str) -> dict:
+    """Run the .bpte beside a .pte where the artifact runs; per-task verdict with the export's tolerance."""
+    from edgehydra.exporters.base import Tolerance
+    from edgehydra.exporters.bundle import bundle_path, run_bundle
+    from edgehydra.exporters.runtime import read_manifest
+
+    if artifact.suffix != ".pte":
+        raise click.BadParameter("bundled reference I/O exists for ExecuTorch .pte artifacts only", param_hint="--bundle")
+    b = bundle_path(artifact)
+    man = read_manifest(artifact)
+    side = (man.get("sidecars") or {}).get("bundle")
+    if side is None or not b.is_file():
+        raise click.BadParameter(f"no bundle beside {artifact} (export it again: ExecuTorch exports write one)",
+                                 param_hint="--bundle")
+    from edgehydra._io import sha256_path
+
+    if sha256_path(b) != side["sha256"]:
+        raise click.BadParameter(f"{b} differs from the one its manifest lists (sha256)", param_hint="--bundle")
+    tol = Tolerance(**man["verification"]["tolerance"])
+    return run_bundle(b, tuple(man["outputs"]), tol, transport, python)
 
 
 @click.command()

@@ -115,8 +115,10 @@ class LocalTransport(Transport):
 
     def shell(self, argv: list[str], timeout=None) -> Result:
         self._alive()
-        cmd = self.quote(argv)
-        self.calls.append(("shell", cmd))
+        self.calls.append(("shell", self.quote(argv)))
+        # a path in the device's work folder names the file under this stand-in's root
+        cmd = self.quote([str(self._map(a)) if isinstance(a, str) and a.startswith(("/tmp/edgehydra-", "/data/local/tmp/"))
+                          else a for a in argv])
         return self._exec(["/bin/sh", "-c", f"cd {shlex.quote(str(self.root))} && {cmd}"], timeout)
 
     def rmdir(self, remote: str):

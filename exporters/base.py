@@ -105,6 +105,8 @@ class ExportTarget:
     build: Callable = None
     load_runner: Callable = None
     options: tuple[str, ...] = ()  # option names this target understands
+    # writes a reference-I/O sidecar after verification (ExecuTorch: a BundledProgram, exporters/bundle.py)
+    sidecar: Callable | None = None
 
     def installed(self) -> bool:
         import importlib.util
@@ -352,6 +354,8 @@ def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir
             manifest["metrics"] = val_eval(runner)
         if fails:
             status, reason = "failed", "; ".join(fails)
+        elif target.sidecar is not None:
+            manifest["sidecars"] = target.sidecar(final, frames, run_outputs(ref_fn, frames), source.config.tasks, tol)
     else:
         manifest["verification"] = {"skipped": reason, "reference_kind": kind, "reference": REFERENCES[kind]}
     manifest["status"], manifest["reason"] = status, reason

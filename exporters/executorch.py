@@ -180,6 +180,21 @@ def load_runner(path, manifest):
     return run
 
 
+def bundle_sidecar(final, frames, ref, tasks, tol) -> dict:
+    """The parity frames and their reference outputs as a BundledProgram beside the .pte, run once here
+    through ExecuTorch's bundled-program API (the same check `bench` repeats on a device)."""
+    from edgehydra._io import path_size, sha256_path
+
+    from .bundle import run_bundle, write_bundle
+
+    per_frame = [tuple(r[i:i + 1] for r in ref) for i in range(len(frames))]
+    b = write_bundle(final, frames, per_frame)
+    res = run_bundle(b, tasks, tol)
+    return {"bundle": {"path": b.name, "sha256": sha256_path(b), "size_bytes": path_size(b), "cases": len(frames),
+                       "what": "BundledProgram: the .pte with the parity frames and reference outputs (not counted "
+                               "in the artifact's size)", "host_check": {"pass": res["pass"], "failures": res["failures"]}}}
+
+
 TARGET = ExportTarget(name="executorch", suffix=".pte", precisions=("fp32", "int8"), runtime="executorch.runtime",
                       extra="executorch", packages=("executorch",), build=build, load_runner=load_runner,
-                      options=("delegate",))
+                      options=("delegate",), sidecar=bundle_sidecar)

@@ -32,6 +32,11 @@ class DemoConfig:
     qat_frames: int = 1000
     calib_frames: int = 200
     sensitivity_layers: str = "*segm*"
+    # the mixed-precision search for one device: layers considered and the per-task budgets (vs FP32)
+    mixed_device: str = "host_cpu"
+    mixed_layers: str = "pre_*,segm,depth,crp1.*,layer2.*,layer3.*"
+    mixed_max_miou_drop: float = 0.5
+    mixed_max_rmse_rise: float = 0.02
     devices: tuple[str, ...] = ("host_cpu", "raspberrypi5", "snapdragon8gen3_hexagon")
     bench_runs: int = 20
     seed: int = 0
@@ -40,7 +45,8 @@ class DemoConfig:
     def fast(cls) -> "DemoConfig":
         """The tiny model on a few frames: the whole pipeline in a few minutes (what the tests run)."""
         return cls(model="hydranet_tiny", size=(64, 96), frames=32, val_frames=8, epochs=1, batch_size=8,
-                   qat_epochs=1, qat_frames=16, calib_frames=8, sensitivity_layers="segm", bench_runs=5)
+                   qat_epochs=1, qat_frames=16, calib_frames=8, sensitivity_layers="segm", bench_runs=5,
+                   mixed_layers="pre_*,segm,depth")
 
 
 class Stages:
@@ -145,6 +151,24 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
     st.run("sensitivity", {"layers": cfg.sensitivity_layers, "ckpt": _sha(ckpt)}, sens_stage,
            [out / "sensitivity" / "sensitivity.png"])
 
+    def mixed_stage():
+        from edgehydra.calibration.mixed import BudgetsNotMet, MixedBudgets
+        from edgehydra.calibration.mixed_stage import mixed_run
+
+        budgets = MixedBudgets(max_miou_drop=cfg.mixed_max_miou_drop, max_rmse_rise=cfg.mixed_max_rmse_rise)
+        try:
+            rep = mixed_run(run, cfg.mixed_device, budgets, layers=cfg.mixed_layers, frames=min(32, cfg.val_frames),
+                            calib_frames=cfg.calib_frames, rounds=max(10, cfg.bench_runs))
+        except BudgetsNotMet as e:
+            return {"meets_budgets": False, "_note": str(e).splitlines()[0]}
+        c = rep["chosen"]
+        return {"meets_budgets": True, "device": rep["device"], "keep_float": c["keep_float"],
+                "timing": rep.get("host_timing"), "chart": rep["chart"]}
+
+    st.run("mixed", {"device": cfg.mixed_device, "layers": cfg.mixed_layers, "ckpt": _sha(ckpt),
+                     "budgets": [cfg.mixed_max_miou_drop, cfg.mixed_max_rmse_rise]}, mixed_stage,
+           [out / "mixed" / cfg.mixed_device / "front.json"])
+
     def export_stage():
         from edgehydra.exporters import installed_targets, list_targets
         from edgehydra.exporters.stage import export_run, summary_rows
@@ -178,7 +202,7 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
         eager = bench(ckpt, warmup=2, runs=max(3, cfg.bench_runs // 2), threads=2, write=False, size=deploy)
         eager.update(target="pytorch")
         rows.append(eager)
-        return {"rows": rows}
+        return {"rows": rows, "opprofile": _op_profile(run, man, deploy, cfg.bench_runs)}
 
     bench_res = st.run("bench", {"export": _sha(run.export_manifest), "runs": cfg.bench_runs}, bench_stage)
 
@@ -224,6 +248,23 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
     summary["total_seconds"] = time.perf_counter() - t_start
     atomic_write_json(out / "demo.json", summary)
     return summary
+
+
+def _op_profile(run, man: dict, size, runs: int) -> str | None:
+    """Per-XNNPACK-operator profile of the ExecuTorch int8 artifact at the run's size, by stage and class."""
+    from edgehydra.calibration.program import load_program
+    from edgehydra.devices.opprofile import chart, profile_pte
+
+    a = next((a for a in man["artifacts"] if a["target"] == "executorch" and a["precision"] == "int8"
+              and a.get("path") and tuple(a.get("size") or ()) == tuple(size)), None)
+    if a is None or run.program() is None:
+        return None
+    prog = load_program(run.program())
+    prof = profile_pte(run.export_dir / a["path"], prog.module, size, runs=max(5, runs), tasks=prog.config.tasks)
+    path = run.root / "opprofile.json"
+    atomic_write_json(path, {k: v for k, v in prof.items() if k != "rows"} | {"rows": prof["rows"]})
+    chart(prof, run.root / "opprofile.png")
+    return str(path)
 
 
 def _sha(p: Path) -> str | None:

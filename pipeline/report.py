@@ -172,6 +172,42 @@ def artifact_rows(d: dict) -> list[dict]:
     return rows
 
 
+def _mixed_section(run: Path, out: Path, section, table, image) -> None:
+    """Each device's mixed-precision search (RUN/mixed/<device>/front.json): three rows and the front."""
+    for f in sorted((run / "mixed").glob("*/front.json")):
+        r = _load(f)
+        if not r:
+            continue
+        ht, c = r.get("host_timing") or {}, r.get("chosen")
+        rows = [["all fp32", "all", r["fp32"], ht.get("fp32", r["float_total_ms"])],
+                ["all int8", 0, r["all_int8"], ht.get("int8", r["int8_total_ms"])]]
+        if c:
+            rows.append([f"mixed ({c['name']})", len(c["keep_float"]), c["measured"],
+                         c.get("measured_latency_ms") or c["latency_ms"]])
+        data = [[n, k, _fmt(m.get("miou"), ".2f"), _fmt(m.get("rmse"), ".4f"), _fmt(m.get("abs_rel"), ".4f"),
+                 _fmt(t, ".2f")] for n, k, m, t in rows]
+        src = "one interleaved timing run on this host" if ht else r["latency_source"]
+        m, h = table(["assignment", "float layers", "mIoU", "RMSE", "abs rel", f"ms ({src})"], data)
+        img = Path(shutil.copy(f.with_name("front.png"), out / f"mixed_{r['device']}.png"))
+        im, ih = image(img, f"mixed precision front on {r['device']}")
+        verdict = (f"Chosen: {', '.join(c['keep_float']) or 'no layer'} kept float; meets every budget."
+                   if r.get("meets_budgets") else "No assignment met every budget (nearest misses in front.json).")
+        section(f"Mixed precision on {r['device']} at {r['size'][0]}x{r['size'][1]}", [verdict, ""] + m + [""] + im,
+                f"<p>{html.escape(verdict)}</p>{h}{ih}")
+
+
+def _opprofile_section(run: Path, out: Path, section, table, image) -> None:
+    p = _load(run / "opprofile.json")
+    if not p or not (run / "opprofile.png").is_file():
+        return
+    img = Path(shutil.copy(run / "opprofile.png", out / "opprofile.png"))
+    data = [[d["stage"], _fmt(d["ms"], ".3f"), f"{100 * d['share']:.0f} %", d["ops"]] for d in p.get("by_stage", [])]
+    m, h = table(["stage", "ms", "share", "operators"], data)
+    im, ih = image(img, "per-op profile")
+    title = f"Where the time goes: {Path(p['artifact']).name}, per XNNPACK operator (ETDump)"
+    section(title, m + [""] + im, h + ih)
+
+
 def write_report(run: Path) -> list[Path]:
     run = Path(run)
     out = run / "report"
@@ -241,6 +277,8 @@ def write_report(run: Path) -> list[Path]:
                     _fmt(c.get("estimated_ms"), ".1f"), c.get("recommendation", "-")])
     m5, h5 = table(["device", "artifact", "verdict", "failed budgets", "est. ms @ budget size", "recommended"], chk)
     section("Device budgets", m5, h5)
+    _mixed_section(run, out, section, table, image)
+    _opprofile_section(run, out, section, table, image)
     for key, title, alt in (("accuracy_latency", "Accuracy vs latency", "accuracy vs latency"),
                             ("sensitivity", "Per-layer sensitivity", "per-layer sensitivity"),
                             ("est_meas", "Estimated vs measured latency", "estimated vs measured latency")):

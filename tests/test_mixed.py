@@ -21,6 +21,7 @@ import torch
 from tests.conftest import TINY_SIZE
 
 LAYERS = "pre_depth,depth,pre_segm,segm"
+RMSE_BUDGET = 0.005  # m; the int8 depth head of the harmed tiny model loses ~0.027 m (see the first test)
 PROFILE = f"""
 name = "edge_npu_test"
 description = "An int8 accelerator stand-in for tests (estimated latency)"
@@ -109,11 +110,12 @@ def test_depth_harmful_layer_is_kept_float_for_depths_budget_only(harmful_run):
     assert abs(rows["depth"]["recovers"]["miou"]) < 1e-6  # segmentation does not see the depth head
     assert all(r["float_ms"] > r["int8_ms"] for r in seg["layers"])  # the stand-in NPU: float always costs
 
-    dep = _search(run, profile, "--max-miou-drop", "2", "--max-rmse-rise", str(0.2 * lost))
+    assert RMSE_BUDGET < 0.5 * lost  # the budget cannot be met with the depth head in int8
+    dep = _front(run, profile, "--max-miou-drop", "2", "--max-rmse-rise", str(RMSE_BUDGET))
     assert "depth" in dep["chosen"]["keep_float"], dep["chosen"]
     assert "segm" not in dep["chosen"]["keep_float"] and "pre_segm" not in dep["chosen"]["keep_float"]
     m = dep["chosen"]["measured"]
-    assert m["rmse"] - dep["fp32"]["rmse"] <= 0.2 * lost
+    assert m["rmse"] - dep["fp32"]["rmse"] <= RMSE_BUDGET
     assert dep["chosen"]["latency_ms"] > dep["int8_total_ms"]
     recipe = json.loads(Path(dep["recipe_file"]).read_text())
     assert recipe["keep_float"] == dep["chosen"]["keep_float"]
@@ -137,15 +139,18 @@ def test_unmeetable_budgets_print_nearest_misses_and_exit_1(harmful_run):
 def test_applied_assignment_ships_as_chosen(harmful_run):
     """--apply: PTQ with the recipe, export, check; the artifact's precision map and the runtime's own
     per-operator kernels both say the chosen layers run float and the rest int8."""
+    from edgehydra.calibration.mixed_stage import apply
     from edgehydra.devices.opprofile import profile_pte
     from edgehydra.calibration.program import load_program
 
     run, profile = harmful_run
-    front = _front(run, profile, "--max-miou-drop", "2", "--max-rmse-rise", "0.05")
+    front = _front(run, profile, "--max-miou-drop", "2", "--max-rmse-rise", str(RMSE_BUDGET))
     keep = set(front["chosen"]["keep_float"])
-    out = _cli("sensitivity", "--run", run, "--device", profile, "--layers", LAYERS, "--frames", "8",
-               "--calib-frames", "8", "--max-miou-drop", "2", "--max-rmse-rise", "0.05", "--apply")
-    assert "check edge_npu_test: PASS" in out, out
+    assert "depth" in keep
+    # what `sensitivity ... --apply` runs after the search (the search itself is tested above)
+    res = apply(run, str(profile), Path(front["recipe_file"]), calib_frames=8, eval_frames=8)
+    assert res["check"]["verdict"] == "PASS", res["check"]
+    assert res["check"]["artifact"].endswith(".pte")
     man = json.loads((run / "export" / "manifest.json").read_text())
     art = next(a for a in man["artifacts"] if a["target"] == "executorch" and a["precision"] == "int8")
     own = json.loads((run / "export" / (art["path"] + ".manifest.json")).read_text())
@@ -162,7 +167,7 @@ def test_applied_assignment_ships_as_chosen(harmful_run):
 def test_sweep_under_two_ranks_equals_one_process(harmful_run, tmp_path):
     """torchrun --nproc_per_node 2 (gloo): each rank sweeps half the layers, rank 0 merges the table."""
     run, profile = harmful_run
-    one = _front(run, profile, "--max-miou-drop", "2", "--max-rmse-rise", "0.05")
+    one = _front(run, profile, "--max-miou-drop", "2", "--max-rmse-rise", str(RMSE_BUDGET))
     two_run = tmp_path / "run"
     two_run.mkdir()
     for f in ("fp32.pt", "run.json"):
@@ -172,7 +177,7 @@ def test_sweep_under_two_ranks_equals_one_process(harmful_run, tmp_path):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
                         "-m", "edgehydra.commands", "--", "sensitivity", "--run", str(two_run), "--device", str(profile), "--layers",
                         LAYERS, "--frames", "8", "--calib-frames", "8", "--max-miou-drop", "2", "--max-rmse-rise",
-                        "0.05"], capture_output=True, text=True, timeout=900)
+                        str(RMSE_BUDGET)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     two = json.loads((two_run / "mixed" / "edge_npu_test" / "front.json").read_text())
     assert [x["layer"] for x in two["layers"]] == [x["layer"] for x in one["layers"]]
