@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -220,12 +221,12 @@ def evaluate(forward: Callable, dataset, tasks, num_classes: int, depth_cap: flo
             if progress:
                 progress.advance(task, len(batch["image"]))
     if world > 1:
-        import numpy as np
-
         t = torch.from_numpy(m.as_array())
         dist.all_reduce(t)
         m.load_array(t.numpy().astype(np.float64))
-    return m.compute()
+    # plain Python numbers: metrics travel into JSON reports and into resume states that torch.load reads
+    # with weights_only=True, which refuses numpy scalars (a QAT --resume failed on exactly that)
+    return {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for k, v in m.compute().items()}
 
 
 # ---------------------------------------------------------------------------------- train
