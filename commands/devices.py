@@ -117,8 +117,11 @@ def profile(device, model_spec, size, precision, top, bench_files, as_json):
                    "parity verdict goes into the measurement record.")
 @click.option("--python", default="python3", show_default=True,
               help="With --bundle on a device: the Python there that has the executorch package.")
+@click.option("--ops", is_flag=True,
+              help="Per-operator profile of a .pte in a run (ETDump): time by network stage, operator class and "
+                   "layer, with a plot beside the artifact.")
 def bench(artifact, device, binary, runs, warmup, threads, provider, apple_script, ingest, profile_name, duration, fps,
-          verify, bundle, python):
+          verify, bundle, python, ops):
     """Latency of an artifact in its own runtime: p50/p90/p99, min, peak memory.
 
     The result is written beside the artifact and, for an artifact exported into a run, kept as a
@@ -167,6 +170,8 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
     else:
         if not artifact:
             raise click.UsageError("pass --artifact FILE (or --apple-script / --ingest)")
+        if ops:
+            return _op_profile(Path(artifact), runs, threads)
         if device == "host":
             res = host_bench(Path(artifact), warmup, runs, threads, provider, verify=verify, duration_s=duration_s,
                              fps=fps, timeout=max(1800, 3 * (duration_s or 0)))
@@ -222,6 +227,52 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
         click.echo(f"measurement record: {res['record']}")
     if res.get("record_skipped"):
         console().print(f"[yellow]note:[/] {res['record_skipped']}")
+
+
+def _op_profile(artifact: Path, runs: int, threads: int) -> None:
+    """`bench --ops`: which operators take the time, mapped to the model's layers and stages."""
+    from edgehydra._io import atomic_write_json
+    from edgehydra.calibration.program import load_program
+    from edgehydra.checkpoint import load_checkpoint
+    from edgehydra.devices.opprofile import chart, profile_pte
+    from edgehydra.exporters.runtime import read_manifest
+    from edgehydra.run import run_of_artifact
+
+    if artifact.suffix != ".pte":
+        raise click.BadParameter("the per-operator profile reads ExecuTorch's ETDump: pass a .pte", param_hint="--ops")
+    run = run_of_artifact(artifact)
+    man = read_manifest(artifact)
+    if run is None:
+        raise click.BadParameter(f"{artifact} is not in a run's export folder: its layers cannot be named",
+                                 param_hint="--ops")
+    if man["precision"] == "int8":
+        stage = (man.get("source_program") or {}).get("stage") or "ptq"
+        module = load_program(run.program_path(stage)).module
+    else:
+        module = load_checkpoint(run.checkpoint())[0].eval()
+    prof = profile_pte(artifact, module, tuple(man["size"]), runs=runs, tasks=tuple(man["outputs"]), threads=threads)
+    out = Path(str(artifact) + ".ops.json")
+    atomic_write_json(out, prof)
+    png = chart(prof, Path(str(artifact) + ".ops.png"))
+    from rich.table import Table
+
+    console().print(f"[bold]{artifact}[/]: {prof['total_ms']:.3f} ms in XNNPACK operators (median of {runs} calls, "
+                    f"{threads} threads)")
+    if not prof["mapped"]:
+        console().print(f"[yellow]note:[/] operators not mapped to layers: {prof['unmapped_reason']}")
+    for key, col in (("by_stage", "stage"), ("by_class", "op_class")):
+        if prof.get(key):
+            t = Table(col.replace("op_class", "operator class"), "ms", "share", "operators")
+            for d in prof[key]:
+                t.add_row(str(d[col]), f"{d['ms']:.3f}", f"{100 * d['share']:.0f} %", str(d["ops"]))
+            show(t)
+    if prof.get("by_layer"):
+        top = sorted(prof["by_layer"].items(), key=lambda kv: -kv[1])[:10]
+        t = Table("layer (top 10)", "ms")
+        for k, v in top:
+            t.add_row(k, f"{v:.3f}")
+        show(t)
+    click.echo(f"wrote {out} and {png}")
 
 
 def _bundle_parity(artifact: Path, transport, python: str) -> dict:

@@ -75,3 +75,27 @@ def test_bundle_on_a_stand_in_device_and_a_per_task_failure(pte_run, tmp_path):
     res = run_bundle(bad, ("segm", "depth"), tol)
     assert not res["pass"]
     assert len(res["failures"]) == 1 and res["failures"][0].startswith("depth"), res["failures"]
+
+
+def test_per_op_profile_maps_every_operator_to_a_layer_and_stage(pte_run):
+    """`bench --ops`: ETDump's per-XNNPACK-operator times, each convolution on its layer (checked by
+    count and by depthwise kind), summed by stage and class; kept-float layers show fp32 kernels."""
+    import torch
+
+    from edgehydra.checkpoint import load_checkpoint
+    from edgehydra.commands import cli
+
+    run, pte = pte_run
+    r = CliRunner().invoke(cli, ["bench", "--artifact", str(pte), "--ops", "--runs", "3"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    prof = json.loads(Path(str(pte) + ".ops.json").read_text())
+    assert prof["mapped"], prof["unmapped_reason"]
+    assert Path(str(pte) + ".ops.png").is_file()
+    model, _ = load_checkpoint(run / "fp32.pt")
+    convs = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert convs <= set(prof["by_layer"])  # every conv got its operator
+    assert {d["stage"] for d in prof["by_stage"]} >= {"encoder", "decoder", "head:segm", "head:depth"}
+    assert abs(sum(d["ms"] for d in prof["by_stage"]) - prof["total_ms"]) < 1e-9
+    conv_rows = [x for x in prof["rows"] if x["op_class"].endswith("conv")]
+    assert all(x["precision"] == "int8" for x in conv_rows)  # the w8a8 program: every conv on int8 kernels
+    assert "encoder" in r.output and "head:segm" in r.output
