@@ -99,6 +99,20 @@ def groups_of(layers: list[str], depthwise: set[str], tasks) -> dict[str, list[s
     return {k: v for k, v in g.items() if v}
 
 
+def encoder_prefixes(layers: list[str]) -> dict[str, list[str]]:
+    """layer1, layer1-2, ..., layer1-K: contiguous float islands at the input, which cost one quantize
+    (the input arrives float anyway). On x86 hosts the early, high-resolution layers are where XNNPACK's
+    fp32 kernels beat its int8 ones (docs/RESULTS.md, mixed precision)."""
+    import re
+
+    stages = sorted({int(m.group(1)) for n in layers if (m := re.match(r"layer(\d+)\.", n + "."))})
+    out = {}
+    for k in stages:
+        names = [n for n in layers if (m := re.match(r"layer(\d+)\.", n + ".")) and int(m.group(1)) <= k]
+        out[f"layer1-{k}" if k > 1 else "layer1"] = names
+    return out
+
+
 # ----------------------------------------------------------------------------------------- latency
 def host_layer_latency(model, program, size, runs: int = 20, threads: int = 2) -> dict:
     """Measured per-layer ms of the all-int8 and the FP32 .pte on this host (ETDump)."""
@@ -117,9 +131,13 @@ def host_layer_latency(model, program, size, runs: int = 20, threads: int = 2) -
                 raise EdgeHydraError(f"per-operator profile of the {prec} .pte could not be mapped to layers: "
                                      f"{prof['unmapped_reason']}")
             out[prec] = {"total_ms": prof["total_ms"], "by_layer": prof["by_layer"], "by_stage": prof["by_stage"]}
+            if prec == "int8":  # the input's quantize: XNNPACK's convert cost per element on this host
+                conv_in = [r["ms"] for r in prof["rows"] if r.get("layer") == "input" and r["op_class"].startswith("convert")]
+                out["convert_ms_per_elem"] = sum(conv_in) / (3 * size[0] * size[1]) if conv_in else 0.0
     return {"source": "measured on this host (ETDump per XNNPACK operator)", "float_precision": "fp32",
             "int8_total_ms": out["int8"]["total_ms"], "float_total_ms": out["fp32"]["total_ms"],
-            "int8": out["int8"]["by_layer"], "float": out["fp32"]["by_layer"], "profiles": out}
+            "int8": out["int8"]["by_layer"], "float": out["fp32"]["by_layer"],
+            "convert_ms_per_elem": out.pop("convert_ms_per_elem", 0.0), "profiles": out}
 
 
 def estimated_layer_latency(model, profile, size) -> dict:
@@ -131,6 +149,21 @@ def estimated_layer_latency(model, profile, size) -> dict:
     per = lambda e: {r["name"]: r["ms"] for r in e["layers"]}  # noqa: E731
     return {"source": f"estimated from the {profile.name} profile", "float_precision": fprec,
             "int8_total_ms": e8["total_ms"], "float_total_ms": ef["total_ms"], "int8": per(e8), "float": per(ef)}
+
+
+def conv_output_elems(model, size) -> dict[str, int]:
+    """Elements of each convolution's output at ``size`` (batch 1): what crosses an island's boundary."""
+    out, hooks = {}, []
+    for n, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            hooks.append(m.register_forward_hook(lambda mod, i, o, n=n: out.__setitem__(n, o.numel())))
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, *size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
 
 
 def weight_bytes(model, layers, float_bytes: int) -> dict[str, tuple[int, int]]:
@@ -162,10 +195,35 @@ class Candidate:
 
 
 class Space:
-    """Predicted accuracy, latency and size of any keep-float set, from the per-layer tables."""
+    """Predicted accuracy, latency and size of any keep-float set, from the per-layer tables.
 
-    def __init__(self, all_q: dict, gains: dict[str, dict], lat: dict, sizes: dict, base_size_bytes: int):
+    Latency also charges the conversions a float island adds: a dequantize where it starts and a quantize
+    where it ends, each the size of the tensor crossing the boundary at the per-element convert cost
+    measured on the int8 .pte (``convert_ms_per_elem``; 0 where it was not measured). Islands are runs of
+    consecutive convolutions in graph order (``order``): exact on the encoder's chain, an approximation
+    where the decoder's skip connections meet. The first run of the first benchmark kept 14 scattered
+    layers float, predicted 15.3 ms against int8's 16.7 and measured the same as int8: the conversions
+    ate the gain.
+    """
+
+    def __init__(self, all_q: dict, gains: dict[str, dict], lat: dict, sizes: dict, base_size_bytes: int,
+                 order: list[str] | None = None, out_elems: dict[str, int] | None = None,
+                 convert_ms_per_elem: float = 0.0):
         self.all_q, self.gains, self.lat, self.sizes, self.base = all_q, gains, lat, sizes, base_size_bytes
+        self.order, self.out_elems, self.c = order or [], out_elems or {}, convert_ms_per_elem
+
+    def boundary_ms(self, keep) -> float:
+        if not self.c or not self.order:
+            return 0.0
+        ks, ms, n = set(keep), 0.0, len(self.order)
+        for i, name in enumerate(self.order):
+            if name not in ks:
+                continue
+            if i > 0 and self.order[i - 1] not in ks:  # an island starts: dequantize its input
+                ms += self.c * self.out_elems.get(self.order[i - 1], 0)
+            if i < n - 1 and self.order[i + 1] not in ks:  # it ends: quantize its output
+                ms += self.c * self.out_elems.get(name, 0)
+        return ms
 
     def lat_gain(self, n: str) -> float:
         """ms saved by keeping n float (negative: float is slower)."""
@@ -177,7 +235,7 @@ class Space:
         for k, v in self.all_q.items():
             if isinstance(v, (int, float)) and math.isfinite(v):
                 pred[k] = v + sum(self.gains[n].get(k, 0.0) for n in keep if math.isfinite(self.gains[n].get(k, 0.0)))
-        lat = self.lat["int8_total_ms"] - sum(self.lat_gain(n) for n in keep)
+        lat = self.lat["int8_total_ms"] - sum(self.lat_gain(n) for n in keep) + self.boundary_ms(keep)
         size = self.base + sum(self.sizes[n][1] - self.sizes[n][0] for n in keep)
         return Candidate(name, keep, pred, lat, size / 1e6)
 
@@ -222,12 +280,18 @@ def greedy_path(space: Space, layers: list[str], budgets: MixedBudgets, fp32: di
     return path
 
 
-def group_candidates(space: Space, groups: dict[str, list[str]]) -> list[Candidate]:
+def group_candidates(space: Space, groups: dict[str, list[str]], prefixes: dict[str, list[str]] | None = None
+                     ) -> list[Candidate]:
+    """Every combination of ``groups``, and each encoder prefix alone and with each head group."""
     out = []
     names = list(groups)
     for r in range(1, len(names) + 1):
         for combo in itertools.combinations(names, r):
             out.append(space.candidate("+".join(combo), [n for g in combo for n in groups[g]]))
+    for p, members in (prefixes or {}).items():
+        out.append(space.candidate(p, members))
+        for h in (g for g in names if g.startswith("head:")):
+            out.append(space.candidate(f"{p}+{h}", members + groups[h]))
     return out
 
 
