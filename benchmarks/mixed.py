@@ -44,6 +44,9 @@ def main(argv=None):
     ap.add_argument("--max-rmse-rise", type=float, default=None)
     ap.add_argument("--max-absrel-rise", type=float, default=None)
     ap.add_argument("--latency-budget-ms", type=float, default=None)
+    ap.add_argument("--published", action="store_true",
+                    help="Also time fp32 / int8 / the chosen assignment on the published architecture "
+                         "(hydranet_nyud, untrained weights: latency only) at the same size, in one run.")
     a = ap.parse_args(argv)
 
     from edgehydra.calibration.mixed import MixedBudgets
@@ -68,6 +71,62 @@ def main(argv=None):
     print("float layers:", ", ".join(c["keep_float"]) or "none")
     print("front:", rep["chart"])
     print(json.dumps({"timing": ht, "chosen": c["keep_float"]}))
+    if a.published:
+        published(rep, a.rounds)
+
+
+def published(rep: dict, rounds: int) -> None:
+    """The chosen assignment carried to hydranet_nyud by what it is (an encoder prefix or a group keeps
+    its meaning; single layers keep their names where the published model has them) and timed there."""
+    import tempfile
+
+    import torch
+
+    from edgehydra.calibration.calibset import CalibrationSet
+    from edgehydra.calibration.mixed import encoder_prefixes, groups_of
+    from edgehydra.calibration.mixed_stage import _time_ptes
+    from edgehydra.calibration.ptq import quantize_ptq
+    from edgehydra.calibration.recipe import PRESETS
+    from edgehydra.calibration.sensitivity import conv_layers
+    from edgehydra.devices.opprofile import graph_convs
+    from edgehydra.exporters.executorch import lower
+    from edgehydra.registry import create_model
+
+    torch.manual_seed(0)
+    size = tuple(rep["size"])
+    model = create_model("hydranet_nyud").eval()
+    names = conv_layers(model)
+    dw = {n for n, d in graph_convs(torch.export.export(model, (torch.zeros(1, 3, *size),))) if d}
+    groups = {**groups_of(names, dw, model.config.tasks), **encoder_prefixes(names)}
+    name = rep["chosen"]["name"]
+    parts = name.split("+")
+    if all(p in groups for p in parts):
+        keep = sorted({n for p in parts for n in groups[p]})
+        how = f"group {name} of hydranet_nyud"
+    else:
+        keep = [n for n in rep["chosen"]["keep_float"] if n in names]
+        how = f"the same layer names ({len(keep)} of {len(rep['chosen']['keep_float'])} exist in hydranet_nyud)"
+    frames = [{"image": torch.randn(3, *size)} for _ in range(8)]
+    calib = CalibrationSet(indices=tuple(range(8)), ids=tuple(map(str, range(8))), sha256="random-frames",
+                           classes_covered=0, classes_in_dataset=0, depth_range=(0.0, 0.0),
+                           dataset_depth_range=(0.0, 0.0), seed=0)
+    x = torch.zeros(1, 3, *size)
+    with tempfile.TemporaryDirectory() as d:
+        paths = {}
+        mods = [("fp32", model, "fp32")]
+        for k, kf in (("int8", ()), ("mixed", tuple(keep))):
+            q, _ = quantize_ptq(model, PRESETS["w8a8"].replace(keep_float=kf), frames, calib, size)
+            mods.append((k, q, "int8"))
+        for k, m, prec in mods:
+            prog, _ = lower(m, x, prec)
+            paths[k] = Path(d) / f"{k}.pte"
+            paths[k].write_bytes(prog.buffer)
+        t = _time_ptes(paths, size, rounds, 2)
+    print(f"hydranet_nyud (published architecture, untrained: latency only) at {size[0]}x{size[1]} on {cpu_name()}, "
+          f"2 threads, {rounds} interleaved rounds; mixed = {how}, {len(keep)} layers float")
+    for k in ("fp32", "int8", "mixed"):
+        print(f"  {k:<6} p50 {t[k]:7.2f} ms")
+    print(json.dumps({"published": t, "keep_float": keep}))
 
 
 if __name__ == "__main__":

@@ -34,13 +34,11 @@ from .sensitivity import _delta, _metrics, select_layers, sweep
 
 # What each format does with a layer kept float (the recipe's keep_float), for the report and for
 # formats where per-layer float is not what runs.
-FLOAT_IN = {
-    "executorch": "fp32 XNNPACK kernels beside the int8 ones, in one delegate",
-    "onnx": "fp32 between QDQ pairs (onnxruntime runs the rest as integer kernels; TensorRT builds fp16/fp32 there)",
-    "coreml": "fp16 compute with fp16 weights (Core ML computes every op in fp16; int8 layers keep int8 weights)",
-    "tflite": ("converted by litert-torch from the program: kept-float layers stay float, but the converter may "
-               "still feed them int8 inputs (listed per layer as not honoured in the manifest)"),
-}
+def float_in(fmt: str) -> str:
+    """What a kept-float layer becomes in this format: a fact of the target's record."""
+    from edgehydra.exporters import get_target, list_targets
+
+    return get_target(fmt).float_layers_run_as if fmt in list_targets() else "float"
 
 
 def _time_ptes(paths: dict[str, Path], size, rounds: int, threads: int) -> dict[str, float]:
@@ -103,8 +101,8 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
     calib = select_calibration(train, calib_frames)
     names = select_layers(model, layers)
     notes = []
-    if profile.format == "tflite":
-        notes.append(f"{profile.name} ships TFLite: {FLOAT_IN['tflite']}")
+    if profile.format != "executorch":  # what a kept-float layer becomes in this format (ExecuTorch: fp32 XNNPACK)
+        notes.append(f"{profile.name} ships {profile.format}: a layer kept float runs as {float_in(profile.format)}")
 
     def measure(keep) -> dict:
         q, _ = quantize_ptq(model, base.replace(keep_float=tuple(keep)), train, calib, size)
@@ -173,11 +171,11 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
                              "on this host is all-int8")
     chosen_ok = chosen is not None
 
-    out = run.root / "mixed" / profile.name
+    out = run.mixed_dir(profile.name)
     out.mkdir(parents=True, exist_ok=True)
     report = {
         "device": profile.name, "format": profile.format, "size": list(size), "frames": frames,
-        "float_layers_run_as": FLOAT_IN.get(profile.format, "float"), "recipe": base.to_dict(),
+        "float_layers_run_as": float_in(profile.format), "recipe": base.to_dict(),
         "budgets": {k: v for k, v in budgets.__dict__.items() if v is not None},
         "latency_source": lat["source"], "float_precision": lat["float_precision"],
         "fp32": fp32, "all_int8": all_q, "int8_total_ms": lat["int8_total_ms"], "float_total_ms": lat["float_total_ms"],
@@ -296,8 +294,6 @@ def apply(run: Run | Path, device: str, recipe_file: Path, *, qat: bool = False,
         q = qat_run(ckpt, run, cfg, str(recipe_file), None, size, progress=progress)
     else:
         q = ptq_run(ckpt, run, str(recipe_file), None, size, calib_frames, progress=progress)
-    if profile.format == "tensorrt":
-        raise BadInputError(f"{profile.name}: no exporter for {profile.format}")
     res = export_run(run.export_dir, [profile.format], ["int8"], run=run.root, size=size, eval_frames=eval_frames,
                      progress=progress)
     verdict = check_device(run, profile)

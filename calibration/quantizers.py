@@ -21,8 +21,7 @@ from edgehydra.quiet import quiet_imports
 from .recipe import Recipe
 
 BACKENDS = ("xnnpack", "litert")
-# Which quantizer each export target's program comes from.
-TARGET_BACKEND = {"executorch": "xnnpack", "coreml": "xnnpack", "onnx": "xnnpack", "tflite": "litert"}
+# Which quantizer an export target's int8 honours is a fact of its record (ExportTarget.quantizer_backend).
 
 
 @dataclass

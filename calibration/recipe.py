@@ -138,3 +138,26 @@ def load_recipe(spec: str | Path | Recipe | None) -> Recipe:
         raise BadInputError(f"{p}: invalid JSON ({e})") from None
     except ValueError as e:
         raise BadInputError(str(e)) from None
+
+
+def check_layers(recipe: Recipe, model) -> None:
+    """Refuse a recipe whose keep-float patterns name no module of ``model`` (a typo would quantise the layer
+    it meant to keep float, and say nothing), with the closest names. The presets' head names are written for
+    every task a HydraNet may have: a pattern naming a head of a task this model lacks is not an error."""
+    import difflib
+    import fnmatch
+
+    from edgehydra.errors import BadInputError
+
+    if recipe.name in PRESETS and PRESETS[recipe.name] == recipe:
+        return
+    names = [n for n, _ in model.named_modules() if n]
+    heads = {"segm", "depth", "normals", "normal"} - set(getattr(model.config, "tasks", ()))
+    for pat in recipe.keep_float:
+        if any(n == pat or n.startswith(pat + ".") or fnmatch.fnmatchcase(n, pat) for n in names):
+            continue
+        if pat.removeprefix("pre_") in heads:
+            continue
+        close = difflib.get_close_matches(pat, names, n=4, cutoff=0.5)
+        raise BadInputError(f"recipe {recipe.name!r}: keep_float {pat!r} names no layer of this model"
+                            + (f"; close: {', '.join(close)}" if close else ""))

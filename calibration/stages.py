@@ -26,7 +26,7 @@ from .calibset import select_calibration
 from .program import load_program, save_program
 from .ptq import quantize_ptq, quantized_layer_names
 from .qat import QATController, distill_loss, prepare_qat
-from .recipe import load_recipe
+from .recipe import check_layers, load_recipe
 
 
 def _datasets(checkpoint: Path, dataset: str | None, size, run: Run | None = None):
@@ -49,6 +49,7 @@ def ptq_run(checkpoint: Path, run: Run | Path, recipe_spec=None, dataset: str | 
     run = run if isinstance(run, Run) else Run(run)
     recipe = load_recipe(recipe_spec)
     model, info = load_checkpoint(checkpoint)
+    check_layers(recipe, model)
     ds, size, train, val = _datasets(Path(checkpoint), dataset, size, run)
     run.note_source(checkpoint, info["sha256"], ds)
     t0 = time.perf_counter()
@@ -59,6 +60,7 @@ def ptq_run(checkpoint: Path, run: Run | Path, recipe_spec=None, dataset: str | 
             "calibration": calib.to_dict(), "translation": tr.to_dict(), "data": ds,
             "quantized_layers": len(q_layers), "float_layers": f_layers}
     prog_path = save_program(converted, run.program_path("ptq"), model.config, recipe, size, meta)
+    run.note_program("ptq", prog_path, model.config.to_dict(), recipe.name, size)
     fp32 = _eval(model, val, model.config, val_limit, progress)
     ptq = _eval(converted, val, model.config, val_limit, progress)
     report = {"recipe": recipe.to_dict(), "translation": tr.to_dict(), "calibration": {
@@ -76,6 +78,7 @@ def qat_run(checkpoint: Path, run: Run | Path, cfg: TrainConfig, recipe_spec=Non
     run = run if isinstance(run, Run) else Run(run)
     recipe = load_recipe(recipe_spec)
     fp32_model, info = load_checkpoint(checkpoint)
+    check_layers(recipe, fp32_model)
     ds, size, resized, val = _datasets(Path(checkpoint), dataset, size, run)
     if is_main():
         run.note_source(checkpoint, info["sha256"], ds)
@@ -135,6 +138,8 @@ def qat_run(checkpoint: Path, run: Run | Path, cfg: TrainConfig, recipe_spec=Non
             "translation": tr.to_dict(), "data": ds, "qat_events": ctl.events, "distill": distill,
             "train_config": asdict(cfg), "quantized_layers": len(q_layers), "float_layers": f_layers}
     prog_path = save_program(converted, run.program_path("qat"), fp32_model.config, recipe, size, meta) if is_main() else None
+    if prog_path is not None:
+        run.note_program("qat", prog_path, fp32_model.config.to_dict(), recipe.name, size)
     metrics = {"fp32": _eval(fp32_model, val, fp32_model.config, val_limit, progress)}
     ptq_path = Path(ptq_report) if ptq_report else run.stage_report("ptq")
     if ptq_path.is_file():

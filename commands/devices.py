@@ -113,10 +113,12 @@ def profile(device, model_spec, size, precision, top, bench_files, as_json):
 @click.option("--verify", is_flag=True,
               help="Re-run the artifact's parity check against its run's reference before recording (host only).")
 @click.option("--bundle", is_flag=True,
-              help="Also run the .bpte beside a .pte (real frames + reference outputs) where it runs; the per-task "
-                   "parity verdict goes into the measurement record.")
+              help="Also run the reference I/O beside the artifact (a .pte's .bpte, a .tflite's or .onnx's "
+                   ".reference.npz: real frames + reference outputs) where it runs; the per-task parity verdict goes "
+                   "into the measurement record.")
 @click.option("--python", default="python3", show_default=True,
-              help="With --bundle on a device: the Python there that has the executorch package.")
+              help="With --bundle on a device: the Python there with the artifact's runtime (executorch, "
+                   "ai-edge-litert or tflite-runtime, onnxruntime).")
 @click.option("--ops", is_flag=True,
               help="Per-operator profile of a .pte in a run (ETDump): time by network stage, operator class and "
                    "layer, with a plot beside the artifact.")
@@ -276,25 +278,13 @@ def _op_profile(artifact: Path, runs: int, threads: int) -> None:
 
 
 def _bundle_parity(artifact: Path, transport, python: str) -> dict:
-    """Run the .bpte beside a .pte where the artifact runs; per-task verdict with the export's tolerance."""
-    from edgehydra.exporters.base import Tolerance
-    from edgehydra.exporters.bundle import bundle_path, run_bundle
-    from edgehydra.exporters.runtime import read_manifest
+    from edgehydra.devices.bench import reference_parity
+    from edgehydra.errors import BadInputError
 
-    if artifact.suffix != ".pte":
-        raise click.BadParameter("bundled reference I/O exists for ExecuTorch .pte artifacts only", param_hint="--bundle")
-    b = bundle_path(artifact)
-    man = read_manifest(artifact)
-    side = (man.get("sidecars") or {}).get("bundle")
-    if side is None or not b.is_file():
-        raise click.BadParameter(f"no bundle beside {artifact} (export it again: ExecuTorch exports write one)",
-                                 param_hint="--bundle")
-    from edgehydra._io import sha256_path
-
-    if sha256_path(b) != side["sha256"]:
-        raise click.BadParameter(f"{b} differs from the one its manifest lists (sha256)", param_hint="--bundle")
-    tol = Tolerance(**man["verification"]["tolerance"])
-    return run_bundle(b, tuple(man["outputs"]), tol, transport, python)
+    try:
+        return reference_parity(artifact, transport, python)
+    except BadInputError as e:
+        raise click.BadParameter(str(e), param_hint="--bundle") from None
 
 
 @click.command()

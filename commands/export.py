@@ -142,3 +142,50 @@ def verify(run_dir):
     show(t)
     if bad:
         raise SystemExit(1)
+
+
+@click.command("debug")
+@click.option("--artifact", type=click.Path(dir_okay=True), required=True, help="An int8 .pte or .onnx in a run.")
+@click.option("--frames", type=click.IntRange(1, 64), default=4, show_default=True, help="Validation frames to compare on.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Default: RUN/debug/<artifact>/.")
+@click.option("--all-layers", is_flag=True, help="List every quantised tensor, not only those around each failure.")
+def debug(artifact, frames, out, all_layers):
+    """Compare an int8 artifact with its pt2e program layer by layer; per task, the first layer out of bound.
+
+    Exit code 1 if any task's path leaves the int8 rounding bound.
+    """
+    from edgehydra.exporters.debug import debug_path
+
+    from ._common import fit_ids, table
+
+    with console().status(f"running {Path(artifact).name} and its program layer by layer"):
+        rep, paths = debug_path(Path(artifact), frames, Path(out) if out else None)
+    c = console()
+    for n in rep["notes"]:
+        c.print(f"[yellow]{n}[/]", soft_wrap=True)
+    c.print(f"reference: {rep['reference']}", soft_wrap=True)
+    c.print(f"artifact:  {rep['artifact_side']}; its task outputs vs the shipped file's: max |diff| "
+            f"{rep['probe_build_vs_shipped_max_abs']:.3g}", soft_wrap=True)
+    firsts = {f["index"] for f in rep["first_failure"].values() if f}
+    keep = {i for f in firsts for i in range(f - 2, f + 3)}
+    rows = [r for r in rep["layers"] if all_layers or r["index"] in keep or r["op"] == "input"]
+    t = table(f"{Path(artifact).name}: error per quantised tensor, in steps of its int8 grid "
+              f"(bound: mean {rep['max_mean_steps']})", ("#", "layer"),
+              ("op", "tasks", "mean", "max", ">1 step", "result"), right=("#", "mean", "max", ">1 step"))
+    fit_ids(t, [(str(r["index"]), r["layer"], r["op"], ",".join(r["tasks"]), f"{r['mean_steps']:.3f}",
+                 str(r["max_steps"]), f"{r['frac_over_1_step']:.1%}",
+                 ("[red]FIRST FAILURE[/]" if r["index"] in firsts else "[red]out of bound[/]") if not r["ok"]
+                 else "ok") for r in rows])
+    show(t, c)
+    if not all_layers and len(rows) < len(rep["layers"]):
+        c.print(f"({len(rep['layers']) - len(rows)} more in {paths[0]}; --all-layers lists them)")
+    for task, f in rep["first_failure"].items():
+        par = rep["outputs"].get(task, {})
+        at_out = ", ".join(f"{k} {v:.4f}" for k, v in par.items() if isinstance(v, float))
+        c.print(f"{task}: " + ("every layer within the bound" if f is None else
+                               f"first out of bound at #{f['index']} {f['layer']} ({f['op']}, mean {f['mean_steps']:.2f} "
+                               f"steps)") + (f"; at the output: {at_out}" if at_out else ""), soft_wrap=True)
+    for p in paths:
+        click.echo(f"wrote {p}")
+    if any(rep["first_failure"].values()):
+        raise SystemExit(1)

@@ -199,7 +199,7 @@ def record_measurement(path: Path, res: dict) -> Path | None:
     rec = {k: res.get(k) for k in ("device", "profile", "runner", "sha256", "size", "precision", "threads", "p50_ms",
                                    "p90_ms", "p99_ms", "min_ms", "mean_ms", "runs", "warmup", "peak_memory_mb",
                                    "artifact", "host", "machine", "tool", "command", "verification",
-                                   "bundle_parity")}
+                                   "bundle_parity", "accelerator", "delegate")}  # what the device ran it on
     if res.get("duration_s"):  # a sustained run: its summary travels with the record (the timeline stays beside)
         rec["sustained"] = {k: res.get(k) for k in ("duration_s", "throughput_fps", "throttle_ratio", "window_s",
                                                     "first_window_p50_ms", "last_window_p50_ms", "target_fps",
@@ -226,3 +226,33 @@ if __name__ == "__main__":  # the worker: python -m edgehydra.devices.bench PATH
         print(str(e), file=sys.stderr)
         sys.exit(1)
     print(json.dumps(r))
+
+
+def reference_parity(artifact: Path, transport=None, python: str = "python3") -> dict:
+    """Run the reference I/O beside an artifact where it runs (a .pte's .bpte through ExecuTorch's
+    bundled-program API; a .tflite's or .onnx's .reference.npz through exporters/reference_runner.py) and
+    judge each task with the export's tolerance: `bench --bundle`, and the demo's bench stage."""
+    from edgehydra.exporters.base import Tolerance
+    from edgehydra.exporters.runtime import read_manifest
+
+    artifact = Path(artifact)
+    man = read_manifest(artifact)
+    sides = man.get("sidecars") or {}
+    tasks = tuple(man["outputs"])
+    if artifact.suffix == ".pte":
+        from edgehydra.exporters.bundle import bundle_path, run_bundle
+
+        side, f = sides.get("bundle"), bundle_path(artifact)
+        run = lambda tol: run_bundle(f, tasks, tol, transport, python)  # noqa: E731
+    elif artifact.suffix in (".tflite", ".onnx"):
+        from edgehydra.exporters.reference_io import reference_path, run_reference
+
+        side, f = sides.get("reference_io"), reference_path(artifact)
+        run = lambda tol: run_reference(artifact, tasks, tol, transport, python)  # noqa: E731
+    else:
+        raise BadInputError(f"no reference I/O for {artifact.suffix} artifacts (Core ML runs on macOS only)")
+    if side is None or not f.is_file():
+        raise BadInputError(f"no reference I/O beside {artifact} (export it again: exports write one)")
+    if sha256_path(f) != side["sha256"]:
+        raise BadInputError(f"{f} differs from the one its manifest lists (sha256)")
+    return run(Tolerance(**man["verification"]["tolerance"]))

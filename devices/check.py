@@ -64,18 +64,21 @@ def _metrics_for(a: dict, run: Run) -> tuple[dict, str]:
                 src = m.get(s)
                 break
     if src is None:
-        f = run.root / "fp32_metrics.json"
+        f = run.fp32_metrics
         src = json.loads(f.read_text())["metrics"] if f.is_file() else {}
     return src, "the PyTorch model it was converted from (artifact not runnable on this host)"
 
 
 def measurement_for(run: Run, profile: Profile, a: dict) -> dict | None:
-    """The latest measurement of this artifact (sha256, size) on this profile's device, or None."""
+    """The latest measurement of this artifact (sha256, size) on this profile's device, or None. A burst
+    benchmark is what the latency budget means; a sustained run (`bench --duration`) stands in only where the
+    run has no burst one (and the row says so)."""
     dev = host_device(profile)
     cands = [m for m in run.measurements()
              if m.get("sha256") == a.get("sha256") and list(m.get("size") or []) == list(a["size"])
              and (m.get("profile") == profile.name or (dev is not None and m.get("device") == dev))]
-    return max(cands, key=lambda m: m.get("recorded", "")) if cands else None
+    burst = [m for m in cands if not m.get("sustained")]
+    return max(burst or cands, key=lambda m: m.get("recorded", "")) if cands else None
 
 
 def sustained_for(run: Run, profile: Profile, a: dict) -> dict | None:
@@ -127,8 +130,11 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
     metrics, msrc = _metrics_for(a, run)
     hw = f"{size[0]}x{size[1]}"
     if meas:
+        dlg = meas.get("delegate") or {}
         src = f"measured on {meas['device']} by {meas['runner']} at {hw}" + (
-            f" (sustained {meas['sustained']['duration_s']:.0f} s)" if meas.get("sustained") else "")
+            f" (sustained {meas['sustained']['duration_s']:.0f} s)" if meas.get("sustained") else "") + (
+            f" on {meas['accelerator']}" if meas.get("accelerator") else "") + (
+            f", {dlg['cpu_fallback_nodes']} of {dlg['of']} nodes on CPU" if dlg.get("cpu_fallback_nodes") else "")
         lat, lat90 = meas["p50_ms"], meas.get("p90_ms")
         peak = meas.get("peak_memory_mb")
     else:

@@ -201,48 +201,29 @@ def parse_device(spec: str):
     raise BadInputError(f"--device {spec!r}: use host, adb:SERIAL or ssh:user@host")
 
 
-# benchmark_model flags per accelerator a profile names in its compute_unit (TFLite's benchmark tool and
-# the QNN delegate's documentation): NNAPI reaches the Tensor TPU, the GPU delegate the Adreno/Mali GPU,
-# Qualcomm's QNN external delegate the Hexagon NPU (backend htp).
-TFLITE_DELEGATES = [
-    (("hexagon", "qnn", "htp"), ["--external_delegate_path=libQnnTFLiteDelegate.so",
-                                 "--external_delegate_options=backend_type:htp"], "QNN HTP (Hexagon)"),
-    (("nnapi", "tpu", "tensor", "edgetpu"), ["--use_nnapi=true"], "NNAPI"),
-    (("gpu",), ["--use_gpu=true"], "GPU delegate"),
-]
-EXECUTORCH_RUNNERS = {"xnnpack": "xnn_executor_runner", "qnn": "qnn_executor_runner", "coreml": "coreml_executor_runner",
-                      "vulkan": "vulkan_executor_runner"}
-
-
 def remote_plan(suffix: str, manifest: dict | None, profile=None) -> dict:
-    """What runs an artifact on a device, read from its manifest and the device profile: the tool, the
-    binaries to look for, and the flags that make it measure what the profile describes."""
-    man = manifest or {}
-    precision = man.get("precision", "fp32")
-    unit = (getattr(profile, "compute_unit", "") or "").lower()
-    if suffix == ".tflite":
-        for keys, flags, name in TFLITE_DELEGATES:
-            if any(k in unit for k in keys):
-                return {"tool": "benchmark_model", "binaries": ["benchmark_model"], "flags": flags, "accelerator": name}
-        return {"tool": "benchmark_model", "binaries": ["benchmark_model"], "flags": [], "accelerator": "CPU (XNNPACK)"}
-    if suffix == ".pte":
-        delegate = (man.get("facts") or {}).get("delegate", "xnnpack")
-        # the portable executor_runner links no backend: a delegated program fails to load in it
-        return {"tool": "executor_runner", "binaries": [EXECUTORCH_RUNNERS.get(delegate, "executor_runner")],
-                "flags": [], "accelerator": delegate}
-    if suffix == ".onnx":
-        facts = man.get("facts") or {}
-        if precision == "int8" and facts.get("qdq_dtype") == "uint8":
-            raise BadInputError("TensorRT builds only signed int8 Q/DQ: export with `--qdq int8` for a trtexec run")
-        flags = {"int8": ["--int8"], "fp16": ["--fp16"]}.get(precision, [])
-        want = getattr(profile, "precision", None)
-        if precision == "fp32" and want == "fp16":
-            flags = ["--fp16"]  # an fp32 ONNX built as an fp16 engine, as the profile measures
-        if precision == "int8" and want in ("int8", "fp16"):
-            flags = ["--int8", "--fp16"]  # layers outside the Q/DQ pairs in fp16 rather than fp32 (trtexec --best)
-        return {"tool": "trtexec", "binaries": ["trtexec", "/usr/src/tensorrt/bin/trtexec"], "flags": flags,
-                "accelerator": "TensorRT " + (" ".join(f.strip("-") for f in flags) or "fp32")}
-    raise BadInputError(f"remote benchmarks take .tflite, .pte or .onnx, not {suffix!r}")
+    """What runs an artifact on a device: its target record's ``remote_plan`` (exporters/<target>.py) reads the
+    manifest and the device profile and names the tool, the binaries to look for, the flags that make it
+    measure what the profile describes, and the command line."""
+    from edgehydra.exporters import get_target, target_for_suffix
+
+    name = target_for_suffix(suffix)
+    tgt = get_target(name) if name else None
+    if tgt is None or tgt.remote_plan is None:
+        runnable = ", ".join(get_target(n).suffix for n in _remote_targets())
+        raise BadInputError(f"remote benchmarks take {runnable}, not {suffix!r}"
+                            + (" (Core ML: `bench --apple-script`, then `--ingest`)" if name == "coreml" else ""))
+    return tgt.remote_plan(manifest or {}, profile)
+
+
+def _remote_targets() -> list[str]:
+    from edgehydra.exporters import get_target, list_targets
+
+    return [n for n in list_targets() if get_target(n).remote_plan is not None]
+
+
+PARSERS = {"benchmark_model": parse_benchmark_model, "executor_runner": parse_executor_runner,
+           "trtexec": parse_trtexec}  # tool (a plan's "tool") -> its output parser
 
 
 def remote_bench(transport: Transport, artifact: Path, binary: str | None = None, runs: int = 50, warmup: int = 5,
@@ -258,20 +239,10 @@ def remote_bench(transport: Transport, artifact: Path, binary: str | None = None
     try:
         transport.shell(["mkdir", "-p", work])
         transport.push(artifact, remote_art)
-        suffix = artifact.suffix
-        if suffix == ".tflite":
-            exe = binary or _find(transport, plan["binaries"], [base, "/data/local/tmp"])
-            argv = [exe, f"--graph={remote_art}", f"--num_threads={threads}", f"--num_runs={runs}",
-                    f"--warmup_runs={warmup}", "--report_peak_memory_footprint=true", *plan["flags"]]
-            parse = parse_benchmark_model
-        elif suffix == ".pte":
-            exe = binary or _find(transport, plan["binaries"], [base, "/data/local/tmp"])
-            argv = [exe, f"--model_path={remote_art}", f"--num_executions={runs}"]
-            parse = parse_executor_runner
-        else:
-            exe = binary or _find(transport, plan["binaries"], [])
-            argv = [exe, f"--onnx={remote_art}", f"--iterations={runs}", f"--warmUp={warmup * 100}", *plan["flags"]]
-            parse = parse_trtexec
+        exe = binary or _find(transport, plan["binaries"], [base, "/data/local/tmp"] if plan.get("search_dirs", True)
+                                                        else [])
+        argv = plan["argv"](exe, remote_art, threads, runs, warmup)
+        parse = PARSERS[tool]
         r = transport.shell(argv, timeout=timeout)
         if r.rc != 0:
             raise EdgeHydraError(f"{transport.name}: {tool} exited {r.rc}: {(r.err or r.out).strip()[-300:]}")

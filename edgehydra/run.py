@@ -1,12 +1,16 @@
 """The run record: one owner for a run folder's layout and for what the run was made from.
 
-    RUN/run.json                  source checkpoint (path, sha256), data settings, input size
+    RUN/run.json                  source checkpoint (path, sha256), data settings, input size, model config,
+                                  the sha256 of each quantised program
     RUN/fp32.pt                   a trained FP32 model (`train`), or none when the run started from a
                                   brought checkpoint (`ptq`/`qat --checkpoint C --out RUN`)
     RUN/ptq/program.pt2 · RUN/qat/program.pt2   (+ report.json each; RUN/qat/state.pt resume state)
     RUN/export/manifest.json · RUN/export/<target>/hydranet_<precision>[_<H>x<W>]<suffix>
     RUN/measurements/*.json       latency records, each tied to an artifact's sha256 and input size
     RUN/devices/<profile>.toml    profiles calibrated on this run's measurements
+    RUN/debug/<artifact>/         `edgehydra debug`: per-layer parity table (layers.json) and plot
+    RUN/train.json · RUN/fp32_metrics.json · RUN/sensitivity/ · RUN/mixed/<device>/
+    RUN/stages/<stage>.json · RUN/check.json · RUN/demo.json · RUN/report/   (demo, check, report)
 
 Every command resolves a ``Run`` once and asks it; nothing else joins these path strings. The run's
 input size has one owner: the size its data settings record (what the model was trained or
@@ -67,6 +71,44 @@ class Run:
     def measurements_dir(self) -> Path:
         return self.root / "measurements"
 
+    @property
+    def train_log(self) -> Path:
+        return self.root / "train.json"
+
+    @property
+    def fp32_metrics(self) -> Path:
+        return self.root / "fp32_metrics.json"
+
+    @property
+    def sensitivity_dir(self) -> Path:
+        return self.root / "sensitivity"
+
+    def mixed_dir(self, device: str) -> Path:
+        return self.root / "mixed" / device
+
+    def mixed_fronts(self) -> list[Path]:
+        return sorted((self.root / "mixed").glob("*/front.json"))
+
+    def stage_record(self, name: str) -> Path:
+        """`edgehydra demo`'s record of one stage (settings hash, result)."""
+        return self.root / "stages" / f"{name}.json"
+
+    @property
+    def check_record(self) -> Path:
+        return self.root / "check.json"
+
+    @property
+    def demo_summary(self) -> Path:
+        return self.root / "demo.json"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    def debug_dir(self, artifact: Path) -> Path:
+        """Where `edgehydra debug` writes its per-layer table and plot for one artifact."""
+        return self.root / "debug" / Path(artifact).name
+
     def calibrated_profile(self, name: str) -> Path:
         return self.root / "devices" / f"{name}.toml"
 
@@ -96,6 +138,16 @@ class Run:
         rec.setdefault("data", data)
         rec.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
         self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.record_path, rec)
+
+    def note_program(self, stage: str, path: Path, config: dict, recipe: str, size) -> None:
+        """Record a quantised program this run now holds: its sha256 (an artifact's manifest names it; a
+        program replaced later no longer matches), the model config it carries, recipe and size."""
+        rec = self.record()
+        rec.setdefault("programs", {})[stage] = {"path": str(Path(path).relative_to(self.root)),
+                                                 "sha256": sha256_path(path), "recipe": recipe, "size": list(size),
+                                                 "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        rec["model_config"] = config  # input size, mean/std, tasks and classes travel with the model's config
         atomic_write_json(self.record_path, rec)
 
     def checkpoint(self) -> Path:

@@ -18,6 +18,7 @@ from ._io import atomic_write_json
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Resize, TrainAugment, open_dataset
 from .errors import BadInputError
+from .run import Run
 from .registry import create_model
 from .run import Run
 from .train import EpochAugmented, TrainConfig, evaluate, fit, is_main
@@ -87,7 +88,7 @@ def train_run(out: Path, dataset: str, model_name: str | None, cfg: TrainConfig,
     def save(state, opt):
         save_checkpoint(model, ckpt_path, provenance=provenance, optimizer=opt.state_dict(), epoch=state.epoch,
                         step=state.step, train={"config": asdict(cfg), "data": ds, "history": state.history})
-        atomic_write_json(out / "train.json", {"model": model_name, "config": asdict(cfg), "data": ds,
+        atomic_write_json(Run(out).train_log, {"model": model_name, "config": asdict(cfg), "data": ds,
                                                 "history": state.history})
 
     state = fit(model, train_ds, cfg, tasks=model.config.tasks, num_classes=num_classes, depth_cap=cap,
@@ -95,7 +96,7 @@ def train_run(out: Path, dataset: str, model_name: str | None, cfg: TrainConfig,
                 channels_last=True)
     metrics = evaluate(lambda x: model(x), val_ds, model.config.tasks, num_classes, cap, progress=progress)
     if is_main():
-        atomic_write_json(out / "fp32_metrics.json", {"dataset": ds, "split": "val", "frames": len(val_ds),
+        atomic_write_json(Run(out).fp32_metrics, {"dataset": ds, "split": "val", "frames": len(val_ds),
                                                       "metrics": metrics})
     return {"metrics": metrics, "epochs": state.epoch, "history": state.history, "checkpoint": str(ckpt_path)}
 

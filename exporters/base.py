@@ -107,6 +107,13 @@ class ExportTarget:
     options: tuple[str, ...] = ()  # option names this target understands
     # writes a reference-I/O sidecar after verification (ExecuTorch: a BundledProgram, exporters/bundle.py)
     sidecar: Callable | None = None
+    # the pt2e quantizer (calibration/quantizers.py BACKENDS) whose annotations this target's int8 honours
+    quantizer_backend: str = "xnnpack"
+    # what a layer a recipe keeps float becomes in this format (mixed precision says it per device)
+    float_layers_run_as: str = "float"
+    # (manifest, profile) -> how a device runs it: tool, binaries, flags, accelerator, argv(exe, path, threads,
+    # runs, warmup); devices/remote.py runs and parses it. None: no device runner (Core ML: --apple-script)
+    remote_plan: Callable | None = None
 
     def installed(self) -> bool:
         import importlib.util
@@ -314,7 +321,7 @@ def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir
         # target (the TFLite fallback records its own ai-edge-quantizer translation)
         from edgehydra.calibration.quantizers import translate
 
-        facts["translation"] = translate(source.program.recipe, "xnnpack", target=target.name).to_dict()
+        facts["translation"] = translate(source.program.recipe, target.quantizer_backend, target=target.name).to_dict()
     from .precision_map import artifact_map
 
     pmap = artifact_map(source, target.name, req.precision, facts, final)
@@ -331,6 +338,7 @@ def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir
                 "sha256": sha256_path(final), "size_bytes": path_size(final), "export_seconds": export_s,
                 "source_checkpoint_sha256": source.checkpoint_sha256,
                 "source_program": ({"stage": source.program.meta.get("stage"), "sha256": source.program.meta.get("sha256"),
+                                    "path": str(source.program.path) if source.program.path else None,
                                     "size": list(source.program.size),
                                     "weights_and_ranges_carried_over": "quantised_by" not in facts,
                                     **({"quantised_by": facts["quantised_by"]} if "quantised_by" in facts else {})}

@@ -212,4 +212,6 @@ def load_runner(path, manifest):
 TARGET = ExportTarget(name="coreml", suffix=".mlpackage", precisions=("fp16", "int8", "w8"),
                       runtime="coremltools MLModel.predict (macOS)", extra="coreml", packages=("coremltools",),
                       runtime_os=("Darwin",), build=build, load_runner=load_runner,
-                      options=("compute_units", "image_input", "deployment_target"))
+                      options=("compute_units", "image_input", "deployment_target"),
+                      float_layers_run_as=("fp16 compute with fp16 weights (Core ML computes every op in fp16; int8 "
+                                           "layers keep int8 weights)"))

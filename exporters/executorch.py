@@ -195,6 +195,23 @@ def bundle_sidecar(final, frames, ref, tasks, tol) -> dict:
                                "in the artifact's size)", "host_check": {"pass": res["pass"], "failures": res["failures"]}}}
 
 
+# the portable executor_runner links no backend: a delegated program fails to load in it
+DEVICE_RUNNERS = {"xnnpack": "xnn_executor_runner", "qnn": "qnn_executor_runner", "coreml": "coreml_executor_runner",
+                  "vulkan": "vulkan_executor_runner"}
+
+
+def remote_plan(manifest: dict, profile) -> dict:
+    """The executor runner built with the backend the program was delegated to."""
+    delegate = (manifest.get("facts") or {}).get("delegate", "xnnpack")
+
+    def argv(exe, path, threads, runs, warmup):
+        return [exe, f"--model_path={path}", f"--num_executions={runs}"]
+
+    return {"tool": "executor_runner", "binaries": [DEVICE_RUNNERS.get(delegate, "executor_runner")], "flags": [],
+            "accelerator": delegate, "argv": argv}
+
+
 TARGET = ExportTarget(name="executorch", suffix=".pte", precisions=("fp32", "int8"), runtime="executorch.runtime",
                       extra="executorch", packages=("executorch",), build=build, load_runner=load_runner,
-                      options=("delegate",), sidecar=bundle_sidecar)
+                      options=("delegate",), sidecar=bundle_sidecar, remote_plan=remote_plan,
+                      float_layers_run_as="fp32 XNNPACK kernels beside the int8 ones, in one delegate")

@@ -15,7 +15,9 @@ import torch
 from edgehydra.errors import BadInputError
 
 from ._onnx_qdq import signed_to_unsigned
+from . import reference_runner
 from .base import ExportTarget
+from .reference_io import reference_sidecar
 
 QDQ_TYPES = ("uint8", "int8")
 
@@ -58,19 +60,32 @@ def build(source, req, path):
 
 
 def load_runner(path, manifest):
-    import onnxruntime as ort
+    return reference_runner.onnx_runner(path)  # the same runner a device runs (exporters/reference_runner.py)
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
 
-    def run(x: np.ndarray):
-        return sess.run(None, {name: np.ascontiguousarray(x, np.float32)})
+def remote_plan(manifest: dict, profile) -> dict:
+    """trtexec with precision flags from the artifact and the profile (never --int8 on an fp32 file)."""
+    precision = manifest.get("precision", "fp32")
+    if precision == "int8" and (manifest.get("facts") or {}).get("qdq_dtype") == "uint8":
+        raise BadInputError("TensorRT builds only signed int8 Q/DQ: export with `--qdq int8` for a trtexec run")
+    flags = {"int8": ["--int8"], "fp16": ["--fp16"]}.get(precision, [])
+    want = getattr(profile, "precision", None)
+    if precision == "fp32" and want == "fp16":
+        flags = ["--fp16"]  # an fp32 ONNX built as an fp16 engine, as the profile measures
+    if precision == "int8" and want in ("int8", "fp16"):
+        flags = ["--int8", "--fp16"]  # layers outside the Q/DQ pairs in fp16 rather than fp32 (trtexec --best)
 
-    return run
+    def argv(exe, path, threads, runs, warmup):
+        return [exe, f"--onnx={path}", f"--iterations={runs}", f"--warmUp={warmup * 100}", *flags]
+
+    return {"tool": "trtexec", "binaries": ["trtexec", "/usr/src/tensorrt/bin/trtexec"], "flags": flags,
+            "accelerator": "TensorRT " + (" ".join(f.strip("-") for f in flags) or "fp32"), "argv": argv,
+            "search_dirs": False}
 
 
 TARGET = ExportTarget(name="onnx", suffix=".onnx", precisions=("fp32", "int8"), runtime="onnxruntime",
                       extra="onnx", packages=("onnx", "onnxscript", "onnxruntime"), build=build,
-                      load_runner=load_runner, options=("opset", "qdq"))
+                      load_runner=load_runner, options=("opset", "qdq"), remote_plan=remote_plan,
+                      sidecar=reference_sidecar,
+                      float_layers_run_as=("fp32 between QDQ pairs (onnxruntime runs the rest as integer kernels; "
+                                           "TensorRT builds fp16/fp32 there)"))

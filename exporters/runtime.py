@@ -62,6 +62,25 @@ def open_artifact(path: Path, check_hash: bool = True) -> Artifact:
                     man, runner)
 
 
+def artifact_program(run, manifest: dict):
+    """The quantised program an int8 artifact was exported from: the run's program of the stage its manifest
+    names, refused if that file is no longer the one it was made from (sha256). None for an fp32 artifact."""
+    from edgehydra.calibration.program import load_program
+
+    sp = manifest.get("source_program")
+    if not sp:
+        return None
+    # the file it was read from at export (an --program from elsewhere), else the run's program of that stage
+    path = Path(sp["path"]) if sp.get("path") and Path(sp["path"]).is_file() else run.program_path(sp["stage"])
+    if not path.is_file():
+        raise BadInputError(f"{manifest.get('artifact')} was exported from the {sp['stage']} program, and {path} is gone")
+    prog = load_program(path)
+    if sp.get("sha256") and prog.meta["sha256"] != sp["sha256"]:
+        raise BadInputError(f"{manifest.get('artifact')} was exported from a {sp['stage']} program with sha256 "
+                            f"{sp['sha256'][:12]}; {path} is now {prog.meta['sha256'][:12]}: re-export it")
+    return prog
+
+
 def verify_run(run: Path, only: Path | None = None) -> list[dict]:
     """Hashes and parity of every artifact listed in RUN/export/manifest.json (or of ``only``, one of them):
     the same routine as export's (check_parity, the reference and tolerance its manifest records)."""
@@ -77,7 +96,8 @@ def verify_run(run: Path, only: Path | None = None) -> list[dict]:
         entries = [e for e in entries if e.get("path") and (mf.parent / e["path"]).resolve() == Path(only).resolve()]
         if not entries:
             raise BadInputError(f"{only} is not listed in {mf}")
-    model, info, prog, ds = open_source(Path(run), None, None, None)
+    model, info, _, ds = open_source(Path(run), None, None, None)
+    programs = {}
     from edgehydra.data import Resize
     from edgehydra.runs import open_split
 
@@ -115,10 +135,21 @@ def verify_run(run: Path, only: Path | None = None) -> list[dict]:
             rows.append(row)
             continue
         kind = ver.get("reference_kind") or reference_kind(e["precision"], man.get("facts") or {})
-        if kind == "program" and prog is None:
-            row["detail"] = "no quantised program in the run to compare with"
-            rows.append(row)
-            continue
+        if kind == "program":
+            # the program this artifact was made from (a run may hold both ptq/ and qat/), not the run's newest
+            stage = (man.get("source_program") or {}).get("stage")
+            try:
+                if stage not in programs:
+                    programs[stage] = artifact_program(Run(run), man)
+                prog = programs[stage]
+            except BadInputError as ex:
+                row["parity_ok"], row["detail"] = False, str(ex)
+                rows.append(row)
+                continue
+            if prog is None:
+                row["detail"] = "no quantised program in the run to compare with"
+                rows.append(row)
+                continue
         res = check_parity(runner, prog.module if kind == "program" else model, kind, frames,
                            man["input"]["shape"][0], model.config.tasks, Tolerance(**ver["tolerance"]))
         row["parity_ok"] = not res["failures"]

@@ -18,7 +18,9 @@ import warnings
 import numpy as np
 import torch
 
+from . import reference_runner
 from .base import ExportTarget
+from .reference_io import reference_sidecar
 
 
 class _ChannelLast(torch.nn.Module):
@@ -168,52 +170,46 @@ def _qparams(d):
     return {"dtype": np.dtype(d["dtype"]).name, "scale": float(s), "zero_point": int(z)}
 
 
-def _interpreter(path, threads: int = 2):
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # the older runtime with the same API
-        from tflite_runtime.interpreter import Interpreter
-    it = Interpreter(model_path=str(path), num_threads=threads)
-    it.allocate_tensors()
-    return it
-
-
-def _ordered_outputs(it):
-    """Outputs in the model's order (output_0, output_1, ...), not the interpreter's tensor order."""
-    outs = it.get_output_details()
-    return sorted(outs, key=lambda d: [int(t) if t.isdigit() else t for t in d["name"].replace(":", "_").split("_")])
+# the interpreter and the run loop live in the self-contained reference runner, so the code that verifies an
+# artifact here is the code that checks it on a device (exporters/reference_io.py)
+_interpreter = reference_runner.tflite_interpreter
+_ordered_outputs = reference_runner.ordered_outputs
 
 
 def load_runner(path, manifest):
-    it = _interpreter(path)
-    inp = it.get_input_details()[0]
-    outs = _ordered_outputs(it)
-    nhwc = manifest.get("facts", {}).get("layout") == "NHWC"
+    return reference_runner.tflite_runner(path, manifest.get("facts", {}).get("layout") == "NHWC")
 
-    def run(x: np.ndarray):
-        res = []
-        for b in range(x.shape[0]):
-            xi = x[b:b + 1].transpose(0, 2, 3, 1) if nhwc else x[b:b + 1]
-            if np.issubdtype(inp["dtype"], np.integer):
-                s, z = inp["quantization"]
-                info = np.iinfo(inp["dtype"])
-                xi = np.clip(np.round(xi / s + z), info.min, info.max).astype(inp["dtype"])
-            it.set_tensor(inp["index"], np.ascontiguousarray(xi))
-            it.invoke()
-            o = []
-            for d in outs:
-                v = it.get_tensor(d["index"])
-                if np.issubdtype(d["dtype"], np.integer):
-                    s, z = d["quantization"]
-                    v = (v.astype(np.float32) - z) * s
-                o.append(v.astype(np.float32))
-            res.append(o)
-        return [np.concatenate([r[k] for r in res]) for k in range(len(outs))]
 
-    return run
+# benchmark_model flags per accelerator a profile names in its compute_unit (TFLite's benchmark tool and
+# the QNN delegate's documentation): NNAPI reaches the Tensor TPU, the GPU delegate the Adreno/Mali GPU,
+# Qualcomm's QNN external delegate the Hexagon NPU (backend htp).
+DEVICE_DELEGATES = [
+    (("hexagon", "qnn", "htp"), ["--external_delegate_path=libQnnTFLiteDelegate.so",
+                                 "--external_delegate_options=backend_type:htp"], "QNN HTP (Hexagon)"),
+    (("nnapi", "tpu", "tensor", "edgetpu"), ["--use_nnapi=true"], "NNAPI"),
+    (("gpu",), ["--use_gpu=true"], "GPU delegate"),
+]
+
+
+def remote_plan(manifest: dict, profile) -> dict:
+    """LiteRT's benchmark_model with the delegate the device profile names (CPU XNNPACK otherwise)."""
+    unit = (getattr(profile, "compute_unit", "") or "").lower()
+    flags, name = next(((f, n) for keys, f, n in DEVICE_DELEGATES if any(k in unit for k in keys)),
+                       ([], "CPU (XNNPACK)"))
+
+    def argv(exe, path, threads, runs, warmup):
+        return [exe, f"--graph={path}", f"--num_threads={threads}", f"--num_runs={runs}", f"--warmup_runs={warmup}",
+                "--report_peak_memory_footprint=true", *flags]
+
+    return {"tool": "benchmark_model", "binaries": ["benchmark_model"], "flags": flags, "accelerator": name,
+            "argv": argv}
 
 
 TARGET = ExportTarget(name="tflite", suffix=".tflite", precisions=("fp32", "fp16", "int8"),
                       runtime="ai-edge-litert Interpreter", extra="tflite",
                       packages=("litert_torch", "ai_edge_litert", "ai_edge_quantizer"), build=build,
-                      load_runner=load_runner, options=("io_dtype", "layout"))
+                      load_runner=load_runner, options=("io_dtype", "layout"), remote_plan=remote_plan,
+                      sidecar=reference_sidecar,
+                      float_layers_run_as=("converted by litert-torch from the program: kept-float layers stay float, "
+                                           "but the converter may still feed them int8 inputs (listed per layer as "
+                                           "not honoured in the manifest)"))

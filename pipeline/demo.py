@@ -37,6 +37,8 @@ class DemoConfig:
     mixed_layers: str = "pre_*,segm,depth,crp1.*,layer2.*,layer3.*"
     mixed_max_miou_drop: float = 0.5
     mixed_max_rmse_rise: float = 0.02
+    mixed_trials: int = 6  # candidates checked by PTQ + evaluation (and timed on this host)
+    sustained_s: float = 60.0  # the ExecuTorch int8 artifact under sustained load (latency over time)
     devices: tuple[str, ...] = ("host_cpu", "raspberrypi5", "snapdragon8gen3_hexagon")
     bench_runs: int = 20
     seed: int = 0
@@ -46,7 +48,7 @@ class DemoConfig:
         """The tiny model on a few frames: the whole pipeline in a few minutes (what the tests run)."""
         return cls(model="hydranet_tiny", size=(64, 96), frames=32, val_frames=8, epochs=1, batch_size=8,
                    qat_epochs=1, qat_frames=16, calib_frames=8, sensitivity_layers="segm", bench_runs=5,
-                   mixed_layers="pre_*,segm,depth")
+                   mixed_layers="pre_*,segm,depth", mixed_trials=3, sustained_s=3.0)
 
 
 class Stages:
@@ -55,7 +57,9 @@ class Stages:
 
     def run(self, name: str, settings: dict, fn: Callable[[], dict], outputs: list[Path] = ()) -> dict:
         key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        rec_path = self.out / "stages" / f"{name}.json"
+        from edgehydra.run import Run
+
+        rec_path = Run(self.out).stage_record(name)
         if rec_path.is_file():
             rec = json.loads(rec_path.read_text())
             if rec.get("key") == key and all(Path(p).exists() for p in outputs):
@@ -144,12 +148,12 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
     def sens_stage():
         from edgehydra.calibration.sensitivity import sensitivity_run
 
-        rep = sensitivity_run(ckpt, out / "sensitivity", frames=min(32, cfg.val_frames), calib_frames=cfg.calib_frames,
+        rep = sensitivity_run(ckpt, run.sensitivity_dir, frames=min(32, cfg.val_frames), calib_frames=cfg.calib_frames,
                               layers=cfg.sensitivity_layers)
         return {"layers": len(rep["layers"]), "chart": rep["chart"]}
 
     st.run("sensitivity", {"layers": cfg.sensitivity_layers, "ckpt": _sha(ckpt)}, sens_stage,
-           [out / "sensitivity" / "sensitivity.png"])
+           [run.sensitivity_dir / "sensitivity.png"])
 
     def mixed_stage():
         from edgehydra.calibration.mixed import BudgetsNotMet, MixedBudgets
@@ -158,16 +162,16 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
         budgets = MixedBudgets(max_miou_drop=cfg.mixed_max_miou_drop, max_rmse_rise=cfg.mixed_max_rmse_rise)
         try:
             rep = mixed_run(run, cfg.mixed_device, budgets, layers=cfg.mixed_layers, frames=min(32, cfg.val_frames),
-                            calib_frames=cfg.calib_frames, rounds=max(10, cfg.bench_runs))
+                            calib_frames=cfg.calib_frames, rounds=max(10, cfg.bench_runs), max_trials=cfg.mixed_trials)
         except BudgetsNotMet as e:
             return {"meets_budgets": False, "_note": str(e).splitlines()[0]}
         c = rep["chosen"]
         return {"meets_budgets": True, "device": rep["device"], "keep_float": c["keep_float"],
                 "timing": rep.get("host_timing"), "chart": rep["chart"]}
 
-    st.run("mixed", {"device": cfg.mixed_device, "layers": cfg.mixed_layers, "ckpt": _sha(ckpt),
+    st.run("mixed", {"device": cfg.mixed_device, "layers": cfg.mixed_layers, "ckpt": _sha(ckpt), "trials": cfg.mixed_trials,
                      "budgets": [cfg.mixed_max_miou_drop, cfg.mixed_max_rmse_rise]}, mixed_stage,
-           [out / "mixed" / cfg.mixed_device / "front.json"])
+           [run.mixed_dir(cfg.mixed_device) / "front.json"])
 
     def export_stage():
         from edgehydra.exporters import installed_targets, list_targets
@@ -189,22 +193,35 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
                  [run.export_manifest])
 
     def bench_stage():
-        from edgehydra.devices.bench import bench
+        from edgehydra.devices.bench import bench, record_measurement, reference_parity
+        from edgehydra.exporters.runtime import read_manifest
 
         rows = []
         man = json.loads(run.export_manifest.read_text())
         for a in man["artifacts"]:
             if not a.get("path") or a["status"] not in ("verified",):
                 continue
-            r = bench(run.export_dir / a["path"], warmup=3, runs=cfg.bench_runs, threads=2)  # recorded in the run
+            path = run.export_dir / a["path"]
+            r = bench(path, warmup=3, runs=cfg.bench_runs, threads=2)  # recorded in the run
+            if read_manifest(path).get("sidecars"):  # its reference I/O, run where it is benchmarked, into the run
+                r["bundle_parity"] = reference_parity(path)
+                record_measurement(path, r)
             r.update(target=a["target"])
             rows.append(r)
         eager = bench(ckpt, warmup=2, runs=max(3, cfg.bench_runs // 2), threads=2, write=False, size=deploy)
         eager.update(target="pytorch")
         rows.append(eager)
-        return {"rows": rows, "opprofile": _op_profile(run, man, deploy, cfg.bench_runs)}
+        sus = None
+        et = next((a for a in man["artifacts"] if a["target"] == "executorch" and a["precision"] == "int8"
+                   and a.get("path") and a["status"] == "verified" and tuple(a.get("size") or ()) == tuple(deploy)), None)
+        if et is not None and cfg.sustained_s > 0:
+            s_res = bench(run.export_dir / et["path"], warmup=3, runs=1, threads=2, duration_s=cfg.sustained_s)
+            sus = {k: s_res.get(k) for k in ("plot", "json", "throughput_fps", "p50_ms", "p99_ms", "throttle_ratio",
+                                             "duration_s")}
+        return {"rows": rows, "opprofile": _op_profile(run, man, deploy, cfg.bench_runs), "sustained": sus}
 
-    bench_res = st.run("bench", {"export": _sha(run.export_manifest), "runs": cfg.bench_runs}, bench_stage)
+    bench_res = st.run("bench", {"export": _sha(run.export_manifest), "runs": cfg.bench_runs,
+                                 "sustained_s": cfg.sustained_s}, bench_stage)
 
     def calibrate_stage():
         from edgehydra.checkpoint import load_checkpoint
@@ -220,8 +237,9 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
         fitted, rep = fit_efficiencies(model, load_profile("host_cpu"), meas)
         from edgehydra.devices.profile import to_toml
 
-        (out / "devices").mkdir(parents=True, exist_ok=True)
-        (out / "devices" / "host_cpu.toml").write_text(to_toml(fitted))
+        from edgehydra._io import atomic_write_bytes
+
+        atomic_write_bytes(run.calibrated_profile("host_cpu"), to_toml(fitted).encode())
         return {"report": rep}
 
     cal = st.run("calibrate", {"bench": bench_res}, calibrate_stage)
@@ -230,13 +248,13 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
         from edgehydra.devices.check import check_run
 
         res = check_run(out, list(cfg.devices))  # it picks up the host profile calibrated above
-        atomic_write_json(out / "check.json", res)
+        atomic_write_json(run.check_record, res)
         return {"verdicts": {r["device"]: r["verdict"] for r in res}}
 
-    st.run("check", {"export": exp, "cal": cal}, check_stage, [out / "check.json"])
+    st.run("check", {"export": exp, "cal": cal}, check_stage, [run.check_record])
     total = time.perf_counter() - t_start
     summary = {"config": base, "stages": st.log, "total_seconds": total}
-    atomic_write_json(out / "demo.json", summary)
+    atomic_write_json(run.demo_summary, summary)
 
     def report_stage():
         from .report import write_report
@@ -246,7 +264,7 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
     st.run("report", {"t": time.time()}, report_stage)
     summary["stages"] = st.log
     summary["total_seconds"] = time.perf_counter() - t_start
-    atomic_write_json(out / "demo.json", summary)
+    atomic_write_json(run.demo_summary, summary)
     return summary
 
 

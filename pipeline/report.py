@@ -137,11 +137,14 @@ def panels(run: Path, outdir: Path, limit_synth: int = 2) -> list[Path]:
 
 
 def collect(run: Path) -> dict:
-    d = {k: _load(run / f) for k, f in (("demo", "demo.json"), ("train", "train.json"), ("fp32", "fp32_metrics.json"),
-                                        ("ptq", "ptq/report.json"), ("qat", "qat/report.json"),
-                                        ("manifest", "export/manifest.json"), ("sens", "sensitivity/sensitivity.json"),
-                                        ("cal", "stages/calibrate.json"), ("bench", "stages/bench.json"))}
-    d["check"] = _load(run / "check.json")
+    from edgehydra.run import Run
+
+    r = Run(run)
+    d = {k: _load(f) for k, f in (("demo", r.demo_summary), ("train", r.train_log), ("fp32", r.fp32_metrics),
+                                  ("ptq", r.stage_report("ptq")), ("qat", r.stage_report("qat")),
+                                  ("manifest", r.export_manifest), ("sens", r.sensitivity_dir / "sensitivity.json"),
+                                  ("cal", r.stage_record("calibrate")), ("bench", r.stage_record("bench")))}
+    d["check"] = _load(r.check_record)
     if d["cal"]:
         d["cal"] = d["cal"]["result"]
     return d
@@ -174,7 +177,9 @@ def artifact_rows(d: dict) -> list[dict]:
 
 def _mixed_section(run: Path, out: Path, section, table, image) -> None:
     """Each device's mixed-precision search (RUN/mixed/<device>/front.json): three rows and the front."""
-    for f in sorted((run / "mixed").glob("*/front.json")):
+    from edgehydra.run import Run
+
+    for f in Run(run).mixed_fronts():
         r = _load(f)
         if not r:
             continue
@@ -208,16 +213,32 @@ def _opprofile_section(run: Path, out: Path, section, table, image) -> None:
     section(title, m + [""] + im, h + ih)
 
 
+def _sustained_section(d: dict, out: Path, section, image) -> None:
+    sus = ((d.get("bench") or {}).get("result") or {}).get("sustained")
+    if not sus or not sus.get("plot") or not Path(sus["plot"]).is_file():
+        return
+    img = Path(shutil.copy(sus["plot"], out / "sustained.png"))
+    line = (f"{Path(sus['plot']).name.removesuffix('.sustained.png')}: {sus['duration_s']:.0f} s of back-to-back calls, "
+            f"{sus['throughput_fps']:.1f} calls/s, p50 {sus['p50_ms']:.2f} ms, p99 {sus['p99_ms']:.2f} ms"
+            + (f", last/first window {sus['throttle_ratio']:.2f}" if sus.get("throttle_ratio") is not None
+               else " (too short for a last/first window ratio)"))
+    im, ih = image(img, "latency over time")
+    section("Sustained load", [line, ""] + im, f"<p>{html.escape(line)}</p>{ih}")
+
+
 def write_report(run: Path) -> list[Path]:
+    from edgehydra.run import Run
+
     run = Path(run)
-    out = run / "report"
+    out = Run(run).report_dir
     out.mkdir(parents=True, exist_ok=True)
     d = collect(run)
     rows = artifact_rows(d)
     imgs = {}
     imgs["accuracy_latency"] = accuracy_latency_plot(rows, d.get("check"), out / "accuracy_latency.png")
-    if d.get("sens") and (run / "sensitivity" / "sensitivity.png").is_file():
-        imgs["sensitivity"] = Path(shutil.copy(run / "sensitivity" / "sensitivity.png", out / "sensitivity.png"))
+    sens_png = Run(run).sensitivity_dir / "sensitivity.png"
+    if d.get("sens") and sens_png.is_file():
+        imgs["sensitivity"] = Path(shutil.copy(sens_png, out / "sensitivity.png"))
     p = est_vs_meas_plot(d.get("cal"), out / "estimated_vs_measured.png")
     if p:
         imgs["est_meas"] = p
@@ -269,6 +290,15 @@ def write_report(run: Path) -> list[Path]:
                      _fmt(r["size_mb"]), _fmt(r["miou"]), _fmt(r["rmse"], ".3f"), _fmt(r["ms"], ".1f"), _fmt(r["fps"], ".1f"),
                      r["verdicts"]] for r in rows])
     section("Artifacts", m4, h4)
+    ref = [[Path(b["artifact"]).name, b["bundle_parity"]["device"], b["bundle_parity"]["cases"],
+            "PASS" if b["bundle_parity"]["pass"] else "FAIL: " + "; ".join(b["bundle_parity"]["failures"]),
+            b["bundle_parity"]["runner"].split(" (")[0]]
+           for b in (d.get("bench") or {}).get("result", {}).get("rows", []) if b.get("bundle_parity")]
+    if ref:
+        m, h = table(["artifact", "ran on", "frames", "per-task parity", "runner"], ref)
+        section("Reference I/O where it runs", ["Each artifact's parity frames and reference outputs (its .bpte or "
+                                                ".reference.npz), run where it was benchmarked and judged with the "
+                                                "export's tolerance.", ""] + m, h)
 
     chk = []
     for c in d.get("check") or []:
@@ -279,6 +309,7 @@ def write_report(run: Path) -> list[Path]:
     section("Device budgets", m5, h5)
     _mixed_section(run, out, section, table, image)
     _opprofile_section(run, out, section, table, image)
+    _sustained_section(d, out, section, image)
     for key, title, alt in (("accuracy_latency", "Accuracy vs latency", "accuracy vs latency"),
                             ("sensitivity", "Per-layer sensitivity", "per-layer sensitivity"),
                             ("est_meas", "Estimated vs measured latency", "estimated vs measured latency")):

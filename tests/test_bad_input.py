@@ -134,3 +134,32 @@ def test_coreml_prediction_off_macos_is_refused(tmp_path):
     (tmp_path / "m.mlpackage.manifest.json").write_text(json.dumps({"sha256": "x"}))
     r = CliRunner().invoke(cli, ["bench", "--artifact", str(pkg)])
     assert r.exit_code == 1 and "coreml artifacts run only on macOS" in r.output
+
+
+def test_truncated_program_prints_its_error_alone(tmp_path):
+    """torch.export's loader logs a 12-line traceback before failing on a truncated .pt2: the user sees the
+    one-line error and nothing else, on stdout and stderr together, from the installed entry point."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "p.pt2"
+    bad.write_bytes(b"PK\x03\x04" + b"x" * 99)
+    r = subprocess.run([sys.executable, "-m", "edgehydra.commands", "export", "--program", str(bad), "--target", "onnx"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 2
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and "not a complete .pt2 archive" in lines[0], lines
+
+
+def test_recipe_naming_no_layer_is_refused_with_close_names(tiny_run, tmp_path):
+    import json
+
+    from edgehydra.calibration.recipe import PRESETS
+
+    r = tmp_path / "r.json"
+    r.write_text(json.dumps(dict(PRESETS["w8a8"].to_dict(), name="mine", keep_float=["dept", "segm"])))
+    res = CliRunner().invoke(cli, ["ptq", "--checkpoint", str(tiny_run / "fp32.pt"), "--out", str(tmp_path / "q"),
+                                   "--recipe", str(r), "--calib-frames", "2"])
+    assert res.exit_code == 2, res.output
+    assert "keep_float 'dept' names no layer of this model; close: depth" in res.output
+    assert not (tmp_path / "q" / "ptq").exists()

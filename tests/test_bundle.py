@@ -99,3 +99,44 @@ def test_per_op_profile_maps_every_operator_to_a_layer_and_stage(pte_run):
     conv_rows = [x for x in prof["rows"] if x["op_class"].endswith("conv")]
     assert all(x["precision"] == "int8" for x in conv_rows)  # the w8a8 program: every conv on int8 kernels
     assert "encoder" in r.output and "head:segm" in r.output
+
+
+@pytest.mark.parametrize("target", ["onnx", "tflite"])
+def test_reference_io_beside_other_formats_runs_here_and_on_a_device(tiny_run, tmp_path, target):
+    """A .onnx / .tflite carries its parity frames and reference outputs as <artifact>.reference.npz: the
+    export checks it here, `bench --bundle` puts the verdict in the run, the stand-in device runs the same
+    self-contained runner with its own Python, and expected outputs that are off fail that task only."""
+    from edgehydra.commands import cli
+    from edgehydra.devices.remote import LocalTransport
+    from edgehydra.exporters.base import Tolerance
+    from edgehydra.exporters.reference_io import read_expected, reference_path, run_reference, write_reference
+    from edgehydra.exporters.stage import export_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "measurements", "mixed", "debug"))
+    res = export_run(run / "export", [target], ["int8"], run=run, eval_frames=1)
+    assert res[0].status == "verified", res[0].reason
+    art = Path(res[0].path)
+    man = json.loads(Path(str(art) + ".manifest.json").read_text())
+    side = man["sidecars"]["reference_io"]
+    ref = reference_path(art)
+    assert ref.name == side["path"] and side["host_check"]["pass"] and side["cases"] == man["verification"]["frames"]
+    assert man["size_bytes"] == art.stat().st_size  # a sidecar is not counted in the artifact's size
+
+    r = CliRunner().invoke(cli, ["bench", "--artifact", str(art), "--runs", "2", "--warmup", "1", "--bundle"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    rec = next(json.loads(p.read_text()) for p in (run / "measurements").glob("*.json"))
+    assert rec["bundle_parity"]["pass"] and rec["bundle_parity"]["device"] == "host"
+
+    tol = Tolerance(**man["verification"]["tolerance"])
+    dev = LocalTransport(tmp_path / "device")
+    out = run_reference(art, ("segm", "depth"), tol, dev, python=sys.executable)
+    assert out["pass"] and out["device"].startswith("local:"), out
+    assert {Path(c[2]).name for c in dev.calls if c[0] == "push"} == {art.name, ref.name, "reference_runner.py"}
+    assert not any((tmp_path / "device").rglob(art.name))  # the work folder is removed
+
+    exp = read_expected(ref)
+    frames = np.load(ref)["frames"]
+    write_reference(art, frames, [exp[0], exp[1] * 1.5])  # expected depth 50 % off
+    bad = run_reference(art, ("segm", "depth"), tol)
+    assert not bad["pass"] and len(bad["failures"]) == 1 and bad["failures"][0].startswith("depth"), bad

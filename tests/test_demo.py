@@ -20,10 +20,25 @@ def demo_run(tmp_path_factory):
 
 def test_demo_fast_end_to_end(demo_run):
     out, output = demo_run
-    for stage in ("data", "train", "ptq", "qat", "sensitivity", "export", "bench", "calibrate", "check", "report"):
+    for stage in ("data", "train", "ptq", "qat", "sensitivity", "mixed", "export", "bench", "calibrate", "check",
+                  "report"):
         assert re.search(rf"{stage}: (done|skipped|reused)", output), stage
     assert (out / "fp32.pt").is_file() and (out / "qat" / "program.pt2").is_file()
     assert (out / "export" / "manifest.json").is_file() and (out / "check.json").is_file()
+    # check judged only what the demo shipped, at each budget's size, and every latency row names its source
+    import json
+
+    for dev in json.loads((out / "check.json").read_text()):
+        if dev["verdict"] == "NOT JUDGED":
+            assert not dev.get("rows"), dev
+            continue
+        hw = "x".join(map(str, dev["size"]))
+        assert f"_{hw}." in dev["artifact"], (dev["device"], dev["artifact"])
+        for r in dev["rows"]:
+            if r["budget"].startswith("latency"):
+                assert re.match(rf"(measured on \S+ by \S+ at {hw}|estimated at {hw} )", r["note"]), r
+            if r["budget"] in ("mIoU", "depth RMSE", "depth abs rel"):
+                assert r["note"].endswith(f"at {hw}") and "artifact run in its runtime" in r["note"], r
 
 
 def test_report_has_every_section_and_image(demo_run):
@@ -34,6 +49,11 @@ def test_report_has_every_section_and_image(demo_run):
     html = (out / "report" / "report.html").read_text()
     for s in SECTIONS:
         assert f"## {s}" in md and f"<h2>{s}</h2>" in html, s
+    # issue 17/18 sections: the mixed-precision front for one device, the per-op profile, the sustained run
+    for s in ("Mixed precision on host_cpu", "Where the time goes", "Sustained load", "Reference I/O where it runs"):
+        assert f"## {s}" in md, s
+    for img in ("mixed_host_cpu.png", "opprofile.png", "sustained.png"):
+        assert (out / "report" / img).is_file(), img
     imgs = re.findall(r'<img src="([^"]+)"', html)
     assert len(imgs) >= 4
     assert any(i.startswith("panel_nyud_") for i in imgs) or not Path("../shared/samples").exists()

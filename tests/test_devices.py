@@ -342,3 +342,46 @@ def test_sustained_bench_of_a_real_artifact_enters_the_run_and_check(tiny_run, t
     assert row["value"] == pytest.approx(rec[0]["sustained"]["throughput_fps"]) and "3 s on host" in row["note"]
     r = CliRunner().invoke(cli, ["bench", "--artifact", str(art), "--fps", "30"])
     assert r.exit_code == 2 and "give --duration too" in r.output
+
+
+def test_device_measurements_enter_the_run_and_check_judges_with_them(tiny_run, tmp_path):
+    """A remote benchmark (the stand-in transport running trtexec's real output) and an ingested JSON each
+    become a record of the run that `check` uses for the profile it was taken for, naming device, runner,
+    size and accelerator; a device it was not taken for keeps its estimate."""
+    import dataclasses
+
+    from edgehydra.devices.bench import record_measurement
+    from edgehydra.exporters.runtime import read_manifest
+    from edgehydra.exporters.stage import export_run
+
+    run = tmp_path / "r"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "measurements", "devices", "debug"))
+    art = export_run(run / "export", ["onnx"], ["int8"], run=run, eval_frames=1, options={"qdq": "int8"})[0].path
+    dev = tmp_path / "device"
+    exe = _fake_device(dev, "trtexec", "trtexec_orin.txt")
+    nano = load_profile("jetson_orin_nano_8gb")
+    res = remote.remote_bench(remote.LocalTransport(dev), art, binary=exe, runs=20, manifest=read_manifest(art),
+                              profile=nano)
+    res.update(remote.artifact_facts(art), runner=res["tool"], profile=nano.name)
+    assert record_measurement(art, res) is not None
+
+    def judged(profile):
+        b = dataclasses.replace(profile.budgets, input_size=(64, 96))  # the shipped budgets name 480x640
+        p = tmp_path / f"{profile.name}.toml"
+        p.write_text(to_toml(dataclasses.replace(profile, budgets=b)))
+        r = CliRunner().invoke(cli, ["check", "--run", str(run), "--device", str(p), "--json"])
+        return next(x for x in json.loads(r.output)[0]["rows"] if x["budget"] == "latency p50")
+
+    row = judged(nano)
+    assert row["value"] == pytest.approx(res["p50_ms"])
+    assert row["note"].startswith(f"measured on local:{dev} by trtexec at 64x96 on TensorRT int8"), row["note"]
+    agx = load_profile("jetson_agx_orin")
+    assert judged(agx)["note"].startswith("estimated at 64x96")
+    j = tmp_path / "agx.json"
+    j.write_text(json.dumps({"p50_ms": 3.5, "p90_ms": 4.0, "runs": 30, "device": "agx-lab-2", "tool": "trtexec",
+                             "artifact": art.name}))
+    r = CliRunner().invoke(cli, ["bench", "--ingest", str(j), "--artifact", str(art), "--profile", agx.name])
+    assert r.exit_code == 0, r.output
+    row = judged(agx)
+    assert row["value"] == 3.5 and row["note"].startswith("measured on agx-lab-2 by trtexec at 64x96"), row
+    assert judged(nano)["value"] == pytest.approx(res["p50_ms"])  # each device keeps its own measurement

@@ -151,6 +151,34 @@ def test_kitti_split_fallback_is_named_and_mixed_scales_refused(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+def test_kitti_folder_at_800_with_a_256_frame_is_refused_but_a_close_range_frame_passes(tmp_path):
+    src = _kitti_src(tmp_path, [(40, 96)] * 4, scale=800.0)
+    # a close-range frame (a wall 30 m ahead at most) is short by 2.3x, not by the 800/256 ratio: it passes
+    Image.fromarray((np.full((40, 96), 30.0) * 800).astype(np.uint16)).save(src / "depth" / "000002.png")
+    assert prepare_kitti(src, tmp_path / "a", depth_scale=800.0)["val"] == 1
+    # a frame written at 256 per metre: its ~70 m reads as ~22 m at 800
+    dep = np.random.default_rng(1).uniform(2, 70, (40, 96))
+    Image.fromarray((dep * 256).astype(np.uint16)).save(src / "depth" / "000001.png")
+    with pytest.raises(BadInputError, match="000001.png: its farthest return reads 22.4 m .* mixes depth scales"):
+        prepare_kitti(src, tmp_path / "b", depth_scale=800.0)
+    assert not (tmp_path / "b").exists()
+
+
+def test_kitti_eigen_split_lines_name_flattened_frames(tmp_path):
+    src = _kitti_src(tmp_path, [(40, 96)] * 3)
+    names = ["2011_09_26_drive_0002_sync_0000000069", "2011_09_26_drive_0002_sync_0000000070",
+             "2011_09_28_drive_0001_sync_0000000005"]
+    for i, n in enumerate(names):
+        for d in ("image_2", "segm", "depth"):
+            (src / d / f"{i:06d}.png").rename(src / d / f"{n}.png")
+    (tmp_path / "eigen_val.txt").write_text("2011_09_26/2011_09_26_drive_0002_sync 0000000069 l\n"
+                                            "2011_09_28/2011_09_28_drive_0001_sync 0000000005 r\n")
+    rep = prepare_kitti(src, tmp_path / "k", val_list=tmp_path / "eigen_val.txt")
+    assert rep["val"] == 2 and rep["train"] == 1
+    val = (tmp_path / "k" / "val.txt").read_text()
+    assert names[0] in val and names[2] in val and names[1] not in val
+
+
 # ------------------------------------------------------------------------------------------------ loss
 def test_loss_is_ce_plus_lambda_berhu():
     from edgehydra.losses import berhu, multitask_loss

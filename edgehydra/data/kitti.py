@@ -44,13 +44,45 @@ MAX_PLAUSIBLE_M = 120.0
 
 
 def _read_names(path: Path) -> list[str]:
+    """Frame file names from a split list: KITTI-6 style (one name per line, ``000123`` or ``000123.png``) or
+    Eigen style (``2011_09_26/2011_09_26_drive_0002_sync 0000000069 l``: drive, frame, camera), which names
+    the flattened frame ``image_2/2011_09_26_drive_0002_sync_0000000069.png``."""
     if not Path(path).is_file():
         raise BadInputError(f"split list not found: {path}")
-    names = [Path(line.split()[0]).name for line in Path(path).read_text().splitlines() if line.strip()
-             and not line.startswith("#")]
+    names = []
+    for line in Path(path).read_text().splitlines():
+        tok = line.split()
+        if not tok or line.startswith("#"):
+            continue
+        if len(tok) >= 2 and tok[1].isdigit():  # Eigen: drive folder, frame index (, side)
+            names.append(f"{Path(tok[0]).name}_{tok[1]}.png")
+        else:
+            n = Path(tok[0]).name
+            names.append(n if n.endswith(".png") else n + ".png")
     if not names:
         raise BadInputError(f"{path}: split list has no names")
-    return [n if n.endswith(".png") else n + ".png" for n in names]
+    return names
+
+
+def _check_scale(maxes: dict, src: Path, depth_scale: float) -> None:
+    """Refuse a folder whose depth PNGs are not all at ``depth_scale``. Read at 256 a 800-scaled frame goes
+    past MAX_PLAUSIBLE_M. Read at 800 a 256-scaled frame shrinks by 800/256 = 3.1: it is refused when its
+    farthest return is that ratio (within 25 %) below the folder's typical frame, and scaled back it would
+    be typical again. A close-range frame (a wall ahead) is short by some other factor and passes."""
+    far = {n: m for n, m in maxes.items() if m > MAX_PLAUSIBLE_M}
+    if far:
+        n, m = next(iter(far.items()))
+        raise BadInputError(f"{src / 'depth' / n}: reads as {m:.0f} m at --depth-scale {depth_scale:g} (KITTI ends near "
+                            f"80 m): this folder uses another scale, or mixes scales")
+    if len(maxes) < 3:
+        return
+    typical = float(np.percentile(list(maxes.values()), 75))  # a typical far frame; close-range ones sit below
+    ratio = max(DEPTH_SCALES) / min(DEPTH_SCALES)
+    for n, m in maxes.items():
+        if depth_scale == max(DEPTH_SCALES) and m > 0 and abs(m * ratio / typical - 1) < 0.25:
+            raise BadInputError(f"{src / 'depth' / n}: its farthest return reads {m:.1f} m at --depth-scale "
+                                f"{depth_scale:g}, {ratio:.2f}x below the folder's typical {typical:.1f} m (the "
+                                f"{max(DEPTH_SCALES):g}/{min(DEPTH_SCALES):g} ratio): the folder mixes depth scales")
 
 
 def prepare(src: str | Path, out: str | Path, progress=None, depth_scale: float = 256.0,
@@ -79,13 +111,9 @@ def prepare(src: str | Path, out: str | Path, progress=None, depth_scale: float 
         split = {"val": "first 10 % of sorted names (fallback: no split list given; pass --val-list for the "
                         "official KITTI-6 or Eigen split)", "train": "the rest"}
     # scale check first: a folder that mixes scales is refused before a file is written
-    for p in imgs:
-        dep = src / "depth" / p.name
-        if dep.is_file():
-            d = layout.read_depth(dep, depth_scale)
-            if d.max(initial=0) > MAX_PLAUSIBLE_M:
-                raise BadInputError(f"{dep}: reads as {d.max():.0f} m at --depth-scale {depth_scale:g} (KITTI ends near "
-                                    f"80 m): this folder uses another scale, or mixes scales")
+    maxes = {p.name: float(layout.read_depth(src / "depth" / p.name, depth_scale).max(initial=0)) for p in imgs
+             if (src / "depth" / p.name).is_file()}
+    _check_scale(maxes, src, depth_scale)
     rows = {}
     task = progress.add_task("kitti frames", total=len(imgs)) if progress else None
     for p in imgs:
