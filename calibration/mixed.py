@@ -54,6 +54,8 @@ class MixedBudgets:
     max_abs_rel: float | None = None
     latency_ms: float | None = None
     size_mb: float | None = None
+    max_normals_rise: float | None = None  # degrees of median angular error over FP32 (a three-task model)
+    max_normals_median: float | None = None  # degrees, the profile's floor (max_normals_median_deg)
 
     def __post_init__(self):
         for k, v in asdict(self).items():
@@ -77,6 +79,11 @@ class MixedBudgets:
             "max_abs_rel": over(g("abs_rel"), self.max_abs_rel),
             "latency_ms": over(latency_ms, self.latency_ms),
             "size_mb": over(size_mb, self.size_mb),
+            # normals: only where the model predicts them (a two-task model has no such metric to miss)
+            "max_normals_rise": over(g("normals_median_angle") - fp32["normals_median_angle"]
+                                     if g("normals_median_angle") is not None and "normals_median_angle" in fp32
+                                     else None, self.max_normals_rise),
+            "max_normals_median": over(g("normals_median_angle"), self.max_normals_median),
         }
         return {k: v for k, v in out.items() if v > 0}
 
@@ -84,7 +91,8 @@ class MixedBudgets:
         """What one unit of miss weighs in the greedy search: the budget itself, or 1 % of FP32."""
         v = getattr(self, key)
         ref = {"max_miou_drop": "miou", "min_miou": "miou", "max_rmse_rise": "rmse", "max_rmse": "rmse",
-               "max_absrel_rise": "abs_rel", "max_abs_rel": "abs_rel"}.get(key)
+               "max_absrel_rise": "abs_rel", "max_abs_rel": "abs_rel", "max_normals_rise": "normals_median_angle",
+               "max_normals_median": "normals_median_angle"}.get(key)
         floor = 0.01 * abs(fp32.get(ref, 1.0)) if ref else 0.01
         return max(v if key.startswith("max_") and v else 0.0, floor, 1e-6)
 

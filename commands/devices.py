@@ -120,7 +120,7 @@ def profile(device, model_spec, size, precision, top, bench_files, as_json):
               help="With --bundle on a device: the Python there with the artifact's runtime (executorch, "
                    "ai-edge-litert or tflite-runtime, onnxruntime).")
 @click.option("--ops", is_flag=True,
-              help="Per-operator profile of a .pte in a run (ETDump): time by network stage, operator class and "
+              help="Per-operator profile of a .pte (ETDump) or .onnx (onnxruntime profiler) in a run: time by network stage, operator class and "
                    "layer, with a plot beside the artifact.")
 def bench(artifact, device, binary, runs, warmup, threads, provider, apple_script, ingest, profile_name, duration, fps,
           verify, bundle, python, ops):
@@ -240,25 +240,33 @@ def _op_profile(artifact: Path, runs: int, threads: int) -> None:
     from edgehydra.exporters.runtime import read_manifest
     from edgehydra.run import run_of_artifact
 
-    if artifact.suffix != ".pte":
-        raise click.BadParameter("the per-operator profile reads ExecuTorch's ETDump: pass a .pte", param_hint="--ops")
+    if artifact.suffix not in (".pte", ".onnx"):
+        raise click.BadParameter("the per-operator profile reads ExecuTorch's ETDump or onnxruntime's profiler: pass "
+                                 "a .pte or an .onnx", param_hint="--ops")
     run = run_of_artifact(artifact)
     man = read_manifest(artifact)
     if run is None:
         raise click.BadParameter(f"{artifact} is not in a run's export folder: its layers cannot be named",
                                  param_hint="--ops")
-    if man["precision"] == "int8":
-        stage = (man.get("source_program") or {}).get("stage") or "ptq"
-        module = load_program(run.program_path(stage)).module
+    if artifact.suffix == ".onnx":
+        from edgehydra.devices.opprofile import profile_onnx
+
+        prof = profile_onnx(artifact, tuple(man["size"]), runs=runs, tasks=tuple(man["outputs"]), threads=threads)
     else:
-        module = load_checkpoint(run.checkpoint())[0].eval()
-    prof = profile_pte(artifact, module, tuple(man["size"]), runs=runs, tasks=tuple(man["outputs"]), threads=threads)
+        if man["precision"] == "int8":
+            stage = (man.get("source_program") or {}).get("stage") or "ptq"
+            module = load_program(run.program_path(stage)).module
+        else:
+            module = load_checkpoint(run.checkpoint())[0].eval()
+        prof = profile_pte(artifact, module, tuple(man["size"]), runs=runs, tasks=tuple(man["outputs"]),
+                           threads=threads)
     out = Path(str(artifact) + ".ops.json")
     atomic_write_json(out, prof)
     png = chart(prof, Path(str(artifact) + ".ops.png"))
     from rich.table import Table
 
-    console().print(f"[bold]{artifact}[/]: {prof['total_ms']:.3f} ms in XNNPACK operators (median of {runs} calls, "
+    where = "onnxruntime nodes" if prof.get("runtime") == "onnxruntime" else "XNNPACK operators"
+    console().print(f"[bold]{artifact}[/]: {prof['total_ms']:.3f} ms in {where} (median of {runs} calls, "
                     f"{threads} threads)")
     if not prof["mapped"]:
         console().print(f"[yellow]note:[/] operators not mapped to layers: {prof['unmapped_reason']}")

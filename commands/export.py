@@ -168,6 +168,8 @@ def debug(artifact, frames, out, all_layers):
             f"{rep['probe_build_vs_shipped_max_abs']:.3g}", soft_wrap=True)
     firsts = {f["index"] for f in rep["first_failure"].values() if f}
     keep = {i for f in firsts for i in range(f - 2, f + 3)}
+    if not keep:  # all within the bound: the five tensors closest to it
+        keep = {r["index"] for r in sorted(rep["layers"], key=lambda r: -r["mean_steps"])[:5]}
     rows = [r for r in rep["layers"] if all_layers or r["index"] in keep or r["op"] == "input"]
     t = table(f"{Path(artifact).name}: error per quantised tensor, in steps of its int8 grid "
               f"(bound: mean {rep['max_mean_steps']})", ("#", "layer"),

@@ -103,6 +103,8 @@ def qat(dataset, checkpoint, out, epochs, lr, batch_size, recipe, size, distill,
 @click.option("--max-miou-drop", type=float, default=None, help="Budget: mIoU points lost vs FP32.")
 @click.option("--max-rmse-rise", type=float, default=None, help="Budget: depth RMSE increase vs FP32 (m).")
 @click.option("--max-absrel-rise", type=float, default=None, help="Budget: abs rel increase vs FP32.")
+@click.option("--max-normals-rise", type=float, default=None,
+              help="Budget: median normals angle increase vs FP32 (degrees; three-task models).")
 @click.option("--latency-budget-ms", type=float, default=None, help="Latency budget (default: the profile's p50 budget).")
 @click.option("--profile-floors/--no-profile-floors", default=True, show_default=True,
               help="Also hold the profile's absolute task floors (min mIoU, max RMSE, max abs rel) and size budget.")
@@ -111,14 +113,15 @@ def qat(dataset, checkpoint, out, epochs, lr, batch_size, recipe, size, distill,
 @click.option("--apply", "do_apply", is_flag=True, help="PTQ with the chosen recipe, export for the device, check.")
 @click.option("--qat", is_flag=True, help="With --apply: QAT instead of PTQ.")
 def sensitivity(checkpoint, run_dir, device, dataset, out, layers, recipe, size, frames, calib_frames, max_miou_drop,
-                max_rmse_rise, max_absrel_rise, latency_budget_ms, profile_floors, max_trials, do_apply, qat):
+                max_rmse_rise, max_absrel_rise, max_normals_rise, latency_budget_ms, profile_floors, max_trials, do_apply,
+                qat):
     """Per-layer, per-task sensitivity. With --device: the mixed-precision Pareto front under that device's
     joint budgets and the fastest assignment that meets them (a recipe); --apply hands it on."""
     if device:
         return _mixed(run_dir, device, layers, recipe, size, frames, calib_frames, max_miou_drop, max_rmse_rise,
-                      max_absrel_rise, latency_budget_ms, profile_floors, max_trials, do_apply, qat)
-    if do_apply or qat or max_rmse_rise is not None or latency_budget_ms is not None:
-        raise click.UsageError("--apply, --qat, --max-rmse-rise and --latency-budget-ms need --device")
+                      max_absrel_rise, max_normals_rise, latency_budget_ms, profile_floors, max_trials, do_apply, qat)
+    if do_apply or qat or max_rmse_rise is not None or max_normals_rise is not None or latency_budget_ms is not None:
+        raise click.UsageError("--apply, --qat, --max-rmse-rise, --max-normals-rise and --latency-budget-ms need --device")
     from edgehydra.calibration.sensitivity import sensitivity_run
 
     if checkpoint is None and run_dir is None:
@@ -146,7 +149,7 @@ def sensitivity(checkpoint, run_dir, device, dataset, out, layers, recipe, size,
 
 
 def _mixed(run_dir, device, layers, recipe, size, frames, calib_frames, max_miou_drop, max_rmse_rise, max_absrel_rise,
-           latency_budget_ms, profile_floors, max_trials, do_apply, qat):
+           max_normals_rise, latency_budget_ms, profile_floors, max_trials, do_apply, qat):
     from edgehydra.calibration.mixed import MixedBudgets
     from edgehydra.calibration.mixed_stage import apply, mixed_run
     from edgehydra.devices.profile import load_profile
@@ -163,7 +166,8 @@ def _mixed(run_dir, device, layers, recipe, size, frames, calib_frames, max_miou
         min_miou=b.min_miou if profile_floors else None, max_rmse=b.max_depth_rmse if profile_floors else None,
         max_abs_rel=b.max_abs_rel if profile_floors else None,
         latency_ms=latency_budget_ms if latency_budget_ms is not None else b.latency_p50_ms,
-        size_mb=b.max_artifact_mb if profile_floors else None)
+        size_mb=b.max_artifact_mb if profile_floors else None, max_normals_rise=max_normals_rise,
+        max_normals_median=b.max_normals_median_deg if profile_floors else None)
     init_distributed()
     with progress_bar(transient=True) as p:
         rep = mixed_run(run, device, budgets, recipe_spec=recipe, layers=layers, size=size, frames=frames,

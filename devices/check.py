@@ -81,6 +81,26 @@ def measurement_for(run: Run, profile: Profile, a: dict) -> dict | None:
     return max(burst or cands, key=lambda m: m.get("recorded", "")) if cands else None
 
 
+def _est_precision(p: str) -> str:
+    return "int8" if p == "int8" else ("fp16" if p in ("fp16", "w8") else "fp32")
+
+
+def calibrated_on_run(run: Run, profile: Profile, model) -> tuple[Profile, list[dict]]:
+    """``profile`` with its efficiencies fitted to every burst measurement this run holds for its device (any
+    artifact, any size; devices/estimate.py fit_efficiencies), and those measurements; the profile unchanged
+    and [] when it holds none."""
+    dev = host_device(profile)
+    ms = [m for m in run.measurements() if not m.get("sustained") and m.get("p50_ms") and m.get("size")
+          and (m.get("profile") == profile.name or (dev is not None and m.get("device") == dev))]
+    if not ms:
+        return profile, []
+    from .estimate import fit_efficiencies
+
+    fitted, _ = fit_efficiencies(model, profile, [{"precision": _est_precision(m["precision"]), "size": m["size"],
+                                                   "p50_ms": m["p50_ms"]} for m in ms])
+    return fitted, ms
+
+
 def sustained_for(run: Run, profile: Profile, a: dict) -> dict | None:
     """The latest sustained measurement (`bench --duration`) of this artifact on this profile's device."""
     dev = host_device(profile)
@@ -111,7 +131,10 @@ def _not_judged(run: Run, profile: Profile, have: list[dict]) -> dict:
             "reason": f"{profile.name} budgets {h}x{w} input and {what}: not judged. Make one: {cmd}"}
 
 
-def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None = None) -> dict:
+def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None = None, fit_to_run: bool = True) -> dict:
+    """One device's verdict on the run's artifact at its budget's size. ``fit_to_run``: fit the profile's
+    efficiencies to the run's measurements on that device first (off for a profile already calibrated on
+    this run, RUN/devices/<name>.toml)."""
     b = profile.budgets
     size = tuple(b.input_size)
     arts = artifacts(run) if arts is None else arts
@@ -123,10 +146,13 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
     a = at_size[0]
     if model is None:
         model, _ = load_checkpoint(run.checkpoint())
-    est_prec = "int8" if a["precision"] == "int8" else ("fp16" if a["precision"] in ("fp16", "w8") else "fp32")
+    est_prec = _est_precision(a["precision"])
     s = summarize(count_layers(model, size, est_prec))
-    est = estimate(model, profile, est_prec, size)
     meas = measurement_for(run, profile, a)
+    # the estimate (the latency rows' source when this artifact was not measured on the device, and the int8 vs
+    # fp16 comparison) comes from the profile fitted to everything the run measured on that device
+    cal, used = calibrated_on_run(run, profile, model) if fit_to_run else (profile, [])
+    est = estimate(model, cal, est_prec, size)
     metrics, msrc = _metrics_for(a, run)
     hw = f"{size[0]}x{size[1]}"
     if meas:
@@ -134,11 +160,13 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
         src = f"measured on {meas['device']} by {meas['runner']} at {hw}" + (
             f" (sustained {meas['sustained']['duration_s']:.0f} s)" if meas.get("sustained") else "") + (
             f" on {meas['accelerator']}" if meas.get("accelerator") else "") + (
-            f", {dlg['cpu_fallback_nodes']} of {dlg['of']} nodes on CPU" if dlg.get("cpu_fallback_nodes") else "")
+            f", {dlg['cpu_fallback_nodes']} of {dlg['of']} nodes on CPU" if dlg.get("cpu_fallback_nodes") else
+            f" ({dlg['graph']})" if dlg.get("graph") and dlg["graph"] != "all on the delegate" else "")
         lat, lat90 = meas["p50_ms"], meas.get("p90_ms")
         peak = meas.get("peak_memory_mb")
     else:
-        src = f"estimated at {hw} ({profile.name} roofline)"
+        src = f"estimated at {hw} ({profile.name} roofline" + (
+            f", fitted to {len(used)} measurement(s) of this run on {used[0]['device']})" if used else ")")
         lat, lat90, peak = est["total_ms"], est["total_ms"], None
     rows = [
         row("latency p50", b.latency_p50_ms, lat, "ms", note=src),
@@ -163,8 +191,8 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
         has = "normals" in model.config.tasks
         rows.append(row("normals median angle", b.max_normals_median_deg, metrics.get("normals_median_angle"), "deg",
                         note=f"{msrc} at {hw}" if has else "the model has no normals head"))
-    e8 = estimate(model, profile, "int8", size)["total_ms"]
-    e16 = estimate(model, profile, "fp16", size)["total_ms"]
+    e8 = estimate(model, cal, "int8", size)["total_ms"]
+    e16 = estimate(model, cal, "fp16", size)["total_ms"]
     acc_ok = all(r["pass"] for r in rows if r["budget"] in ("mIoU", "depth RMSE", "depth abs rel", "normals median angle"))
     rec = "int8" if e8 < e16 else "fp16"
     prog = a.get("source_program") or {}
@@ -182,6 +210,7 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
             "verdict": "PASS" if all(r["pass"] for r in rows) else "FAIL",
             "latency_source": "measured" if meas else "estimated", "measurement": meas.get("record") if meas else None,
             "estimated_ms": est["total_ms"], "measured_ms": meas["p50_ms"] if meas else None,
+            "estimate_fitted_to": [m.get("record") for m in used],
             "int8_vs_fp16": {"int8_ms": e8, "fp16_ms": e16, "int8_faster": e8 < e16,
                              "speedup": e16 / e8 if e8 else None},
             "recommendation": rec if acc_ok else f"{rec} (but the accuracy budgets fail at this model quality)"}
@@ -198,7 +227,7 @@ def check_run(run_dir: Path, devices: list[str]) -> list[dict]:
     profiles = [load_profile(s) for s in specs]  # bad names/profiles fail before any work
     model, _ = load_checkpoint(run.checkpoint())
     arts = artifacts(run)
-    out = [check_device(run, p, model, arts) for p in profiles]
+    out = [check_device(run, p, model, arts, fit_to_run=s == d) for p, s, d in zip(profiles, specs, devices)]
     for r, d, s in zip(out, devices, specs):
         if s != d:
             r["profile_note"] = f"host_cpu: using the profile calibrated on this run's benchmarks ({s})"

@@ -1,4 +1,6 @@
-"""Per-operator latency of an ExecuTorch .pte on this host, mapped to HydraNet's layers and stages.
+"""Per-operator latency of an ExecuTorch .pte (ETDump) or an .onnx (onnxruntime's profiler) on this host,
+mapped to HydraNet's layers and stages. The .onnx is mapped by the module names its exporter writes into
+each node (profile_onnx); the .pte as follows.
 
 The installed ExecuTorch records one timing per XNNPACK operator through ETDump
 (``_load_for_executorch(..., enable_etdump=True)``; ``Inspector`` reads it back: see
@@ -191,6 +193,88 @@ def profile_pte(pte: str | Path, lowered_module, size, runs: int = 20, tasks=("s
     return res
 
 
+# onnxruntime operator types -> the classes the ExecuTorch profile uses
+_ORT_CLASS = {"Conv": "conv", "QLinearConv": "conv", "ConvInteger": "conv", "Add": "add", "QLinearAdd": "add",
+              "MaxPool": "max-pool", "NhwcMaxPool": "max-pool", "Resize": "upsample",
+              "QuantizeLinear": "convert (quantise/dequantise)", "DequantizeLinear": "convert (quantise/dequantise)",
+              "Clip": "clamp", "Relu": "clamp", "Transpose": "transpose (layout)", "Mul": "mul", "Concat": "concat"}
+
+
+def _onnx_layers(path: Path) -> dict[str, tuple[str, bool]]:
+    """ONNX node name -> (module path, depthwise): the exporter's ``pkg.torch.onnx.name_scopes`` metadata
+    names the module each node came from (['', 'layer2', ..., 'layer2.0.output.0.0', 'conv2d_1'])."""
+    import ast
+
+    import onnx
+
+    m = onnx.load(str(path))
+    out = {}
+    for n in m.graph.node:
+        meta = {p.key: p.value for p in n.metadata_props}
+        try:
+            scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
+        except (ValueError, SyntaxError):
+            scopes = []
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        out[n.name] = (scopes[-2] if len(scopes) > 2 else "", group > 1)
+    return out
+
+
+def profile_onnx(path: str | Path, size, runs: int = 20, tasks=("segm", "depth", "normals"), threads: int = 2,
+                 warmup: int = 3) -> dict:
+    """Per-node latency of an .onnx under onnxruntime's own profiler (SessionOptions.enable_profiling),
+    median over ``runs`` calls, each node on its module (the file's name-scope metadata; a node onnxruntime
+    fused keeps its first node's name, one it inserted, e.g. a layout Transpose, goes to the layer before)."""
+    import json as _json
+
+    import onnxruntime as ort
+
+    path = Path(path)
+    layers = _onnx_layers(path)
+    with tempfile.TemporaryDirectory() as d:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(d) / "ort")
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        x = {sess.get_inputs()[0].name: np.zeros((1, 3, *size), np.float32)}
+        for _ in range(warmup + runs):
+            sess.run(None, x)
+        events = _json.loads(Path(sess.end_profiling()).read_text())
+    per = defaultdict(list)
+    kinds, order = {}, []
+    for e in events:
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+            continue
+        name = e["name"].removesuffix("_kernel_time")
+        if name not in per:
+            order.append(name)
+        per[name].append(e["dur"] / 1e3)
+        kinds[name] = e.get("args", {}).get("op_name", "")
+    rows, layer = [], "input"
+    for name in order:
+        base = re.sub(r"(_token_\d+)+$", "", name.split("/")[0])
+        lay, dw = layers.get(base, ("", False))
+        layer = lay or layer
+        kind = kinds[name]
+        cls = _ORT_CLASS.get(kind, kind.lower())
+        if cls == "conv" and dw:
+            cls = "depthwise conv"
+        prec = "int8" if kind.startswith("QLinear") or kind == "ConvInteger" else (
+            "-" if cls.startswith(("convert", "transpose")) else "fp32")
+        rows.append({"event": f"{kind} {name}", "ms": float(np.median(per[name][-runs:])), "layer": layer,
+                     "op_class": cls, "precision": prec, "stage": stage_of(layer, tasks)})
+    convs = [r for r in rows if r["op_class"].endswith("conv")]
+    mapped = bool(convs) and all(r["layer"] not in ("", "input") for r in convs)
+    res = {"rows": rows, "mapped": mapped, "artifact": str(path), "size": list(size), "runs": runs,
+           "runtime": "onnxruntime", "total_ms": sum(r["ms"] for r in rows), "by_class": aggregate(rows, "op_class"),
+           "unmapped_reason": None if mapped else "the file carries no name-scope metadata for its convolutions"}
+    if mapped:
+        res["by_stage"] = aggregate(rows, "stage")
+        res["by_layer"] = per_layer_ms(rows)
+    return res
+
+
 def chart(profile: dict, path: Path, title: str = "") -> Path:
     """Two bars: time by network stage and by operator class."""
     import matplotlib
@@ -207,7 +291,8 @@ def chart(profile: dict, path: Path, title: str = "") -> Path:
         ax.barh([d[f] for d in items], [d["ms"] for d in items], color="#2471a3")
         ax.set_xlabel("ms per call (median over calls)")
         ax.set_title(f.replace("op_class", "operator class"))
-    fig.suptitle(title or f"Per-op profile, {Path(profile['artifact']).name} ({profile['total_ms']:.2f} ms in XNNPACK ops)",
+    where = "onnxruntime nodes" if profile.get("runtime") == "onnxruntime" else "XNNPACK ops"
+    fig.suptitle(title or f"Per-op profile, {Path(profile['artifact']).name} ({profile['total_ms']:.2f} ms in {where})",
                  fontsize=10)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.part.png")

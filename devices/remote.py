@@ -156,21 +156,76 @@ def parse_benchmark_model(text: str) -> dict:
     delta = _f(r"footprint delta.*overall=([\d.]+)", text)
     if delta is not None:
         res["memory_delta_mb"] = delta
-    dl = re.findall(r"Replacing (\d+) out of (\d+) node\(s\) with delegate \((\w+)\)", text)
-    if dl:
-        done, total, name = dl[-1]
-        res["delegate"] = {"name": name, "nodes": int(done), "of": int(total),
-                           "cpu_fallback_nodes": int(total) - int(done)}
+    dl = _delegations(text)
+    if dl:  # the delegate that took the most of the graph; every one under "delegates"
+        res["delegate"] = max(dl, key=lambda d: (d.get("nodes", -1), d.get("graph") != GRAPH_NONE))
+        if len(dl) > 1:
+            res["delegates"] = dl
     return res
 
 
+_SUMMARY_NAMES = {"GPU": "gpu", "NNAPI": "nnapi", "XNNPACK": "xnnpack"}  # summary name -> in the class name
+GRAPH_NONE = "none on the delegate (all on CPU)"
+
+
+def _delegations(text: str) -> list[dict]:
+    """What each delegate took, in the forms real benchmark_model builds print (tests/fixtures/real/):
+    "Replacing N out of M node(s) with delegate (NAME) node" (M missing in older builds), the QNN
+    delegate's own "NAME delegate: N nodes delegated out of M nodes", and the summary "Explicitly applied
+    X delegate, and the model graph will be completely / partially (w/ K delegate kernels) executed", or
+    "Though X delegate is explicitly applied, the model graph will not be executed". A summary joins the
+    partition line of its delegate (EXTERNAL: one not named GPU/NNAPI/XNNPACK); one without stands alone."""
+    out = []
+    for m in re.finditer(r"Replacing (\d+)(?: out of (\d+))? node\(s\) with delegate \(([^)]+)\)", text):
+        d = {"name": m.group(3), "nodes": int(m.group(1))}
+        if m.group(2):
+            d.update({"of": int(m.group(2)), "cpu_fallback_nodes": int(m.group(2)) - int(m.group(1))})
+        out.append(d)
+    for m in re.finditer(r"(\w+) delegate: (\d+) nodes delegated out of (\d+) nodes", text):
+        out.append({"name": m.group(1), "nodes": int(m.group(2)), "of": int(m.group(3)),
+                    "cpu_fallback_nodes": int(m.group(3)) - int(m.group(2))})
+    graph = {"completely": "all on the delegate", "partially": "partly on the delegate",
+             "not": GRAPH_NONE}
+    for m in re.finditer(r"(?:Explicitly applied|Though) (\w+) delegate.*?the model graph will (?:be )?"
+                         r"(completely|partially|not) (?:be )?executed by the delegate(?: w/ (\d+) delegate kernels)?",
+                         text):
+        name, key = m.group(1), _SUMMARY_NAMES.get(m.group(1))
+        match = next((d for d in out if "graph" not in d and "nodes" in d and (
+            key in d["name"].lower() if key else not any(k in d["name"].lower() for k in _SUMMARY_NAMES.values()))),
+            None)
+        d = match if match is not None else {"name": name}
+        d["graph"] = graph[m.group(2)]
+        if m.group(3):
+            d["delegate_kernels"] = int(m.group(3))
+        if match is None:
+            out.append(d)
+    return out
+
+
 def parse_executor_runner(text: str) -> dict:
-    """ExecuTorch ``executor_runner``: "Model executed successfully N time(s) in T ms."."""
+    """ExecuTorch ``executor_runner``: "Model executed successfully N time(s) in T ms.", and, from recent
+    runners, one "Iteration i of N: T ms" line per call (then p50 is their median without the first, cold,
+    call). A runner built without ExecuTorch logging prints no timing at all: said so, not guessed."""
     m = re.search(r"executed successfully (\d+) time\(s\) in ([\d.]+) ms", text)
     if not m:
-        raise EdgeHydraError("executor_runner output has no 'executed successfully N time(s) in T ms' line")
+        why = ("this runner prints no timing (an old executor_runner: 'Model executed successfully.'); use a newer "
+               "one" if "executed successfully." in text else
+               "the runner printed outputs but no log lines: it was built without ExecuTorch logging "
+               "(EXECUTORCH_ENABLE_LOGGING=ON)" if re.search(r"^Output(X)? \d+:", text, re.M) else
+               "no 'executed successfully N time(s) in T ms' line")
+        raise EdgeHydraError(f"executor_runner output has no timing: {why}")
     n, total = int(m.group(1)), float(m.group(2))
-    return {"runs": n, "mean_ms": total / n, "p50_ms": total / n, "p50_from": "mean (executor_runner prints a total)"}
+    res = {"runs": n, "mean_ms": total / n, "p50_ms": total / n, "p50_from": "mean (executor_runner prints a total)"}
+    its = [float(t) for t in re.findall(r"Iteration \d+ of \d+: ([\d.]+) ms", text)]
+    if len(its) > 1:
+        warm = sorted(its[1:])
+        res.update(p50_ms=warm[len(warm) // 2] if len(warm) % 2 else (warm[len(warm) // 2 - 1] + warm[len(warm) // 2]) / 2,
+                   min_ms=min(warm), p50_from="median of the per-iteration lines, first (cold) call left out",
+                   first_call_ms=its[0])
+    load = _f(r"Model loaded in ([\d.]+) ms", text)
+    if load is not None:
+        res["load_ms"] = load
+    return res
 
 
 def parse_trtexec(text: str) -> dict:

@@ -24,7 +24,8 @@ upstream add to that, but in an artifact that passes `verify` they stay below a 
 tiny model's clean .pte: at most 0.64 steps, on a 2x3-pixel CRP tensor; most layers under 0.4). A mean
 above ``MAX_MEAN_STEPS`` is not rounding: the first such probe on a task's path (in graph order, over
 the tensors that feed that task's output) is where that task first goes wrong. A broken layer sits tens
-of steps out (tests/test_debug.py).
+of steps out (tests/test_debug.py). A layer a recipe keeps float has no int8 grid and is not a probe: what
+it does shows at the next quantised tensor downstream.
 """
 from __future__ import annotations
 
@@ -215,6 +216,8 @@ def debug_artifact(path: Path, frames: np.ndarray, program, shipped_runner, targ
                 maxes[k] = max(maxes[k], d_steps.max())
                 over[k] += (d_steps > 1).sum()
                 counts[k] += d_steps.size
+    if not counts.any():
+        raise BadInputError(f"{len(frames)} frame(s) do not fill one batch of {batch}: pass more --frames")
     cat = lambda outs: [np.concatenate([o[j] for o in outs]) for j in range(nt)]  # noqa: E731
     rows = []
     for k, p in enumerate(probes):

@@ -40,6 +40,7 @@ class DemoConfig:
     mixed_trials: int = 6  # candidates checked by PTQ + evaluation (and timed on this host)
     sustained_s: float = 60.0  # the ExecuTorch int8 artifact under sustained load (latency over time)
     devices: tuple[str, ...] = ("host_cpu", "raspberrypi5", "snapdragon8gen3_hexagon")
+    precisions: tuple[str, ...] | None = None  # None: every precision each target supports
     bench_runs: int = 20
     seed: int = 0
 
@@ -48,7 +49,10 @@ class DemoConfig:
         """The tiny model on a few frames: the whole pipeline in a few minutes (what the tests run)."""
         return cls(model="hydranet_tiny", size=(64, 96), frames=32, val_frames=8, epochs=1, batch_size=8,
                    qat_epochs=1, qat_frames=16, calib_frames=8, sensitivity_layers="segm", bench_runs=5,
-                   mixed_layers="pre_*,segm,depth", mixed_trials=3, sustained_s=3.0)
+                   mixed_layers="segm,depth", mixed_trials=2, sustained_s=3.0,
+                   # the two budgets at 240x320 only: the full demo's 480x640 TFLite export for the Snapdragon
+                   # budget took 90 of the fast demo's 770 s (an export at a second size: tests/test_runs.py)
+                   devices=("host_cpu", "raspberrypi5"), precisions=("fp32", "int8"))
 
 
 class Stages:
@@ -174,12 +178,20 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
            [run.mixed_dir(cfg.mixed_device) / "front.json"])
 
     def export_stage():
-        from edgehydra.exporters import installed_targets, list_targets
+        from edgehydra.exporters import get_target, installed_targets, list_targets
         from edgehydra.exporters.stage import export_run, summary_rows
 
         missing = [t for t in list_targets() if t not in installed_targets()]
         with pf() as p:
-            res = export_run(run.export_dir, ["all"], run=out, eval_frames=cfg.val_frames, progress=p, strict_missing=False)
+            if cfg.precisions:  # each installed target in the asked precisions it has (Core ML has no fp32)
+                res = []
+                for t in installed_targets():
+                    prec = [x for x in cfg.precisions if x in get_target(t).precisions]
+                    res += export_run(run.export_dir, [t], prec, run=out, eval_frames=cfg.val_frames, progress=p,
+                                      strict_missing=False) if prec else []
+            else:
+                res = export_run(run.export_dir, ["all"], run=out, eval_frames=cfg.val_frames, progress=p,
+                                 strict_missing=False)
             for d, size in budget_sizes.items():  # a device budgeting another size gets its format at that size
                 fmt = load_profile(d).format
                 if size != deploy and fmt in installed_targets():
@@ -189,7 +201,7 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
         return {"rows": summary_rows(res), "_note": note}
 
     exp = st.run("export", {"ckpt": _sha(ckpt), "qat": _sha(run.program_path("qat")),
-                           "sizes": budget_sizes}, export_stage,
+                           "sizes": budget_sizes, "precisions": cfg.precisions}, export_stage,
                  [run.export_manifest])
 
     def bench_stage():

@@ -1,9 +1,11 @@
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# Under pytest-xdist (pyproject addopts: -n 2) each of the two workers keeps to one core; alone, two threads.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SAMPLES = SHARED / "samples"
 REFERENCE = SHARED / "reference"
@@ -43,3 +45,9 @@ def tiny_run(tmp_path_factory):
               val_frames=8)
     ptq_run(out / "fp32.pt", out, "w8a8", calib_frames=8)
     return out
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The end-to-end demo (the longest file, ~8 min) first: with `-n 2 --dist loadfile` one worker runs it
+    while the other takes the rest, instead of it starting last and the first worker idling."""
+    items.sort(key=lambda it: 0 if it.nodeid.startswith("tests/test_demo.py") else 1)

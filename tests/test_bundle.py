@@ -135,6 +135,16 @@ def test_reference_io_beside_other_formats_runs_here_and_on_a_device(tiny_run, t
     assert {Path(c[2]).name for c in dev.calls if c[0] == "push"} == {art.name, ref.name, "reference_runner.py"}
     assert not any((tmp_path / "device").rglob(art.name))  # the work folder is removed
 
+    if target == "onnx":  # `bench --ops` on onnxruntime's own profiler: every node on a layer and stage
+        r = CliRunner().invoke(cli, ["bench", "--artifact", str(art), "--ops", "--runs", "3"])
+        assert r.exit_code == 0, (r.output, r.exception)
+        prof = json.loads(Path(str(art) + ".ops.json").read_text())
+        assert prof["mapped"] and prof["runtime"] == "onnxruntime", prof["unmapped_reason"]
+        assert {d["stage"] for d in prof["by_stage"]} >= {"encoder", "decoder", "head:segm", "head:depth"}
+        assert abs(sum(d["ms"] for d in prof["by_stage"]) - prof["total_ms"]) < 1e-9
+        assert {"segm", "pre_segm", "depth", "pre_depth"} <= set(prof["by_layer"])
+        assert any(x["precision"] == "int8" and x["op_class"].endswith("conv") for x in prof["rows"])
+
     exp = read_expected(ref)
     frames = np.load(ref)["frames"]
     write_reference(art, frames, [exp[0], exp[1] * 1.5])  # expected depth 50 % off

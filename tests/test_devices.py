@@ -208,11 +208,11 @@ def test_check_exit_codes(tiny_run, tmp_path):
 
     from edgehydra.exporters.stage import export_run
 
-    export_run(tiny_run / "export", ["onnx", "executorch"], ["fp32", "int8"], run=tiny_run, eval_frames=2)
+    export_run(tiny_run / "export", ["onnx"], ["fp32", "int8"], run=tiny_run, eval_frames=2)
     lenient = tmp_path / "lenient.toml"
     import dataclasses
 
-    p = load_profile("host_cpu")
+    p = dataclasses.replace(load_profile("host_cpu"), format="onnx")  # onnx exports in seconds, a .pte lowers in tens
     at_run_size = dataclasses.replace(p.budgets, input_size=(64, 96))  # the tiny run's artifacts are 64x96
     b = dataclasses.replace(at_run_size, latency_p50_ms=1e4, latency_p90_ms=1e4, max_gmacs=100, max_artifact_mb=100,
                             max_peak_memory_mb=1e5, min_miou=0.0, max_depth_rmse=100, max_abs_rel=100)
@@ -385,3 +385,57 @@ def test_device_measurements_enter_the_run_and_check_judges_with_them(tiny_run, 
     row = judged(agx)
     assert row["value"] == 3.5 and row["note"].startswith("measured on agx-lab-2 by trtexec at 64x96"), row
     assert judged(nano)["value"] == pytest.approx(res["p50_ms"])  # each device keeps its own measurement
+    # an artifact never measured on the device is estimated from the profile fitted to what the run did measure
+    export_run(run / "export", ["onnx"], ["fp32"], run=run, eval_frames=1)
+    fp32_nano = dataclasses.replace(nano, precision="fp32")
+    row = judged(fp32_nano)
+    assert row["note"].startswith("estimated at 64x96") and f"fitted to 1 measurement(s) of this run on local:{dev}" \
+        in row["note"], row["note"]
+
+
+REAL = FIX / "real"
+
+
+def _real(name):
+    return (REAL / name).read_text()
+
+
+def test_parsers_on_real_tool_output():
+    """Verbatim output of the real tools, from public issues and docs (each file's first line names it):
+    every timing the tools print is read, and output that carries none is refused saying why."""
+    from edgehydra.devices.remote import _delegations, parse_benchmark_model, parse_executor_runner, parse_trtexec
+
+    for f in sorted(REAL.glob("trtexec_*.txt")):  # Jetson AGX Orin (JetPack 6), Xavier (TensorRT 8.4/8.5), a desktop
+        r = parse_trtexec(f.read_text())
+        assert r["p50_ms"] > 0 and r["min_ms"] <= r["p50_ms"] <= r["max_ms"], f.name
+    assert parse_trtexec(_real("trtexec_0.txt"))["p90_ms"] == pytest.approx(4.84772)  # jetson-agx-orin-devkit
+    assert "p90_ms" not in parse_trtexec(_real("trtexec_3.txt"))  # TensorRT 8.4 prints no percentile(90%)
+    assert parse_trtexec(_real("trtexec_2.txt"))["gpu_compute_p50_ms"] == pytest.approx(30.333)
+
+    ti = parse_benchmark_model(_real("benchmark_model_2.txt"))  # TI doc: avg=1.24027e+06 us; count=1 warm-up first
+    assert ti["runs"] == 50 and ti["p50_ms"] == pytest.approx(1239.807) and ti["mean_ms"] == pytest.approx(1240.27)
+    assert parse_benchmark_model(_real("benchmark_model_4.txt"))["p50_from"].startswith("avg")  # older: no median
+    gpu = parse_benchmark_model(_real("benchmark_model_1.txt"))  # --use_gpu and --use_nnapi: GPU took it all
+    assert gpu["p50_ms"] == pytest.approx(307.968) and gpu["delegate"]["name"] == "TfLiteGpuDelegateV2"
+    assert {d["name"]: d["graph"] for d in gpu["delegates"]}["NNAPI"] == "none on the delegate (all on CPU)"
+    assert parse_benchmark_model(_real("benchmark_model_3.txt"))["peak_memory_mb"] == pytest.approx(93.2383)
+    vx = parse_benchmark_model(_real("benchmark_model_delegate_3.txt"))["delegate"]  # a name with a space
+    assert vx["name"] == "Vx Delegate" and vx["cpu_fallback_nodes"] == 0 and vx["graph"] == "all on the delegate"
+    qnn = _delegations(_real("benchmark_model_delegate_4.txt"))  # tensorflow#83344: QNN delegated nothing
+    assert qnn[0] == {"name": "TfLiteQnnDelegate", "nodes": 0, "of": 31, "cpu_fallback_nodes": 31}
+    old = _delegations(_real("benchmark_model_delegate_2.txt"))  # older builds: no "out of M"
+    assert old == [{"name": "TfLiteNnapiDelegate", "nodes": 31}]
+    part = _delegations(_real("benchmark_model_delegate_6.txt"))  # only the summary line
+    assert part == [{"name": "NNAPI", "graph": "partly on the delegate", "delegate_kernels": 11}]
+
+    for f in ("executor_runner_0.txt", "executor_runner_1.txt", "executor_runner_2.txt", "executor_runner_3.txt"):
+        assert parse_executor_runner(_real(f))["p50_ms"] > 0, f
+    with pytest.raises(EdgeHydraError, match="an old executor_runner"):
+        parse_executor_runner(_real("executor_runner_4.txt"))  # executorch#1231
+    with pytest.raises(EdgeHydraError, match="built without ExecuTorch logging"):
+        parse_executor_runner(_real("executor_runner_5.txt"))  # executorch#4005
+    many = "\n".join(f"I executorch:executor_runner.cpp:880] Iteration {i + 1} of 5: {t} ms"
+                     for i, t in enumerate((40.0, 10.0, 12.0, 11.0, 30.0)))
+    r = parse_executor_runner(many + "\nI executorch:executor_runner.cpp:889] Model executed successfully 5 time(s) "
+                                     "in 103.0 ms.")
+    assert r["p50_ms"] == 11.5 and r["first_call_ms"] == 40.0 and r["mean_ms"] == pytest.approx(20.6)

@@ -188,3 +188,17 @@ def test_sweep_under_two_ranks_equals_one_process(harmful_run, tmp_path):
         assert abs(a["recovers"]["miou"] - b["recovers"]["miou"]) < 0.05, (a, b)
         assert abs(a["recovers"]["rmse"] - b["recovers"]["rmse"]) < 1e-3 * max(1.0, one["fp32"]["rmse"]), (a, b)
     assert two["chosen"]["keep_float"] == one["chosen"]["keep_float"]
+
+
+def test_normals_budgets_count_only_where_the_model_predicts_normals():
+    from edgehydra.calibration.mixed import MixedBudgets
+
+    fp32 = {"miou": 40.0, "rmse": 1.0, "abs_rel": 0.2, "normals_median_angle": 23.0}
+    b = MixedBudgets(max_normals_rise=1.0, max_normals_median=24.5)
+    assert b.misses(dict(fp32, normals_median_angle=25.0), fp32, None, None) == {
+        "max_normals_rise": pytest.approx(1.0), "max_normals_median": pytest.approx(0.5)}
+    assert b.misses(dict(fp32, normals_median_angle=23.5), fp32, None, None) == {}
+    two = {k: v for k, v in fp32.items() if k != "normals_median_angle"}  # a two-task model: nothing to miss
+    assert b.misses(two, two, None, None) == {}
+    with pytest.raises(Exception, match="max_normals_rise"):
+        MixedBudgets(max_normals_rise=-1)

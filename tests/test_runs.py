@@ -32,6 +32,11 @@ def test_run_started_from_a_brought_checkpoint(tiny_run, tmp_path):
     rec = json.loads((run / "run.json").read_text())
     assert rec["source"]["path"] == str(brought.resolve()) and rec["data"]["size"] == [64, 96]
     assert not (run / "fp32.pt").exists()
+    # the record owns the program's hash and the model config (input size, mean/std, tasks, classes)
+    from edgehydra._io import sha256_path
+
+    assert rec["programs"]["ptq"]["sha256"] == sha256_path(run / "ptq" / "program.pt2")
+    assert rec["model_config"]["tasks"] == ["segm", "depth"] and "mean" in rec["model_config"]
 
     r = invoke("export", "--run", run, "--target", "onnx")  # --run alone: checkpoint, data, program from the record
     assert r.exit_code == 0, r.output
