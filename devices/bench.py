@@ -209,6 +209,23 @@ def record_measurement(path: Path, res: dict) -> Path | None:
     return Path(res["record"])
 
 
+def reference_parity(artifact: Path, transport=None, python: str = "python3") -> dict:
+    """Run the reference I/O beside an artifact where it runs (its target record's ``sidecar_check``: a .pte's
+    .bpte, a .tflite's or .onnx's .reference.npz) and judge each task with the export's tolerance: `bench
+    --bundle`, and the demo's bench stage."""
+    from edgehydra.exporters import get_target, target_for_suffix
+    from edgehydra.exporters.base import Tolerance
+    from edgehydra.exporters.runtime import read_manifest
+
+    artifact = Path(artifact)
+    man = read_manifest(artifact)
+    name = target_for_suffix(artifact.suffix)
+    check = get_target(name).sidecar_check if name else None
+    if check is None:
+        raise BadInputError(f"no reference I/O for {artifact.suffix} artifacts (Core ML runs on macOS only)")
+    return check(artifact, man, Tolerance(**man["verification"]["tolerance"]), transport, python)
+
+
 if __name__ == "__main__":  # the worker: python -m edgehydra.devices.bench PATH WARMUP RUNS THREADS [PROVIDER] [HxW]
     import logging
     import warnings
@@ -227,32 +244,3 @@ if __name__ == "__main__":  # the worker: python -m edgehydra.devices.bench PATH
         sys.exit(1)
     print(json.dumps(r))
 
-
-def reference_parity(artifact: Path, transport=None, python: str = "python3") -> dict:
-    """Run the reference I/O beside an artifact where it runs (a .pte's .bpte through ExecuTorch's
-    bundled-program API; a .tflite's or .onnx's .reference.npz through exporters/reference_runner.py) and
-    judge each task with the export's tolerance: `bench --bundle`, and the demo's bench stage."""
-    from edgehydra.exporters.base import Tolerance
-    from edgehydra.exporters.runtime import read_manifest
-
-    artifact = Path(artifact)
-    man = read_manifest(artifact)
-    sides = man.get("sidecars") or {}
-    tasks = tuple(man["outputs"])
-    if artifact.suffix == ".pte":
-        from edgehydra.exporters.bundle import bundle_path, run_bundle
-
-        side, f = sides.get("bundle"), bundle_path(artifact)
-        run = lambda tol: run_bundle(f, tasks, tol, transport, python)  # noqa: E731
-    elif artifact.suffix in (".tflite", ".onnx"):
-        from edgehydra.exporters.reference_io import reference_path, run_reference
-
-        side, f = sides.get("reference_io"), reference_path(artifact)
-        run = lambda tol: run_reference(artifact, tasks, tol, transport, python)  # noqa: E731
-    else:
-        raise BadInputError(f"no reference I/O for {artifact.suffix} artifacts (Core ML runs on macOS only)")
-    if side is None or not f.is_file():
-        raise BadInputError(f"no reference I/O beside {artifact} (export it again: exports write one)")
-    if sha256_path(f) != side["sha256"]:
-        raise BadInputError(f"{f} differs from the one its manifest lists (sha256)")
-    return run(Tolerance(**man["verification"]["tolerance"]))

@@ -69,14 +69,20 @@ def _metrics_for(a: dict, run: Run) -> tuple[dict, str]:
     return src, "the PyTorch model it was converted from (artifact not runnable on this host)"
 
 
+def _on_device(run: Run, profile: Profile, a: dict | None = None) -> list[dict]:
+    """The run's measurements taken for this profile (by name) or on its device; of artifact ``a`` (sha256 and
+    input size) when given."""
+    dev = host_device(profile)
+    return [m for m in run.measurements()
+            if (m.get("profile") == profile.name or (dev is not None and m.get("device") == dev))
+            and (a is None or (m.get("sha256") == a.get("sha256") and list(m.get("size") or []) == list(a["size"])))]
+
+
 def measurement_for(run: Run, profile: Profile, a: dict) -> dict | None:
     """The latest measurement of this artifact (sha256, size) on this profile's device, or None. A burst
     benchmark is what the latency budget means; a sustained run (`bench --duration`) stands in only where the
     run has no burst one (and the row says so)."""
-    dev = host_device(profile)
-    cands = [m for m in run.measurements()
-             if m.get("sha256") == a.get("sha256") and list(m.get("size") or []) == list(a["size"])
-             and (m.get("profile") == profile.name or (dev is not None and m.get("device") == dev))]
+    cands = _on_device(run, profile, a)
     burst = [m for m in cands if not m.get("sustained")]
     return max(burst or cands, key=lambda m: m.get("recorded", "")) if cands else None
 
@@ -89,9 +95,7 @@ def calibrated_on_run(run: Run, profile: Profile, model) -> tuple[Profile, list[
     """``profile`` with its efficiencies fitted to every burst measurement this run holds for its device (any
     artifact, any size; devices/estimate.py fit_efficiencies), and those measurements; the profile unchanged
     and [] when it holds none."""
-    dev = host_device(profile)
-    ms = [m for m in run.measurements() if not m.get("sustained") and m.get("p50_ms") and m.get("size")
-          and (m.get("profile") == profile.name or (dev is not None and m.get("device") == dev))]
+    ms = [m for m in _on_device(run, profile) if not m.get("sustained") and m.get("p50_ms") and m.get("size")]
     if not ms:
         return profile, []
     from .estimate import fit_efficiencies
@@ -103,10 +107,7 @@ def calibrated_on_run(run: Run, profile: Profile, model) -> tuple[Profile, list[
 
 def sustained_for(run: Run, profile: Profile, a: dict) -> dict | None:
     """The latest sustained measurement (`bench --duration`) of this artifact on this profile's device."""
-    dev = host_device(profile)
-    cands = [m for m in run.measurements() if m.get("sustained")
-             and m.get("sha256") == a.get("sha256") and list(m.get("size") or []) == list(a["size"])
-             and (m.get("profile") == profile.name or (dev is not None and m.get("device") == dev))]
+    cands = [m for m in _on_device(run, profile, a) if m.get("sustained")]
     return max(cands, key=lambda m: m.get("recorded", "")) if cands else None
 
 

@@ -107,6 +107,8 @@ class ExportTarget:
     options: tuple[str, ...] = ()  # option names this target understands
     # writes a reference-I/O sidecar after verification (ExecuTorch: a BundledProgram, exporters/bundle.py)
     sidecar: Callable | None = None
+    # (artifact, manifest, tol, transport, python) -> per-task verdict of that sidecar run where the artifact runs
+    sidecar_check: Callable | None = None
     # the pt2e quantizer (calibration/quantizers.py BACKENDS) whose annotations this target's int8 honours
     quantizer_backend: str = "xnnpack"
     # what a layer a recipe keeps float becomes in this format (mixed precision says it per device)
@@ -198,6 +200,18 @@ class Source:
                                     "or pass --program FILE.pt2")
             return self.program.module
         return self.fp32
+
+
+def listed_sidecar(artifact: Path, manifest: dict, key: str, path: Path) -> Path:
+    """``path``, the sidecar the artifact's manifest lists under ``key``, present and unchanged (sha256)."""
+    from edgehydra._io import sha256_path
+
+    side = (manifest.get("sidecars") or {}).get(key)
+    if side is None or not Path(path).is_file():
+        raise BadInputError(f"no reference I/O beside {artifact} (export it again: exports write one)")
+    if sha256_path(path) != side["sha256"]:
+        raise BadInputError(f"{path} differs from the one its manifest lists (sha256)")
+    return Path(path)
 
 
 def tool_versions(*dists: str) -> dict:

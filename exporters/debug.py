@@ -281,10 +281,10 @@ def debug_path(artifact: Path, frames: int = 4, out: Path | None = None) -> tupl
     from edgehydra._io import atomic_write_json, sha256_path
     from edgehydra.data import Resize
     from edgehydra.run import run_of_artifact
-    from edgehydra.runs import open_split
+    from edgehydra.runs import open_split, run_data_settings
 
     from .runtime import artifact_program, open_artifact
-    from .stage import open_source, parity_frames
+    from .stage import parity_frames
 
     artifact = Path(artifact)
     art = open_artifact(artifact, check_hash=False)
@@ -302,7 +302,8 @@ def debug_path(artifact: Path, frames: int = 4, out: Path | None = None) -> tupl
     if prog is None:
         raise BadInputError(f"{artifact.name}'s manifest names no quantised program (re-quantised by its converter: "
                             f"{art.manifest.get('facts', {}).get('quantised_by', 'unknown')}); nothing to compare with")
-    _, _, _, ds = open_source(run.root, None, None, None)
+    # the data settings only: open_source would also load the FP32 model and the run's newest program
+    ds = run_data_settings(run.checkpoint(), None, base=run.record().get("data") or prog.meta.get("data"))
     val = open_split(dict(ds, size=list(art.size)), "val", transform=Resize(art.size))
     x = parity_frames(val, frames)
     rep = debug_artifact(artifact, x, prog, art.runner, art.target, art.config.tasks,

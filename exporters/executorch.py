@@ -195,6 +195,15 @@ def bundle_sidecar(final, frames, ref, tasks, tol) -> dict:
                                "in the artifact's size)", "host_check": {"pass": res["pass"], "failures": res["failures"]}}}
 
 
+def bundle_check(artifact, manifest, tol, transport=None, python="python3") -> dict:
+    """ExportTarget.sidecar_check: the .bpte run through ExecuTorch's bundled-program API where the .pte runs."""
+    from .base import listed_sidecar
+    from .bundle import bundle_path, run_bundle
+
+    b = listed_sidecar(artifact, manifest, "bundle", bundle_path(artifact))
+    return run_bundle(b, tuple(manifest["outputs"]), tol, transport, python)
+
+
 # the portable executor_runner links no backend: a delegated program fails to load in it
 DEVICE_RUNNERS = {"xnnpack": "xnn_executor_runner", "qnn": "qnn_executor_runner", "coreml": "coreml_executor_runner",
                   "vulkan": "vulkan_executor_runner"}
@@ -213,5 +222,6 @@ def remote_plan(manifest: dict, profile) -> dict:
 
 TARGET = ExportTarget(name="executorch", suffix=".pte", precisions=("fp32", "int8"), runtime="executorch.runtime",
                       extra="executorch", packages=("executorch",), build=build, load_runner=load_runner,
-                      options=("delegate",), sidecar=bundle_sidecar, remote_plan=remote_plan,
+                      options=("delegate",), sidecar=bundle_sidecar, sidecar_check=bundle_check,
+                      remote_plan=remote_plan,
                       float_layers_run_as="fp32 XNNPACK kernels beside the int8 ones, in one delegate")

@@ -17,7 +17,7 @@ from edgehydra.errors import BadInputError
 from ._onnx_qdq import signed_to_unsigned
 from . import reference_runner
 from .base import ExportTarget
-from .reference_io import reference_sidecar
+from .reference_io import reference_check, reference_sidecar
 
 QDQ_TYPES = ("uint8", "int8")
 
@@ -86,6 +86,6 @@ def remote_plan(manifest: dict, profile) -> dict:
 TARGET = ExportTarget(name="onnx", suffix=".onnx", precisions=("fp32", "int8"), runtime="onnxruntime",
                       extra="onnx", packages=("onnx", "onnxscript", "onnxruntime"), build=build,
                       load_runner=load_runner, options=("opset", "qdq"), remote_plan=remote_plan,
-                      sidecar=reference_sidecar,
+                      sidecar=reference_sidecar, sidecar_check=reference_check,
                       float_layers_run_as=("fp32 between QDQ pairs (onnxruntime runs the rest as integer kernels; "
                                            "TensorRT builds fp16/fp32 there)"))

@@ -103,3 +103,11 @@ def reference_sidecar(final, frames, ref, tasks, tol) -> dict:
                              "what": "parity frames and reference outputs (npz) for exporters/reference_runner.py "
                                      "(not counted in the artifact's size)",
                              "host_check": {"pass": res["pass"], "failures": res["failures"]}}}
+
+
+def reference_check(artifact, manifest, tol, transport=None, python: str = "python3") -> dict:
+    """ExportTarget.sidecar_check for .tflite/.onnx: the reference file run where the artifact runs."""
+    from .base import listed_sidecar
+
+    listed_sidecar(artifact, manifest, "reference_io", reference_path(artifact))
+    return run_reference(Path(artifact), tuple(manifest["outputs"]), tol, transport, python)

@@ -20,7 +20,7 @@ import torch
 
 from . import reference_runner
 from .base import ExportTarget
-from .reference_io import reference_sidecar
+from .reference_io import reference_check, reference_sidecar
 
 
 class _ChannelLast(torch.nn.Module):
@@ -209,7 +209,7 @@ TARGET = ExportTarget(name="tflite", suffix=".tflite", precisions=("fp32", "fp16
                       runtime="ai-edge-litert Interpreter", extra="tflite",
                       packages=("litert_torch", "ai_edge_litert", "ai_edge_quantizer"), build=build,
                       load_runner=load_runner, options=("io_dtype", "layout"), remote_plan=remote_plan,
-                      sidecar=reference_sidecar,
+                      sidecar=reference_sidecar, sidecar_check=reference_check,
                       float_layers_run_as=("converted by litert-torch from the program: kept-float layers stay float, "
                                            "but the converter may still feed them int8 inputs (listed per layer as "
                                            "not honoured in the manifest)"))
