@@ -13,7 +13,6 @@ from ._common import SIZE, console, fit_ids, show, table
 @click.option("--json", "as_json", is_flag=True)
 def devices(as_json):
     """List the device profiles (shipped and your own)."""
-    from rich.table import Table
 
     from edgehydra.devices.profile import list_profiles, load_profile
 
@@ -120,10 +119,15 @@ def profile(device, model_spec, size, precision, top, bench_files, as_json):
               help="With --bundle on a device: the Python there with the artifact's runtime (executorch, "
                    "ai-edge-litert or tflite-runtime, onnxruntime).")
 @click.option("--ops", is_flag=True,
-              help="Per-operator profile of a .pte (ETDump) or .onnx (onnxruntime profiler) in a run: time by network stage, operator class and "
-                   "layer, with a plot beside the artifact.")
+              help="Per-operator profile of an artifact in a run: time by network stage, operator class and layer, with "
+                   "a plot beside the artifact. On this host: a .pte by ETDump, an .onnx by onnxruntime's profiler, a "
+                   ".tflite operator by operator; with --device adb:/ssh: the device tool's own profile "
+                   "(benchmark_model --enable_op_profiling, trtexec --dumpProfile).")
+@click.option("--ops-from", "ops_from", type=click.Path(dir_okay=False), default=None,
+              help="With --ops: read a profile the device's tool wrote (trtexec --exportProfile JSON or --dumpProfile "
+                   "log, benchmark_model --enable_op_profiling log, an executor runner's .etdp) instead of running.")
 def bench(artifact, device, binary, runs, warmup, threads, provider, apple_script, ingest, profile_name, duration, fps,
-          verify, bundle, python, ops):
+          verify, bundle, python, ops, ops_from):
     """Latency of an artifact in its own runtime: p50/p90/p99, min, peak memory.
 
     The result is written beside the artifact and, for an artifact exported into a run, kept as a
@@ -172,8 +176,10 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
     else:
         if not artifact:
             raise click.UsageError("pass --artifact FILE (or --apple-script / --ingest)")
+        if ops_from and not ops:
+            raise click.BadParameter("--ops-from reads a per-operator profile: give --ops too", param_hint="--ops-from")
         if ops:
-            return _op_profile(Path(artifact), runs, threads)
+            return _op_profile(Path(artifact), runs, threads, device, ops_from, binary, warmup)
         if device == "host":
             res = host_bench(Path(artifact), warmup, runs, threads, provider, verify=verify, duration_s=duration_s,
                              fps=fps, timeout=max(1800, 3 * (duration_s or 0)))
@@ -231,43 +237,84 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
         console().print(f"[yellow]note:[/] {res['record_skipped']}")
 
 
-def _op_profile(artifact: Path, runs: int, threads: int) -> None:
+def _op_profile(artifact: Path, runs: int, threads: int, device: str = "host", ops_from: str | None = None,
+                binary: str | None = None, warmup: int = 5) -> None:
     """`bench --ops`: which operators take the time, mapped to the model's layers and stages."""
     from edgehydra._io import atomic_write_json
-    from edgehydra.calibration.program import load_program
-    from edgehydra.checkpoint import load_checkpoint
-    from edgehydra.devices.opprofile import chart, profile_pte
+    from edgehydra.devices.opprofile import chart
     from edgehydra.exporters.runtime import read_manifest
     from edgehydra.run import run_of_artifact
 
-    if artifact.suffix not in (".pte", ".onnx"):
-        raise click.BadParameter("the per-operator profile reads ExecuTorch's ETDump or onnxruntime's profiler: pass "
-                                 "a .pte or an .onnx", param_hint="--ops")
+    if artifact.suffix not in (".pte", ".onnx", ".tflite"):
+        raise click.BadParameter("a per-operator profile is read from ExecuTorch's ETDump, onnxruntime's or TensorRT's "
+                                 "profiler or LiteRT: pass a .pte, an .onnx or a .tflite", param_hint="--ops")
     run = run_of_artifact(artifact)
     man = read_manifest(artifact)
     if run is None:
         raise click.BadParameter(f"{artifact} is not in a run's export folder: its layers cannot be named",
                                  param_hint="--ops")
-    if artifact.suffix == ".onnx":
-        from edgehydra.devices.opprofile import profile_onnx
+    tasks = tuple(man["outputs"])
+    size = tuple(man["size"])
 
-        prof = profile_onnx(artifact, tuple(man["size"]), runs=runs, tasks=tuple(man["outputs"]), threads=threads)
-    else:
+    def lowered_module():  # what the .pte was lowered from: its conv order names XNNPACK's operators
+        from edgehydra.calibration.program import load_program
+        from edgehydra.checkpoint import load_checkpoint
+
         if man["precision"] == "int8":
             stage = (man.get("source_program") or {}).get("stage") or "ptq"
-            module = load_program(run.program_path(stage)).module
-        else:
-            module = load_checkpoint(run.checkpoint())[0].eval()
-        prof = profile_pte(artifact, module, tuple(man["size"]), runs=runs, tasks=tuple(man["outputs"]),
-                           threads=threads)
-    out = Path(str(artifact) + ".ops.json")
+            return load_program(run.program_path(stage)).module
+        return load_checkpoint(run.checkpoint())[0].eval()
+
+    tag = ""
+    if ops_from or device != "host":
+        from edgehydra.devices import toolprofile
+        from edgehydra.errors import BadInputError
+
+        try:
+            if ops_from:
+                prof = toolprofile.device_profile(artifact, Path(ops_from), tasks,
+                                                  lowered_module() if artifact.suffix == ".pte" else None,
+                                                  device=None if device == "host" else device)
+            else:
+                from edgehydra.devices import remote
+
+                got = remote.remote_bench(remote.parse_device(device), artifact, binary, runs, warmup, threads,
+                                          manifest=man, op_profile=True)
+                prof = toolprofile.profile_from_rows(artifact, got["tool"], got["rows"], tasks, device=device)
+                prof.update(command=got["command"], accelerator=got["accelerator"])
+        except BadInputError as e:
+            raise click.BadParameter(str(e), param_hint="--ops-from" if ops_from else "--device") from None
+        prof.update(size=list(size), runs=runs)
+        tag = "." + (device if device != "host" else Path(ops_from).stem).replace(":", "_").replace("@", "_")
+    elif artifact.suffix == ".onnx":
+        from edgehydra.devices.opprofile import profile_onnx
+
+        prof = profile_onnx(artifact, size, runs=runs, tasks=tasks, threads=threads)
+    elif artifact.suffix == ".tflite":
+        from edgehydra.devices.tflite_ops import profile_tflite
+
+        prof = profile_tflite(artifact, size, runs=runs, tasks=tasks, threads=threads)
+    else:
+        from edgehydra.devices.opprofile import profile_pte
+
+        prof = profile_pte(artifact, lowered_module(), size, runs=runs, tasks=tasks, threads=threads)
+    out = Path(str(artifact) + f"{tag}.ops.json")
     atomic_write_json(out, prof)
-    png = chart(prof, Path(str(artifact) + ".ops.png"))
+    png = chart(prof, Path(str(artifact) + f"{tag}.ops.png"))
     from rich.table import Table
 
-    where = "onnxruntime nodes" if prof.get("runtime") == "onnxruntime" else "XNNPACK operators"
-    console().print(f"[bold]{artifact}[/]: {prof['total_ms']:.3f} ms in {where} (median of {runs} calls, "
-                    f"{threads} threads)")
+    where = {"onnxruntime": "onnxruntime nodes", "litert": "LiteRT operators, each timed alone",
+             "trtexec": "TensorRT layers", "benchmark_model": "LiteRT operators"}.get(prof.get("runtime"),
+                                                                                     "XNNPACK operators")
+    if prof.get("source") or prof.get("device"):
+        how = f"by {prof['runtime']} on {prof.get('device') or 'a device'}" + (
+            f", read from {prof['source']}" if prof.get("source") else "")
+    else:
+        how = f"median of {runs} calls, {threads} threads"
+    console().print(f"[bold]{artifact}[/]: {prof['total_ms']:.3f} ms in {where} ({how})")
+    if prof.get("whole_ms"):
+        console().print(f"the whole model in one call: {prof['whole_ms']:.3f} ms (the parts sum to "
+                        f"{prof['sum_ms'] / prof['whole_ms']:.2f}x that)")
     if not prof["mapped"]:
         console().print(f"[yellow]note:[/] operators not mapped to layers: {prof['unmapped_reason']}")
     for key, col in (("by_stage", "stage"), ("by_class", "op_class")):

@@ -64,7 +64,7 @@ def doctor(as_json):
 
     from rich.table import Table
 
-    from ._common import console, show
+    from ._common import show
 
     rows = backend_status()
     if as_json:

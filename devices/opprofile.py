@@ -92,9 +92,6 @@ def graph_convs(module) -> list[tuple[str, bool]]:
 
 def etdump_rows(pte: str | Path, example: torch.Tensor, runs: int = 20, warmup: int = 3) -> list[dict]:
     """Median time per XNNPACK operator over ``runs`` calls: [{event, ms}] in execution order."""
-    import logging
-    import warnings
-
     from executorch.extension.pybindings import portable_lib as pl
 
     from edgehydra.exporters.executorch import runtime
@@ -111,23 +108,32 @@ def etdump_rows(pte: str | Path, example: torch.Tensor, runs: int = 20, warmup: 
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "run.etdp"
         m.write_etdump_result_to_file(str(p))
-        from executorch.devtools import Inspector
+        return etdump_file_rows(p, runs)
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            level = logging.root.manager.disable
-            logging.disable(logging.WARNING)
-            try:
-                ins = Inspector(etdump_path=str(p))
-            finally:
-                logging.disable(level)
-        rows = []
-        for block in ins.event_blocks:
-            for ev in block.events:
-                if not ev.is_delegated_op or not ev.perf_data:
-                    continue
-                raw = list(ev.perf_data.raw)[-runs:]
-                rows.append({"event": ev.name, "ms": float(np.median(raw))})
+
+def etdump_file_rows(path: str | Path, runs: int | None = None) -> list[dict]:
+    """Median time per delegated operator in an ETDump file (this host's, or one an executor runner wrote
+    on a device with --etdump_path): [{event, ms}] in execution order; ``runs``: the last N samples only."""
+    import logging
+    import warnings
+
+    from executorch.devtools import Inspector
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        level = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            ins = Inspector(etdump_path=str(path))
+        finally:
+            logging.disable(level)
+    rows = []
+    for block in ins.event_blocks:
+        for ev in block.events:
+            if not ev.is_delegated_op or not ev.perf_data:
+                continue
+            raw = list(ev.perf_data.raw)[-runs:] if runs else list(ev.perf_data.raw)
+            rows.append({"event": ev.name, "ms": float(np.median(raw))})
     return rows
 
 
@@ -200,14 +206,14 @@ _ORT_CLASS = {"Conv": "conv", "QLinearConv": "conv", "ConvInteger": "conv", "Add
               "Clip": "clamp", "Relu": "clamp", "Transpose": "transpose (layout)", "Mul": "mul", "Concat": "concat"}
 
 
-def _onnx_layers(path: Path) -> dict[str, tuple[str, bool]]:
-    """ONNX node name -> (module path, depthwise): the exporter's ``pkg.torch.onnx.name_scopes`` metadata
+def onnx_nodes(path: Path) -> dict[str, dict]:
+    """ONNX node name -> {layer, dw, op_type, outputs}: the exporter's ``pkg.torch.onnx.name_scopes`` metadata
     names the module each node came from (['', 'layer2', ..., 'layer2.0.output.0.0', 'conv2d_1'])."""
     import ast
 
     import onnx
 
-    m = onnx.load(str(path))
+    m = onnx.load(str(path), load_external_data=False)
     out = {}
     for n in m.graph.node:
         meta = {p.key: p.value for p in n.metadata_props}
@@ -216,8 +222,13 @@ def _onnx_layers(path: Path) -> dict[str, tuple[str, bool]]:
         except (ValueError, SyntaxError):
             scopes = []
         group = next((a.i for a in n.attribute if a.name == "group"), 1)
-        out[n.name] = (scopes[-2] if len(scopes) > 2 else "", group > 1)
+        out[n.name] = {"layer": scopes[-2] if len(scopes) > 2 else "", "dw": group > 1, "op_type": n.op_type,
+                       "outputs": list(n.output)}
     return out
+
+
+def _onnx_layers(path: Path) -> dict[str, tuple[str, bool]]:
+    return {k: (v["layer"], v["dw"]) for k, v in onnx_nodes(path).items()}
 
 
 def profile_onnx(path: str | Path, size, runs: int = 20, tasks=("segm", "depth", "normals"), threads: int = 2,
@@ -291,7 +302,10 @@ def chart(profile: dict, path: Path, title: str = "") -> Path:
         ax.barh([d[f] for d in items], [d["ms"] for d in items], color="#2471a3")
         ax.set_xlabel("ms per call (median over calls)")
         ax.set_title(f.replace("op_class", "operator class"))
-    where = "onnxruntime nodes" if profile.get("runtime") == "onnxruntime" else "XNNPACK ops"
+    where = {"onnxruntime": "onnxruntime nodes", "litert": "LiteRT ops timed alone", "trtexec": "TensorRT layers",
+             "benchmark_model": "LiteRT ops"}.get(profile.get("runtime"), "XNNPACK ops")
+    if profile.get("device"):
+        where += f" on {profile['device']}"
     fig.suptitle(title or f"Per-op profile, {Path(profile['artifact']).name} ({profile['total_ms']:.2f} ms in {where})",
                  fontsize=10)
     fig.tight_layout()

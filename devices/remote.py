@@ -282,12 +282,18 @@ PARSERS = {"benchmark_model": parse_benchmark_model, "executor_runner": parse_ex
 
 
 def remote_bench(transport: Transport, artifact: Path, binary: str | None = None, runs: int = 50, warmup: int = 5,
-                 threads: int = 4, timeout: float = 900, manifest: dict | None = None, profile=None) -> dict:
+                 threads: int = 4, timeout: float = 900, manifest: dict | None = None, profile=None,
+                 op_profile: bool = False) -> dict:
+    """Run the artifact's tool on the device and parse its latency (``op_profile``: its per-operator table
+    instead, as rows for devices/toolprofile.py; a profiling run is not a latency measurement)."""
     artifact = Path(artifact)
     if not artifact.exists():
         raise BadInputError(f"artifact not found: {artifact}")
     plan = remote_plan(artifact.suffix, manifest, profile)  # refuses what the tool cannot run, before any copy
     tool = plan["tool"]
+    if op_profile and not plan.get("op_profile_flags"):
+        raise BadInputError(f"{tool} writes its per-operator profile to a file on the device: run it there with "
+                            "--etdump_path=run.etdp and pass the file with `bench --ops --ops-from run.etdp`")
     base = "/data/local/tmp" if isinstance(transport, AdbTransport) else "/tmp"
     work = f"{base}/edgehydra-{uuid.uuid4().hex[:8]}"
     remote_art = f"{work}/{artifact.name}"
@@ -297,10 +303,18 @@ def remote_bench(transport: Transport, artifact: Path, binary: str | None = None
         exe = binary or _find(transport, plan["binaries"], [base, "/data/local/tmp"] if plan.get("search_dirs", True)
                                                         else [])
         argv = plan["argv"](exe, remote_art, threads, runs, warmup)
-        parse = PARSERS[tool]
+        if op_profile:
+            argv = argv + plan["op_profile_flags"]
         r = transport.shell(argv, timeout=timeout)
         if r.rc != 0:
             raise EdgeHydraError(f"{transport.name}: {tool} exited {r.rc}: {(r.err or r.out).strip()[-300:]}")
+        if op_profile:
+            from .toolprofile import parse_benchmark_model_ops, parse_trtexec_profile
+
+            parse_ops = {"benchmark_model": parse_benchmark_model_ops, "trtexec": parse_trtexec_profile}[tool]
+            return {"rows": parse_ops(r.out + "\n" + r.err), "tool": tool, "device": transport.name,
+                    "command": Transport.quote(argv), "accelerator": plan["accelerator"]}
+        parse = PARSERS[tool]
         res = parse(r.out + "\n" + r.err)
         res.update(device=transport.name, tool=tool, command=Transport.quote(argv), artifact=str(artifact),
                    threads=threads, warmup=warmup, accelerator=plan["accelerator"])

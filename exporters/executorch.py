@@ -216,6 +216,8 @@ def remote_plan(manifest: dict, profile) -> dict:
     def argv(exe, path, threads, runs, warmup):
         return [exe, f"--model_path={path}", f"--num_executions={runs}"]
 
+    # no op_profile_flags: the runner writes its ETDump to a file (--etdump_path), which is read back with
+    # `bench --ops --ops-from FILE.etdp`
     return {"tool": "executor_runner", "binaries": [DEVICE_RUNNERS.get(delegate, "executor_runner")], "flags": [],
             "accelerator": delegate, "argv": argv}
 

@@ -80,7 +80,9 @@ def remote_plan(manifest: dict, profile) -> dict:
 
     return {"tool": "trtexec", "binaries": ["trtexec", "/usr/src/tensorrt/bin/trtexec"], "flags": flags,
             "accelerator": "TensorRT " + (" ".join(f.strip("-") for f in flags) or "fp32"), "argv": argv,
-            "search_dirs": False}
+            "search_dirs": False,
+            # the per-layer table, timed in a run of its own so that profiling does not slow the latency run
+            "op_profile_flags": ["--dumpProfile", "--separateProfileRun"]}
 
 
 TARGET = ExportTarget(name="onnx", suffix=".onnx", precisions=("fp32", "int8"), runtime="onnxruntime",

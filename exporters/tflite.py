@@ -202,7 +202,7 @@ def remote_plan(manifest: dict, profile) -> dict:
                 "--report_peak_memory_footprint=true", *flags]
 
     return {"tool": "benchmark_model", "binaries": ["benchmark_model"], "flags": flags, "accelerator": name,
-            "argv": argv}
+            "argv": argv, "op_profile_flags": ["--enable_op_profiling=true"]}
 
 
 TARGET = ExportTarget(name="tflite", suffix=".tflite", precisions=("fp32", "fp16", "int8"),

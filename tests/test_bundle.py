@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+REAL = Path(__file__).parent / "fixtures" / "real"
+
 
 @pytest.fixture(scope="module")
 def pte_run(tiny_run, tmp_path_factory):
@@ -114,7 +116,9 @@ def test_reference_io_beside_other_formats_runs_here_and_on_a_device(tiny_run, t
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "measurements", "mixed", "debug"))
-    res = export_run(run / "export", [target], ["int8"], run=run, eval_frames=1)
+    # the ONNX with signed int8 Q/DQ: the kind TensorRT builds (its device profile is read below)
+    res = export_run(run / "export", [target], ["int8"], run=run, eval_frames=1,
+                     options={"qdq": "int8"} if target == "onnx" else None)
     assert res[0].status == "verified", res[0].reason
     art = Path(res[0].path)
     man = json.loads(Path(str(art) + ".manifest.json").read_text())
@@ -135,18 +139,107 @@ def test_reference_io_beside_other_formats_runs_here_and_on_a_device(tiny_run, t
     assert {Path(c[2]).name for c in dev.calls if c[0] == "push"} == {art.name, ref.name, "reference_runner.py"}
     assert not any((tmp_path / "device").rglob(art.name))  # the work folder is removed
 
-    if target == "onnx":  # `bench --ops` on onnxruntime's own profiler: every node on a layer and stage
-        r = CliRunner().invoke(cli, ["bench", "--artifact", str(art), "--ops", "--runs", "3"])
-        assert r.exit_code == 0, (r.output, r.exception)
-        prof = json.loads(Path(str(art) + ".ops.json").read_text())
-        assert prof["mapped"] and prof["runtime"] == "onnxruntime", prof["unmapped_reason"]
-        assert {d["stage"] for d in prof["by_stage"]} >= {"encoder", "decoder", "head:segm", "head:depth"}
-        assert abs(sum(d["ms"] for d in prof["by_stage"]) - prof["total_ms"]) < 1e-9
-        assert {"segm", "pre_segm", "depth", "pre_depth"} <= set(prof["by_layer"])
-        assert any(x["precision"] == "int8" and x["op_class"].endswith("conv") for x in prof["rows"])
+    # `bench --ops` on this host (onnxruntime's own profiler; LiteRT operator by operator), then a device's own
+    # profile of the same file (trtexec / benchmark_model, in their real formats) read back onto the same layers
+    r = CliRunner().invoke(cli, ["bench", "--artifact", str(art), "--ops", "--runs", "3"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    prof = json.loads(Path(str(art) + ".ops.json").read_text())
+    assert prof["mapped"] and prof["runtime"] == {"onnx": "onnxruntime", "tflite": "litert"}[target], prof
+    assert {d["stage"] for d in prof["by_stage"]} >= {"encoder", "decoder", "head:segm", "head:depth"}
+    assert abs(sum(d["ms"] for d in prof["by_stage"]) - prof["total_ms"]) < 1e-9
+    assert {"segm", "pre_segm", "depth", "pre_depth"} <= set(prof["by_layer"])
+    assert any(x["precision"] == "int8" and x["op_class"].endswith("conv") for x in prof["rows"])
+    if target == "tflite":
+        from edgehydra.devices.tflite_ops import op_layers
+
+        ops = op_layers(art)  # every operator of the file timed once (a PAD with the conv it feeds)
+        assert sum(x["event"].count("#") for x in prof["rows"]) == len(ops) and prof["whole_ms"] > 0
+    _device_op_profile(art, target, tmp_path)
 
     exp = read_expected(ref)
     frames = np.load(ref)["frames"]
     write_reference(art, frames, [exp[0], exp[1] * 1.5])  # expected depth 50 % off
     bad = run_reference(art, ("segm", "depth"), tol)
     assert not bad["pass"] and len(bad["failures"]) == 1 and bad["failures"][0].startswith("depth"), bad
+
+
+def _device_op_profile(art: Path, target: str, tmp_path: Path):
+    """A device tool's per-op profile of ``art`` in the tool's real format (tests/fixtures/real holds samples
+    of each from other models), naming this file's nodes as the tool does: trtexec fuses Q/DQ, conv and
+    activation into one layer "A + B + C"; benchmark_model names CPU nodes "[output tensors]:<node index>"
+    and XNNPACK's operators "Delegate/<operator>:<k>". Read with --ops-from and through the stand-in
+    device (the tool's stdout), every convolution lands on the module it came from."""
+    import torch
+
+    from edgehydra.checkpoint import load_checkpoint
+    from edgehydra.commands import cli
+    from edgehydra.devices import remote
+    from edgehydra.devices.toolprofile import profile_from_rows, read_tool_profile
+
+    run = art.parents[2]
+    convs = {n for n, m in load_checkpoint(run / "fp32.pt")[0].named_modules() if isinstance(m, torch.nn.Conv2d)}
+    rng = np.random.default_rng(0)
+    if target == "onnx":
+        from edgehydra.devices.opprofile import onnx_nodes
+
+        nodes = onnx_nodes(art)
+        names = list(nodes)
+        rows = []
+        for i, n in enumerate(names):
+            if nodes[n]["op_type"] == "Conv":
+                fused = [m for m in names[max(0, i - 1):i + 2] if nodes[m]["op_type"] != "Conv" or m == n]
+                rows.append({"name": " + ".join(fused), "timeMs": 1.0, "averageMs": 0.01,
+                             "medianMs": float(rng.uniform(0.005, 0.05)), "percentage": 1.0})
+        rows.insert(0, {"name": f"Reformatting CopyNode for Input Tensor 0 to {rows[0]['name']}", "timeMs": 0.1,
+                        "averageMs": 0.001, "medianMs": 0.001, "percentage": 0.1})
+        prof_file = tmp_path / "trt_profile.json"
+        prof_file.write_text(json.dumps([{"count": 100}] + rows, indent=1))
+        log = "[I] === Profile (100 iterations ) ===\n[I]    Time(ms)     Avg.(ms)   Median(ms)   Time(%)   Layer\n" + \
+              "".join(f"[I]  {r['timeMs']:10.2f} {r['averageMs']:12.4f} {r['medianMs']:12.4f} {r['percentage']:9.1f}   "
+                      f"{r['name']}\n" for r in rows)
+        tool = "trtexec"
+    else:
+        from ai_edge_litert.interpreter import Interpreter
+
+        it = Interpreter(model_path=str(art))
+        tn = {t["index"]: t["name"] for t in it.get_tensor_details()}
+        lines = ["Operator-wise Profiling Info for Regular Benchmark Runs:",
+                 "============================== Run Order ==============================",
+                 "\t             [node type]\t  [first]\t [avg ms]\t     [%]\t  [cdf%]\t  [mem KB]\t[times called]\t[Name]"]
+        for o in it._get_ops_details():
+            ms = float(rng.uniform(0.005, 0.05))
+            lines.append(f"\t{o['op_name']:>24}\t{ms:9.3f}\t{ms:9.3f}\t  1.000%\t  1.000%\t     0.000\t        1\t"
+                         f"[{';'.join(tn[t] for t in o['outputs'])}]:{o['index']}")
+        log = "\n".join(lines) + "\n"
+        prof_file = tmp_path / "benchmark_model_ops.txt"
+        prof_file.write_text(log)
+        tool = "benchmark_model"
+    r = CliRunner().invoke(cli, ["bench", "--artifact", str(art), "--ops", "--ops-from", str(prof_file)])
+    assert r.exit_code == 0, (r.output, r.exception)
+    got = json.loads(Path(f"{art}.{prof_file.stem}.ops.json").read_text())
+    assert got["mapped"] and got["runtime"] == tool, got.get("unmapped_reason")
+    assert convs <= set(got["by_layer"]), convs - set(got["by_layer"])
+    assert {d["stage"] for d in got["by_stage"]} >= {"encoder", "decoder", "head:segm", "head:depth"}
+    assert read_tool_profile(prof_file)[0] == tool
+    # the same table printed by the tool on the stand-in device: bench --ops --device runs it with its
+    # profiling flags and reads stdout (a profiling run is not recorded as a latency measurement)
+    dev = tmp_path / "device"
+    (dev / "bin").mkdir(parents=True)
+    (dev / "out.txt").write_text(log)
+    exe = dev / "bin" / tool
+    exe.write_text(f"#!/bin/sh\necho \"$@\" > {dev}/args.txt\ncat {dev}/out.txt\n")
+    exe.chmod(0o755)
+    from edgehydra.exporters.runtime import read_manifest
+
+    res = remote.remote_bench(remote.LocalTransport(dev), art, binary=str(exe), runs=5, manifest=read_manifest(art),
+                              op_profile=True)
+    flags = (dev / "args.txt").read_text()
+    assert ("--enable_op_profiling=true" if tool == "benchmark_model" else "--dumpProfile") in flags
+    dp = profile_from_rows(art, res["tool"], res["rows"], ("segm", "depth"), device=res["device"])
+    assert dp["mapped"] and dp["by_layer"].keys() == got["by_layer"].keys()
+    assert abs(dp["total_ms"] - got["total_ms"]) < 1e-3 * len(dp["rows"])  # the log prints 3-4 decimals
+    # a profile of another format is refused in one line
+    other = tmp_path / ("benchmark_model_ops.txt" if tool == "trtexec" else "trt_profile.json")
+    other.write_text((REAL / ("benchmark_model_ops_0.txt" if tool == "trtexec" else "trtexec_layers_1.txt")).read_text())
+    r = CliRunner().invoke(cli, ["bench", "--artifact", str(art), "--ops", "--ops-from", str(other)])
+    assert r.exit_code == 2 and "profiled by" in r.output, r.output

@@ -405,7 +405,7 @@ def test_parsers_on_real_tool_output():
     every timing the tools print is read, and output that carries none is refused saying why."""
     from edgehydra.devices.remote import _delegations, parse_benchmark_model, parse_executor_runner, parse_trtexec
 
-    for f in sorted(REAL.glob("trtexec_*.txt")):  # Jetson AGX Orin (JetPack 6), Xavier (TensorRT 8.4/8.5), a desktop
+    for f in sorted(REAL.glob("trtexec_[0-9]*.txt")):  # Jetson AGX Orin (JetPack 6), Xavier (TensorRT 8.4/8.5), a desktop
         r = parse_trtexec(f.read_text())
         assert r["p50_ms"] > 0 and r["min_ms"] <= r["p50_ms"] <= r["max_ms"], f.name
     assert parse_trtexec(_real("trtexec_0.txt"))["p90_ms"] == pytest.approx(4.84772)  # jetson-agx-orin-devkit
@@ -439,3 +439,39 @@ def test_parsers_on_real_tool_output():
     r = parse_executor_runner(many + "\nI executorch:executor_runner.cpp:889] Model executed successfully 5 time(s) "
                                      "in 103.0 ms.")
     assert r["p50_ms"] == 11.5 and r["first_call_ms"] == 40.0 and r["mean_ms"] == pytest.approx(20.6)
+
+
+def test_per_op_profile_parsers_on_real_tool_output():
+    """The device tools' per-layer tables as they really print them (tests/fixtures/real/*, each with its
+    source): trtexec's --exportProfile JSON, its --dumpProfile table in the TensorRT 8 layout (Layer first,
+    with and without a median column) and the TensorRT 10 one (Layer last), and benchmark_model's op
+    profiling in the old TFLite and the new LiteRT layout. Where the sample prints its own total, the rows
+    add up to it within the table's rounding."""
+    from edgehydra.devices.toolprofile import read_tool_profile
+
+    tool, rows = read_tool_profile(REAL / "trtexec_layers.json")
+    data = json.loads((REAL / "trtexec_layers.json").read_text())
+    assert tool == "trtexec" and len(rows) == len(data) - 1 and "count" in data[0]
+    pwn = next(r for r in rows if r["event"] == "PWN(PWN(/Sub), PWN(/Div))")
+    assert pwn["ms"] == 0.023296  # medianMs, not averageMs (0.0237058)
+
+    _, rows = read_tool_profile(REAL / "trtexec_layers_0.txt")  # TRT 8.0: no median column -> the average
+    assert len(rows) == 6 and rows[1] == {"event": "Conv_0 + Relu_1", "ms": 0.1569}
+    _, rows = read_tool_profile(REAL / "trtexec_layers_1.txt")  # TRT 10: Layer last
+    assert len(rows) == 6 and rows[1]["event"].startswith("node_of_gpu_0/conv1_1 + ") and rows[1]["ms"] == 0.0225
+    _, rows = read_tool_profile(REAL / "trtexec_layers_2.txt")  # Total row dropped; the rest add up to it
+    assert len(rows) == 4 and abs(sum(r["ms"] for r in rows) - 1.1033) <= 4 * 0.00005 + 1e-12
+    _, rows = read_tool_profile(REAL / "trtexec_layers_3.txt")
+    assert len(rows) == 28 and rows[0]["event"] == "[HostToDeviceCopy 0]"
+
+    tool, rows = read_tool_profile(REAL / "benchmark_model_ops_0.txt")  # "Number of nodes executed: 31"
+    assert tool == "benchmark_model" and len(rows) == 31 and rows[0]["node_type"] == "CONV_2D"
+    assert abs(sum(r["ms"] for r in rows) - 79.449) < 31 * 0.0005  # [avg ms] rows vs the table's own sum
+    _, rows = read_tool_profile(REAL / "benchmark_model_ops_1.txt")  # LiteRT: Delegate/<XNNPACK op>:k
+    per_call = [r for r in rows if not r["event"].startswith("AllocateTensors")]
+    assert rows[2]["event"] == "Delegate/Static Reshape (NC):0"
+    assert abs(sum(r["ms"] for r in per_call) - 0.411071) < 4 * 0.0005  # "Timings ... avg=411.071" us
+    _, rows = read_tool_profile(REAL / "benchmark_model_ops_2.txt")
+    assert len(rows) == 9 and rows[-1]["event"] == "[StatefulPartitionedCall:0]:95"
+    with pytest.raises(BadInputError, match="not a per-op profile"):
+        read_tool_profile(REAL / "trtexec_0.txt")
