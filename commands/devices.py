@@ -106,7 +106,8 @@ def profile(device, model_spec, size, precision, top, bench_files, as_json):
               help="Device profile this measurement stands for (default: host_cpu on the host); `check` judges "
                    "that profile's latency with it.")
 @click.option("--duration", default=None,
-              help="Sustained run for this long (60s, 2m): p50/p90/p99 over time, throughput, last/first window ratio, plot.")
+              help="Sustained run for this long (60s, 2m): p50/p90/p99 over time, throughput, last/first window ratio, "
+                   "plot. On a device: trtexec --duration, or the tool back to back with --runs calls per window.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
               help="With --duration: pace the calls like a camera at this rate and count dropped frames.")
 @click.option("--verify", is_flag=True,
@@ -155,9 +156,9 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
             duration_s = parse_duration(duration)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--duration") from None
-        if device != "host":
-            raise click.BadParameter("sustained runs are timed on this host; on a device, run its tool for the "
-                                     "duration and --ingest the result", param_hint="--duration")
+        if device != "host" and fps is not None:
+            raise click.BadParameter("--fps paces calls from this host's clock; on a device the tool runs back to "
+                                     "back (drop --fps, or pace on the device yourself)", param_hint="--fps")
     elif fps is not None:
         raise click.BadParameter("--fps paces a sustained run: give --duration too", param_hint="--fps")
     if profile_name:
@@ -194,12 +195,24 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
 
             prof = load_profile(profile_name) if profile_name else None
             transport = remote.parse_device(device)
-            res = remote.remote_bench(transport, Path(artifact), binary, runs, warmup, threads,
-                                      manifest=read_manifest(Path(artifact)), profile=prof)
+            if duration_s:
+                res = remote.remote_sustained(transport, Path(artifact), duration_s, binary, threads,
+                                              window_runs=runs, warmup=warmup, manifest=read_manifest(Path(artifact)),
+                                              profile=prof)
+            else:
+                res = remote.remote_bench(transport, Path(artifact), binary, runs, warmup, threads,
+                                          manifest=read_manifest(Path(artifact)), profile=prof)
             res.update(remote.artifact_facts(Path(artifact)), runner=res.get("tool"), profile=profile_name)
             if bundle:
                 res["bundle_parity"] = _bundle_parity(Path(artifact), transport, python)
-            atomic_write_json(Path(str(artifact) + f".{device.replace(':', '_').replace('@', '_')}.bench.json"), res)
+            stem = f"{artifact}.{device.replace(':', '_').replace('@', '_')}"
+            if duration_s:
+                from edgehydra.devices.sustained import plot
+
+                res["plot"] = str(plot(res, Path(stem + ".sustained.png"),
+                                       f"{Path(artifact).name} on {device}, {res['sustained_how']}"))
+                res["json"] = stem + ".sustained.json"
+            atomic_write_json(Path(stem + (".sustained.json" if duration_s else ".bench.json")), res)
             record_measurement(Path(artifact), res)
             if not profile_name:
                 console().print("[yellow]note:[/] no --profile given: `check` cannot tell which device profile "

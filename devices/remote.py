@@ -7,10 +7,13 @@ device, so the orchestration is tested against a local stand-in (``LocalTranspor
 """
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import subprocess
+import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -281,6 +284,26 @@ PARSERS = {"benchmark_model": parse_benchmark_model, "executor_runner": parse_ex
            "trtexec": parse_trtexec}  # tool (a plan's "tool") -> its output parser
 
 
+@contextmanager
+def _pushed(transport: Transport, artifact: Path, plan: dict, binary: str | None):
+    """The artifact in a fresh work folder on the device and the tool found there: (remote path, tool path);
+    the folder is removed afterwards, whatever happened (unless the device is gone)."""
+    base = "/data/local/tmp" if isinstance(transport, AdbTransport) else "/tmp"
+    work = f"{base}/edgehydra-{uuid.uuid4().hex[:8]}"
+    remote_art = f"{work}/{artifact.name}"
+    try:
+        transport.shell(["mkdir", "-p", work])
+        transport.push(artifact, remote_art)
+        exe = binary or _find(transport, plan["binaries"], [base, "/data/local/tmp"] if plan.get("search_dirs", True)
+                                                        else [])
+        yield remote_art, exe
+    finally:
+        try:
+            transport.rmdir(work)
+        except DeviceGone:
+            pass  # nothing more can be cleaned on a device that is gone
+
+
 def remote_bench(transport: Transport, artifact: Path, binary: str | None = None, runs: int = 50, warmup: int = 5,
                  threads: int = 4, timeout: float = 900, manifest: dict | None = None, profile=None,
                  op_profile: bool = False) -> dict:
@@ -294,14 +317,7 @@ def remote_bench(transport: Transport, artifact: Path, binary: str | None = None
     if op_profile and not plan.get("op_profile_flags"):
         raise BadInputError(f"{tool} writes its per-operator profile to a file on the device: run it there with "
                             "--etdump_path=run.etdp and pass the file with `bench --ops --ops-from run.etdp`")
-    base = "/data/local/tmp" if isinstance(transport, AdbTransport) else "/tmp"
-    work = f"{base}/edgehydra-{uuid.uuid4().hex[:8]}"
-    remote_art = f"{work}/{artifact.name}"
-    try:
-        transport.shell(["mkdir", "-p", work])
-        transport.push(artifact, remote_art)
-        exe = binary or _find(transport, plan["binaries"], [base, "/data/local/tmp"] if plan.get("search_dirs", True)
-                                                        else [])
+    with _pushed(transport, artifact, plan, binary) as (remote_art, exe):
         argv = plan["argv"](exe, remote_art, threads, runs, warmup)
         if op_profile:
             argv = argv + plan["op_profile_flags"]
@@ -319,11 +335,68 @@ def remote_bench(transport: Transport, artifact: Path, binary: str | None = None
         res.update(device=transport.name, tool=tool, command=Transport.quote(argv), artifact=str(artifact),
                    threads=threads, warmup=warmup, accelerator=plan["accelerator"])
         return res
-    finally:
-        try:
-            transport.rmdir(work)
-        except DeviceGone:
-            pass  # nothing more can be cleaned on a device that is gone
+
+
+def parse_trtexec_windows(text: str) -> list[dict]:
+    """trtexec's running "Average on N runs - GPU latency: X ms - Host latency: Y ms" lines as windows, each
+    starting where the previous ones' N x host latency ends (trtexec prints no timestamps finer than a second)."""
+    out, t = [], 0.0
+    for m in re.finditer(r"Average on (\d+) runs - GPU latency: ([\d.]+) ms - Host latency: ([\d.]+) ms", text):
+        n, host = int(m.group(1)), float(m.group(3))
+        out.append({"t_s": t, "latency_ms": host, "gpu_ms": float(m.group(2)), "calls": n, "busy_s": n * host / 1e3})
+        t += n * host / 1e3
+    return out
+
+
+def remote_sustained(transport: Transport, artifact: Path, duration_s: float, binary: str | None = None,
+                     threads: int = 4, window_runs: int = 20, warmup: int = 5, manifest: dict | None = None,
+                     profile=None, clock=time.monotonic) -> dict:
+    """Run the artifact on the device for ``duration_s`` seconds and report it over time: trtexec in one call
+    (its --duration, its running averages as windows, its summary over every call for the percentiles); the
+    other tools back to back, ``window_runs`` calls per invocation, one window each (devices/sustained.py)."""
+    from .sustained import from_windows
+
+    artifact = Path(artifact)
+    if not artifact.exists():
+        raise BadInputError(f"artifact not found: {artifact}")
+    plan = remote_plan(artifact.suffix, manifest, profile)
+    tool = plan["tool"]
+    with _pushed(transport, artifact, plan, binary) as (remote_art, exe):
+        summary = None
+        if tool == "trtexec":
+            argv = plan["argv"](exe, remote_art, threads, 1, warmup) + [f"--duration={max(1, math.ceil(duration_s))}"]
+            r = transport.shell(argv, timeout=3 * duration_s + 900)  # the engine build comes first
+            if r.rc != 0:
+                raise EdgeHydraError(f"{transport.name}: {tool} exited {r.rc}: {(r.err or r.out).strip()[-300:]}")
+            text = r.out + "\n" + r.err
+            windows, summary = parse_trtexec_windows(text), parse_trtexec(text)
+            if not windows:
+                raise EdgeHydraError(f"{transport.name}: trtexec printed no 'Average on N runs' lines over the run")
+            elapsed = windows[-1]["t_s"] + windows[-1]["busy_s"]
+        else:
+            windows, t0, first = [], clock(), True
+            argv = None
+            while True:
+                now = clock() - t0
+                if now >= duration_s:
+                    break
+                argv = plan["argv"](exe, remote_art, threads, window_runs, warmup if first else 1)
+                r = transport.shell(argv, timeout=900)
+                if r.rc != 0:
+                    raise EdgeHydraError(f"{transport.name}: {tool} exited {r.rc}: {(r.err or r.out).strip()[-300:]}")
+                got = PARSERS[tool](r.out + "\n" + r.err)
+                n = int(got.get("runs") or window_runs)
+                windows.append({"t_s": now, "latency_ms": got["p50_ms"], "calls": n,
+                                "busy_s": n * got.get("mean_ms", got["p50_ms"]) / 1e3})
+                first = False
+            elapsed = clock() - t0
+        res = from_windows(windows, elapsed, summary)
+        res.update(device=transport.name, tool=tool, command=Transport.quote(argv), artifact=str(artifact),
+                   threads=threads, warmup=warmup, accelerator=plan["accelerator"],
+                   runs=res["calls"], sustained_how=("one trtexec --duration run, its running averages as windows"
+                                                     if tool == "trtexec" else
+                                                     f"{tool} back to back, {window_runs} calls per window"))
+        return res
 
 
 def _find(transport: Transport, names: list[str], dirs: list[str]) -> str:

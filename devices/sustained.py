@@ -85,6 +85,37 @@ def sustained(run, duration_s: float, fps: float | None = None, clock=time.perf_
     return res
 
 
+def from_windows(windows: list[dict], elapsed: float, summary: dict | None = None) -> dict:
+    """A sustained run on a device, where the tool reports windows rather than calls: ``windows`` holds
+    {t_s (start, s), latency_ms (the window's median, or mean where the tool gives only that), calls,
+    busy_s (the window's inference time)}. Throughput is calls over inference time (a tool started once
+    per window pays its load between windows; that gap is not frame time). p50 is the median of the
+    windows unless the tool's own summary over every call (``summary``: trtexec's) is given; p90/p99 come
+    only from such a summary, never from window medians."""
+    if not windows:
+        raise ValueError("a sustained run needs at least one timed window")
+    t = np.asarray([w["t_s"] for w in windows], float)
+    y = np.asarray([w["latency_ms"] for w in windows], float)
+    calls = int(sum(w["calls"] for w in windows))
+    busy = float(sum(w["busy_s"] for w in windows))
+    w = window_s(elapsed)
+    first, last = y[t < w], y[t >= elapsed - w]
+    res = {"duration_s": float(elapsed), "calls": calls, "throughput_fps": calls / busy if busy > 0 else None,
+           "p50_ms": float(np.median(y)), "min_ms": float(y.min()), "mean_ms": float(np.average(
+               y, weights=[x["calls"] for x in windows])), "window_s": w, "windows": len(windows),
+           "timeline_unit": "window",
+           "first_window_p50_ms": float(np.median(first)) if first.size else None,
+           "last_window_p50_ms": float(np.median(last)) if last.size else None}
+    if summary:
+        res.update({k: summary[k] for k in ("p50_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms") if k in summary})
+    if first.size and last.size and len(windows) > 1:
+        res["throttle_ratio"] = res["last_window_p50_ms"] / res["first_window_p50_ms"]
+    res.setdefault("p90_ms", None)
+    res.setdefault("p99_ms", None)
+    res["timeline"] = {"t_s": t.round(4).tolist(), "latency_ms": y.round(4).tolist()}
+    return res
+
+
 def plot(res: dict, out: Path, title: str = "") -> Path:
     """Latency over time with a rolling median and the first / last windows shaded."""
     import matplotlib
@@ -97,15 +128,18 @@ def plot(res: dict, out: Path, title: str = "") -> Path:
     t = np.asarray(res["timeline"]["t_s"])
     y = np.asarray(res["timeline"]["latency_ms"])
     fig, ax = plt.subplots(figsize=(8, 3.2), dpi=110)
-    ax.plot(t, y, ".", ms=2, alpha=0.35, color="#4878a8", label="call")
+    unit = res.get("timeline_unit", "call")
+    ax.plot(t, y, ".-" if unit == "window" else ".", ms=2 if unit == "call" else 4, alpha=0.35 if unit == "call" else 0.8,
+            color="#4878a8", label=unit if unit == "call" else "window (the tool's median per window)")
     k = max(5, len(y) // 50)
-    if len(y) > 2 * k:
+    if unit == "call" and len(y) > 2 * k:
         med = np.array([np.median(y[max(0, i - k):i + 1]) for i in range(len(y))])
         ax.plot(t, med, "-", lw=1.5, color="#c44e52", label=f"rolling median ({k} calls)")
     w = res["window_s"]
     ax.axvspan(0, w, color="0.9", zorder=0)
     ax.axvspan(res["duration_s"] - w, res["duration_s"], color="0.9", zorder=0)
-    sub = f"p50 {res['p50_ms']:.1f} ms · p99 {res['p99_ms']:.1f} ms · {res['throughput_fps']:.1f} calls/s"
+    sub = f"p50 {res['p50_ms']:.1f} ms" + (f" · p99 {res['p99_ms']:.1f} ms" if res.get("p99_ms") is not None else "") + (
+        f" · {res['throughput_fps']:.1f} calls/s" if res.get("throughput_fps") else "")
     if res.get("throttle_ratio") is not None:
         sub += f" · last/first window {res['throttle_ratio']:.2f}"
     if res.get("target_fps"):

@@ -385,6 +385,23 @@ def test_device_measurements_enter_the_run_and_check_judges_with_them(tiny_run, 
     row = judged(agx)
     assert row["value"] == 3.5 and row["note"].startswith("measured on agx-lab-2 by trtexec at 64x96"), row
     assert judged(nano)["value"] == pytest.approx(res["p50_ms"])  # each device keeps its own measurement
+    # a sustained run on the device (trtexec --duration, its real output): its running averages are the timeline,
+    # its summary over every call the percentiles; the record carries it and check finds it for that profile
+    from edgehydra.devices.check import sustained_for
+    from edgehydra.run import Run
+
+    orin = tmp_path / "orin"
+    exe = _fake_device(orin, "trtexec", "real/trtexec_0.txt")  # jetson-agx-orin-devkit, JetPack 6
+    sus = remote.remote_sustained(remote.LocalTransport(orin), art, 60, binary=exe, manifest=read_manifest(art),
+                                  profile=nano)
+    assert "--duration=60" in (orin / "args.txt").read_text()
+    assert sus["windows"] == 4 and sus["p50_ms"] == pytest.approx(4.83752) and sus["p99_ms"] == pytest.approx(4.85547)
+    host_ms = (4.83948, 4.83599, 4.83513, 4.8364)  # its four "Average on 10 runs" lines
+    assert sus["throughput_fps"] == pytest.approx(40 / sum(10 * x / 1e3 for x in host_ms))
+    sus.update(remote.artifact_facts(art), runner=sus["tool"], profile=nano.name)
+    assert record_measurement(art, sus) is not None
+    got = sustained_for(Run(run), nano, {"sha256": sus["sha256"], "size": sus["size"]})
+    assert got and got["sustained"]["throughput_fps"] == pytest.approx(sus["throughput_fps"])
     # an artifact never measured on the device is estimated from the profile fitted to what the run did measure
     export_run(run / "export", ["onnx"], ["fp32"], run=run, eval_frames=1)
     fp32_nano = dataclasses.replace(nano, precision="fp32")
@@ -475,3 +492,30 @@ def test_per_op_profile_parsers_on_real_tool_output():
     assert len(rows) == 9 and rows[-1]["event"] == "[StatefulPartitionedCall:0]:95"
     with pytest.raises(BadInputError, match="not a per-op profile"):
         read_tool_profile(REAL / "trtexec_0.txt")
+
+
+def test_sustained_run_on_a_device_tool_started_per_window(tmp_path):
+    """benchmark_model has no duration of its own: it is run back to back, one window per invocation, on the
+    stand-in device; a device that slows down call after call shows it in the last/first window ratio."""
+    dev = tmp_path / "device"
+    exe = dev / "bin" / "benchmark_model"
+    exe.parent.mkdir(parents=True)
+    # each invocation 200 us slower than the one before: 1.2, 1.4, ... ms
+    exe.write_text(f"#!/bin/sh\nn=$(cat {dev}/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > {dev}/n\n"
+                   "a=$((1000 + n*200))\necho \"Timings (microseconds): count=20 first=$a curr=$a min=$a max=$a avg=$a std=0\"\n")
+    exe.chmod(0o755)
+    art = tmp_path / "m.tflite"
+    art.write_bytes(b"tflite")
+    ticks = iter(range(0, 1000, 3))  # each look at the clock: 3 s later
+    res = remote.remote_sustained(remote.LocalTransport(dev), art, 30, binary=str(exe), window_runs=20,
+                                  clock=lambda: float(next(ticks)))
+    # windows start at 3, 6, ..., 27 s; the run ends at 33 s; first window: t < 10 s, last: t >= 23 s
+    assert res["windows"] == 9 and res["calls"] == 180 and res["duration_s"] == 33
+    assert res["first_window_p50_ms"] == pytest.approx(1.4) and res["last_window_p50_ms"] == pytest.approx(2.7)
+    assert res["throttle_ratio"] == pytest.approx(2.7 / 1.4)
+    assert res["p99_ms"] is None  # window medians give no per-call tail
+    assert res["throughput_fps"] == pytest.approx(180 / sum(20 * (1.0 + 0.2 * n) / 1e3 for n in range(1, 10)))
+    assert not list((dev / "tmp").glob("edgehydra-*"))
+    from edgehydra.devices.sustained import plot
+
+    assert plot(res, tmp_path / "s.png", "stand-in").stat().st_size > 0
