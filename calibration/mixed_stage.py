@@ -274,7 +274,7 @@ def chart(report: dict, path: Path) -> Path:
 
 
 def apply(run: Run | Path, device: str, recipe_file: Path, *, qat: bool = False, size=None, calib_frames: int = 32,
-          qat_epochs: int = 1, eval_frames: int = 32, progress=None) -> dict:
+          qat_epochs: int = 1, qat_frames: int | None = None, eval_frames: int = 32, progress=None) -> dict:
     """Hand the chosen recipe on: PTQ (or QAT) into the run, export for the device, check what ships."""
     from edgehydra.devices.check import check_device
     from edgehydra.devices.profile import load_profile
@@ -291,7 +291,8 @@ def apply(run: Run | Path, device: str, recipe_file: Path, *, qat: bool = False,
         from edgehydra.train import TrainConfig
 
         cfg = TrainConfig(epochs=qat_epochs, lr_encoder=1e-4, lr_decoder=1e-4, schedule="cosine")
-        q = qat_run(ckpt, run, cfg, str(recipe_file), None, size, progress=progress)
+        q = qat_run(ckpt, run, cfg, str(recipe_file), None, size, progress=progress, calib_frames=calib_frames,
+                    val_limit=eval_frames, frames=qat_frames)
     else:
         q = ptq_run(ckpt, run, str(recipe_file), None, size, calib_frames, progress=progress)
     res = export_run(run.export_dir, [profile.format], ["int8"], run=run.root, size=size, eval_frames=eval_frames,

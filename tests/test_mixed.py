@@ -98,6 +98,47 @@ def _front(run, profile, *budget):
     return _search(run, profile, *budget)
 
 
+def test_applied_assignment_ships_as_chosen(harmful_run):
+    """`sensitivity --device D --apply`: the search, then PTQ with the chosen recipe, export and check; the
+    artifact's precision map and the runtime's own per-operator kernels both say the chosen layers run float
+    and the rest int8. Then the same recipe through QAT (what `--apply --qat` runs): the QAT program ships
+    the same split and is what check judges. (First in the file: the later tests read this front.)"""
+    from edgehydra.calibration.mixed_stage import apply
+    from edgehydra.calibration.program import load_program
+    from edgehydra.devices.opprofile import profile_pte
+
+    run, profile = harmful_run
+    out = _cli("sensitivity", "--run", run, "--device", profile, "--layers", LAYERS, "--frames", "8",
+               "--calib-frames", "8", "--max-miou-drop", "2", "--max-rmse-rise", str(RMSE_BUDGET), "--apply")
+    front = json.loads((run / "mixed" / "edge_npu_test" / "front.json").read_text())
+    keep = set(front["chosen"]["keep_float"])
+    assert "depth" in keep
+    assert "applied: " in out and "check edge_npu_test: PASS" in out, out
+
+    def shipped(stage):
+        man = json.loads((run / "export" / "manifest.json").read_text())
+        art = next(a for a in man["artifacts"] if a["target"] == "executorch" and a["precision"] == "int8")
+        own = json.loads((run / "export" / (art["path"] + ".manifest.json")).read_text())
+        assert own["source_program"]["stage"] == stage, own["source_program"]
+        convs = [r for r in own["precision_map"]["layers"] if r["op"] == "conv"]
+        assert {r["layer"] for r in convs if r["precision"] != "int8"} == keep
+        assert all(r["precision"] == "fp32" for r in convs if r["layer"] in keep)
+        return run / "export" / art["path"]
+
+    pte = shipped("ptq")
+    prog = load_program(run / "ptq" / "program.pt2")
+    prof = profile_pte(pte, prog.module, TINY_SIZE, runs=2)
+    assert prof["mapped"], prof["unmapped_reason"]
+    ran = {r["layer"]: r["precision"] for r in prof["rows"] if r["op_class"].endswith("conv")}
+    assert {n for n, p in ran.items() if p == "fp32"} == keep, ran
+
+    res = apply(run, str(profile), Path(front["recipe_file"]), qat=True, calib_frames=8, eval_frames=8,
+                qat_frames=16)
+    assert res["quantised"].endswith("program.pt2") and "qat" in res["quantised"], res["quantised"]
+    assert res["check"]["verdict"] == "PASS", res["check"]
+    shipped("qat")
+
+
 def test_depth_harmful_layer_is_kept_float_for_depths_budget_only(harmful_run):
     run, profile = harmful_run
     seg = _search(run, profile, "--max-miou-drop", "2")
@@ -134,34 +175,6 @@ def test_unmeetable_budgets_print_nearest_misses_and_exit_1(harmful_run):
                           str(profile), "--layers", "dept"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "matches no convolution" in bad.stderr and "depth" in bad.stderr, bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
-
-
-def test_applied_assignment_ships_as_chosen(harmful_run):
-    """--apply: PTQ with the recipe, export, check; the artifact's precision map and the runtime's own
-    per-operator kernels both say the chosen layers run float and the rest int8."""
-    from edgehydra.calibration.mixed_stage import apply
-    from edgehydra.devices.opprofile import profile_pte
-    from edgehydra.calibration.program import load_program
-
-    run, profile = harmful_run
-    front = _front(run, profile, "--max-miou-drop", "2", "--max-rmse-rise", str(RMSE_BUDGET))
-    keep = set(front["chosen"]["keep_float"])
-    assert "depth" in keep
-    # what `sensitivity ... --apply` runs after the search (the search itself is tested above)
-    res = apply(run, str(profile), Path(front["recipe_file"]), calib_frames=8, eval_frames=8)
-    assert res["check"]["verdict"] == "PASS", res["check"]
-    assert res["check"]["artifact"].endswith(".pte")
-    man = json.loads((run / "export" / "manifest.json").read_text())
-    art = next(a for a in man["artifacts"] if a["target"] == "executorch" and a["precision"] == "int8")
-    own = json.loads((run / "export" / (art["path"] + ".manifest.json")).read_text())
-    convs = [r for r in own["precision_map"]["layers"] if r["op"] == "conv"]
-    assert {r["layer"] for r in convs if r["precision"] != "int8"} == keep
-    assert all(r["precision"] == "fp32" for r in convs if r["layer"] in keep)
-    prog = load_program(run / "ptq" / "program.pt2")
-    prof = profile_pte(run / "export" / art["path"], prog.module, TINY_SIZE, runs=2)
-    assert prof["mapped"], prof["unmapped_reason"]
-    ran = {r["layer"]: r["precision"] for r in prof["rows"] if r["op_class"].endswith("conv")}
-    assert {n for n, p in ran.items() if p == "fp32"} == keep, ran
 
 
 def test_sweep_under_two_ranks_equals_one_process(harmful_run, tmp_path):
