@@ -32,7 +32,6 @@ from pathlib import Path
 
 import torch
 
-from edgehydra._io import atomic_write_json
 from edgehydra.errors import BadInputError, EdgeHydraError
 
 TASK_METRICS = {"miou": +1, "rmse": -1, "abs_rel": -1, "normals_median_deg": -1}  # +1: higher is better

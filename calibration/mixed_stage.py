@@ -20,7 +20,6 @@ import torch
 from edgehydra._io import atomic_write_json
 from edgehydra.checkpoint import load_checkpoint
 from edgehydra.data import Resize
-from edgehydra.errors import BadInputError
 from edgehydra.run import Run
 from edgehydra.runs import open_split, run_data_settings
 
@@ -120,7 +119,15 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
         program, _ = quantize_ptq(model, base, train, calib, size)
         lat = host_layer_latency(model, program, size, runs=rounds, threads=threads)
     else:
-        lat = estimated_layer_latency(model, profile, size)
+        from edgehydra.devices.check import calibrated_on_run
+
+        # the roofline fitted to what the run measured on the device (per-class scales from its per-op
+        # profiles, efficiencies from whole-model runs), so each layer's gain is the device's, not a datasheet's
+        fitted, used = calibrated_on_run(run, profile, model)
+        lat = estimated_layer_latency(model, fitted, size)
+        if used:
+            kinds = sorted({u.get("kind", "latency measurement") for u in used})
+            lat["source"] += f", fitted to {len(used)} record(s) of this run ({', '.join(kinds)})"
     fbytes = 2 if lat["float_precision"] == "fp16" else 4
     sizes = weight_bytes(model, names, fbytes)
     conv_ids = {id(m) for m in model.modules() if isinstance(m, torch.nn.Conv2d)}

@@ -180,7 +180,7 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
         if ops_from and not ops:
             raise click.BadParameter("--ops-from reads a per-operator profile: give --ops too", param_hint="--ops-from")
         if ops:
-            return _op_profile(Path(artifact), runs, threads, device, ops_from, binary, warmup)
+            return _op_profile(Path(artifact), runs, threads, device, ops_from, binary, warmup, profile_name)
         if device == "host":
             res = host_bench(Path(artifact), warmup, runs, threads, provider, verify=verify, duration_s=duration_s,
                              fps=fps, timeout=max(1800, 3 * (duration_s or 0)))
@@ -251,7 +251,7 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
 
 
 def _op_profile(artifact: Path, runs: int, threads: int, device: str = "host", ops_from: str | None = None,
-                binary: str | None = None, warmup: int = 5) -> None:
+                binary: str | None = None, warmup: int = 5, profile_name: str | None = None) -> None:
     """`bench --ops`: which operators take the time, mapped to the model's layers and stages."""
     from edgehydra._io import atomic_write_json
     from edgehydra.devices.opprofile import chart
@@ -313,6 +313,21 @@ def _op_profile(artifact: Path, runs: int, threads: int, device: str = "host", o
         prof = profile_pte(artifact, lowered_module(), size, runs=runs, tasks=tasks, threads=threads)
     out = Path(str(artifact) + f"{tag}.ops.json")
     atomic_write_json(out, prof)
+    record = None
+    if tag and profile_name and prof["mapped"]:
+        # the device's own profile of a shipped artifact: check and the mixed search read it (per-class scales)
+        from edgehydra.devices.remote import artifact_facts
+
+        facts = artifact_facts(artifact)
+        listed = {e.get("sha256") for e in json.loads(run.export_manifest.read_text()).get("artifacts", [])}
+        if facts["sha256"] in listed:
+            record = run.add_op_profile({**facts, "profile": profile_name, "device": prof.get("device"),
+                                         "runtime": prof["runtime"], "source": prof.get("source"),
+                                         "size": list(size), "total_ms": prof["total_ms"], "by_class": prof["by_class"],
+                                         "by_stage": prof.get("by_stage")})
+    elif tag and not profile_name:
+        console().print("[yellow]note:[/] no --profile given: this per-op profile is written beside the artifact "
+                        "but `check` cannot tell which device profile it stands for")
     png = chart(prof, Path(str(artifact) + f"{tag}.ops.png"))
     from rich.table import Table
 
@@ -343,6 +358,8 @@ def _op_profile(artifact: Path, runs: int, threads: int, device: str = "host", o
             t.add_row(k, f"{v:.3f}")
         show(t)
     click.echo(f"wrote {out} and {png}")
+    if record:
+        click.echo(f"op profile record: {record} (per-class scales for {profile_name})")
 
 
 def _bundle_parity(artifact: Path, transport, python: str) -> dict:

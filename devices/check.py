@@ -92,17 +92,27 @@ def _est_precision(p: str) -> str:
 
 
 def calibrated_on_run(run: Run, profile: Profile, model) -> tuple[Profile, list[dict]]:
-    """``profile`` with its efficiencies fitted to every burst measurement this run holds for its device (any
-    artifact, any size; devices/estimate.py fit_efficiencies), and those measurements; the profile unchanged
-    and [] when it holds none."""
-    ms = [m for m in _on_device(run, profile) if not m.get("sustained") and m.get("p50_ms") and m.get("size")]
-    if not ms:
-        return profile, []
-    from .estimate import fit_efficiencies
+    """``profile`` fitted to what this run measured on its device: per-operator-class scales from the
+    device's own per-op profiles of shipped artifacts (the latest per precision; devices/estimate.py
+    fit_class_scales), then the efficiencies from every burst measurement (any artifact, any size;
+    fit_efficiencies). Returns the fitted profile and what it was fitted to (measurements, then op-profile
+    records); the profile unchanged and [] when the run holds neither."""
+    from .estimate import fit_class_scales, fit_efficiencies
 
-    fitted, _ = fit_efficiencies(model, profile, [{"precision": _est_precision(m["precision"]), "size": m["size"],
-                                                   "p50_ms": m["p50_ms"]} for m in ms])
-    return fitted, ms
+    used = []
+    latest = {}
+    for rec in run.op_profiles(profile.name):
+        p = _est_precision(rec["precision"])
+        if p not in latest or rec.get("recorded", "") > latest[p].get("recorded", ""):
+            latest[p] = rec
+    for p, rec in sorted(latest.items()):
+        profile, _ = fit_class_scales(model, profile, rec, p)
+        used.append(dict(rec, kind="op profile"))
+    ms = [m for m in _on_device(run, profile) if not m.get("sustained") and m.get("p50_ms") and m.get("size")]
+    if ms:
+        profile, _ = fit_efficiencies(model, profile, [{"precision": _est_precision(m["precision"]), "size": m["size"],
+                                                        "p50_ms": m["p50_ms"]} for m in ms])
+    return profile, ms + used
 
 
 def sustained_for(run: Run, profile: Profile, a: dict) -> dict | None:
@@ -166,8 +176,11 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
         lat, lat90 = meas["p50_ms"], meas.get("p90_ms")
         peak = meas.get("peak_memory_mb")
     else:
+        lat_used = [u for u in used if u.get("kind") != "op profile"]
+        ops_used = [u for u in used if u.get("kind") == "op profile"]
         src = f"estimated at {hw} ({profile.name} roofline" + (
-            f", fitted to {len(used)} measurement(s) of this run on {used[0]['device']})" if used else ")")
+            f", fitted to {len(lat_used)} measurement(s) of this run on {lat_used[0]['device']}" if lat_used else "") + (
+            f", per-class scales from {len(ops_used)} per-op profile(s) of the device" if ops_used else "") + ")"
         lat, lat90, peak = est["total_ms"], est["total_ms"], None
     rows = [
         row("latency p50", b.latency_p50_ms, lat, "ms", note=src),

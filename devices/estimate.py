@@ -6,7 +6,8 @@
 at the layer's precision (weights and activations in that many bytes). BatchNorm and ReLU6 are
 fused into the preceding convolution by every backend used here (XNNPACK, TensorRT, Core ML,
 LiteRT), so they cost nothing of their own; max-pool, adds and upsampling move bytes and are
-charged for it. Which bound each layer hits is reported.
+charged for it. Which bound each layer hits is reported. A profile's per-class scales (fitted from the
+device's own per-op profile, ``fit_class_scales``) multiply each layer's time by its operator class's.
 """
 from __future__ import annotations
 
@@ -36,7 +37,24 @@ class LayerTime:
 
 def layer_rows(model, size, precision):
     acc_precision = precision if precision in BYTES else "fp32"
-    return [r for r in count_layers(model, size, acc_precision) if r.kind not in FUSED]
+    import torch
+
+    dw = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1
+          and m.groups == m.in_channels}
+    rows = [r for r in count_layers(model, size, acc_precision) if r.kind not in FUSED]
+    for r in rows:
+        r.op_class = op_class_of(r.kind, r.name in dw)
+    return rows
+
+
+# accounting kinds -> the operator classes of the per-op profiles (devices/opprofile.py)
+_KIND_CLASS = {"Add": "add", "MaxPool2d": "max-pool", "Upsample": "upsample"}
+
+
+def op_class_of(kind: str, depthwise: bool = False) -> str:
+    if kind == "Conv2d":
+        return "depthwise conv" if depthwise else "conv"
+    return _KIND_CLASS.get(kind, kind.lower())
 
 
 def estimate_rows(rows, profile: Profile, precision: str) -> dict:
@@ -45,8 +63,9 @@ def estimate_rows(rows, profile: Profile, precision: str) -> dict:
     layers = []
     for r in rows:
         work = r.macs if r.macs else r.other_ops / 2  # non-MAC ops counted as half a MAC each
-        c = work / peak * 1e3
-        m = r.bytes_moved / bw * 1e3
+        k = profile.scale_of(precision, r.op_class or op_class_of(r.kind))
+        c = work / peak * 1e3 * k
+        m = r.bytes_moved / bw * 1e3 * k
         layers.append(LayerTime(r.name, r.kind, r.macs, r.bytes_moved, c, m, max(c, m), "compute" if c >= m else "memory"))
     total = sum(l.ms for l in layers) + profile.overhead_ms
     return {"device": profile.name, "precision": precision, "total_ms": total, "overhead_ms": profile.overhead_ms,
@@ -96,6 +115,35 @@ def fit_efficiencies(model, profile: Profile, measurements: list[dict]) -> tuple
     fitted = profile_of(best.x)
     report = {"before": errors(rows, profile, measurements), "after": errors(rows, fitted, measurements)}
     return fitted, report
+
+
+def fit_class_scales(model, profile: Profile, op_profile: dict, precision: str) -> tuple[Profile, list[dict]]:
+    """Per-operator-class time scales from a device's own per-op profile of one artifact (a mapped profile
+    from devices/toolprofile.py or opprofile.py): for each class the profile times, measured ms over the
+    estimate's ms for the same class at the artifact's size. The classes' shares of the whole are what this
+    fixes; the whole-model fit (fit_efficiencies) still sets the level. Classes the profile does not time
+    keep their scale; time the device spent outside any model layer (layout copies, runtime) is not a class
+    of the model and is reported, not fitted."""
+    size = tuple(op_profile["size"])
+    rows = layer_rows(model, size, precision)
+    est = estimate_rows(rows, replace(profile, class_scale=()), precision)
+    est_by = {}
+    for r, lt in zip(rows, est["layers"]):
+        est_by[r.op_class] = est_by.get(r.op_class, 0.0) + lt["ms"]
+    meas_by = {}
+    for d in op_profile.get("by_class", []):
+        c = d["op_class"].replace("1x1 conv", "conv")  # XNNPACK runs a 1x1 convolution as a GEMM
+        meas_by[c] = meas_by.get(c, 0.0) + d["ms"]
+    out, scales = [], dict(profile.class_scale)
+    for c in sorted(set(est_by) | set(meas_by)):
+        e, m = est_by.get(c), meas_by.get(c)
+        fitted = bool(e and m)
+        if fitted:
+            scales[f"{precision}/{c}"] = m / e
+        out.append({"op_class": c, "estimated_ms": e, "measured_ms": m,
+                    "scale": m / e if fitted else None,
+                    "note": None if fitted else ("not in the model" if not e else "not timed by the profile")})
+    return replace(profile, class_scale=tuple(sorted(scales.items()))), out
 
 
 def errors(rows, profile: Profile, measurements) -> list[dict]:

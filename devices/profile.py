@@ -56,6 +56,13 @@ class Profile:
     # Optional per-precision compute efficiency (TOML table [efficiency]); falls back to
     # compute_efficiency. Filled by `profile --calibrate` from measured runs.
     efficiency: tuple[tuple[str, float], ...] = ()
+    # Optional per-operator-class time scale at a precision (TOML table [class_scale], keys
+    # "int8/depthwise conv" = 1.8): how much slower (> 1) or faster than the roofline a class runs on
+    # this device. Fitted from the device's own per-op profile (`bench --ops --ops-from ... --profile`).
+    class_scale: tuple[tuple[str, float], ...] = ()
+
+    def scale_of(self, precision: str, op_class: str) -> float:
+        return dict(self.class_scale).get(f"{precision}/{op_class}", 1.0)
 
     def compute_eff(self, precision: str) -> float:
         return dict(self.efficiency).get(precision, self.compute_efficiency)
@@ -69,6 +76,7 @@ class Profile:
         d = asdict(self)
         d["budgets"]["input_size"] = list(self.budgets.input_size)
         d["efficiency"] = dict(self.efficiency)
+        d["class_scale"] = dict(self.class_scale)
         return d
 
 
@@ -96,7 +104,7 @@ def _num(v, key, unit, where) -> float:
 
 def parse_profile(data: dict, where: str) -> Profile:
     top = set(_STR) | set(_NUM) | {"threads", "budgets"}
-    optional = {"efficiency"}
+    optional = {"efficiency", "class_scale"}
     unknown = sorted(set(data) - top - optional)
     if unknown:
         raise BadInputError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(top))})")
@@ -145,6 +153,13 @@ def parse_profile(data: dict, where: str) -> Profile:
     if not isinstance(eff, dict) or set(eff) - set(PRECISIONS):
         raise BadInputError(f"{where} [efficiency]: keys must be among {', '.join(PRECISIONS)}")
     kw["efficiency"] = tuple(sorted((k, _num(v, f"efficiency.{k}", "fraction 0-1", where)) for k, v in eff.items()))
+    cs = data.get("class_scale", {})
+    if not isinstance(cs, dict) or any("/" not in k or k.split("/", 1)[0] not in PRECISIONS for k in cs):
+        raise BadInputError(f"{where} [class_scale]: keys are \"<precision>/<operator class>\", e.g. "
+                            "\"int8/depthwise conv\"")
+    kw["class_scale"] = tuple(sorted((k, _num(v, f"class_scale.{k}", "x", where)) for k, v in cs.items()))
+    if any(v <= 0 for _, v in kw["class_scale"]):
+        raise BadInputError(f"{where} [class_scale]: scales must be > 0")
     return Profile(source=where, **kw)
 
 
@@ -196,7 +211,7 @@ def to_toml(p: Profile, comments: dict | None = None) -> str:
     comments = comments or {}
     lines = []
     for f in fields(Profile):
-        if f.name in ("budgets", "source", "efficiency"):
+        if f.name in ("budgets", "source", "efficiency", "class_scale"):
             continue
         v = getattr(p, f.name)
         val = f'"{v}"' if isinstance(v, str) else repr(v)
@@ -205,6 +220,9 @@ def to_toml(p: Profile, comments: dict | None = None) -> str:
     if p.efficiency:
         lines.append("\n[efficiency]")
         lines += [f"{k} = {v!r}" for k, v in p.efficiency]
+    if p.class_scale:
+        lines.append("\n[class_scale]")
+        lines += [f'"{k}" = {v!r}' for k, v in p.class_scale]
     lines.append("\n[budgets]")
     for f in fields(Budgets):
         v = getattr(p.budgets, f.name)

@@ -39,6 +39,7 @@ class LayerCost:
     weight_bytes: int
     act_in_bytes: int
     act_out_bytes: int
+    op_class: str = ""  # the per-op profiles' class (devices/estimate.py layer_rows fills it)
 
     @property
     def bytes_moved(self) -> int:

@@ -203,6 +203,31 @@ class Run:
         atomic_write_json(path, rec)
         return path
 
+    def add_op_profile(self, rec: dict) -> Path:
+        """A device's per-op profile of one shipped artifact (`bench --ops --ops-from/--device --profile`),
+        kept apart from the latency measurements: check and the mixed search fit per-class scales with it."""
+        for k in ("profile", "sha256", "size", "precision", "by_class"):
+            if rec.get(k) is None:
+                raise BadInputError(f"an op profile record needs {k!r}; got {sorted(rec)}")
+        rec = dict(rec, recorded=rec.get("recorded") or time.strftime("%Y-%m-%dT%H:%M:%S"))
+        path = self.measurements_dir / "ops" / (f"{rec['sha256'][:12]}_{rec['size'][0]}x{rec['size'][1]}_"
+                                                f"{_slug(rec['profile'])}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, rec)
+        return path
+
+    def op_profiles(self, profile: str | None = None) -> list[dict]:
+        d = self.measurements_dir / "ops"
+        out = []
+        for p in sorted(d.glob("*.json")) if d.is_dir() else []:
+            try:
+                rec = json.loads(p.read_text())
+            except json.JSONDecodeError:
+                continue
+            if profile is None or rec.get("profile") == profile:
+                out.append(dict(rec, record=str(p)))
+        return out
+
     def measurements(self) -> list[dict]:
         if not self.measurements_dir.is_dir():
             return []

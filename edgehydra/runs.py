@@ -20,7 +20,6 @@ from .data import Resize, TrainAugment, open_dataset
 from .errors import BadInputError
 from .run import Run
 from .registry import create_model
-from .run import Run
 from .train import EpochAugmented, TrainConfig, evaluate, fit, is_main
 
 DEFAULT_MODEL = {"synthroom": "hydranet_small", "nyud": "hydranet_nyud", "kitti": "hydranet_kitti"}

@@ -214,13 +214,29 @@ def _device_op_profile(art: Path, target: str, tmp_path: Path):
         prof_file = tmp_path / "benchmark_model_ops.txt"
         prof_file.write_text(log)
         tool = "benchmark_model"
-    r = CliRunner().invoke(cli, ["bench", "--artifact", str(art), "--ops", "--ops-from", str(prof_file)])
+    device = {"trtexec": "jetson_orin_nano_8gb", "benchmark_model": "pixel8pro_tensorg3"}[tool]
+    r = CliRunner().invoke(cli, ["bench", "--artifact", str(art), "--ops", "--ops-from", str(prof_file),
+                                 "--profile", device])
     assert r.exit_code == 0, (r.output, r.exception)
+    assert "op profile record" in r.output, r.output
     got = json.loads(Path(f"{art}.{prof_file.stem}.ops.json").read_text())
     assert got["mapped"] and got["runtime"] == tool, got.get("unmapped_reason")
     assert convs <= set(got["by_layer"]), convs - set(got["by_layer"])
     assert {d["stage"] for d in got["by_stage"]} >= {"encoder", "decoder", "head:segm", "head:depth"}
     assert read_tool_profile(prof_file)[0] == tool
+    # check reads it: the device's estimate takes per-class scales from it (the profile's budgets moved to
+    # this artifact's size, as a user's own profile would be)
+    import dataclasses
+
+    from edgehydra.devices.profile import load_profile, to_toml
+
+    p = load_profile(device)
+    mine = tmp_path / f"{device}.toml"
+    mine.write_text(to_toml(dataclasses.replace(p, budgets=dataclasses.replace(p.budgets, input_size=tuple(
+        json.loads(Path(str(art) + ".manifest.json").read_text())["size"])))))
+    r = CliRunner().invoke(cli, ["check", "--run", str(run), "--device", str(mine), "--json"])
+    lat = next(x for x in json.loads(r.output)[0]["rows"] if x["budget"] == "latency p50")
+    assert "per-class scales from 1 per-op profile(s) of the device" in lat["note"], lat["note"]
     # the same table printed by the tool on the stand-in device: bench --ops --device runs it with its
     # profiling flags and reads stdout (a profiling run is not recorded as a latency measurement)
     dev = tmp_path / "device"

@@ -519,3 +519,38 @@ def test_sustained_run_on_a_device_tool_started_per_window(tmp_path):
     from edgehydra.devices.sustained import plot
 
     assert plot(res, tmp_path / "s.png", "stand-in").stat().st_size > 0
+
+
+def test_class_scales_from_a_device_op_profile_reproduce_its_classes():
+    """fit_class_scales: each operator class the device's per-op profile times is scaled so the estimate of
+    that class equals the measurement (here depthwise 3x slower and convolutions 2x faster than the
+    roofline); a class it does not time keeps its estimate; the scales survive a TOML round trip."""
+    from edgehydra.devices.estimate import estimate, fit_class_scales
+
+    m = create_model("hydranet_tiny").eval()
+    p = load_profile("pixel8pro_tensorg3")
+    size = (64, 96)
+    base = estimate(m, p, "int8", size)
+    by = {}
+    for r in layer_rows(m, size, "int8"):
+        by.setdefault(r.op_class, []).append(r.name)
+    est_cls = {}
+    for lt, r in zip(base["layers"], layer_rows(m, size, "int8")):
+        est_cls[r.op_class] = est_cls.get(r.op_class, 0.0) + lt["ms"]
+    assert {"conv", "depthwise conv", "add", "max-pool", "upsample"} <= set(est_cls)
+    meas = {"depthwise conv": 3 * est_cls["depthwise conv"], "conv": 0.5 * est_cls["conv"],
+            "reformat (layout copy)": 0.01}
+    prof = {"size": list(size), "by_class": [{"op_class": k, "ms": v} for k, v in meas.items()]}
+    fitted, rep = fit_class_scales(m, p, prof, "int8")
+    assert fitted.scale_of("int8", "depthwise conv") == pytest.approx(3.0)
+    assert fitted.scale_of("int8", "conv") == pytest.approx(0.5)
+    assert fitted.scale_of("int8", "add") == 1.0 and fitted.scale_of("fp16", "conv") == 1.0
+    assert next(x for x in rep if x["op_class"] == "reformat (layout copy)")["note"] == "not in the model"
+    after = estimate(m, fitted, "int8", size)
+    want = base["total_ms"] - est_cls["depthwise conv"] - est_cls["conv"] + meas["depthwise conv"] + meas["conv"]
+    assert after["total_ms"] == pytest.approx(want)
+    from edgehydra.devices.profile import parse_profile
+    import tomllib
+
+    again = parse_profile(tomllib.loads(to_toml(fitted)), "round trip")
+    assert again.class_scale == fitted.class_scale
