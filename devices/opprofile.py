@@ -170,6 +170,15 @@ def aggregate(rows: list[dict], key: str) -> list[dict]:
                   key=lambda d: -d["ms"])
 
 
+def summarize(res: dict) -> dict:
+    """The sums every profile carries: total, by operator class, and (rows mapped to layers) by stage and layer."""
+    rows = res["rows"]
+    res.update(total_ms=sum(r["ms"] for r in rows), by_class=aggregate(rows, "op_class"))
+    if res["mapped"]:
+        res.update(by_stage=aggregate(rows, "stage"), by_layer=per_layer_ms(rows))
+    return res
+
+
 def per_layer_ms(mapped_rows: list[dict]) -> dict[str, float]:
     acc: dict[str, float] = defaultdict(float)
     for r in mapped_rows:
@@ -191,12 +200,8 @@ def profile_pte(pte: str | Path, lowered_module, size, runs: int = 20, tasks=("s
         torch.set_num_threads(prev)
     ep = torch.export.export(lowered_module, (torch.zeros(1, 3, *size),))
     res = map_rows(rows, graph_convs(ep), tasks)
-    res.update({"artifact": str(pte), "size": list(size), "runs": runs, "total_ms": sum(r["ms"] for r in rows),
-                "by_class": aggregate(res["rows"], "op_class")})
-    if res["mapped"]:
-        res["by_stage"] = aggregate(res["rows"], "stage")
-        res["by_layer"] = per_layer_ms(res["rows"])
-    return res
+    res.update({"artifact": str(pte), "size": list(size), "runs": runs})
+    return summarize(res)
 
 
 # onnxruntime operator types -> the classes the ExecuTorch profile uses
@@ -277,13 +282,9 @@ def profile_onnx(path: str | Path, size, runs: int = 20, tasks=("segm", "depth",
                      "op_class": cls, "precision": prec, "stage": stage_of(layer, tasks)})
     convs = [r for r in rows if r["op_class"].endswith("conv")]
     mapped = bool(convs) and all(r["layer"] not in ("", "input") for r in convs)
-    res = {"rows": rows, "mapped": mapped, "artifact": str(path), "size": list(size), "runs": runs,
-           "runtime": "onnxruntime", "total_ms": sum(r["ms"] for r in rows), "by_class": aggregate(rows, "op_class"),
-           "unmapped_reason": None if mapped else "the file carries no name-scope metadata for its convolutions"}
-    if mapped:
-        res["by_stage"] = aggregate(rows, "stage")
-        res["by_layer"] = per_layer_ms(rows)
-    return res
+    return summarize({"rows": rows, "mapped": mapped, "artifact": str(path), "size": list(size), "runs": runs,
+                      "runtime": "onnxruntime",
+                      "unmapped_reason": None if mapped else "the file carries no name-scope metadata for its convolutions"})
 
 
 def chart(profile: dict, path: Path, title: str = "") -> Path:

@@ -132,7 +132,7 @@ def _time(content: bytes | None, path: Path | None, threads: int, runs: int, war
 def profile_tflite(path: str | Path, size, runs: int = 20, tasks=("segm", "depth", "normals"), threads: int = 2,
                    warmup: int = 3) -> dict:
     """Each operator of the .tflite timed alone (see the module docstring), by layer, class and stage."""
-    from edgehydra.devices.opprofile import aggregate, per_layer_ms, stage_of
+    from edgehydra.devices.opprofile import stage_of, summarize
 
     path = Path(path)
     layers = op_layers(path)
@@ -146,12 +146,8 @@ def profile_tflite(path: str | Path, size, runs: int = 20, tasks=("segm", "depth
     whole = _time(None, path, threads, runs, warmup)
     convs = [r for r in rows if r["op_class"].endswith("conv")]
     mapped = bool(convs) and all(r["layer"] not in ("", "input") for r in convs)
-    res = {"rows": rows, "mapped": mapped, "artifact": str(path), "size": list(size), "runs": runs,
-           "runtime": "litert", "method": "each operator timed alone in a one-operator model cut from the file",
-           "total_ms": sum(r["ms"] for r in rows), "sum_ms": sum(r["ms"] for r in rows), "whole_ms": whole,
-           "by_class": aggregate(rows, "op_class"),
-           "unmapped_reason": None if mapped else "the file's tensor names carry no module paths for its convolutions"}
-    if mapped:
-        res["by_stage"] = aggregate(rows, "stage")
-        res["by_layer"] = per_layer_ms(rows)
-    return res
+    parts = sum(r["ms"] for r in rows)
+    return summarize({"rows": rows, "mapped": mapped, "artifact": str(path), "size": list(size), "runs": runs,
+                      "runtime": "litert", "method": "each operator timed alone in a one-operator model cut from the file",
+                      "sum_ms": parts, "whole_ms": whole,
+                      "unmapped_reason": None if mapped else "the file's tensor names carry no module paths for its convolutions"})

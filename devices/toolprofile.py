@@ -23,7 +23,7 @@ from pathlib import Path
 
 from edgehydra.errors import BadInputError
 
-from .opprofile import CONV_OPS, _ORT_CLASS, aggregate, op_class, op_precision, per_layer_ms, stage_of
+from .opprofile import CONV_OPS, _ORT_CLASS, op_class, op_precision, stage_of, summarize
 
 # ------------------------------------------------------------------------------------------ parsers
 
@@ -245,9 +245,5 @@ def profile_from_rows(artifact: Path, tool: str, rows: list[dict], tasks, lowere
         size = tuple(read_manifest(artifact)["size"])
         ep = torch.export.export(lowered_module, (torch.zeros(1, 3, *size),))
         res = map_rows(rows, graph_convs(ep), tasks)
-    res.update({"artifact": str(artifact), "runtime": tool, "device": device, "source": source,
-                "total_ms": sum(r["ms"] for r in res["rows"]), "by_class": aggregate(res["rows"], "op_class")})
-    if res["mapped"]:
-        res["by_stage"] = aggregate(res["rows"], "stage")
-        res["by_layer"] = per_layer_ms(res["rows"])
-    return res
+    res.update({"artifact": str(artifact), "runtime": tool, "device": device, "source": source})
+    return summarize(res)

@@ -96,7 +96,7 @@ def verify_run(run: Path, only: Path | None = None) -> list[dict]:
         entries = [e for e in entries if e.get("path") and (mf.parent / e["path"]).resolve() == Path(only).resolve()]
         if not entries:
             raise BadInputError(f"{only} is not listed in {mf}")
-    model, info, _, ds = open_source(Path(run), None, None, None)
+    model, info, _, ds = open_source(Path(run), None, None, None, with_program=False)
     programs = {}
     from edgehydra.data import Resize
     from edgehydra.runs import open_split

@@ -26,9 +26,11 @@ from .base import ExportRequest, ExportResult, Source, Tolerance, export_one
 PARITY_FRAMES = 8
 
 
-def open_source(run: Path | None, checkpoint: Path | None, program: Path | None, dataset: str | None):
+def open_source(run: Path | None, checkpoint: Path | None, program: Path | None, dataset: str | None,
+                with_program: bool = True):
     """FP32 model (+ quantised program) and the data they were made with. From a run alone: its record
-    knows the checkpoint (its own fp32.pt or the one a ptq/qat run started from), the data and the program."""
+    knows the checkpoint (its own fp32.pt or the one a ptq/qat run started from), the data and the program
+    (not loaded with ``with_program=False``: `verify` judges each artifact against its own program)."""
     from edgehydra.calibration.program import load_program
     from edgehydra.run import Run
 
@@ -36,7 +38,7 @@ def open_source(run: Path | None, checkpoint: Path | None, program: Path | None,
     if run is not None:
         r = Run(run)
         checkpoint = checkpoint or r.checkpoint()
-        program = program or r.program()
+        program = program or (r.program() if with_program else None)
         base = r.record().get("data")
     prog = load_program(program) if program is not None else None
     if checkpoint is None and prog is not None:
