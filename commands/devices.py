@@ -316,11 +316,11 @@ def _op_profile(artifact: Path, runs: int, threads: int, device: str = "host", o
     record = None
     if tag and profile_name and prof["mapped"]:
         # the device's own profile of a shipped artifact: check and the mixed search read it (per-class scales)
+        from edgehydra.devices.bench import shipped_entry
         from edgehydra.devices.remote import artifact_facts
 
         facts = artifact_facts(artifact)
-        listed = {e.get("sha256") for e in json.loads(run.export_manifest.read_text()).get("artifacts", [])}
-        if facts["sha256"] in listed:
+        if shipped_entry(run, artifact, facts["sha256"]) is not None:
             record = run.add_op_profile({**facts, "profile": profile_name, "device": prof.get("device"),
                                          "runtime": prof["runtime"], "source": prof.get("source"),
                                          "size": list(size), "total_ms": prof["total_ms"], "by_class": prof["by_class"],

@@ -180,6 +180,14 @@ def bench(path: Path, warmup: int = 5, runs: int = 30, threads: int = 2, provide
     return res
 
 
+def shipped_entry(run, path: Path, sha256: str | None) -> dict | None:
+    """The run's export-manifest entry for the artifact at ``path`` if it is that file (same sha256), else None:
+    only what ships is measured into the run."""
+    entry = next((e for e in json.loads(run.export_manifest.read_text()).get("artifacts", [])
+                  if e.get("path") and (run.export_dir / e["path"]).resolve() == Path(path).resolve()), None)
+    return entry if entry is not None and entry.get("sha256") == sha256 else None
+
+
 def record_measurement(path: Path, res: dict) -> Path | None:
     """Keep a measurement in the run its artifact belongs to (RUN/measurements/), where `check` reads it."""
     from edgehydra.run import run_of_artifact
@@ -187,10 +195,8 @@ def record_measurement(path: Path, res: dict) -> Path | None:
     run = run_of_artifact(path)
     if run is None:
         return None
-    # only what ships is measured into the run: the artifact its export manifest lists, by sha256
-    entry = next((e for e in json.loads(run.export_manifest.read_text()).get("artifacts", [])
-                  if e.get("path") and (run.export_dir / e["path"]).resolve() == Path(path).resolve()), None)
-    if entry is None or entry.get("sha256") != res.get("sha256"):
+    entry = shipped_entry(run, path, res.get("sha256"))
+    if entry is None:
         res["record_skipped"] = (f"{path} is not the artifact {run.export_manifest} lists (sha256 differs or it is not "
                                  "listed): the measurement was not added to the run")
         return None

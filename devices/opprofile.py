@@ -159,6 +159,12 @@ def map_rows(rows: list[dict], convs: list[tuple[str, bool]], tasks=("segm", "de
     return {"rows": out, "mapped": mapped, "unmapped_reason": why}
 
 
+def map_pte_rows(rows: list[dict], lowered_module, size, tasks) -> dict:
+    """ETDump rows on the layers of the module the .pte was lowered from (its exported graph's conv order)."""
+    ep = torch.export.export(lowered_module, (torch.zeros(1, 3, *size),))
+    return map_rows(rows, graph_convs(ep), tasks)
+
+
 def aggregate(rows: list[dict], key: str) -> list[dict]:
     acc = defaultdict(lambda: [0.0, 0])
     for r in rows:
@@ -198,8 +204,7 @@ def profile_pte(pte: str | Path, lowered_module, size, runs: int = 20, tasks=("s
         rows = etdump_rows(pte, torch.zeros(1, 3, *size), runs=runs)
     finally:
         torch.set_num_threads(prev)
-    ep = torch.export.export(lowered_module, (torch.zeros(1, 3, *size),))
-    res = map_rows(rows, graph_convs(ep), tasks)
+    res = map_pte_rows(rows, lowered_module, size, tasks)
     res.update({"artifact": str(pte), "size": list(size), "runs": runs})
     return summarize(res)
 

@@ -284,6 +284,10 @@ PARSERS = {"benchmark_model": parse_benchmark_model, "executor_runner": parse_ex
            "trtexec": parse_trtexec}  # tool (a plan's "tool") -> its output parser
 
 
+def _failed(transport: Transport, tool: str, r: Result):
+    raise EdgeHydraError(f"{transport.name}: {tool} exited {r.rc}: {(r.err or r.out).strip()[-300:]}")
+
+
 @contextmanager
 def _pushed(transport: Transport, artifact: Path, plan: dict, binary: str | None):
     """The artifact in a fresh work folder on the device and the tool found there: (remote path, tool path);
@@ -323,7 +327,7 @@ def remote_bench(transport: Transport, artifact: Path, binary: str | None = None
             argv = argv + plan["op_profile_flags"]
         r = transport.shell(argv, timeout=timeout)
         if r.rc != 0:
-            raise EdgeHydraError(f"{transport.name}: {tool} exited {r.rc}: {(r.err or r.out).strip()[-300:]}")
+            _failed(transport, tool, r)
         if op_profile:
             from .toolprofile import parse_benchmark_model_ops, parse_trtexec_profile
 
@@ -367,7 +371,7 @@ def remote_sustained(transport: Transport, artifact: Path, duration_s: float, bi
             argv = plan["argv"](exe, remote_art, threads, 1, warmup) + [f"--duration={max(1, math.ceil(duration_s))}"]
             r = transport.shell(argv, timeout=3 * duration_s + 900)  # the engine build comes first
             if r.rc != 0:
-                raise EdgeHydraError(f"{transport.name}: {tool} exited {r.rc}: {(r.err or r.out).strip()[-300:]}")
+                _failed(transport, tool, r)
             text = r.out + "\n" + r.err
             windows, summary = parse_trtexec_windows(text), parse_trtexec(text)
             if not windows:
@@ -383,7 +387,7 @@ def remote_sustained(transport: Transport, artifact: Path, duration_s: float, bi
                 argv = plan["argv"](exe, remote_art, threads, window_runs, warmup if first else 1)
                 r = transport.shell(argv, timeout=900)
                 if r.rc != 0:
-                    raise EdgeHydraError(f"{transport.name}: {tool} exited {r.rc}: {(r.err or r.out).strip()[-300:]}")
+                    _failed(transport, tool, r)
                 got = PARSERS[tool](r.out + "\n" + r.err)
                 n = int(got.get("runs") or window_runs)
                 windows.append({"t_s": now, "latency_ms": got["p50_ms"], "calls": n,

@@ -237,13 +237,9 @@ def profile_from_rows(artifact: Path, tool: str, rows: list[dict], tasks, lowere
     elif tool == "benchmark_model":
         res = map_benchmark_model(rows, artifact, tasks)
     else:
-        import torch
-
-        from .opprofile import graph_convs, map_rows
+        from .opprofile import map_pte_rows
         from edgehydra.exporters.runtime import read_manifest
 
-        size = tuple(read_manifest(artifact)["size"])
-        ep = torch.export.export(lowered_module, (torch.zeros(1, 3, *size),))
-        res = map_rows(rows, graph_convs(ep), tasks)
+        res = map_pte_rows(rows, lowered_module, tuple(read_manifest(artifact)["size"]), tasks)
     res.update({"artifact": str(artifact), "runtime": tool, "device": device, "source": source})
     return summarize(res)
