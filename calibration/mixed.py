@@ -97,10 +97,10 @@ class MixedBudgets:
 
 
 # ----------------------------------------------------------------------------------------- groups
-def groups_of(layers: list[str], depthwise: set[str], tasks) -> dict[str, list[str]]:
+def groups_of(layers: list[str], depthwise: set[str], tasks, units=()) -> dict[str, list[str]]:
     from edgehydra.devices.opprofile import stage_of
 
-    g = {"depthwise": [n for n in layers if n in depthwise]}
+    g = {"depthwise": [n for n in layers if n in depthwise], "decoder-ops": [n for n in layers if n in set(units)]}
     for st in ["encoder", "decoder"] + [f"head:{t}" for t in tasks]:
         g[st] = [n for n in layers if stage_of(n, tasks) == st]
     return {k: v for k, v in g.items() if v}
@@ -118,6 +118,25 @@ def encoder_prefixes(layers: list[str]) -> dict[str, list[str]]:
         names = [n for n in layers if (m := re.match(r"layer(\d+)\.", n + ".")) and int(m.group(1)) <= k]
         out[f"layer1-{k}" if k > 1 else "layer1"] = names
     return out
+
+
+def graph_order(ep, units) -> list[str]:
+    """Convolutions and op modules (``units``) in the exported graph's order, each once: the chain along which
+    float islands start and end (Space.boundary_ms)."""
+    from edgehydra.accounting import node_module_path
+    from edgehydra.devices.opprofile import UNIT_OPS
+
+    units, order = set(units), []
+    gm = ep.graph_module if hasattr(ep, "graph_module") else ep
+    for n in gm.graph.nodes:
+        if n.op != "call_function":
+            continue
+        path = node_module_path(n)
+        if n.target in (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default) or (
+                str(n.target) in UNIT_OPS and path in units):
+            if path and path not in order:
+                order.append(path)
+    return order
 
 
 # ----------------------------------------------------------------------------------------- latency
@@ -147,22 +166,38 @@ def host_layer_latency(model, program, size, runs: int = 20, threads: int = 2) -
             "convert_ms_per_elem": out.pop("convert_ms_per_elem", 0.0), "profiles": out}
 
 
-def estimated_layer_latency(model, profile, size) -> dict:
-    """Per-layer ms from the device profile's roofline, int8 and the float precision it computes."""
-    from edgehydra.devices.estimate import estimate
+def estimated_layer_latency(model, profile, size, int16: bool = False) -> dict:
+    """Per-layer ms from the device profile's roofline: int8, the float precision it computes, and with
+    ``int16`` W8A16 (int16 activations, int8 weights)."""
+    from edgehydra.devices.estimate import estimate, float_precision
 
-    fprec = "fp16" if profile.fp16_tflops > profile.fp32_tflops else "fp32"
+    fprec = float_precision(profile)
     e8, ef = estimate(model, profile, "int8", size), estimate(model, profile, fprec, size)
-    per = lambda e: {r["name"]: r["ms"] for r in e["layers"]}  # noqa: E731
+    extra = {}
+    if int16:
+        e16 = estimate(model, profile, "int16", size)
+        extra = {"int16": None, "int16_total_ms": e16["total_ms"],
+                 "int16_rate": (f"{profile.int16_tops} TOPS (the profile)" if profile.int16_tops is not None
+                                else f"{profile.int8_tops / 2:g} TOPS, half the int8 rate (the profile gives no int16_tops)")}
+    def per(e):  # a unit may have several rows (a CRP block's four sums, a fusion's adds and clamp): summed
+        out = {}
+        for r in e["layers"]:
+            out[r["name"]] = out.get(r["name"], 0.0) + r["ms"]
+        return out
+
+    if int16:
+        extra["int16"] = per(e16)
     return {"source": f"estimated from the {profile.name} profile", "float_precision": fprec,
-            "int8_total_ms": e8["total_ms"], "float_total_ms": ef["total_ms"], "int8": per(e8), "float": per(ef)}
+            "int8_total_ms": e8["total_ms"], "float_total_ms": ef["total_ms"], "int8": per(e8), "float": per(ef),
+            **extra}
 
 
 def conv_output_elems(model, size) -> dict[str, int]:
-    """Elements of each convolution's output at ``size`` (batch 1): what crosses an island's boundary."""
+    """Elements of each convolution's (and op module's) output at ``size`` (batch 1): what crosses an
+    island's boundary."""
     out, hooks = {}, []
     for n, m in model.named_modules():
-        if isinstance(m, torch.nn.Conv2d):
+        if isinstance(m, torch.nn.Conv2d) or getattr(m, "counted_in_graph", False):
             hooks.append(m.register_forward_hook(lambda mod, i, o, n=n: out.__setitem__(n, o.numel())))
     try:
         with torch.no_grad():
@@ -178,6 +213,9 @@ def weight_bytes(model, layers, float_bytes: int) -> dict[str, tuple[int, int]]:
     mods = dict(model.named_modules())
     out = {}
     for n in layers:
+        if getattr(mods[n], "weight", None) is None:  # an op module (an add, an upsampling): no weights
+            out[n] = (0, 0)
+            continue
         w = mods[n].weight
         b = mods[n].bias.numel() * 4 if mods[n].bias is not None else 0
         out[n] = (w.numel() + 4 * w.shape[0] + b, w.numel() * float_bytes + b)
@@ -194,9 +232,15 @@ class Candidate:
     size_mb: float
     measured: dict | None = None
     measured_latency_ms: float | None = None
+    int16: tuple[str, ...] = ()  # the layers in W8A16 (int16 activations, int8 weights)
+
+    @property
+    def key(self) -> tuple:
+        return self.keep_float, self.int16
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "keep_float": list(self.keep_float), "predicted": self.predicted,
+        return {"name": self.name, "keep_float": list(self.keep_float), "int16_layers": list(self.int16),
+                "predicted": self.predicted,
                 "latency_ms": self.latency_ms, "size_mb": self.size_mb, "measured": self.measured,
                 "measured_latency_ms": self.measured_latency_ms}
 
@@ -215,9 +259,10 @@ class Space:
 
     def __init__(self, all_q: dict, gains: dict[str, dict], lat: dict, sizes: dict, base_size_bytes: int,
                  order: list[str] | None = None, out_elems: dict[str, int] | None = None,
-                 convert_ms_per_elem: float = 0.0):
+                 convert_ms_per_elem: float = 0.0, gains16: dict[str, dict] | None = None):
         self.all_q, self.gains, self.lat, self.sizes, self.base = all_q, gains, lat, sizes, base_size_bytes
         self.order, self.out_elems, self.c = order or [], out_elems or {}, convert_ms_per_elem
+        self.gains16 = gains16 or {}  # layer -> what W8A16 there recovers, for the layers the format offers it
 
     def boundary_ms(self, keep) -> float:
         if not self.c or not self.order:
@@ -236,15 +281,22 @@ class Space:
         """ms saved by keeping n float (negative: float is slower)."""
         return self.lat["int8"].get(n, 0.0) - self.lat["float"].get(n, 0.0)
 
-    def candidate(self, name: str, keep) -> Candidate:
+    def lat_gain16(self, n: str) -> float:
+        """ms saved by running n in W8A16 instead of int8 (negative: it is slower)."""
+        return self.lat["int8"].get(n, 0.0) - self.lat["int16"].get(n, 0.0)
+
+    def candidate(self, name: str, keep, w16=()) -> Candidate:
         keep = tuple(sorted(set(keep)))
+        w16 = tuple(sorted(set(w16) - set(keep)))
         pred = {}
+        fin = lambda d, k: d.get(k, 0.0) if math.isfinite(d.get(k, 0.0)) else 0.0  # noqa: E731
         for k, v in self.all_q.items():
             if isinstance(v, (int, float)) and math.isfinite(v):
-                pred[k] = v + sum(self.gains[n].get(k, 0.0) for n in keep if math.isfinite(self.gains[n].get(k, 0.0)))
-        lat = self.lat["int8_total_ms"] - sum(self.lat_gain(n) for n in keep) + self.boundary_ms(keep)
-        size = self.base + sum(self.sizes[n][1] - self.sizes[n][0] for n in keep)
-        return Candidate(name, keep, pred, lat, size / 1e6)
+                pred[k] = v + sum(fin(self.gains[n], k) for n in keep) + sum(fin(self.gains16[n], k) for n in w16)
+        lat = (self.lat["int8_total_ms"] - sum(self.lat_gain(n) for n in keep) - sum(self.lat_gain16(n) for n in w16)
+               + self.boundary_ms(keep))
+        size = self.base + sum(self.sizes[n][1] - self.sizes[n][0] for n in keep)  # W8A16 weights stay int8
+        return Candidate(name, keep, pred, lat, size / 1e6, int16=w16)
 
 
 def deficit(c: Candidate, budgets: MixedBudgets, fp32: dict, with_latency: bool = False) -> float:
@@ -262,16 +314,19 @@ def benefit(c: Candidate, fp32: dict) -> float:
 
 
 def greedy_path(space: Space, layers: list[str], budgets: MixedBudgets, fp32: dict) -> list[Candidate]:
-    """From all-int8 to all-float, one layer at a time: free moves first, then the most budget deficit
-    (or, once the accuracy budgets are met, the most accuracy) bought per millisecond."""
+    """From all-int8, one layer at a time to float or (where the format offers it, ``space.gains16``) to
+    W8A16: free moves first, then the most budget deficit (or, once the accuracy budgets are met, the most
+    accuracy) bought per millisecond."""
     keep: list[str] = []
+    w16: list[str] = []
     path = [space.candidate("all-int8", ())]
     left = list(layers)
     while left:
         cur = path[-1]
         best, best_score = None, -math.inf
-        for n in left:
-            c = space.candidate("", keep + [n])
+        moves = [(n, "float") for n in left] + [(n, "int16") for n in left if n in space.gains16]
+        for n, prec in moves:
+            c = space.candidate("", keep + [n], w16) if prec == "float" else space.candidate("", keep, w16 + [n])
             cost = c.latency_ms - cur.latency_ms
             gain_def = deficit(cur, budgets, fp32) - deficit(c, budgets, fp32)
             gain_acc = benefit(c, fp32) - benefit(cur, fp32)
@@ -280,10 +335,11 @@ def greedy_path(space: Space, layers: list[str], budgets: MixedBudgets, fp32: di
             else:
                 score = (gain_def + 1e-3 * gain_acc) / max(cost, 1e-3)
             if score > best_score:
-                best, best_score = n, score
-        keep.append(best)
-        left.remove(best)
-        path.append(space.candidate(f"greedy+{len(keep)}", keep))
+                best, best_score = (n, prec), score
+        n, prec = best
+        (keep if prec == "float" else w16).append(n)
+        left.remove(n)
+        path.append(space.candidate(f"greedy+{len(keep) + len(w16)}", keep, w16))
     return path
 
 
@@ -295,6 +351,13 @@ def group_candidates(space: Space, groups: dict[str, list[str]], prefixes: dict[
     for r in range(1, len(names) + 1):
         for combo in itertools.combinations(names, r):
             out.append(space.candidate("+".join(combo), [n for g in combo for n in groups[g]]))
+            # and each group of the combination in W8A16 instead, where the format offers it for its members
+            can16 = [g for g in combo if any(n in space.gains16 for n in groups[g])]
+            for k in range(1, len(can16) + 1):
+                for sub in itertools.combinations(can16, k):
+                    w16 = [n for g in sub for n in groups[g] if n in space.gains16]
+                    keep = [n for g in combo for n in groups[g] if n not in w16]
+                    out.append(space.candidate("+".join(g + ("@w8a16" if g in sub else "") for g in combo), keep, w16))
     for p, members in (prefixes or {}).items():
         out.append(space.candidate(p, members))
         for h in (g for g in names if g.startswith("head:")):
@@ -314,5 +377,5 @@ def pareto(cands: list[Candidate], key=lambda c: c.predicted) -> list[Candidate]
         if not any(all(a <= b for a, b in zip(vs[j], vs[i])) and any(a < b for a, b in zip(vs[j], vs[i]))
                    for j in range(len(cands)) if j != i):
             front.append(c)
-    uniq = {c.keep_float: c for c in front}
+    uniq = {c.key: c for c in front}
     return sorted(uniq.values(), key=lambda c: c.latency_ms)

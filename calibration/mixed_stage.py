@@ -25,8 +25,8 @@ from edgehydra.runs import open_split, run_data_settings
 
 from .calibset import select_calibration
 from .mixed import (BudgetsNotMet, Candidate, MixedBudgets, Space, conv_output_elems, deficit, encoder_prefixes,
-                    estimated_layer_latency, greedy_path, group_candidates, groups_of, host_layer_latency, pareto,
-                    weight_bytes)
+                    estimated_layer_latency, graph_order, greedy_path, group_candidates, groups_of, host_layer_latency,
+                    pareto, weight_bytes)
 from .ptq import quantize_ptq
 from .recipe import load_recipe
 from .sensitivity import _delta, _metrics, select_layers, sweep
@@ -77,6 +77,24 @@ def nearest_misses(trials: list[Candidate], budgets: MixedBudgets, fp32: dict) -
     return rows
 
 
+def w8a16_of(fmt: str) -> tuple[tuple[str, ...], str]:
+    """(op classes, note) of the W8A16 layers this format builds: a fact of the target's record."""
+    from edgehydra.exporters import get_target, list_targets
+
+    return (get_target(fmt).w8a16_ops, get_target(fmt).w8a16_note) if fmt in list_targets() else ((), "")
+
+
+def unit_kinds(model) -> dict[str, str]:
+    """Each quantisable unit's op class, as the precision map names it: conv, add (fusions, CRP sums), upsample."""
+    from edgehydra.model import Upsample
+
+    out = {n: "conv" for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    for n, m in model.named_modules():
+        if getattr(m, "counted_in_graph", False):
+            out[n] = "upsample" if isinstance(m, Upsample) else "add"
+    return out
+
+
 def _lat(c: Candidate) -> float:
     return c.measured_latency_ms if c.measured_latency_ms is not None else c.latency_ms
 
@@ -98,18 +116,25 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
     ds = run_data_settings(run.checkpoint(), None, size, base=run.record().get("data"))
     train, val = open_split(ds, "train", Resize(size)), open_split(ds, "val", Resize(size))
     calib = select_calibration(train, calib_frames)
-    names = select_layers(model, layers)
+    names = select_layers(model, layers, ops=True)  # convolutions and the decoder's adds / upsamplings
     notes = []
     if profile.format != "executorch":  # what a kept-float layer becomes in this format (ExecuTorch: fp32 XNNPACK)
         notes.append(f"{profile.name} ships {profile.format}: a layer kept float runs as {float_in(profile.format)}")
+    # W8A16 is a precision of its own where the device's format builds it for the layer's op class
+    w16_ops, w16_note = w8a16_of(profile.format)
+    kinds = unit_kinds(model)
+    w16 = [n for n in names if kinds.get(n) in w16_ops]
+    if not w16:
+        notes.append(f"{profile.format} builds no W8A16 layer here ({w16_note}): each layer is int8 or float")
 
-    def measure(keep) -> dict:
-        q, _ = quantize_ptq(model, base.replace(keep_float=tuple(keep)), train, calib, size)
+    def measure(keep, int16=()) -> dict:
+        q, _ = quantize_ptq(model, base.replace(keep_float=tuple(keep), int16_layers=tuple(int16)), train, calib, size)
         return _metrics(q, val, model.config, frames)
 
     fp32 = _metrics(model, val, model.config, frames)
     all_q = measure(())
     gains = sweep(names, lambda n: _delta(measure((n,)), all_q), progress, label="per-layer accuracy")
+    gains16 = sweep(w16, lambda n: _delta(measure((), (n,)), all_q), progress, label="per-layer accuracy (W8A16)")
     if dist_info()[0] != 0:
         return {}
 
@@ -124,7 +149,9 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
         # the roofline fitted to what the run measured on the device (per-class scales from its per-op
         # profiles, efficiencies from whole-model runs), so each layer's gain is the device's, not a datasheet's
         fitted, used = calibrated_on_run(run, profile, model)
-        lat = estimated_layer_latency(model, fitted, size)
+        lat = estimated_layer_latency(model, fitted, size, int16=bool(w16))
+        if w16:
+            notes.append(f"W8A16 latency at {lat['int16_rate']}")
         if used:
             kinds = sorted({u.get("kind", "latency measurement") for u in used})
             lat["source"] += f", fitted to {len(used)} record(s) of this run ({', '.join(kinds)})"
@@ -133,12 +160,14 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
     conv_ids = {id(m) for m in model.modules() if isinstance(m, torch.nn.Conv2d)}
     others = sum(p.numel() * 4 for m in model.modules() if id(m) not in conv_ids for p in m.parameters(recurse=False))
     all_convs = weight_bytes(model, [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)], fbytes)
-    gconvs = graph_convs(torch.export.export(model.eval(), (torch.zeros(1, 3, *size),)))
-    dw = {n for n, d in gconvs if d}
-    space = Space(all_q, gains, lat, sizes, others + sum(v[0] for v in all_convs.values()), order=[n for n, _ in gconvs],
-                  out_elems=conv_output_elems(model, size), convert_ms_per_elem=lat.get("convert_ms_per_elem", 0.0))
+    ep = torch.export.export(model.eval(), (torch.zeros(1, 3, *size),))
+    dw = {n for n, d in graph_convs(ep) if d}
+    units = set(model.op_units())
+    space = Space(all_q, gains, lat, sizes, others + sum(v[0] for v in all_convs.values()),
+                  order=graph_order(ep, model.op_units()), out_elems=conv_output_elems(model, size),
+                  convert_ms_per_elem=lat.get("convert_ms_per_elem", 0.0), gains16=gains16)
     cands = greedy_path(space, names, budgets, fp32) + group_candidates(
-        space, groups_of(names, dw, model.config.tasks), encoder_prefixes(names))
+        space, groups_of(names, dw, model.config.tasks, model.op_units()), encoder_prefixes(names))
     front = pareto(cands)
 
     # Check the prediction by real PTQ + evaluation, fastest predicted-feasible first. On this host the
@@ -152,10 +181,10 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
     trials, seen, chosen = [], set(), None
     task = progress.add_task("check candidates", total=max_trials) if progress else None
     for c in order:
-        if c.keep_float in seen or len(trials) >= max_trials:
+        if c.key in seen or len(trials) >= max_trials:
             continue
-        seen.add(c.keep_float)
-        c.measured = all_q if not c.keep_float else measure(c.keep_float)
+        seen.add(c.key)
+        c.measured = all_q if not (c.keep_float or c.int16) else measure(c.keep_float, c.int16)
         trials.append(c)
         if progress:
             progress.advance(task)
@@ -187,13 +216,18 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
         "latency_source": lat["source"], "float_precision": lat["float_precision"],
         "fp32": fp32, "all_int8": all_q, "int8_total_ms": lat["int8_total_ms"], "float_total_ms": lat["float_total_ms"],
         "layers": [{"layer": n, "recovers": gains[n], "int8_ms": lat["int8"].get(n, 0.0),
-                    "float_ms": lat["float"].get(n, 0.0), "depthwise": n in dw} for n in names],
+                    "float_ms": lat["float"].get(n, 0.0), "depthwise": n in dw,
+                    "op": "op" if n in units else "conv", "kind": kinds.get(n),
+                    **({"recovers_w8a16": gains16[n], "int16_ms": lat["int16"].get(n, 0.0)} if n in gains16 else {})}
+                   for n in names],
+        "w8a16": {"format": profile.format, "op_classes": list(w16_ops), "layers": w16, "note": w16_note},
         "front": [c.to_dict() for c in front], "trials": [c.to_dict() for c in trials],
         "chosen": chosen.to_dict() if chosen else None, "meets_budgets": chosen_ok, "host_timing": timing,
         "notes": notes, "calibration_sha256": calib.sha256,
     }
     if chosen:
-        rec = base.replace(name=f"{base.name}-mixed-{profile.name}", keep_float=chosen.keep_float)
+        rec = base.replace(name=f"{base.name}-mixed-{profile.name}", keep_float=chosen.keep_float,
+                           int16_layers=chosen.int16)
         atomic_write_json(out / "recipe.json", rec.to_dict())
         report["recipe_file"] = str(out / "recipe.json")
     if not chosen_ok:

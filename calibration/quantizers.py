@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from edgehydra.accounting import node_module_path  # noqa: F401  (re-exported: the exporters use it)
 from edgehydra.errors import require
 from edgehydra.quiet import quiet_imports
 
@@ -34,15 +35,6 @@ class Translation:
 
     def to_dict(self) -> dict:
         return {"backend": self.backend, "recipe": self.recipe.name, "issues": self.issues, "notes": self.notes}
-
-
-def node_module_path(node) -> str:
-    """The fully-qualified module name a graph node came from ('' if none)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    path, _ = list(stack.values())[-1]
-    return str(path).removeprefix("L['self'].").replace("L__self___", "")
 
 
 def keep_float_match(path: str, patterns) -> bool:
@@ -103,6 +95,63 @@ def _keep_float_quantizer(inner, patterns: tuple[str, ...], Quantizer):
             return self.inner.validate(model)
 
     return KeepFloat()
+
+
+def _is_int8_activation(spec) -> bool:
+    from torchao.quantization.pt2e.quantizer import QuantizationSpec
+
+    # activations span -128..127 per tensor; weights are symmetric -127..127 (per channel or tensor)
+    return isinstance(spec, QuantizationSpec) and spec.dtype == torch.int8 and spec.quant_min == -128
+
+
+def _int16_quantizer(inner, patterns: tuple[str, ...], act16, Quantizer):
+    """Annotate with ``inner``, then give the nodes of the ``patterns`` modules int16 activations (W8A16):
+    the tensors a matched layer reads, quantised int16 where they are made (the producing unit's output,
+    else on the edge), and its own output where its unit ends, which for a conv+ReLU6 or add+ReLU6 unit is
+    the clamp after it (annotate_conv_relu6), wherever that clamp's module is. Weights stay int8. Where an
+    int16 tensor also feeds an int8 layer, prepare_pt2e requantises on that edge (int16 to int8 loses
+    nothing the int8 layer would have had). Quantising the input at its producer matters: an int8 tensor
+    requantised to int16 keeps the int8 steps, so a layer whose input range is the problem gains nothing."""
+
+    class Int16(Quantizer):
+        def __init__(self):
+            super().__init__()
+            self.matched = set()
+
+        def transform_for_annotation(self, model):
+            return inner.transform_for_annotation(model)
+
+        def annotate(self, model):
+            model = inner.annotate(model)
+            key = "quantization_annotation"
+            for node in model.graph.nodes:
+                path = node_module_path(node)
+                ann = node.meta.get(key)
+                if not path or ann is None or not keep_float_match(path, patterns):
+                    continue
+                self.matched.add(path)
+                for arg, spec in list(ann.input_qspec_map.items()):
+                    if _is_int8_activation(spec):
+                        ann.input_qspec_map[arg] = act16
+                        src = arg.meta.get(key) if hasattr(arg, "meta") else None
+                        if src is not None and _is_int8_activation(src.output_qspec):
+                            src.output_qspec = act16
+                end = node  # follow the unit (batch norm in QAT graphs, the clamp) to the node holding its output spec
+                while True:
+                    a = end.meta.get(key)
+                    if a is not None and _is_int8_activation(a.output_qspec):
+                        a.output_qspec = act16
+                        break
+                    nxt = list(end.users)
+                    if len(nxt) != 1 or str(nxt[0].target) not in _HARDTANH + _BATCH_NORM:
+                        break
+                    end = nxt[0]
+            return model
+
+        def validate(self, model):
+            return inner.validate(model)
+
+    return Int16()
 
 
 _HARDTANH = ("aten.hardtanh.default", "aten.hardtanh_.default")
@@ -206,8 +255,13 @@ def _specs(recipe: Recipe, is_qat: bool):
             ctr = CalibratedFakeQuantize.with_args(observer=ctr)
         bits = 8 if recipe.act_dtype == "int8" else 16
         qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        # int16 activations are symmetric (zero point 0): LiteRT's int16x8 kernels require it (its converter
+        # rejects an int16 ADD with a zero point), and 15 bits of a ReLU6 range still step by 0.0002
+        symmetric = recipe.act_symmetric or bits == 16
+        if bits == 16:
+            qmin = -qmax
         act = QuantizationSpec(dtype=torch.int8 if bits == 8 else torch.int16, quant_min=qmin, quant_max=qmax,
-                               qscheme=torch.per_tensor_symmetric if recipe.act_symmetric else torch.per_tensor_affine,
+                               qscheme=torch.per_tensor_symmetric if symmetric else torch.per_tensor_affine,
                                is_dynamic=False, observer_or_fake_quant_ctr=ctr)
     per_channel = recipe.weight_granularity == "per_channel"
     if is_qat:
@@ -219,6 +273,13 @@ def _specs(recipe: Recipe, is_qat: bool):
                               qscheme=torch.per_channel_symmetric if per_channel else torch.per_tensor_symmetric,
                               ch_axis=0, is_dynamic=False, observer_or_fake_quant_ctr=wctr)
     return act, weight
+
+
+def _w8a16_of(target: str) -> tuple[tuple[str, ...], str]:
+    """What the export target's record says of int16 activations: (op classes it builds, note)."""
+    from edgehydra.exporters import get_target, list_targets
+
+    return (get_target(target).w8a16_ops, get_target(target).w8a16_note) if target in list_targets() else ((), "")
 
 
 def translate(recipe: Recipe, backend: str = "xnnpack", is_qat: bool = False, target: str | None = None) -> Translation:
@@ -249,13 +310,11 @@ def translate(recipe: Recipe, backend: str = "xnnpack", is_qat: bool = False, ta
             notes.append("conv+ReLU6 and add+ReLU6 quantised as units (XNNPACKQuantizer fuses only ReLU); "
                          "XNNPACK runs each clamp inside the int8 conv, and each add's in its output range "
                          "(the ExecuTorch exporter drops the then-redundant clamp)")
-        if recipe.act_dtype == "int16":
-            issues.append("act_dtype=int16: XNNPACK has no int16-activation kernels; those ops are not delegated "
-                          "and run on ExecuTorch's portable CPU kernels")
-        if target == "coreml" and recipe.act_dtype == "int16":
-            issues.append("act_dtype=int16: Core ML's W8A8 path needs int8 activations; use w8a8 for Core ML")
+        if recipe.act_dtype == "int16" and target is not None and _w8a16_of(target)[1]:
+            ops, note = _w8a16_of(target)
+            (notes if ops == ("conv", "add", "upsample", "max_pool") else issues).append(f"act_dtype=int16: {note}")
         if target == "onnx" and recipe.act_dtype == "int16":
-            notes.append("int16 QDQ needs ONNX opset >= 21")
+            notes.append("int16 QDQ needs ONNX opset >= 21 (the exporter picks 21)")
         if target == "coreml" and not recipe.weight_only:
             notes.append("Core ML consumes signed int8 activations (a quint8 configuration fails to convert at the "
                          "CRP residual adds), which is what this quantizer produces")
@@ -288,6 +347,14 @@ def translate(recipe: Recipe, backend: str = "xnnpack", is_qat: bool = False, ta
             issues.append(f"keep_float={list(recipe.keep_float)}: TFLite tensor names do not carry module paths; "
                           "every supported op is quantised")
         return Translation(backend, recipe, inner, issues, notes)
+    if recipe.int16_layers:
+        act16, _ = _specs(recipe.replace(act_dtype="int16", int16_layers=()), is_qat)
+        inner = _int16_quantizer(inner, recipe.int16_layers, act16, Quantizer)
+        notes.append(f"int16 activations, int8 weights (W8A16): {', '.join(recipe.int16_layers)}")
+        if target is not None:
+            ops, note = _w8a16_of(target)
+            if note:  # a format that builds none of them cannot honour the recipe; one that builds some says which
+                (notes if ops else issues).append(f"int16_layers={list(recipe.int16_layers)}: {note}")
     q = _keep_float_quantizer(inner, recipe.keep_float, Quantizer) if recipe.keep_float else inner
     if recipe.keep_float:
         notes.append(f"kept in floating point: {', '.join(recipe.keep_float)}")

@@ -46,6 +46,10 @@ class Recipe:
     range_search: str = "mse"  # histogram only: mse or percentile; none for the min/max observers
     percentile: float = 99.99
     keep_float: tuple[str, ...] = ()  # module names or fnmatch patterns, e.g. "segm", "pre_*", "crp1.*"
+    # W8A16 per layer: these layers' activations (inputs and output) in int16, their weights int8. Where the
+    # format computes it (ONNX QDQ at opset 21, LiteRT's int16x8 kernels; Hexagon's HTP natively); the
+    # ExecuTorch (XNNPACK) and Core ML exports refuse it, naming the layers (calibration/quantizers.py).
+    int16_layers: tuple[str, ...] = ()
     qat: QATSchedule = field(default_factory=QATSchedule)
 
     def __post_init__(self):
@@ -69,6 +73,14 @@ class Recipe:
         if isinstance(self.keep_float, str):
             raise ValueError("recipe.keep_float: a list of module names or patterns, not a string")
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
+        if isinstance(self.int16_layers, str):
+            raise ValueError("recipe.int16_layers: a list of module names or patterns, not a string")
+        object.__setattr__(self, "int16_layers", tuple(self.int16_layers))
+        both = sorted(set(self.keep_float) & set(self.int16_layers))
+        if both:
+            raise ValueError(f"recipe: {both} both in keep_float and int16_layers; a layer has one precision")
+        if self.int16_layers and self.act_dtype != "int8":
+            raise ValueError(f"recipe.int16_layers needs act_dtype='int8' (the rest of the model), got {self.act_dtype!r}")
         if isinstance(self.qat, dict):
             object.__setattr__(self, "qat", QATSchedule(**self.qat))
         if not self.name or not isinstance(self.name, str):
@@ -81,6 +93,7 @@ class Recipe:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["keep_float"] = list(self.keep_float)
+        d["int16_layers"] = list(self.int16_layers)
         return d
 
     def to_json(self) -> str:
@@ -153,11 +166,12 @@ def check_layers(recipe: Recipe, model) -> None:
         return
     names = [n for n, _ in model.named_modules() if n]
     heads = {"segm", "depth", "normals", "normal"} - set(getattr(model.config, "tasks", ()))
-    for pat in recipe.keep_float:
+    for pat in recipe.keep_float + recipe.int16_layers:
+        field = "keep_float" if pat in recipe.keep_float else "int16_layers"
         if any(n == pat or n.startswith(pat + ".") or fnmatch.fnmatchcase(n, pat) for n in names):
             continue
         if pat.removeprefix("pre_") in heads:
             continue
         close = difflib.get_close_matches(pat, names, n=4, cutoff=0.5)
-        raise BadInputError(f"recipe {recipe.name!r}: keep_float {pat!r} names no layer of this model"
+        raise BadInputError(f"recipe {recipe.name!r}: {field} {pat!r} names no layer of this model"
                             + (f"; close: {', '.join(close)}" if close else ""))

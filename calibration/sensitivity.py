@@ -29,19 +29,27 @@ def conv_layers(model) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
 
 
-def select_layers(model, layers: str | None) -> list[str]:
-    """Conv layers matching comma-separated names or fnmatch patterns; a pattern matching nothing is
-    refused with the closest names (a typo would otherwise sweep nothing and propose nothing)."""
+def quant_units(model) -> list[str]:
+    """Every quantisable unit with a name: the convolutions, then the decoder's op modules (its skip
+    fusions "fuse4".."fuse1", upsamplings "up4".."up2" and CRP sums "crp2.0.sum", HydraNet.op_units)."""
+    units = model.op_units() if hasattr(model, "op_units") else []
+    return conv_layers(model) + units
+
+
+def select_layers(model, layers: str | None, ops: bool = False) -> list[str]:
+    """Conv layers (and with ``ops`` the decoder's op modules, ``quant_units``) matching comma-separated
+    names or fnmatch patterns; a pattern matching nothing is refused with the closest names (a typo would
+    otherwise sweep nothing and propose nothing)."""
     import difflib
 
-    names = conv_layers(model)
+    names = quant_units(model) if ops else conv_layers(model)
     if not layers:
         return names
     pats = [p.strip() for p in layers.split(",") if p.strip()]
     for p in pats:
         if not any(n == p or fnmatch.fnmatchcase(n, p) or n.startswith(p + ".") for n in names):
             close = difflib.get_close_matches(p, names, n=4, cutoff=0.5)
-            raise BadInputError(f"layer {p!r} matches no convolution"
+            raise BadInputError(f"layer {p!r} matches no convolution" + (" or op module" if ops else "")
                                 + (f"; close: {', '.join(close)}" if close else f"; e.g. {', '.join(names[-4:])}"))
     return [n for n in names if any(n == p or fnmatch.fnmatchcase(n, p) or n.startswith(p + ".") for p in pats)]
 

@@ -20,7 +20,7 @@ from edgehydra.checkpoint import load_checkpoint
 from edgehydra.errors import BadInputError
 from edgehydra.run import Run
 
-from .estimate import estimate
+from .estimate import estimate, estimate_assigned
 from .profile import Profile, load_profile
 
 ORDER = {"int8": 0, "fp16": 1, "w8": 2, "fp32": 3}
@@ -142,6 +142,28 @@ def _not_judged(run: Run, profile: Profile, have: list[dict]) -> dict:
             "reason": f"{profile.name} budgets {h}x{w} input and {what}: not judged. Make one: {cmd}"}
 
 
+def layer_precisions(run: Run, a: dict, profile: Profile) -> dict[str, str]:
+    """{module path: estimate precision} of the layers of int8 artifact ``a`` that its precision map says do
+    not run int8: float layers at the device's float precision, W8A16 layers at int16. {} for a uniform one."""
+    from .estimate import float_precision
+
+    if a["precision"] != "int8":
+        return {}
+    try:
+        own = json.loads((run.export_dir / (a["path"] + ".manifest.json")).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    fl = float_precision(profile)
+    out = {}
+    for r in (own.get("precision_map") or {}).get("layers", []):
+        p = r.get("precision", "")
+        if p in ("fp32", "fp16"):
+            out[r["layer"]] = fl
+        elif p == "int16":
+            out[r["layer"]] = "int16"
+    return out
+
+
 def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None = None, fit_to_run: bool = True) -> dict:
     """One device's verdict on the run's artifact at its budget's size. ``fit_to_run``: fit the profile's
     efficiencies to the run's measurements on that device first (off for a profile already calibrated on
@@ -163,7 +185,9 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
     # the estimate (the latency rows' source when this artifact was not measured on the device, and the int8 vs
     # fp16 comparison) comes from the profile fitted to everything the run measured on that device
     cal, used = calibrated_on_run(run, profile, model) if fit_to_run else (profile, [])
-    est = estimate(model, cal, est_prec, size)
+    mixed = layer_precisions(run, a, profile)
+    # a mixed-precision artifact is estimated as it ships: each layer at the precision its map says
+    est = estimate_assigned(model, cal, est_prec, size, mixed) if mixed else estimate(model, cal, est_prec, size)
     metrics, msrc = _metrics_for(a, run)
     hw = f"{size[0]}x{size[1]}"
     if meas:
@@ -180,7 +204,9 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
         ops_used = [u for u in used if u.get("kind") == "op profile"]
         src = f"estimated at {hw} ({profile.name} roofline" + (
             f", fitted to {len(lat_used)} measurement(s) of this run on {lat_used[0]['device']}" if lat_used else "") + (
-            f", per-class scales from {len(ops_used)} per-op profile(s) of the device" if ops_used else "") + ")"
+            f", per-class scales from {len(ops_used)} per-op profile(s) of the device" if ops_used else "") + (
+            ", per layer as its precision map says: " + ", ".join(
+                f"{n} at {p}" for p, n in sorted(est["per_layer"].items()) if p != est_prec) if mixed else "") + ")"
         lat, lat90, peak = est["total_ms"], est["total_ms"], None
     rows = [
         row("latency p50", b.latency_p50_ms, lat, "ms", note=src),

@@ -80,6 +80,29 @@ def estimate(model, profile: Profile, precision: str, size) -> dict:
     return res
 
 
+def float_precision(profile: Profile) -> str:
+    """The precision a device computes a layer kept float in: fp16 where its fp16 rate beats fp32 (GPUs, NPUs)."""
+    return "fp16" if profile.fp16_tflops > profile.fp32_tflops else "fp32"
+
+
+def estimate_assigned(model, profile: Profile, precision: str, size, per_layer: dict[str, str]) -> dict:
+    """The estimate of a mixed-precision artifact: each layer at its own precision (``per_layer``: module path
+    -> int8 / int16 / fp16 / fp32, as its precision map says), every other layer at ``precision``."""
+    rows = layer_rows(model, size, precision)
+    ests = {p: estimate_rows(layer_rows(model, size, p), profile, p)
+            for p in set(per_layer.values()) | {precision}}
+    layers = []
+    for i, r in enumerate(rows):
+        p = per_layer.get(r.name, precision)
+        layers.append(dict(ests[p]["layers"][i], precision=p))
+    total = sum(lt["ms"] for lt in layers) + profile.overhead_ms
+    return {"device": profile.name, "precision": precision, "total_ms": total, "overhead_ms": profile.overhead_ms,
+            "compute_bound_ms": sum(lt["ms"] for lt in layers if lt["bound"] == "compute"),
+            "memory_bound_ms": sum(lt["ms"] for lt in layers if lt["bound"] == "memory"),
+            "layers": layers, "size": list(size),
+            "per_layer": {p: sum(1 for lt in layers if lt["precision"] == p) for p in ests}}
+
+
 def fit_efficiencies(model, profile: Profile, measurements: list[dict]) -> tuple[Profile, dict]:
     """Fit per-precision compute efficiency, bandwidth efficiency and overhead to measured p50s.
 

@@ -137,8 +137,33 @@ def etdump_file_rows(path: str | Path, runs: int | None = None) -> list[dict]:
     return rows
 
 
-def map_rows(rows: list[dict], convs: list[tuple[str, bool]], tasks=("segm", "depth", "normals")) -> dict:
-    """Attach layer, op class, precision and stage to each operator row (see the module docstring)."""
+UNIT_OPS = {"aten.add.Tensor": "add", "aten.upsample_bilinear2d.vec": "upsample",
+             "aten.upsample_bilinear2d.default": "upsample"}
+
+
+def graph_unit_ops(module, units) -> list[tuple[str, str]]:
+    """(op class, module path) of each add and upsample of the exported graph of ``module``, in graph order;
+    the path is kept where it is one of ``units`` (HydraNet.op_units: fusions, upsamplings, CRP sums), else ''."""
+    from edgehydra.calibration.quantizers import node_module_path
+
+    gm = module.graph_module if hasattr(module, "graph_module") else module
+    units = set(units)
+    out = []
+    for n in gm.graph.nodes:
+        cls = UNIT_OPS.get(str(n.target)) if n.op == "call_function" else None
+        if cls:
+            path = node_module_path(n)
+            out.append((cls, path if path in units else ""))
+    return out
+
+
+def map_rows(rows: list[dict], convs: list[tuple[str, bool]], tasks=("segm", "depth", "normals"),
+             unit_ops: list[tuple[str, str]] | None = None) -> dict:
+    """Attach layer, op class, precision and stage to each operator row (see the module docstring).
+
+    With ``unit_ops`` (graph_unit_ops), the k-th add / upsample operator goes to the k-th add / upsample
+    node's op module where it has one (a fusion "fuse3", an upsampling "up4", a CRP sum "crp2.0.sum"),
+    checked per class by count like the convolutions (a class whose counts differ keeps the rule above)."""
     conv_rows = [r for r in rows if r["event"].startswith(CONV_OPS)]
     mapped = len(conv_rows) == len(convs) and all(
         ("DWConv" in r["event"]) <= dw for r, (_, dw) in zip(conv_rows, convs))
@@ -146,15 +171,26 @@ def map_rows(rows: list[dict], convs: list[tuple[str, bool]], tasks=("segm", "de
     if not mapped:
         why = (f"{len(conv_rows)} convolution operators in the profile, {len(convs)} conv2d in the graph"
                if len(conv_rows) != len(convs) else "a depthwise operator fell on a dense convolution")
-    k, layer = 0, "input"
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for cls, path in unit_ops or ():
+        by_class[cls].append(path)
+    counts = defaultdict(int)
+    for r in rows:
+        counts[op_class(r["event"])] += 1
+    unit_classes = {c for c, paths in by_class.items() if counts[c] == len(paths)}
+    k, layer, seen = 0, "input", defaultdict(int)
     out = []
     for r in rows:
         if mapped and r["event"].startswith(CONV_OPS):
             layer = convs[k][0]
             k += 1
-        r = dict(r, op_class=op_class(r["event"]), precision=op_precision(r["event"]))
+        cls = op_class(r["event"])
+        r = dict(r, op_class=cls, precision=op_precision(r["event"]))
         if mapped:
-            r["layer"], r["stage"] = layer, stage_of(layer, tasks)
+            own = by_class[cls][seen[cls]] if cls in unit_classes else ""
+            r["layer"] = own or layer
+            r["stage"] = stage_of(r["layer"], tasks)
+        seen[cls] += 1
         out.append(r)
     return {"rows": out, "mapped": mapped, "unmapped_reason": why}
 
@@ -162,7 +198,26 @@ def map_rows(rows: list[dict], convs: list[tuple[str, bool]], tasks=("segm", "de
 def map_pte_rows(rows: list[dict], lowered_module, size, tasks) -> dict:
     """ETDump rows on the layers of the module the .pte was lowered from (its exported graph's conv order)."""
     ep = torch.export.export(lowered_module, (torch.zeros(1, 3, *size),))
-    return map_rows(rows, graph_convs(ep), tasks)
+    return map_rows(rows, graph_convs(ep), tasks, graph_unit_ops(ep, op_units_of(lowered_module)))
+
+
+OP_UNIT_TYPES = ("edgehydra.model.Fuse", "edgehydra.model.Sum", "edgehydra.model.Upsample")
+
+
+def op_units_of(module) -> list[str]:
+    """The op modules (HydraNet.op_units) of a HydraNet, or of a pt2e program converted from one (read from
+    the module types its nodes' nn_module_stack records)."""
+    if hasattr(module, "op_units"):
+        return module.op_units()
+    gm = module.graph_module if hasattr(module, "graph_module") else module
+    out = set()
+    for n in gm.graph.nodes:
+        stack = n.meta.get("nn_module_stack") or {}
+        if stack:
+            path, typ = list(stack.values())[-1]
+            if str(typ) in OP_UNIT_TYPES or getattr(typ, "__qualname__", "") in ("Fuse", "Sum", "Upsample"):
+                out.add(str(path).removeprefix("L['self'].").replace("L__self___", ""))
+    return sorted(out)
 
 
 def aggregate(rows: list[dict], key: str) -> list[dict]:

@@ -60,6 +60,9 @@ class Profile:
     # "int8/depthwise conv" = 1.8): how much slower (> 1) or faster than the roofline a class runs on
     # this device. Fitted from the device's own per-op profile (`bench --ops --ops-from ... --profile`).
     class_scale: tuple[tuple[str, float], ...] = ()
+    # Optional W8A16 rate (int8 weights x int16 activations), TOPS. Unset: half the int8 rate, i.e. the
+    # 16-bit activations taking two passes through the int8 MAC arrays; the estimate says when it assumed it.
+    int16_tops: float | None = None
 
     def scale_of(self, precision: str, op_class: str) -> float:
         return dict(self.class_scale).get(f"{precision}/{op_class}", 1.0)
@@ -69,7 +72,8 @@ class Profile:
 
     def peak_ops(self, precision: str) -> float:
         """Peak multiply-accumulates per second at a precision (1 MAC = 2 ops)."""
-        per = {"int8": self.int8_tops, "fp16": self.fp16_tflops, "fp32": self.fp32_tflops}[precision]
+        per = {"int8": self.int8_tops, "fp16": self.fp16_tflops, "fp32": self.fp32_tflops,
+               "int16": self.int16_tops if self.int16_tops is not None else self.int8_tops / 2}[precision]
         return per * 1e12 / 2
 
     def to_dict(self) -> dict:
@@ -104,7 +108,7 @@ def _num(v, key, unit, where) -> float:
 
 def parse_profile(data: dict, where: str) -> Profile:
     top = set(_STR) | set(_NUM) | {"threads", "budgets"}
-    optional = {"efficiency", "class_scale"}
+    optional = {"efficiency", "class_scale", "int16_tops"}
     unknown = sorted(set(data) - top - optional)
     if unknown:
         raise BadInputError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(top))})")
@@ -149,6 +153,8 @@ def parse_profile(data: dict, where: str) -> Profile:
     if bkw["latency_p90_ms"] < bkw["latency_p50_ms"]:
         raise BadInputError(f"{bw}: latency_p90_ms ({bkw['latency_p90_ms']}) is below latency_p50_ms ({bkw['latency_p50_ms']})")
     kw["budgets"] = Budgets(input_size=tuple(size), **bkw)
+    if "int16_tops" in data:
+        kw["int16_tops"] = _num(data["int16_tops"], "int16_tops", "TOPS", where)
     eff = data.get("efficiency", {})
     if not isinstance(eff, dict) or set(eff) - set(PRECISIONS):
         raise BadInputError(f"{where} [efficiency]: keys must be among {', '.join(PRECISIONS)}")
@@ -214,6 +220,8 @@ def to_toml(p: Profile, comments: dict | None = None) -> str:
         if f.name in ("budgets", "source", "efficiency", "class_scale"):
             continue
         v = getattr(p, f.name)
+        if v is None:  # an optional figure not given
+            continue
         val = f'"{v}"' if isinstance(v, str) else repr(v)
         c = f"  # {comments[f.name]}" if f.name in comments else ""
         lines.append(f"{f.name} = {val}{c}")

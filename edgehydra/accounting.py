@@ -70,6 +70,10 @@ def count_layers(model: nn.Module, size: tuple[int, int], precision: str = "fp32
 
     def hook(mod, inputs, output):
         x = inputs[0]
+        if getattr(mod, "counted_in_graph", False):  # model.Fuse/Sum/Upsample: functional ops, counted from the graph,
+            if not getattr(mod, "clamp", False):     # except a fusion's ReLU6 clamp, counted as the module it was
+                return
+            x = output
         out_el = _numel(output)
         macs, other = 0, 0
         params = sum(p.numel() for p in mod.parameters(recurse=False))
@@ -84,7 +88,8 @@ def count_layers(model: nn.Module, size: tuple[int, int], precision: str = "fp32
             other = out_el
             if isinstance(mod, nn.BatchNorm2d):
                 wbytes = 0  # folded into the preceding conv on every export target
-        rows.append(LayerCost(names.get(mod, type(mod).__name__), type(mod).__name__, tuple(output.shape), macs, other,
+        kind = "ReLU6" if getattr(mod, "clamp", False) else type(mod).__name__
+        rows.append(LayerCost(names.get(mod, type(mod).__name__), kind, tuple(output.shape), macs, other,
                               params, wbytes, _numel(x) * b, out_el * b))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if len(list(m.children())) == 0]
@@ -99,6 +104,15 @@ def count_layers(model: nn.Module, size: tuple[int, int], precision: str = "fp32
         model.train(was_training)
     rows.extend(_functional_extra(model, size, batch, b))
     return rows
+
+
+def node_module_path(node) -> str:
+    """The fully-qualified module name a graph node came from ('' if none)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path, _ = list(stack.values())[-1]
+    return str(path).removeprefix("L['self'].").replace("L__self___", "")
 
 
 def _functional_extra(model: nn.Module, size, batch: int, b: int) -> list[LayerCost]:
@@ -129,7 +143,8 @@ def _functional_extra(model: nn.Module, size, batch: int, b: int) -> list[LayerC
         kind = "Upsample" if "upsample" in name else "Add"
         # bilinear: 4 taps, 3 lerps ~ 7 ops per output element; add: 1
         ops = el * (7 if kind == "Upsample" else 1)
-        rows.append(LayerCost(f"{kind.lower()}:{node.name}", kind, tuple(val.shape), 0, ops, 0, 0, ins * b, el * b))
+        # named by the module the op belongs to ("fuse3", "crp2.0.sum", "layer3.1"), else by its node
+        rows.append(LayerCost(node_module_path(node) or f"{kind.lower()}:{node.name}", kind, tuple(val.shape), 0, ops, 0, 0, ins * b, el * b))
     return rows
 
 

@@ -120,6 +120,39 @@ class InvertedResidualBlock(nn.Module):
         return out + x if self.residual else out
 
 
+class Fuse(nn.Module):
+    """The decoder's skip fusion: sum of its inputs, then ReLU6. A module with no parameters (the
+    published checkpoints' keys are unchanged) so that the fusion has a name of its own ("fuse3"): a
+    recipe can keep it float, the per-op profiles charge its add to it, and the precision map names it."""
+
+    counted_in_graph = True  # accounting counts its adds from the exported graph; the clamp as a ReLU6
+    clamp = True
+
+    def forward(self, *xs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x
+        return F.hardtanh(out, 0.0, 6.0)
+
+
+class Sum(nn.Module):
+    """An element-wise add with a name (a CRP block's chained residual sums: "crp2.0.sum")."""
+
+    counted_in_graph = True
+
+    def forward(self, a, b):
+        return a + b
+
+
+class Upsample(nn.Module):
+    """Bilinear upsampling to a reference tensor's size, named like the CRP stage it upsamples ("up4")."""
+
+    counted_in_graph = True
+
+    def forward(self, x, like):
+        return F.interpolate(x, size=like.shape[2:], mode="bilinear", align_corners=False)
+
+
 class CRPBlock(nn.Module):
     """Chained Residual Pooling: n x (maxpool 5x5 -> 1x1 conv), each added to the running sum."""
 
@@ -129,13 +162,14 @@ class CRPBlock(nn.Module):
         for i in range(n_stages):
             setattr(self, f"{i + 1}_outvar_dimred", conv1x1(channels, channels, groups=channels if depthwise else 1))
         self.maxpool = nn.MaxPool2d(kernel_size=5, stride=1, padding=2)
+        self.sum = Sum()
 
     def forward(self, x):
         top = x
         for i in range(self.n_stages):
             top = self.maxpool(top)
             top = getattr(self, f"{i + 1}_outvar_dimred")(top)
-            x = top + x
+            x = self.sum(top, x)
         return x
 
 
@@ -166,6 +200,11 @@ class HydraNet(nn.Module):
         self.conv_adapt4 = conv1x1(d, d)
         self.conv_adapt3 = conv1x1(d, d)
         self.conv_adapt2 = conv1x1(d, d)
+        # the decoder's fusions and upsamplings as parameterless modules, so each has a name (model.op_units)
+        for k in (4, 3, 2, 1):
+            setattr(self, f"fuse{k}", Fuse())
+        for k in (4, 3, 2):
+            setattr(self, f"up{k}", Upsample())
         for task in _HEAD_ORDER:
             if task in cfg.tasks:
                 pre, last = _HEAD_NAMES[task]
@@ -206,16 +245,13 @@ class HydraNet(nn.Module):
         l6 = self.layer6(l5)  # 1/16
         l7 = self.layer7(l6)  # 1/32
         l8 = self.layer8(l7)  # 1/32
-        l7 = self.relu(self.conv8(l8) + self.conv7(l7))
-        l7 = self.conv_adapt4(self.crp4(l7))
-        l7 = F.interpolate(l7, size=l6.shape[2:], mode="bilinear", align_corners=False)
-        l5 = self.relu(self.conv5(l5) + self.conv6(l6) + l7)
-        l5 = self.conv_adapt3(self.crp3(l5))
-        l5 = F.interpolate(l5, size=l4.shape[2:], mode="bilinear", align_corners=False)
-        l4 = self.relu(l5 + self.conv4(l4))
-        l4 = self.conv_adapt2(self.crp2(l4))
-        l4 = F.interpolate(l4, size=l3.shape[2:], mode="bilinear", align_corners=False)
-        l3 = self.crp1(self.relu(self.conv3(l3) + l4))
+        l7 = self.fuse4(self.conv8(l8), self.conv7(l7))
+        l7 = self.up4(self.conv_adapt4(self.crp4(l7)), l6)
+        l5 = self.fuse3(self.conv5(l5), self.conv6(l6), l7)
+        l5 = self.up3(self.conv_adapt3(self.crp3(l5)), l4)
+        l4 = self.fuse2(l5, self.conv4(l4))
+        l4 = self.up2(self.conv_adapt2(self.crp2(l4)), l3)
+        l3 = self.crp1(self.fuse1(self.conv3(l3), l4))
         outs = []
         for task in self.config.tasks:
             pre, last = _HEAD_NAMES[task]
@@ -225,6 +261,11 @@ class HydraNet(nn.Module):
     def example_inputs(self, batch: int = 1, size: Sequence[int] | None = None) -> tuple[torch.Tensor]:
         h, w = size or self.config.input_size
         return (torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(0)),)
+
+    def op_units(self) -> list[str]:
+        """Names of the decoder's parameterless op modules (fusions, upsamplings, CRP sums), in module order:
+        the quantisable units that are not convolutions."""
+        return [n for n, m in self.named_modules() if getattr(m, "counted_in_graph", False)]
 
     def head_layer_names(self) -> list[str]:
         """Names of every task head layer (pre_X and X), e.g. for keeping heads in float."""

@@ -37,3 +37,35 @@ def unfold_int8_weights(gm: torch.fx.GraphModule) -> int:
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return n
+
+
+def int16_layers(gm: torch.fx.GraphModule) -> list[tuple[str, str]]:
+    """(module path, op class) of the compute nodes that read an int16 dequantize (the program's W8A16
+    layers), in graph order, each once."""
+    from edgehydra.accounting import node_module_path
+
+    from .precision_map import _op_class
+
+    out = []
+    for n in gm.graph.nodes:
+        op = _op_class(n.target) if n.op == "call_function" else None
+        if op is None:
+            continue
+        for a in n.args:
+            if isinstance(a, torch.fx.Node) and "dequantize" in str(a.target) and torch.int16 in a.args:
+                key = (node_module_path(n), op)
+                if key[0] and key not in out:
+                    out.append(key)
+    return out
+
+
+def refuse_int16(program, target) -> None:
+    """One line, before any conversion, where the ``target`` record cannot build a program's int16 layers."""
+    from edgehydra.errors import EdgeHydraError
+
+    bad = [f"{p} ({op})" for p, op in int16_layers(program.module) if op not in target.w8a16_ops]
+    if bad:
+        shown = ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
+        # not bad input: the other targets of the same export build it (export_run reports this one failed)
+        raise EdgeHydraError(f"{target.name}: the program has int16 activations (W8A16) at {shown}; "
+                             f"{target.w8a16_note}")

@@ -113,6 +113,10 @@ class ExportTarget:
     quantizer_backend: str = "xnnpack"
     # what a layer a recipe keeps float becomes in this format (mixed precision says it per device)
     float_layers_run_as: str = "float"
+    # W8A16 (a recipe's int16_layers): the op classes whose int16 activations this format builds, and why not
+    # the others; an export of a program with int16 elsewhere fails naming the layers (exporters/_pt2e.py)
+    w8a16_ops: tuple[str, ...] = ()
+    w8a16_note: str = "no int16 activations in this format"
     # (manifest, profile) -> how a device runs it: tool, binaries, flags, accelerator, argv(exe, path, threads,
     # runs, warmup); devices/remote.py runs and parses it. None: no device runner (Core ML: --apple-script)
     remote_plan: Callable | None = None

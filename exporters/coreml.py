@@ -64,6 +64,10 @@ def build(source, req, path):
         raise BadInputError(f"compute_units={units!r}: choose one of {', '.join(COMPUTE_UNITS)}")
     dep = opts.get("deployment_target", "iOS17")
     cfg = source.config
+    if req.precision == "int8":
+        from ._pt2e import refuse_int16
+
+        refuse_int16(source.program, TARGET)
     module = source.program.module if req.precision == "int8" else source.fp32.eval()
     x = torch.zeros(req.batch, 3, *req.size)
     ep = torch.export.export(module, (x,)).run_decompositions({})
@@ -213,5 +217,7 @@ TARGET = ExportTarget(name="coreml", suffix=".mlpackage", precisions=("fp16", "i
                       runtime="coremltools MLModel.predict (macOS)", extra="coreml", packages=("coremltools",),
                       runtime_os=("Darwin",), build=build, load_runner=load_runner,
                       options=("compute_units", "image_input", "deployment_target"),
+                      w8a16_note=("Core ML's W8A8 path takes int8 activations only; keep these layers float (fp16 "
+                                  "on the ANE)"),
                       float_layers_run_as=("fp16 compute with fp16 weights (Core ML computes every op in fp16; int8 "
                                            "layers keep int8 weights)"))

@@ -16,6 +16,7 @@ import torch
 
 from edgehydra.errors import BadInputError, MissingBackendError
 
+from ._pt2e import refuse_int16
 from .base import ExportTarget, muted_native_stderr
 
 DELEGATES = {
@@ -133,6 +134,8 @@ def lower(module, example: torch.Tensor, precision: str, delegate: str = "xnnpac
 
 def build(source, req, path):
     delegate = req.options.get("delegate", "xnnpack")
+    if req.precision == "int8":
+        refuse_int16(source.program, TARGET)
     module = source.fp32.eval() if req.precision == "fp32" else source.program.module
     prog, facts = lower(module, torch.zeros(req.batch, 3, *req.size), req.precision, delegate)
     with open(path, "wb") as f:
@@ -226,4 +229,7 @@ TARGET = ExportTarget(name="executorch", suffix=".pte", precisions=("fp32", "int
                       extra="executorch", packages=("executorch",), build=build, load_runner=load_runner,
                       options=("delegate",), sidecar=bundle_sidecar, sidecar_check=bundle_check,
                       remote_plan=remote_plan,
+                      w8a16_note=("XNNPACK has no int16-activation kernels (its partitioner rejects an int16 dequantize: "
+                                  "'Unsupported dtype for quantization'); keep these layers float or int8, or ship "
+                                  "ONNX / LiteRT"),
                       float_layers_run_as="fp32 XNNPACK kernels beside the int8 ones, in one delegate")

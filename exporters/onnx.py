@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import torch
 
 from edgehydra.errors import BadInputError
 
 from ._onnx_qdq import signed_to_unsigned
+from ._pt2e import int16_layers
 from . import reference_runner
 from .base import ExportTarget
 from .reference_io import reference_check, reference_sidecar
@@ -25,7 +25,12 @@ QDQ_TYPES = ("uint8", "int8")
 def build(source, req, path):
     import onnx
 
-    opset = int(req.options.get("opset", 18))
+    w16 = sorted({p for p, _ in int16_layers(source.program.module)}) if req.precision == "int8" else []
+    # int16 QuantizeLinear/DequantizeLinear are ONNX opset 21 (onnxruntime runs the float op between them)
+    opset = int(req.options.get("opset", 21 if w16 else 18))
+    if w16 and opset < 21:
+        raise BadInputError(f"--option opset={opset}: the program has int16 activations (W8A16) at {', '.join(w16[:4])}; "
+                            "int16 QDQ needs opset >= 21")
     qdq = req.options.get("qdq", "uint8")
     if qdq not in QDQ_TYPES:
         raise BadInputError(f"--option qdq={qdq!r}: choose one of {', '.join(QDQ_TYPES)} "
@@ -55,6 +60,8 @@ def build(source, req, path):
     ops = {}
     for n in m.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    if w16:
+        facts["int16_layers"] = w16
     return {"opset": opset, "ops": ops, "qdq_nodes": ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0),
             "tools": ("onnx", "onnxscript", "onnxruntime"), **facts}
 
@@ -89,5 +96,9 @@ TARGET = ExportTarget(name="onnx", suffix=".onnx", precisions=("fp32", "int8"), 
                       extra="onnx", packages=("onnx", "onnxscript", "onnxruntime"), build=build,
                       load_runner=load_runner, options=("opset", "qdq"), remote_plan=remote_plan,
                       sidecar=reference_sidecar, sidecar_check=reference_check,
+                      w8a16_ops=("conv", "add", "upsample", "max_pool"),
+                      w8a16_note=("int16 QuantizeLinear/DequantizeLinear at opset 21: onnxruntime's CPU EP runs the "
+                                  "float op between them, QNN's HTP (Hexagon) runs them natively; TensorRT has no "
+                                  "int16 Q/DQ"),
                       float_layers_run_as=("fp32 between QDQ pairs (onnxruntime runs the rest as integer kernels; "
                                            "TensorRT builds fp16/fp32 there)"))

@@ -62,7 +62,26 @@ def _node_precision(node) -> str:
         if act and w:
             return act  # int8, or int16 activations with int8 weights (W8A16)
         return "w8" if w else "fp32"
-    return dts[0] if all(dts) else "fp32"
+    # any other op runs in integers only between a dequantize on every input and a quantize on every
+    # output use: a kept-float add whose inputs arrive quantised dequantizes them and adds in float
+    return dts[0] if all(dts) and _output_quantized(node) else "fp32"
+
+
+_CLAMPS = ("hardtanh", "relu", "clamp")
+
+
+def _output_quantized(node) -> bool:
+    """Every use of ``node``'s output is a quantize, looking through the clamp a fused add+ReLU6 ends in."""
+    if not node.users:
+        return False
+    for u in node.users:
+        t = str(u.target)
+        if "quantize" in t and "dequantize" not in t:
+            continue
+        if any(c in t for c in _CLAMPS) and _output_quantized(u):
+            continue
+        return False
+    return True
 
 
 def program_layers(gm: torch.fx.GraphModule, recipe) -> list[dict]:

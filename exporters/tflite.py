@@ -103,6 +103,10 @@ def build(source, req, path):
                         f"{req.size[0]}x{req.size[1]}")
         elif io_dtype != "int8":
             fallback = "float I/O was asked for; the program converts with int8 I/O"
+    if req.precision == "int8":
+        from ._pt2e import refuse_int16
+
+        refuse_int16(source.program, TARGET)
     if req.precision == "int8" and fallback is None:
         facts.update(_convert_program(source, nhwc, x, path))
         facts["io_dtype"] = "int8"
@@ -210,6 +214,10 @@ TARGET = ExportTarget(name="tflite", suffix=".tflite", precisions=("fp32", "fp16
                       packages=("litert_torch", "ai_edge_litert", "ai_edge_quantizer"), build=build,
                       load_runner=load_runner, options=("io_dtype", "layout"), remote_plan=remote_plan,
                       sidecar=reference_sidecar, sidecar_check=reference_check,
+                      w8a16_note=("litert-torch's converter does not keep the int8-to-int16 requantisation where a W8A16 "
+                                  "layer reads an int8 tensor (measured on this model: an int16 ADD fails 'tfl.add' "
+                                  "element types must match; a depthwise conv sharing a requantised input fails to "
+                                  "prepare, INT16 != INT8); ship these layers as ONNX, or float / int8"),
                       float_layers_run_as=("converted by litert-torch from the program: kept-float layers stay float, "
                                            "but the converter may still feed them int8 inputs (listed per layer as "
                                            "not honoured in the manifest)"))

@@ -35,6 +35,8 @@ def trained_tiny(data):
     ({"observer": "minmax", "range_search": "mse"}, "needs observer='histogram'"),
     ({"percentile": 80}, "between 90 and 100"),
     ({"keep_float": "segm"}, "not a string"),
+    ({"keep_float": ["segm"], "int16_layers": ["segm"]}, "a layer has one precision"),
+    ({"int16_layers": ["segm"], "act_dtype": "none"}, "needs act_dtype='int8'"),
     ({"weight_granularity": "per_row"}, "per_channel, per_tensor"),
 ])
 def test_recipe_validation_names_field(bad, match):
@@ -57,9 +59,12 @@ def test_recipe_json_round_trip_and_unknown_keys(tmp_path):
 def test_translation_reports_what_a_backend_cannot_honour():
     from edgehydra.calibration.quantizers import translate
 
-    t = translate(PRESETS["w8a16"], "xnnpack", target="coreml")
+    t = translate(PRESETS["w8a16"], "xnnpack", target="executorch")
     assert any("int16" in i and "XNNPACK" in i for i in t.issues)
-    assert any("Core ML" in i for i in t.issues)
+    assert any("Core ML" in i for i in translate(PRESETS["w8a16"], "xnnpack", target="coreml").issues)
+    t = translate(PRESETS["w8a8"].replace(int16_layers=("segm",)), "xnnpack", target="executorch")
+    assert any(i.startswith("int16_layers=['segm']") and "XNNPACK" in i for i in t.issues)
+    assert translate(PRESETS["w8a8"].replace(int16_layers=("segm",)), "xnnpack", target="onnx").issues == []
     t = translate(PRESETS["w8a8"].replace(observer="moving_average", range_search="none", keep_float=("segm",)), "litert")
     assert any("observer='moving_average'" in i for i in t.issues)
     assert any("keep_float" in i for i in t.issues)

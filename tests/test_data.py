@@ -90,7 +90,7 @@ def _write_mat(path: Path, n=3, seed=0, raw=True):
 
 def test_nyud_prepare_from_official_layout(tmp_path):
     mat = tmp_path / "nyu_depth_v2_labeled.mat"
-    depths = _write_mat(mat, n=3)
+    _write_mat(mat, n=3)
     rep = prepare_nyud(mat, tmp_path / "nyud")
     # splits.mat: frames 1 and 2 (1-based) are test frames, 3 is train in the official split
     ds_val = FolderDataset(tmp_path / "nyud", "val")

@@ -12,6 +12,7 @@ from edgehydra.commands import cli
 from edgehydra.errors import MissingBackendError
 from edgehydra.exporters import get_target, installed_targets, list_targets
 from edgehydra.exporters.stage import export_run
+from tests.conftest import TINY_SIZE
 
 PAIRS = [(t, p) for t in list_targets() for p in get_target(t).precisions]
 
@@ -96,7 +97,8 @@ def test_precision_map_names_each_kept_float_layer_and_why(tiny_run, tmp_path):
     run = Run(tmp_path / "run")
     run.root.mkdir()
     shutil.copy(Run(tiny_run).fp32, run.fp32)
-    recipe = PRESETS["w8a8"].replace(name="mixed", keep_float=("segm", "crp1.*"))
+    # convolutions, a whole CRP block, and two of the decoder's op modules (a skip fusion, an upsampling)
+    recipe = PRESETS["w8a8"].replace(name="mixed", keep_float=("segm", "crp1.*", "fuse3", "up4"))
     rpath = tmp_path / "mixed.json"
     rpath.write_text(recipe.to_json())
     ptq_run(run.fp32, run, str(rpath), calib_frames=4, val_limit=2)
@@ -108,14 +110,36 @@ def test_precision_map_names_each_kept_float_layer_and_why(tiny_run, tmp_path):
         fl = "fp16" if r.target == "coreml" else "fp32"
         assert "recipe keep-float ('segm')" in rows[("segm", "conv", fl)]["why"], r.target
         assert "recipe keep-float ('crp1.*')" in rows[("crp1.0.4_outvar_dimred", "conv", fl)]["why"]
-        assert rows[("crp1.0", "add", fl)]["count"] == 4
+        assert rows[("crp1.0.sum", "add", fl)]["count"] == 4
+        assert rows[("fuse3", "add", fl)]["count"] == 2 and "recipe keep-float ('fuse3')" in rows[("fuse3", "add", fl)]["why"]
+        assert ("up4", "upsample", fl) in rows, r.target
         q8 = "int8 (fp16 compute)" if r.target == "coreml" else "int8"
         assert rows[("depth", "conv", q8)] and rows[("layer1.0", "conv", q8)]
-        # the first max-pool of the kept block reads int8 and passes it through: int8, and the map says why
-        assert "passes int8 through" in rows[("crp1.0.maxpool", "max_pool", q8)]["why"]
-        assert not any(x.get("changed_by_converter") for x in rows.values()), r.target
+        assert rows[("fuse2", "add", q8)] and rows[("up3", "upsample", q8)], r.target
+        # the kept block's max-pools read a dequantised tensor and write float: float, for the recipe's reason
+        assert rows[("crp1.0.maxpool", "max_pool", fl)]["count"] == 4
+        changed = [x for x in rows.values() if x.get("changed_by_converter")]
+        if r.target == "tflite":
+            # LiteRT's converter moves a dequantize past ops that commute with it (max-pool, resize): a float
+            # pool or upsampling of the program runs int8 in the .tflite, and the map says so for each
+            assert changed and {x["op"] for x in changed} <= {"max_pool", "upsample"}, changed
+            assert all("in the .tflite this layer's" in x["why"] for x in changed)
+        else:
+            assert not changed, (r.target, changed)
         if r.target == "executorch":
             assert {x["runs_on"] for x in rows.values()} == {"XNNPACK"}
+            # XNNPACK's own operators, in the .pte's ETDump: each add and upsampling lands on its op module
+            from edgehydra.calibration.program import load_program
+            from edgehydra.devices.opprofile import profile_pte
+
+            prof = profile_pte(r.path, load_program(run.root / "ptq" / "program.pt2").module, TINY_SIZE, runs=2)
+            ops = [x for x in prof["rows"] if x["op_class"] in ("add", "upsample")]
+            assert prof["mapped"] and [x["layer"] for x in ops if x["op_class"] == "upsample"] == ["up4", "up3", "up2"]
+            assert sum(x["layer"] == "fuse3" for x in ops) == 2 and sum(x["layer"] == "crp1.0.sum" for x in ops) == 4
+            # the max-pools XNNPACK runs in fp32 are the ones the map calls float (crp1's, and crp3's first,
+            # which reads the float fusion fuse3)
+            f32_pools = sum(x["op_class"] == "max-pool" and x["precision"] == "fp32" for x in prof["rows"])
+            assert f32_pools == sum(x["count"] for x in rows.values() if x["op"] == "max_pool" and x["precision"] == fl) == 5
         summ = json.loads(run.export_manifest.read_text())
         entry = next(a for a in summ["artifacts"] if a["target"] == r.target)
         assert entry["precision_summary"][fl] == sum(x["count"] for x in rows.values() if x["precision"] == fl) > 0
@@ -325,7 +349,6 @@ def test_onnx_int8_is_exact_uint8_and_within_an_output_step_of_its_program(tiny_
     import onnx
     import onnxruntime as ort
 
-    from edgehydra.calibration.program import load_program
     from edgehydra.exporters._onnx_qdq import qdq_dtype
     from edgehydra.exporters.stage import open_source, parity_frames
     from edgehydra.data import Resize
@@ -364,3 +387,55 @@ def test_onnx_int8_is_exact_uint8_and_within_an_output_step_of_its_program(tiny_
         d = np.abs(a - b) / steps[name]
         assert d.mean() <= 0.5 and (d <= 1.0 + 1e-3).mean() >= 0.99 and d.max() <= 4 + 1e-3, (
             name, d.mean(), (d <= 1.001).mean(), d.max())
+
+
+def test_w8a16_layers_ship_where_the_format_computes_them(tiny_run, tmp_path):
+    """W8A16 per layer where the format builds it (each target record's w8a16_ops): the segmentation head's
+    convs and the last skip fusion. ONNX ships int16 QDQ at opset 21, verified against the program in
+    onnxruntime; LiteRT, ExecuTorch (XNNPACK) and Core ML fail in one line naming the layers and why, and
+    leave nothing on disk; the other targets of the same export are not stopped."""
+    from edgehydra.calibration.recipe import PRESETS
+    from edgehydra.calibration.stages import ptq_run
+    from edgehydra.run import Run
+
+    run = Run(tmp_path / "run")
+    run.root.mkdir()
+    shutil.copy(Run(tiny_run).fp32, run.fp32)
+    def export(layers, targets):
+        run = Run(tmp_path / "+".join(layers))
+        run.root.mkdir()
+        shutil.copy(Run(tiny_run).fp32, run.fp32)
+        rpath = run.root / "w16.json"
+        rpath.write_text(PRESETS["w8a8"].replace(name="w16", int16_layers=layers).to_json())
+        ptq_run(run.fp32, run, str(rpath), calib_frames=4, val_limit=2)
+        targets = [t for t in targets if t in installed_targets()]
+        res = export_run(run.export_dir, targets, ["int8"], run=run.root, eval_frames=2, strict_missing=False)
+        return run, {r.target: r for r in res}
+
+    def int16_rows(r, want):
+        assert r.status == "verified", (r.target, r.reason)
+        rows = {(x["layer"], x["op"], x["precision"]): x for x in r.manifest["precision_map"]["layers"]}
+        for key in want:
+            assert key in rows and "W8A16" in rows[key]["why"], (r.target, key)
+            assert not rows[key].get("changed_by_converter"), (r.target, rows[key])
+        assert ("depth", "conv", "int8") in rows and ("fuse2", "add", "int8") in rows
+        return rows
+
+    heads = (("pre_segm", "conv", "int16"), ("segm", "conv", "int16"))
+    run, res = export(("pre_segm", "segm", "fuse1"), ("onnx", "tflite", "executorch", "coreml"))
+    if "onnx" in res:
+        import onnx
+        from onnx import TensorProto
+
+        int16_rows(res["onnx"], heads + (("fuse1", "add", "int16"),))
+        facts = res["onnx"].manifest["facts"]
+        assert facts["opset"] == 21 and {"fuse1", "segm", "pre_segm"} <= set(facts["int16_layers"])
+        m = onnx.load(str(res["onnx"].path))
+        zp16 = {i.name for i in m.graph.initializer if i.data_type == TensorProto.INT16}
+        assert any(n.op_type == "QuantizeLinear" and n.input[2] in zp16 for n in m.graph.node)
+    for t in ("tflite", "executorch", "coreml"):
+        if t in res:
+            r = res[t]
+            assert r.status == "failed" and "int16 activations (W8A16) at fuse1 (add)" in r.reason, (t, r.reason)
+            assert get_target(t).w8a16_note in r.reason and "\n" not in r.reason
+            assert not list((run.export_dir / t).glob(f"*{get_target(t).suffix}")), t

@@ -4,7 +4,8 @@ The tiny run's depth head is made harmful to quantise for depth only: one input 
 depth conv gets a weight 1000x the others, on a channel its depthwise pre-layer zeroes (so FP32 is
 unchanged). The depth conv has one output channel, so its per-channel int8 scale is set by that weight
 and every other weight rounds to zero: the int8 depth head collapses to its bias, segmentation is
-untouched. The device is an estimated profile (int8 5x faster than fp32 per layer), so keeping a layer
+untouched. The candidates include two of the decoder's op modules (the last skip fusion, an upsampling).
+The device is an estimated profile (int8 5x faster than fp32 per layer), so keeping a layer
 float always costs latency and the choice does not hang on timing noise.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from tests.conftest import TINY_SIZE
 
-LAYERS = "pre_depth,depth,pre_segm,segm"
+LAYERS = "pre_depth,depth,pre_segm,segm,fuse1,up2"  # the heads' convs and two of the decoder's op modules
 RMSE_BUDGET = 0.005  # m; the int8 depth head of the harmed tiny model loses ~0.027 m (see the first test)
 PROFILE = f"""
 name = "edge_npu_test"
@@ -150,6 +151,9 @@ def test_depth_harmful_layer_is_kept_float_for_depths_budget_only(harmful_run):
     assert -rows["depth"]["recovers"]["rmse"] > 0.8 * lost
     assert abs(rows["depth"]["recovers"]["miou"]) < 1e-6  # segmentation does not see the depth head
     assert all(r["float_ms"] > r["int8_ms"] for r in seg["layers"])  # the stand-in NPU: float always costs
+    # it ships ExecuTorch, whose XNNPACK has no int16 kernels: no layer is offered W8A16, and the report says why
+    assert seg["w8a16"]["layers"] == [] and any("builds no W8A16" in n for n in seg["notes"]), seg["notes"]
+    assert {r["kind"] for r in seg["layers"]} == {"conv", "add", "upsample"}
 
     assert RMSE_BUDGET < 0.5 * lost  # the budget cannot be met with the depth head in int8
     dep = _front(run, profile, "--max-miou-drop", "2", "--max-rmse-rise", str(RMSE_BUDGET))
@@ -215,3 +219,92 @@ def test_normals_budgets_count_only_where_the_model_predicts_normals():
     assert b.misses(two, two, None, None) == {}
     with pytest.raises(Exception, match="max_normals_rise"):
         MixedBudgets(max_normals_rise=-1)
+
+
+def test_remote_search_reads_the_devices_stored_op_profile(harmful_run, tmp_path):
+    """The device's own per-op profile kept in the run (what `bench --ops --ops-from/--device --profile` stores)
+    says its int8 adds take 40x the roofline's estimate. The search's per-layer table takes that class scale
+    (the fusion's int8 time 40x, a convolution's unchanged), says what it was fitted to, and the decision
+    follows the device: the fusion kept float is now faster than int8, so the chosen assignment keeps it float."""
+    from edgehydra.checkpoint import load_checkpoint
+    from edgehydra.devices.estimate import estimate
+    from edgehydra.devices.profile import load_profile
+    from edgehydra.run import Run
+
+    run, profile = harmful_run
+    mine = tmp_path / "run"
+    shutil.copytree(run, mine)
+    model, _ = load_checkpoint(mine / "fp32.pt")
+    est = estimate(model, load_profile(str(profile)), "int8", TINY_SIZE)
+    ms = lambda kind, name=None: sum(x["ms"] for x in est["layers"]  # noqa: E731
+                                     if x["kind"] == kind and (name is None or x["name"] == name))
+    man = json.loads((mine / "export" / "manifest.json").read_text())
+    shipped = next(a for a in man["artifacts"] if a["target"] == "executorch" and a["precision"] == "int8")
+    Run(mine).add_op_profile({"profile": "edge_npu_test", "sha256": shipped["sha256"], "size": list(TINY_SIZE),
+                              "precision": "int8", "by_class": [{"op_class": "add", "ms": 40 * ms("Add")}]})
+    rep = _search(mine, profile, "--max-miou-drop", "2")
+    assert "op profile" in rep["latency_source"], rep["latency_source"]
+    rows = {r["layer"]: r for r in rep["layers"]}
+    assert rows["fuse1"]["op"] == "op" and rows["up2"]["op"] == "op" and rows["segm"]["op"] == "conv"
+    assert rows["fuse1"]["int8_ms"] == pytest.approx(40 * ms("Add", "fuse1"), rel=1e-6)
+    assert rows["segm"]["int8_ms"] == pytest.approx(ms("Conv2d", "segm"), rel=1e-6)
+    assert rows["fuse1"]["float_ms"] < rows["fuse1"]["int8_ms"]
+    assert "fuse1" in rep["chosen"]["keep_float"], rep["chosen"]
+    assert rep["chosen"]["latency_ms"] < rep["int8_total_ms"]
+
+
+NPU16 = PROFILE.replace('name = "edge_npu_test"', 'name = "edge_npu16_test"').replace(
+    'format = "executorch"', 'format = "onnx"').replace("fp16_tflops = 2.0", "fp16_tflops = 0.5").replace(
+    "fp32_tflops = 2.0", "fp32_tflops = 0.5\nint16_tops = 5.0")
+
+
+def test_w8a16_is_a_precision_of_its_own_where_the_format_builds_it(tiny_run, tmp_path):
+    """A device that ships ONNX (whose int16 QDQ the exporter builds) with W8A16 at half its int8 rate and
+    float 20x slower. The depth head is made harmful to int8 *activations*: relu(pre_depth) gets one channel
+    saturated at 6 (its depth weights zero) while the others are scaled down 100x (depth's weights up 100x),
+    so the tensor's int8 step (6/255) is above most of its values; int16's (6/32767) is not. W8A16 on depth
+    (its input quantised int16 where it is made) recovers what float would, at a fraction of float's cost:
+    the search puts depth in W8A16, not float; `--apply` ships that in the ONNX artifact (the precision map
+    says int16 where the recipe does) and check judges it, estimating each layer at its own precision."""
+    from edgehydra.checkpoint import load_checkpoint, save_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for f in ("fp32.pt", "run.json"):
+        shutil.copy(tiny_run / f, run / f)
+    model, info = load_checkpoint(run / "fp32.pt")
+    with torch.no_grad():
+        model.pre_depth.weight.mul_(0.01)
+        model.pre_depth.weight[0] = 1000.0
+        model.depth.weight.mul_(100.0)
+        model.depth.weight[:, 0] = 0.0
+    save_checkpoint(model, run / "fp32.pt", provenance=info.get("provenance"))
+    profile = tmp_path / "npu16.toml"
+    profile.write_text(NPU16)
+    out = _cli("sensitivity", "--run", run, "--device", profile, "--layers", "pre_segm,segm,pre_depth,depth",
+               "--frames", "8", "--calib-frames", "8", "--max-miou-drop", "2", "--max-rmse-rise", str(RMSE_BUDGET),
+               "--apply")
+    rep = json.loads((run / "mixed" / "edge_npu16_test" / "front.json").read_text())
+    rows = {r["layer"]: r for r in rep["layers"]}
+    lost = rep["all_int8"]["rmse"] - rep["fp32"]["rmse"]
+    assert lost > 2 * RMSE_BUDGET, (rep["fp32"], rep["all_int8"])  # int8 rounds most of depth's input to 0
+    assert -rows["depth"]["recovers_w8a16"]["rmse"] > 0.8 * lost, rows["depth"]  # int16 keeps it
+    assert rows["depth"]["float_ms"] > rows["depth"]["int16_ms"] > rows["depth"]["int8_ms"]
+    c = rep["chosen"]
+    assert "depth" in c["int16_layers"] and "depth" not in c["keep_float"], c
+    assert c["latency_ms"] < min(x["latency_ms"] for x in rep["front"] if "depth" in x["keep_float"])
+    recipe = json.loads(Path(rep["recipe_file"]).read_text())
+    assert recipe["int16_layers"] == c["int16_layers"] and recipe["keep_float"] == c["keep_float"]
+    assert "W8A16" in out and "check edge_npu16_test: PASS" in out, out
+    man = json.loads((run / "export" / "manifest.json").read_text())
+    art = next(a for a in man["artifacts"] if a["target"] == "onnx" and a["precision"] == "int8")
+    own = json.loads((run / "export" / (art["path"] + ".manifest.json")).read_text())
+    prec = {r["layer"]: r["precision"] for r in own["precision_map"]["layers"] if r["op"] == "conv"}
+    assert {n for n, p in prec.items() if p == "int16"} == set(c["int16_layers"])
+    assert {n for n, p in prec.items() if p == "fp32"} == set(c["keep_float"])
+    assert own["facts"]["opset"] == 21
+    # check estimates the artifact as it ships: its W8A16 layers at their own precision
+    v = json.loads(_cli("check", "--run", run, "--device", profile, "--json"))[0]
+    lat = next(r for r in v["rows"] if r["budget"] == "latency p50")
+    assert "per layer as its precision map says" in lat["note"] and "at int16" in lat["note"], lat["note"]
+    assert lat["value"] > rep["int8_total_ms"]

@@ -2,7 +2,6 @@
 encoder, multi-dataset class slices. Small files built in the real layouts; hand computations."""
 import json
 import math
-from pathlib import Path
 
 import h5py
 import numpy as np
