@@ -140,8 +140,9 @@ def graph_order(ep, units) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------- latency
-def host_layer_latency(model, program, size, runs: int = 20, threads: int = 2) -> dict:
-    """Measured per-layer ms of the all-int8 and the FP32 .pte on this host (ETDump)."""
+def host_layer_latency(model, program, size, runs: int = 20, threads: int = 2, keep_in: Path | None = None) -> dict:
+    """Measured per-layer ms of the all-int8 and the FP32 .pte on this host (ETDump); ``keep_in``: a folder
+    that keeps the two .pte (int8.pte, fp32.pte) for the interleaved timing after it."""
     from edgehydra.devices.opprofile import profile_pte
     from edgehydra.exporters.executorch import lower
 
@@ -150,7 +151,7 @@ def host_layer_latency(model, program, size, runs: int = 20, threads: int = 2) -
         for prec, module in (("int8", program), ("fp32", model.eval())):
             x = torch.zeros(1, 3, *size)
             prog, _ = lower(module, x, prec)
-            p = Path(d) / f"{prec}.pte"
+            p = Path(keep_in or d) / f"{prec}.pte"
             p.write_bytes(prog.buffer)
             prof = profile_pte(p, module, size, runs=runs, tasks=model.config.tasks, threads=threads)
             if not prof["mapped"]:

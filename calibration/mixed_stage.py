@@ -127,8 +127,14 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
     if not w16:
         notes.append(f"{profile.format} builds no W8A16 layer here ({w16_note}): each layer is int8 or float")
 
-    def measure(keep, int16=()) -> dict:
+    kept = {}
+
+    def measure(keep, int16=(), keep_program=False) -> dict:
         q, _ = quantize_ptq(model, base.replace(keep_float=tuple(keep), int16_layers=tuple(int16)), train, calib, size)
+        if not keep and not int16:
+            kept["int8"] = q  # the all-int8 program: also what the host's per-layer latency is profiled on
+        elif keep_program:  # a trial's program, lowered and timed on this host after the trials
+            kept[(tuple(keep), tuple(int16))] = q
         return _metrics(q, val, model.config, frames)
 
     fp32 = _metrics(model, val, model.config, frames)
@@ -139,10 +145,10 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
         return {}
 
     measured_host = host_device(profile) == "host" and profile.format == "executorch"
-    program = None
+    program = kept.get("int8")
+    ptes = tempfile.TemporaryDirectory()  # the fp32 and int8 .pte, lowered once: profiled, then timed with the trials
     if measured_host:
-        program, _ = quantize_ptq(model, base, train, calib, size)
-        lat = host_layer_latency(model, program, size, runs=rounds, threads=threads)
+        lat = host_layer_latency(model, program, size, runs=rounds, threads=threads, keep_in=Path(ptes.name))
     else:
         from edgehydra.devices.check import calibrated_on_run
 
@@ -153,8 +159,8 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
         if w16:
             notes.append(f"W8A16 latency at {lat['int16_rate']}")
         if used:
-            kinds = sorted({u.get("kind", "latency measurement") for u in used})
-            lat["source"] += f", fitted to {len(used)} record(s) of this run ({', '.join(kinds)})"
+            what = sorted({u.get("kind", "latency measurement") for u in used})
+            lat["source"] += f", fitted to {len(used)} record(s) of this run ({', '.join(what)})"
     fbytes = 2 if lat["float_precision"] == "fp16" else 4
     sizes = weight_bytes(model, names, fbytes)
     conv_ids = {id(m) for m in model.modules() if isinstance(m, torch.nn.Conv2d)}
@@ -184,7 +190,7 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
         if c.key in seen or len(trials) >= max_trials:
             continue
         seen.add(c.key)
-        c.measured = all_q if not (c.keep_float or c.int16) else measure(c.keep_float, c.int16)
+        c.measured = all_q if not (c.keep_float or c.int16) else measure(c.keep_float, c.int16, measured_host)
         trials.append(c)
         if progress:
             progress.advance(task)
@@ -196,7 +202,7 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
     if measured_host:
         ok_acc = [c for c in trials if not budgets.misses(c.measured, fp32, None, c.size_mb)]
         if ok_acc:
-            timing = _measure_host(model, program, base, ok_acc, train, calib, size, rounds, threads)
+            timing = _measure_host(ok_acc, kept, size, rounds, threads, Path(ptes.name))
             for c in ok_acc:
                 c.measured_latency_ms = timing["candidates"][c.name]
             met = [c for c in ok_acc if not budgets.misses(c.measured, fp32, c.measured_latency_ms, c.size_mb)]
@@ -206,6 +212,8 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
                 notes.append("no float island measured faster than int8 everywhere at these budgets: the answer "
                              "on this host is all-int8")
     chosen_ok = chosen is not None
+    ptes.cleanup()
+    kept.clear()
 
     out = run.mixed_dir(profile.name)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,22 +256,19 @@ def _miss_text(report: dict) -> str:
     return "\n".join([head] + lines + [f"  table: {Path(report['chart']).with_name('front.json')}"])
 
 
-def _measure_host(model, program, base, cands, train, calib, size, rounds, threads) -> dict:
-    """fp32, all-int8 and each candidate's .pte, timed interleaved in one run on this host."""
+def _measure_host(cands, programs: dict, size, rounds, threads, lowered: Path) -> dict:
+    """fp32, all-int8 (the .pte host_layer_latency lowered into ``lowered``) and each candidate's .pte (from
+    its trial's program in ``programs``), timed interleaved in one run on this host."""
     from edgehydra.exporters.executorch import lower
 
     x = torch.zeros(1, 3, *size)
     with tempfile.TemporaryDirectory() as d:
-        paths = {}
-        mods = [("fp32", model.eval(), "fp32"), ("int8", program, "int8")]
+        paths = {"fp32": lowered / "fp32.pte", "int8": lowered / "int8.pte"}
         for c in cands:
             if c.keep_float:
-                q, _ = quantize_ptq(model, base.replace(keep_float=c.keep_float), train, calib, size)
-                mods.append((f"cand:{c.name}", q, "int8"))
-        for k, m, prec in mods:
-            prog, _ = lower(m, x, prec)
-            paths[k] = Path(d) / f"{len(paths)}.pte"
-            paths[k].write_bytes(prog.buffer)
+                prog, _ = lower(programs[c.key], x, "int8")
+                paths[f"cand:{c.name}"] = Path(d) / f"{len(paths)}.pte"
+                paths[f"cand:{c.name}"].write_bytes(prog.buffer)
         t = _time_ptes(paths, size, rounds, threads)
     cand_t = {c.name: (t[f"cand:{c.name}"] if c.keep_float else t["int8"]) for c in cands}
     return {"fp32": t["fp32"], "int8": t["int8"], "candidates": cand_t, "rounds": rounds, "threads": threads}

@@ -225,7 +225,8 @@ def test_remote_search_reads_the_devices_stored_op_profile(harmful_run, tmp_path
     """The device's own per-op profile kept in the run (what `bench --ops --ops-from/--device --profile` stores)
     says its int8 adds take 40x the roofline's estimate. The search's per-layer table takes that class scale
     (the fusion's int8 time 40x, a convolution's unchanged), says what it was fitted to, and the decision
-    follows the device: the fusion kept float is now faster than int8, so the chosen assignment keeps it float."""
+    follows the device: the fusion kept float is now faster than int8, so the chosen assignment keeps it float.
+    (The profile is of the artifact the first test of this file shipped.)"""
     from edgehydra.checkpoint import load_checkpoint
     from edgehydra.devices.estimate import estimate
     from edgehydra.devices.profile import load_profile
