@@ -13,11 +13,17 @@ For each candidate convolution L two tables are built:
   (devices/estimate.py, per-precision efficiencies calibrated on the run's measurements when present),
   at the precision its format computes float layers in (fp16 on GPUs/NPUs and Core ML, fp32 on CPUs).
 
-An assignment is the set S of layers kept float; its accuracy is predicted as the all-int8 figures
-plus the sum of the members' recoveries, its latency as the all-int8 latency minus the members'
-gains, its size from the weights' bytes. Candidates: a greedy path (free layers first: faster and no
-less accurate; then the most budget deficit removed per millisecond) and every combination of the
-groups "depthwise", "encoder", "decoder" and each head. The predicted Pareto front is then **checked
+The candidates are the convolutions and the decoder's op modules (skip fusions, upsamplings, CRP sums:
+HydraNet.op_units). Where the device's format builds W8A16 (its export target's ``w8a16_ops``: ONNX), each
+candidate also has a W8A16 table: the accuracy with only L in int16 activations (``int16_layers=(L,)``) and
+its latency at the profile's int16 rate.
+
+An assignment is the set S of layers kept float and the set W of layers in W8A16; its accuracy is
+predicted as the all-int8 figures plus the sum of the members' recoveries, its latency as the all-int8
+latency minus the members' gains, its size from the weights' bytes (W8A16 weights stay int8).
+Candidates: a greedy path (free moves first: faster and no less accurate; then the most budget deficit
+removed per millisecond; each move takes one layer to float or to W8A16) and every combination of the
+groups "depthwise", "decoder-ops", "encoder", "decoder" and each head, each group float or W8A16. The predicted Pareto front is then **checked
 by real PTQ and evaluation** in order of predicted latency until one assignment meets every budget
 when measured; on this host its latency is measured too (fp32, int8 and mixed .pte timed interleaved
 in one run). Additivity is an approximation, and the report shows predicted against measured.
@@ -172,25 +178,22 @@ def estimated_layer_latency(model, profile, size, int16: bool = False) -> dict:
     ``int16`` W8A16 (int16 activations, int8 weights)."""
     from edgehydra.devices.estimate import estimate, float_precision
 
-    fprec = float_precision(profile)
-    e8, ef = estimate(model, profile, "int8", size), estimate(model, profile, fprec, size)
-    extra = {}
-    if int16:
-        e16 = estimate(model, profile, "int16", size)
-        extra = {"int16": None, "int16_total_ms": e16["total_ms"],
-                 "int16_rate": (f"{profile.int16_tops} TOPS (the profile)" if profile.int16_tops is not None
-                                else f"{profile.int8_tops / 2:g} TOPS, half the int8 rate (the profile gives no int16_tops)")}
-    def per(e):  # a unit may have several rows (a CRP block's four sums, a fusion's adds and clamp): summed
+    def per(e):  # a unit may have several rows (a CRP block's four sums, a fusion's adds): summed
         out = {}
         for r in e["layers"]:
             out[r["name"]] = out.get(r["name"], 0.0) + r["ms"]
         return out
 
+    fprec = float_precision(profile)
+    e8, ef = estimate(model, profile, "int8", size), estimate(model, profile, fprec, size)
+    out = {"source": f"estimated from the {profile.name} profile", "float_precision": fprec,
+           "int8_total_ms": e8["total_ms"], "float_total_ms": ef["total_ms"], "int8": per(e8), "float": per(ef)}
     if int16:
-        extra["int16"] = per(e16)
-    return {"source": f"estimated from the {profile.name} profile", "float_precision": fprec,
-            "int8_total_ms": e8["total_ms"], "float_total_ms": ef["total_ms"], "int8": per(e8), "float": per(ef),
-            **extra}
+        e16 = estimate(model, profile, "int16", size)
+        out.update(int16=per(e16), int16_total_ms=e16["total_ms"],
+                   int16_rate=(f"{profile.int16_tops} TOPS (the profile)" if profile.int16_tops is not None else
+                               f"{profile.int8_tops / 2:g} TOPS, half the int8 rate (the profile gives no int16_tops)"))
+    return out
 
 
 def conv_output_elems(model, size) -> dict[str, int]:
