@@ -27,7 +27,7 @@ from .calibset import select_calibration
 from .mixed import (BudgetsNotMet, Candidate, MixedBudgets, Space, conv_output_elems, deficit, encoder_prefixes,
                     estimated_layer_latency, graph_order, greedy_path, group_candidates, groups_of, host_layer_latency,
                     pareto, weight_bytes)
-from .ptq import quantize_ptq
+from .ptq import export_stage, quantize_ptq
 from .recipe import load_recipe
 from .sensitivity import _delta, _metrics, select_layers, sweep
 
@@ -128,9 +128,11 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
         notes.append(f"{profile.format} builds no W8A16 layer here ({w16_note}): each layer is int8 or float")
 
     kept = {}
+    graph = export_stage(model, size)  # exported once, copied for each PTQ of the sweep and the trials
 
     def measure(keep, int16=(), keep_program=False) -> dict:
-        q, _ = quantize_ptq(model, base.replace(keep_float=tuple(keep), int16_layers=tuple(int16)), train, calib, size)
+        q, _ = quantize_ptq(model, base.replace(keep_float=tuple(keep), int16_layers=tuple(int16)), train, calib, size,
+                            graph=graph)
         if not keep and not int16:
             kept["int8"] = q  # the all-int8 program: also what the host's per-layer latency is profiled on
         elif keep_program:  # a trial's program, lowered and timed on this host after the trials

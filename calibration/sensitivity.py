@@ -21,7 +21,7 @@ from edgehydra.runs import open_split, run_data_settings
 from edgehydra.train import evaluate
 
 from .calibset import select_calibration
-from .ptq import quantize_ptq
+from .ptq import export_stage, quantize_ptq
 from .recipe import load_recipe
 
 
@@ -91,8 +91,8 @@ def _delta(m, ref):
     return {k: m[k] - ref[k] for k in ref}
 
 
-def measure(model, recipe, train, val, calib, size, keep_float, limit):
-    q, _ = quantize_ptq(model, recipe.replace(keep_float=tuple(keep_float)), train, calib, size)
+def measure(model, recipe, train, val, calib, size, keep_float, limit, graph=None):
+    q, _ = quantize_ptq(model, recipe.replace(keep_float=tuple(keep_float)), train, calib, size, graph=graph)
     return _metrics(q, val, model.config, limit)
 
 
@@ -108,12 +108,13 @@ def sensitivity_run(checkpoint: Path, out: Path, dataset=None, frames: int = 50,
     calib = select_calibration(train, calib_frames)
     names = select_layers(model, layers)
     fp32 = _metrics(model, val, model.config, frames)
-    all_q = measure(model, base, train, val, calib, size, (), frames)
+    graph = export_stage(model, size)  # exported once, copied for each PTQ of the sweep
+    all_q = measure(model, base, train, val, calib, size, (), frames, graph)
 
     def one(n):
-        float_one = measure(model, base, train, val, calib, size, (n,), frames)
+        float_one = measure(model, base, train, val, calib, size, (n,), frames, graph)
         others = tuple(x for x in conv_layers(model) if x != n)
-        quant_one = measure(model, base, train, val, calib, size, others, frames)
+        quant_one = measure(model, base, train, val, calib, size, others, frames, graph)
         return {"layer": n, "float_one": _delta(float_one, fp32), "quant_one": _delta(quant_one, fp32),
                 "recovers": _delta(float_one, all_q)}
 
