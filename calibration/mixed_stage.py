@@ -28,6 +28,7 @@ from .mixed import (BudgetsNotMet, Candidate, MixedBudgets, Space, conv_output_e
                     estimated_layer_latency, graph_order, greedy_path, group_candidates, groups_of, host_layer_latency,
                     pareto, weight_bytes)
 from .ptq import export_stage, quantize_ptq
+from .quantizers import w8a16_of
 from .recipe import load_recipe
 from .sensitivity import _delta, _metrics, select_layers, sweep
 
@@ -75,13 +76,6 @@ def nearest_misses(trials: list[Candidate], budgets: MixedBudgets, fp32: dict) -
             rows.append({"budget": k, "limit": getattr(budgets, k), "closest": best.name,
                          "keep_float": list(best.keep_float), "missed_by": miss})
     return rows
-
-
-def w8a16_of(fmt: str) -> tuple[tuple[str, ...], str]:
-    """(op classes, note) of the W8A16 layers this format builds: a fact of the target's record."""
-    from edgehydra.exporters import get_target, list_targets
-
-    return (get_target(fmt).w8a16_ops, get_target(fmt).w8a16_note) if fmt in list_targets() else ((), "")
 
 
 def unit_kinds(model) -> dict[str, str]:

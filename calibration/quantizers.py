@@ -275,7 +275,7 @@ def _specs(recipe: Recipe, is_qat: bool):
     return act, weight
 
 
-def _w8a16_of(target: str) -> tuple[tuple[str, ...], str]:
+def w8a16_of(target: str) -> tuple[tuple[str, ...], str]:
     """What the export target's record says of int16 activations: (op classes it builds, note)."""
     from edgehydra.exporters import get_target, list_targets
 
@@ -310,8 +310,8 @@ def translate(recipe: Recipe, backend: str = "xnnpack", is_qat: bool = False, ta
             notes.append("conv+ReLU6 and add+ReLU6 quantised as units (XNNPACKQuantizer fuses only ReLU); "
                          "XNNPACK runs each clamp inside the int8 conv, and each add's in its output range "
                          "(the ExecuTorch exporter drops the then-redundant clamp)")
-        if recipe.act_dtype == "int16" and target is not None and _w8a16_of(target)[1]:
-            ops, note = _w8a16_of(target)
+        if recipe.act_dtype == "int16" and target is not None and w8a16_of(target)[1]:
+            ops, note = w8a16_of(target)
             (notes if ops == ("conv", "add", "upsample", "max_pool") else issues).append(f"act_dtype=int16: {note}")
         if target == "onnx" and recipe.act_dtype == "int16":
             notes.append("int16 QDQ needs ONNX opset >= 21 (the exporter picks 21)")
@@ -352,7 +352,7 @@ def translate(recipe: Recipe, backend: str = "xnnpack", is_qat: bool = False, ta
         inner = _int16_quantizer(inner, recipe.int16_layers, act16, Quantizer)
         notes.append(f"int16 activations, int8 weights (W8A16): {', '.join(recipe.int16_layers)}")
         if target is not None:
-            ops, note = _w8a16_of(target)
+            ops, note = w8a16_of(target)
             if note:  # a format that builds none of them cannot honour the recipe; one that builds some says which
                 (notes if ops else issues).append(f"int16_layers={list(recipe.int16_layers)}: {note}")
     q = _keep_float_quantizer(inner, recipe.keep_float, Quantizer) if recipe.keep_float else inner

@@ -147,11 +147,13 @@ def layer_precisions(run: Run, a: dict, profile: Profile) -> dict[str, str]:
     not run int8: float layers at the device's float precision, W8A16 layers at int16. {} for a uniform one."""
     from .estimate import float_precision
 
+    from edgehydra.exporters.runtime import read_manifest
+
     if a["precision"] != "int8":
         return {}
     try:
-        own = json.loads((run.export_dir / (a["path"] + ".manifest.json")).read_text())
-    except (OSError, json.JSONDecodeError):
+        own = read_manifest(run.export_dir / a["path"])
+    except BadInputError:  # no manifest beside it: judged as one precision, as before precision maps
         return {}
     fl = float_precision(profile)
     out = {}

@@ -144,7 +144,7 @@ UNIT_OPS = {"aten.add.Tensor": "add", "aten.upsample_bilinear2d.vec": "upsample"
 def graph_unit_ops(module, units) -> list[tuple[str, str]]:
     """(op class, module path) of each add and upsample of the exported graph of ``module``, in graph order;
     the path is kept where it is one of ``units`` (HydraNet.op_units: fusions, upsamplings, CRP sums), else ''."""
-    from edgehydra.calibration.quantizers import node_module_path
+    from edgehydra.accounting import node_module_path
 
     gm = module.graph_module if hasattr(module, "graph_module") else module
     units = set(units)
@@ -209,15 +209,10 @@ def op_units_of(module) -> list[str]:
     the module types its nodes' nn_module_stack records)."""
     if hasattr(module, "op_units"):
         return module.op_units()
+    from edgehydra.accounting import node_module
+
     gm = module.graph_module if hasattr(module, "graph_module") else module
-    out = set()
-    for n in gm.graph.nodes:
-        stack = n.meta.get("nn_module_stack") or {}
-        if stack:
-            path, typ = list(stack.values())[-1]
-            if str(typ) in OP_UNIT_TYPES or getattr(typ, "__qualname__", "") in ("Fuse", "Sum", "Upsample"):
-                out.add(str(path).removeprefix("L['self'].").replace("L__self___", ""))
-    return sorted(out)
+    return sorted({path for path, typ in map(node_module, gm.graph.nodes) if typ in OP_UNIT_TYPES})
 
 
 def aggregate(rows: list[dict], key: str) -> list[dict]:

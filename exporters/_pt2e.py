@@ -44,7 +44,7 @@ def int16_layers(gm: torch.fx.GraphModule) -> list[tuple[str, str]]:
     layers), in graph order, each once."""
     from edgehydra.accounting import node_module_path
 
-    from .precision_map import _op_class
+    from .precision_map import _dq_dtype, _op_class
 
     out = []
     for n in gm.graph.nodes:
@@ -52,7 +52,7 @@ def int16_layers(gm: torch.fx.GraphModule) -> list[tuple[str, str]]:
         if op is None:
             continue
         for a in n.args:
-            if isinstance(a, torch.fx.Node) and "dequantize" in str(a.target) and torch.int16 in a.args:
+            if _dq_dtype(a) == "int16":
                 key = (node_module_path(n), op)
                 if key[0] and key not in out:
                     out.append(key)
