@@ -84,7 +84,7 @@ def published(rep: dict, rounds: int) -> None:
 
     from edgehydra.calibration.calibset import CalibrationSet
     from edgehydra.calibration.mixed import encoder_prefixes, groups_of
-    from edgehydra.calibration.mixed_stage import _time_ptes
+    from edgehydra.calibration.host_measure import time_artifacts
     from edgehydra.calibration.ptq import quantize_ptq
     from edgehydra.calibration.recipe import PRESETS
     from edgehydra.calibration.sensitivity import conv_layers
@@ -121,7 +121,7 @@ def published(rep: dict, rounds: int) -> None:
             prog, _ = lower(m, x, prec)
             paths[k] = Path(d) / f"{k}.pte"
             paths[k].write_bytes(prog.buffer)
-        t = _time_ptes(paths, size, rounds, 2)
+        t = time_artifacts(paths, size, rounds, 2)
     print(f"hydranet_nyud (published architecture, untrained: latency only) at {size[0]}x{size[1]} on {cpu_name()}, "
           f"2 threads, {rounds} interleaved rounds; mixed = {how}, {len(keep)} layers float")
     for k in ("fp32", "int8", "mixed"):

@@ -45,7 +45,7 @@ def main(argv=None) -> dict:
 
     from edgehydra import create_model
     from edgehydra.calibration.calibset import CalibrationSet
-    from edgehydra.calibration.mixed_stage import _time_ptes
+    from edgehydra.calibration.host_measure import time_artifacts
     from edgehydra.calibration.ptq import quantize_ptq
     from edgehydra.calibration.recipe import PRESETS
     from edgehydra.exporters.executorch import lower
@@ -76,7 +76,7 @@ def main(argv=None) -> dict:
             paths[name] = Path(d) / f"{name}.pte"
             paths[name].write_bytes(prog.buffer)
             facts[name] = (f.get("delegation") or {}).get("portable", {})
-        t = _time_ptes(paths, (h, w), a.rounds, a.threads)
+        t = time_artifacts(paths, (h, w), a.rounds, a.threads)
         # int8 at opset 21 too: the W8A16 files need it, and the opset alone can change onnxruntime's fusions
         o = _time_onnx({"fp32": model, "int8": q, "int8 opset21": q, "w8a16 heads": q16h, "w8a16 all": q16}, x,
                        Path(d), a.rounds, a.threads)
@@ -96,17 +96,14 @@ def main(argv=None) -> dict:
 def _time_onnx(modules: dict, x, d: Path, rounds: int, threads: int) -> dict[str, float]:
     """Each module as an ONNX file (QDQ stored as the ONNX exporter stores it: uint8 for int8, int16 at opset
     21), timed interleaved under onnxruntime's CPU EP."""
-    import statistics
-    import time
-
     import onnx
-    import onnxruntime as ort
     import torch
 
+    from edgehydra.calibration.host_measure import time_artifacts
     from edgehydra.exporters._onnx_qdq import signed_to_unsigned
     from edgehydra.exporters._pt2e import int16_layers
 
-    sessions = {}
+    paths = {}
     for k, m in modules.items():
         gm = getattr(m, "graph", None)
         opset = 21 if gm is not None and (int16_layers(m) or k.endswith("opset21")) else 18
@@ -116,20 +113,8 @@ def _time_onnx(modules: dict, x, d: Path, rounds: int, threads: int) -> dict[str
             mm = onnx.load(str(p))
             signed_to_unsigned(mm)
             onnx.save(mm, str(p))
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        sessions[k] = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
-    feed = x.numpy()
-    for s in sessions.values():
-        for _ in range(3):
-            s.run(None, {s.get_inputs()[0].name: feed})
-    times = {k: [] for k in sessions}
-    for _ in range(rounds):
-        for k, s in sessions.items():
-            t0 = time.perf_counter()
-            s.run(None, {s.get_inputs()[0].name: feed})
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+        paths[k] = p
+    return time_artifacts(paths, tuple(x.shape[2:]), rounds, threads)
 
 
 if __name__ == "__main__":

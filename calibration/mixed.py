@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import itertools
 import math
-import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
@@ -146,33 +144,6 @@ def graph_order(ep, units) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------- latency
-def host_layer_latency(model, program, size, runs: int = 20, threads: int = 2, keep_in: Path | None = None) -> dict:
-    """Measured per-layer ms of the all-int8 and the FP32 .pte on this host (ETDump); ``keep_in``: a folder
-    that keeps the two .pte (int8.pte, fp32.pte) for the interleaved timing after it."""
-    from edgehydra.devices.opprofile import profile_pte
-    from edgehydra.exporters.executorch import lower
-
-    out = {}
-    with tempfile.TemporaryDirectory() as d:
-        for prec, module in (("int8", program), ("fp32", model.eval())):
-            x = torch.zeros(1, 3, *size)
-            prog, _ = lower(module, x, prec)
-            p = Path(keep_in or d) / f"{prec}.pte"
-            p.write_bytes(prog.buffer)
-            prof = profile_pte(p, module, size, runs=runs, tasks=model.config.tasks, threads=threads)
-            if not prof["mapped"]:
-                raise EdgeHydraError(f"per-operator profile of the {prec} .pte could not be mapped to layers: "
-                                     f"{prof['unmapped_reason']}")
-            out[prec] = {"total_ms": prof["total_ms"], "by_layer": prof["by_layer"], "by_stage": prof["by_stage"]}
-            if prec == "int8":  # the input's quantize: XNNPACK's convert cost per element on this host
-                conv_in = [r["ms"] for r in prof["rows"] if r.get("layer") == "input" and r["op_class"].startswith("convert")]
-                out["convert_ms_per_elem"] = sum(conv_in) / (3 * size[0] * size[1]) if conv_in else 0.0
-    return {"source": "measured on this host (ETDump per XNNPACK operator)", "float_precision": "fp32",
-            "int8_total_ms": out["int8"]["total_ms"], "float_total_ms": out["fp32"]["total_ms"],
-            "int8": out["int8"]["by_layer"], "float": out["fp32"]["by_layer"],
-            "convert_ms_per_elem": out.pop("convert_ms_per_elem", 0.0), "profiles": out}
-
-
 def estimated_layer_latency(model, profile, size, int16: bool = False) -> dict:
     """Per-layer ms from the device profile's roofline: int8, the float precision it computes, and with
     ``int16`` W8A16 (int16 activations, int8 weights)."""

@@ -10,9 +10,7 @@ device's input size, and `check` of what ships. See calibration/mixed.py for the
 from __future__ import annotations
 
 import math
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -25,8 +23,8 @@ from edgehydra.runs import open_split, run_data_settings
 
 from .calibset import select_calibration
 from .mixed import (BudgetsNotMet, Candidate, MixedBudgets, Space, conv_output_elems, deficit, encoder_prefixes,
-                    estimated_layer_latency, graph_order, greedy_path, group_candidates, groups_of, host_layer_latency,
-                    pareto, weight_bytes)
+                    estimated_layer_latency, graph_order, greedy_path, group_candidates, groups_of, pareto, weight_bytes)
+from .host_measure import layer_latency, measured_here, time_candidates
 from .ptq import export_stage, quantize_ptq
 from .quantizers import w8a16_of
 from .recipe import load_recipe
@@ -39,30 +37,6 @@ def float_in(fmt: str) -> str:
     from edgehydra.exporters import get_target, list_targets
 
     return get_target(fmt).float_layers_run_as if fmt in list_targets() else "float"
-
-
-def _time_ptes(paths: dict[str, Path], size, rounds: int, threads: int) -> dict[str, float]:
-    """Median ms of each .pte, one call of each per round (interleaved, so drift hits all alike)."""
-    from edgehydra.exporters.executorch import runtime
-
-    rt = runtime(threads)
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)  # torch only wraps the tensors (see benchmarks/run.py)
-    try:
-        methods = {k: rt.load_program(str(p)).load_method("forward") for k, p in paths.items()}
-        x = torch.zeros(1, 3, *size)
-        for m in methods.values():
-            for _ in range(3):
-                m.execute([x])
-        times = {k: [] for k in methods}
-        for _ in range(rounds):
-            for k, m in methods.items():
-                t = time.perf_counter()
-                m.execute([x])
-                times[k].append((time.perf_counter() - t) * 1e3)
-    finally:
-        torch.set_num_threads(prev)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def nearest_misses(trials: list[Candidate], budgets: MixedBudgets, fp32: dict) -> list[dict]:
@@ -96,7 +70,6 @@ def _lat(c: Candidate) -> float:
 def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spec=None, layers: str | None = None,
               size=None, frames: int = 50, calib_frames: int = 32, max_trials: int = 6, rounds: int = 20,
               threads: int = 2, progress=None) -> dict:
-    from edgehydra.devices.check import host_device
     from edgehydra.devices.opprofile import graph_convs
     from edgehydra.devices.profile import load_profile
     from edgehydra.train import dist_info
@@ -129,7 +102,7 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
                             graph=graph)
         if not keep and not int16:
             kept["int8"] = q  # the all-int8 program: also what the host's per-layer latency is profiled on
-        elif keep_program:  # a trial's program, lowered and timed on this host after the trials
+        elif keep_program:  # a trial's program, built and timed on this host after the trials
             kept[(tuple(keep), tuple(int16))] = q
         return _metrics(q, val, model.config, frames)
 
@@ -140,11 +113,15 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
     if dist_info()[0] != 0:
         return {}
 
-    measured_host = host_device(profile) == "host" and profile.format == "executorch"
-    program = kept.get("int8")
-    ptes = tempfile.TemporaryDirectory()  # the fp32 and int8 .pte, lowered once: profiled, then timed with the trials
+    measured_host = measured_here(profile)
+    built = tempfile.TemporaryDirectory()  # the fp32 and int8 artifacts, built once: profiled, then timed with the trials
     if measured_host:
-        lat = host_layer_latency(model, program, size, runs=rounds, threads=threads, keep_in=Path(ptes.name))
+        programs = {"int8": kept["int8"]}
+        if w16:  # every W8A16 candidate in int16 at once: each one's int16 time, measured in the format's runtime
+            programs["int16"], _ = quantize_ptq(model, base.replace(int16_layers=tuple(w16)), train, calib, size,
+                                                graph=graph)
+        lat = layer_latency(model, profile.format, programs, size, runs=rounds, threads=threads,
+                            keep_in=Path(built.name), recipe=base)
     else:
         from edgehydra.devices.check import calibrated_on_run
 
@@ -198,17 +175,18 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
     if measured_host:
         ok_acc = [c for c in trials if not budgets.misses(c.measured, fp32, None, c.size_mb)]
         if ok_acc:
-            timing = _measure_host(ok_acc, kept, size, rounds, threads, Path(ptes.name))
+            timing = time_candidates(model, profile.format, ok_acc, kept, size, rounds, threads, Path(built.name),
+                                     recipe=base)
             for c in ok_acc:
                 c.measured_latency_ms = timing["candidates"][c.name]
             met = [c for c in ok_acc if not budgets.misses(c.measured, fp32, c.measured_latency_ms, c.size_mb)]
             chosen = min(met, key=lambda c: c.measured_latency_ms) if met else None
             timing["mixed"] = chosen.measured_latency_ms if chosen else None
-            if chosen is not None and not chosen.keep_float:
-                notes.append("no float island measured faster than int8 everywhere at these budgets: the answer "
-                             "on this host is all-int8")
+            if chosen is not None and not (chosen.keep_float or chosen.int16):
+                notes.append("no float or W8A16 island measured faster than int8 everywhere at these budgets: the "
+                             "answer on this host is all-int8")
     chosen_ok = chosen is not None
-    ptes.cleanup()
+    built.cleanup()
     kept.clear()
 
     out = run.mixed_dir(profile.name)
@@ -250,24 +228,6 @@ def _miss_text(report: dict) -> str:
     lines = [f"  {r['budget']} <= {r['limit']}: missed by {r['missed_by']:.4g} ({r['closest']}, "
              f"{len(r['keep_float'])} layers float)" for r in rows]
     return "\n".join([head] + lines + [f"  table: {Path(report['chart']).with_name('front.json')}"])
-
-
-def _measure_host(cands, programs: dict, size, rounds, threads, lowered: Path) -> dict:
-    """fp32, all-int8 (the .pte host_layer_latency lowered into ``lowered``) and each candidate's .pte (from
-    its trial's program in ``programs``), timed interleaved in one run on this host."""
-    from edgehydra.exporters.executorch import lower
-
-    x = torch.zeros(1, 3, *size)
-    with tempfile.TemporaryDirectory() as d:
-        paths = {"fp32": lowered / "fp32.pte", "int8": lowered / "int8.pte"}
-        for c in cands:
-            if c.keep_float:
-                prog, _ = lower(programs[c.key], x, "int8")
-                paths[f"cand:{c.name}"] = Path(d) / f"{len(paths)}.pte"
-                paths[f"cand:{c.name}"].write_bytes(prog.buffer)
-        t = _time_ptes(paths, size, rounds, threads)
-    cand_t = {c.name: (t[f"cand:{c.name}"] if c.keep_float else t["int8"]) for c in cands}
-    return {"fp32": t["fp32"], "int8": t["int8"], "candidates": cand_t, "rounds": rounds, "threads": threads}
 
 
 def chart(report: dict, path: Path) -> Path:

@@ -182,11 +182,12 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
         if ops:
             return _op_profile(Path(artifact), runs, threads, device, ops_from, binary, warmup, profile_name)
         if device == "host":
+            if profile_name and not load_profile(profile_name).host:
+                raise click.BadParameter(f"a run on this host measures this host's profiles (host = true: host_cpu, "
+                                         f"host_cpu_onnxruntime, host_cpu_litert), not {profile_name}",
+                                         param_hint="--profile")
             res = host_bench(Path(artifact), warmup, runs, threads, provider, verify=verify, duration_s=duration_s,
                              fps=fps, timeout=max(1800, 3 * (duration_s or 0)))
-            if profile_name and profile_name != "host_cpu":
-                raise click.BadParameter(f"a run on this host measures host_cpu, not {profile_name}",
-                                         param_hint="--profile")
             if bundle:
                 res["bundle_parity"] = _bundle_parity(Path(artifact), None, python)
                 record_measurement(Path(artifact), res)

@@ -92,7 +92,8 @@ def qat(dataset, checkpoint, out, epochs, lr, batch_size, recipe, size, distill,
               help="Run folder: its FP32 model, data and size (needed with --device).")
 @click.option("--device", default=None,
               help="Search a mixed-precision assignment for this device profile (name or .toml): latency measured "
-                   "per layer on this host for host_cpu, estimated from the profile otherwise.")
+                   "per layer on this host for this host's profiles (host_cpu: ExecuTorch, host_cpu_onnxruntime, "
+                   "host_cpu_litert), in the runtime of the profile's format; estimated from the profile otherwise.")
 @click.option("--dataset", default=None)
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for sensitivity.json/png (default beside the checkpoint).")
 @click.option("--layers", default=None, help="Comma-separated layer names or patterns to consider (default: every conv).")

@@ -65,35 +65,54 @@ def _make_runner(path: Path, threads: int, provider: str | None, size):
                 model(x)
 
         return run, "pytorch-eager", tuple(sz), "int8" if suffix == ".pt2" else "fp32"
-    from edgehydra.exporters.runtime import open_artifact, read_manifest
+    from edgehydra.exporters.runtime import read_manifest
 
     man = read_manifest(path)
-    facts = (tuple(man["size"]), man["precision"])
     x = np.random.default_rng(0).standard_normal(man["input"]["shape"]).astype(np.float32)
+    call, runtime = open_runtime(path, threads, provider, x)
+    return call, runtime, tuple(man["size"]), man["precision"]
+
+
+def open_runtime(path: Path, threads: int, provider: str | None = None, x: np.ndarray | None = None,
+                 beside_others: bool = False):
+    """(a callable that runs the artifact once on ``x``, the runtime's name), in the artifact's own runtime.
+    A .tflite takes a zero input of the shape, layout and dtype its interpreter reads; the others ``x``
+    (NCHW float32). ``beside_others``: several sessions are timed interleaved in this process."""
+    path = Path(path)
+    suffix = path.suffix
     if suffix == ".onnx":
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
+        if beside_others:
+            # onnxruntime's pool threads spin after each run; with several sessions interleaved each one's
+            # spinning workers take the cores from the next. The tiny model's fp32 .onnx measured 5.44 ms
+            # interleaved with seven other sessions spinning, 0.68-0.93 ms alone (64x96, 2 threads, this host)
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         provs = [provider] if provider else ["CPUExecutionProvider"]
         sess = ort.InferenceSession(str(path), so, providers=provs)
         name = sess.get_inputs()[0].name
-        return (lambda: sess.run(None, {name: x})), f"onnxruntime[{sess.get_providers()[0]}]", *facts
+        return (lambda: sess.run(None, {name: x})), f"onnxruntime[{sess.get_providers()[0]}]"
     if suffix == ".tflite":
         from edgehydra.exporters.tflite import _interpreter
 
         it = _interpreter(path, threads)  # the interpreter knows its own input shape, layout and dtype
         inp = it.get_input_details()[0]
         it.set_tensor(inp["index"], np.zeros(inp["shape"], inp["dtype"]))
-        return it.invoke, "litert", *facts
+        return it.invoke, "litert"
     if suffix == ".pte":
+        import torch
+
         from edgehydra.exporters.executorch import runtime, runtime_threads
 
         method = runtime(threads).load_program(str(path)).load_method("forward")
         xt = torch.from_numpy(x)
-        return (lambda: method.execute([xt])), f"executorch[{runtime_threads()} threads]", *facts
+        return (lambda: method.execute([xt])), f"executorch[{runtime_threads()} threads]"
+    from edgehydra.exporters.runtime import open_artifact
+
     art = open_artifact(path)
-    return (lambda: art.runner(x)), art.target, *facts
+    return (lambda: art.runner(x)), art.target
 
 
 def bench_in_process(path: Path, warmup: int = 5, runs: int = 30, threads: int = 2, provider: str | None = None,

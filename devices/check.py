@@ -28,9 +28,10 @@ NOT_JUDGED = "NOT JUDGED"
 
 
 def host_device(profile: Profile) -> str | None:
-    """The device name a measurement of this profile carries: the host for host_cpu, else the name the
-    user gave `bench --profile` (records store the profile's name)."""
-    return "host" if profile.name == "host_cpu" else None
+    """The device name a measurement of this profile carries: the host for this machine's profiles
+    (``host = true``: host_cpu and its onnxruntime / LiteRT twins), else the name the user gave
+    `bench --profile` (records store the profile's name)."""
+    return "host" if profile.host else None
 
 
 def artifacts(run: Run) -> list[dict]:
@@ -70,11 +71,15 @@ def _metrics_for(a: dict, run: Run) -> tuple[dict, str]:
 
 
 def _on_device(run: Run, profile: Profile, a: dict | None = None) -> list[dict]:
-    """The run's measurements taken for this profile (by name) or on its device; of artifact ``a`` (sha256 and
-    input size) when given."""
+    """The run's measurements taken for this profile (by name) or on its device, of artifacts in the profile's
+    format (this host runs ExecuTorch, onnxruntime and LiteRT, each with a profile of its own); of artifact
+    ``a`` (sha256 and input size) when given."""
+    from edgehydra.exporters import target_for_suffix
+
     dev = host_device(profile)
     return [m for m in run.measurements()
             if (m.get("profile") == profile.name or (dev is not None and m.get("device") == dev))
+            and target_for_suffix(Path(m.get("artifact") or "").suffix) == profile.format
             and (a is None or (m.get("sha256") == a.get("sha256") and list(m.get("size") or []) == list(a["size"])))]
 
 

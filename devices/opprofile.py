@@ -263,12 +263,13 @@ def profile_pte(pte: str | Path, lowered_module, size, runs: int = 20, tasks=("s
 _ORT_CLASS = {"Conv": "conv", "QLinearConv": "conv", "ConvInteger": "conv", "Add": "add", "QLinearAdd": "add",
               "MaxPool": "max-pool", "NhwcMaxPool": "max-pool", "Resize": "upsample",
               "QuantizeLinear": "convert (quantise/dequantise)", "DequantizeLinear": "convert (quantise/dequantise)",
-              "Clip": "clamp", "Relu": "clamp", "Transpose": "transpose (layout)", "Mul": "mul", "Concat": "concat"}
+              "Clip": "clamp", "Relu": "clamp", "Transpose": "transpose (layout)",
+              "ReorderInput": "transpose (layout)", "ReorderOutput": "transpose (layout)", "Mul": "mul", "Concat": "concat"}
 
 
 def onnx_nodes(path: Path) -> dict[str, dict]:
-    """ONNX node name -> {layer, dw, op_type, outputs}: the exporter's ``pkg.torch.onnx.name_scopes`` metadata
-    names the module each node came from (['', 'layer2', ..., 'layer2.0.output.0.0', 'conv2d_1'])."""
+    """ONNX node name -> {layer, dw, op_type, inputs, outputs}: the exporter's ``pkg.torch.onnx.name_scopes``
+    metadata names the module each node came from (['', 'layer2', ..., 'layer2.0.output.0.0', 'conv2d_1'])."""
     import ast
 
     import onnx
@@ -279,16 +280,19 @@ def onnx_nodes(path: Path) -> dict[str, dict]:
         meta = {p.key: p.value for p in n.metadata_props}
         try:
             scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
+            classes = ast.literal_eval(meta.get("pkg.torch.onnx.class_hierarchy", "[]"))
         except (ValueError, SyntaxError):
-            scopes = []
+            scopes, classes = [], []
+        layer = scopes[-2] if len(scopes) > 2 else ""
+        if n.op_type == "Conv" and len(classes) > 1 and classes[-2].endswith("BatchNorm2d") and "." in layer:
+            # an FP32 export folds each BatchNorm into the convolution before it and names the Conv after the
+            # BatchNorm ('layer1.1'); the convolution is the module before it in its Sequential ('layer1.0')
+            head, idx = layer.rsplit(".", 1)
+            layer = f"{head}.{int(idx) - 1}" if idx.isdigit() and int(idx) > 0 else layer
         group = next((a.i for a in n.attribute if a.name == "group"), 1)
-        out[n.name] = {"layer": scopes[-2] if len(scopes) > 2 else "", "dw": group > 1, "op_type": n.op_type,
+        out[n.name] = {"layer": layer, "dw": group > 1, "op_type": n.op_type, "inputs": list(n.input),
                        "outputs": list(n.output)}
     return out
-
-
-def _onnx_layers(path: Path) -> dict[str, tuple[str, bool]]:
-    return {k: (v["layer"], v["dw"]) for k, v in onnx_nodes(path).items()}
 
 
 def profile_onnx(path: str | Path, size, runs: int = 20, tasks=("segm", "depth", "normals"), threads: int = 2,
@@ -301,7 +305,19 @@ def profile_onnx(path: str | Path, size, runs: int = 20, tasks=("segm", "depth",
     import onnxruntime as ort
 
     path = Path(path)
-    layers = _onnx_layers(path)
+    nodes = onnx_nodes(path)
+    by_output = {o: n for n, d in nodes.items() for o in d["outputs"]}
+
+    def node_of(name: str, kind: str) -> dict | None:
+        base = re.sub(r"(_token_\d+)+$", "", name.split("/")[0])
+        # a node onnxruntime rewrote into its NCHWc layout is named after its output tensor ("hardtanh_nchwc")
+        n = base if base in nodes else by_output.get(base.removesuffix("_nchwc"))
+        # a kernel it fused (Conv + Clip) is named after the fused chain's last node: its time is the conv's
+        seen = 0
+        while kind == "Conv" and n and nodes[n]["op_type"] != "Conv" and nodes[n]["inputs"] and seen < 4:
+            n, seen = by_output.get(nodes[n]["inputs"][0]), seen + 1
+        return nodes.get(n) if n else None
+
     with tempfile.TemporaryDirectory() as d:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
@@ -324,12 +340,11 @@ def profile_onnx(path: str | Path, size, runs: int = 20, tasks=("segm", "depth",
         kinds[name] = e.get("args", {}).get("op_name", "")
     rows, layer = [], "input"
     for name in order:
-        base = re.sub(r"(_token_\d+)+$", "", name.split("/")[0])
-        lay, dw = layers.get(base, ("", False))
-        layer = lay or layer
         kind = kinds[name]
+        node = node_of(name, kind)
+        layer = (node or {}).get("layer") or layer
         cls = _ORT_CLASS.get(kind, kind.lower())
-        if cls == "conv" and dw:
+        if cls == "conv" and node and node["dw"]:
             cls = "depthwise conv"
         prec = "int8" if kind.startswith("QLinear") or kind == "ConvInteger" else (
             "-" if cls.startswith(("convert", "transpose")) else "fp32")

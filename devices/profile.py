@@ -63,6 +63,10 @@ class Profile:
     # Optional W8A16 rate (int8 weights x int16 activations), TOPS. Unset: half the int8 rate, i.e. the
     # 16-bit activations taking two passes through the int8 MAC arrays; the estimate says when it assumed it.
     int16_tops: float | None = None
+    # A profile of this machine (TOML ``host = true``): its peaks are read from /proc/cpuinfo at load
+    # (devices/host.py), `bench` measures it here (records say device "host"), and the mixed-precision
+    # search profiles its layers here in the runtime of its format instead of estimating them.
+    host: bool = False
 
     def scale_of(self, precision: str, op_class: str) -> float:
         return dict(self.class_scale).get(f"{precision}/{op_class}", 1.0)
@@ -108,7 +112,7 @@ def _num(v, key, unit, where) -> float:
 
 def parse_profile(data: dict, where: str) -> Profile:
     top = set(_STR) | set(_NUM) | {"threads", "budgets"}
-    optional = {"efficiency", "class_scale", "int16_tops"}
+    optional = {"efficiency", "class_scale", "int16_tops", "host"}
     unknown = sorted(set(data) - top - optional)
     if unknown:
         raise BadInputError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(top))})")
@@ -153,6 +157,10 @@ def parse_profile(data: dict, where: str) -> Profile:
     if bkw["latency_p90_ms"] < bkw["latency_p50_ms"]:
         raise BadInputError(f"{bw}: latency_p90_ms ({bkw['latency_p90_ms']}) is below latency_p50_ms ({bkw['latency_p50_ms']})")
     kw["budgets"] = Budgets(input_size=tuple(size), **bkw)
+    if not isinstance(data.get("host", False), bool):
+        raise BadInputError(f"{where}: host must be true or false, got {data['host']!r}")
+    # host_cpu profiles calibrated by a run before the key existed are this machine's all the same
+    kw["host"] = data.get("host", kw["name"] == "host_cpu")
     if "int16_tops" in data:
         kw["int16_tops"] = _num(data["int16_tops"], "int16_tops", "TOPS", where)
     eff = data.get("efficiency", {})
@@ -186,7 +194,7 @@ def load_profile_file(path: Path) -> Profile:
     except tomllib.TOMLDecodeError as e:
         raise BadInputError(f"{path}: invalid TOML ({e})") from None
     p = parse_profile(data, str(path))
-    if p.name == "host_cpu":
+    if p.host:
         from .host import detect_host
 
         p = detect_host(p)
@@ -222,7 +230,9 @@ def to_toml(p: Profile, comments: dict | None = None) -> str:
         v = getattr(p, f.name)
         if v is None:  # an optional figure not given
             continue
-        val = f'"{v}"' if isinstance(v, str) else repr(v)
+        if f.name == "host" and not v:
+            continue
+        val = f'"{v}"' if isinstance(v, str) else ("true" if v is True else repr(v))
         c = f"  # {comments[f.name]}" if f.name in comments else ""
         lines.append(f"{f.name} = {val}{c}")
     if p.efficiency:

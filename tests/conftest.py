@@ -47,6 +47,30 @@ def tiny_run(tmp_path_factory):
     return out
 
 
+def activation_harmed_run(tiny_run, root: Path) -> Path:
+    """A copy of the tiny run whose depth head is harmful to int8 *activations*: relu(pre_depth) gets one
+    channel saturated at 6 (its depth weights zero) while the others are scaled down 100x (depth's weights
+    up 100x), so the tensor's int8 step (6/255) is above most of its values; int16's (6/32767) is not. FP32
+    is unchanged up to rounding; W8A16 on depth (its input quantised int16 where it is made) recovers it,
+    float on depth alone does not (it still reads the int8 tensor)."""
+    import shutil
+
+    from edgehydra.checkpoint import load_checkpoint, save_checkpoint
+
+    run = root / "run"
+    run.mkdir(parents=True)
+    for f in ("fp32.pt", "run.json"):
+        shutil.copy(tiny_run / f, run / f)
+    model, info = load_checkpoint(run / "fp32.pt")
+    with torch.no_grad():
+        model.pre_depth.weight.mul_(0.01)
+        model.pre_depth.weight[0] = 1000.0
+        model.depth.weight.mul_(100.0)
+        model.depth.weight[:, 0] = 0.0
+    save_checkpoint(model, run / "fp32.pt", provenance=info.get("provenance"))
+    return run
+
+
 # The longest files first, longest first: with `-n 2 --dist loadfile` each worker starts on one of the two
 # longest (the fast demo and the mixed-precision file, ~12 min each on one core) and the shorter files fill
 # in behind them, instead of a long file starting last while the other worker idles.

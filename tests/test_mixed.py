@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY_SIZE
+from tests.conftest import TINY_SIZE, activation_harmed_run
 
 LAYERS = "pre_depth,depth,pre_segm,segm,fuse1,up2"  # the heads' convs and two of the decoder's op modules
 RMSE_BUDGET = 0.005  # m; the int8 depth head of the harmed tiny model loses ~0.027 m (see the first test)
@@ -261,25 +261,11 @@ NPU16 = PROFILE.replace('name = "edge_npu_test"', 'name = "edge_npu16_test"').re
 
 def test_w8a16_is_a_precision_of_its_own_where_the_format_builds_it(tiny_run, tmp_path):
     """A device that ships ONNX (whose int16 QDQ the exporter builds) with W8A16 at half its int8 rate and
-    float 20x slower. The depth head is made harmful to int8 *activations*: relu(pre_depth) gets one channel
-    saturated at 6 (its depth weights zero) while the others are scaled down 100x (depth's weights up 100x),
-    so the tensor's int8 step (6/255) is above most of its values; int16's (6/32767) is not. W8A16 on depth
-    (its input quantised int16 where it is made) recovers what float would, at a fraction of float's cost:
-    the search puts depth in W8A16, not float; `--apply` ships that in the ONNX artifact (the precision map
+    float 20x slower. The depth head is made harmful to int8 *activations* (conftest.activation_harmed_run).
+    W8A16 on depth (its input quantised int16 where it is made) recovers what float would, at a fraction of
+    float's cost: the search puts depth in W8A16, not float; `--apply` ships that in the ONNX artifact (the precision map
     says int16 where the recipe does) and check judges it, estimating each layer at its own precision."""
-    from edgehydra.checkpoint import load_checkpoint, save_checkpoint
-
-    run = tmp_path / "run"
-    run.mkdir()
-    for f in ("fp32.pt", "run.json"):
-        shutil.copy(tiny_run / f, run / f)
-    model, info = load_checkpoint(run / "fp32.pt")
-    with torch.no_grad():
-        model.pre_depth.weight.mul_(0.01)
-        model.pre_depth.weight[0] = 1000.0
-        model.depth.weight.mul_(100.0)
-        model.depth.weight[:, 0] = 0.0
-    save_checkpoint(model, run / "fp32.pt", provenance=info.get("provenance"))
+    run = activation_harmed_run(tiny_run, tmp_path)
     profile = tmp_path / "npu16.toml"
     profile.write_text(NPU16)
     out = _cli("sensitivity", "--run", run, "--device", profile, "--layers", "pre_depth,depth,fuse1",

@@ -1,0 +1,147 @@
+"""The mixed-precision search's measurements on this host, in the runtime of the device's format.
+
+A device profile with ``host = true`` is this machine: host_cpu ships ExecuTorch, host_cpu_onnxruntime
+ONNX, host_cpu_litert TFLite. For those the search does not estimate a layer's gain, it measures it:
+
+1. per-layer latency: the all-int8 program, the FP32 model and (where the format builds W8A16) the program
+   with every W8A16 candidate in int16 are each built as the format's artifact and profiled by that
+   runtime's own per-operator tool: ExecuTorch's ETDump per XNNPACK operator (devices/opprofile.py
+   profile_pte), onnxruntime's profiler per node (profile_onnx), LiteRT's operators each timed alone in a
+   one-operator model cut from the file (devices/tflite_ops.py). Each row is on a module of the model, so
+   a layer's int8, float and int16 times come from the same runtime that ships it;
+2. whole-model timing: each checked candidate's artifact (built from its trial's program) beside fp32 and
+   all-int8, one call of each per round, interleaved, so drift hits all alike (``time_artifacts``).
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgehydra.errors import EdgeHydraError
+
+# format -> how its per-operator profile is taken here
+HOST_PROFILERS = {
+    "executorch": "ETDump per XNNPACK operator",
+    "onnx": "onnxruntime's profiler per node",
+    "tflite": "LiteRT, each operator timed alone",
+}
+SUFFIX = {"executorch": ".pte", "onnx": ".onnx", "tflite": ".tflite"}
+
+
+def measured_here(profile) -> bool:
+    """The search measures this profile's layers here: a profile of this machine in a format whose runtime
+    and per-operator profiler run here."""
+    return bool(profile.host) and profile.format in HOST_PROFILERS
+
+
+def build_artifact(fmt: str, model, module, precision: str, size, path: Path, recipe=None) -> Path:
+    """``module`` (the FP32 model, or a converted pt2e program for int8) as ``fmt``'s artifact at ``path``:
+    the export target's own build, without the verification and manifest a shipped export adds."""
+    x = torch.zeros(1, 3, *size)
+    if fmt == "executorch":
+        from edgehydra.exporters.executorch import lower
+
+        prog, _ = lower(module, x, precision)
+        path.write_bytes(prog.buffer)
+        return path
+    from edgehydra.exporters import get_target
+    from edgehydra.exporters.base import ExportRequest, Source, quiet_backends
+
+    from .program import QuantisedProgram
+    from .recipe import load_recipe
+
+    program = None if precision == "fp32" else QuantisedProgram(module, model.config, recipe or load_recipe(None),
+                                                                 tuple(size), {"stage": "mixed-search"})
+    with quiet_backends():
+        get_target(fmt).build(Source(model.eval(), model.config, "", program), ExportRequest(fmt, precision, tuple(size)),
+                              path)
+    return path
+
+
+def profile_artifact(fmt: str, path: Path, module, size, runs: int, tasks, threads: int) -> dict:
+    """The runtime's per-operator profile of the artifact, each row on a module of the model."""
+    if fmt == "executorch":
+        from edgehydra.devices.opprofile import profile_pte
+
+        return profile_pte(path, module, size, runs=runs, tasks=tasks, threads=threads)
+    if fmt == "onnx":
+        from edgehydra.devices.opprofile import profile_onnx
+
+        return profile_onnx(path, size, runs=runs, tasks=tasks, threads=threads)
+    from edgehydra.devices.tflite_ops import profile_tflite
+
+    return profile_tflite(path, size, runs=runs, tasks=tasks, threads=threads)
+
+
+def layer_latency(model, fmt: str, programs: dict, size, runs: int = 20, threads: int = 2, keep_in: Path | None = None,
+                  recipe=None) -> dict:
+    """Measured per-layer ms on this host of each artifact in ``programs`` (precision -> module: "int8" the
+    all-int8 program, optional "int16" the program with every W8A16 candidate in int16) and of the FP32
+    model. ``keep_in``: a folder that keeps the artifacts (int8.pte, fp32.pte, ...) for the timing after it."""
+    out = {}
+    units = dict(programs, fp32=model.eval())
+    with tempfile.TemporaryDirectory() as d:
+        for prec, module in units.items():
+            p = Path(keep_in or d) / f"{prec}{SUFFIX[fmt]}"
+            build_artifact(fmt, model, module, "fp32" if prec == "fp32" else "int8", size, p, recipe)
+            prof = profile_artifact(fmt, p, module, size, runs, model.config.tasks, threads)
+            if not prof["mapped"]:
+                raise EdgeHydraError(f"per-operator profile of the {prec} {fmt} artifact could not be mapped to "
+                                     f"layers: {prof['unmapped_reason']}")
+            out[prec] = {"total_ms": prof["total_ms"], "by_layer": prof["by_layer"], "by_stage": prof["by_stage"]}
+            if prec == "int8":  # the input's quantize: the runtime's convert cost per element on this host
+                conv_in = [r["ms"] for r in prof["rows"] if r.get("layer") == "input" and r["op_class"].startswith("convert")]
+                out["convert_ms_per_elem"] = sum(conv_in) / (3 * size[0] * size[1]) if conv_in else 0.0
+    res = {"source": f"measured on this host ({HOST_PROFILERS[fmt]})", "float_precision": "fp32",
+           "int8_total_ms": out["int8"]["total_ms"], "float_total_ms": out["fp32"]["total_ms"],
+           "int8": out["int8"]["by_layer"], "float": out["fp32"]["by_layer"],
+           "convert_ms_per_elem": out.pop("convert_ms_per_elem", 0.0), "profiles": out}
+    if "int16" in out:
+        res.update(int16=out["int16"]["by_layer"], int16_total_ms=out["int16"]["total_ms"],
+                   int16_rate="measured on this host")
+    return res
+
+
+def time_artifacts(paths: dict[str, Path], size, rounds: int, threads: int) -> dict[str, float]:
+    """Median ms of each artifact in its runtime, one call of each per round (interleaved, so drift hits
+    all alike)."""
+    from edgehydra.devices.bench import open_runtime
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)  # torch only wraps the tensors (see devices/bench.py _make_runner)
+    try:
+        x = np.zeros((1, 3, *size), np.float32)
+        calls = {k: open_runtime(p, threads, None, x, beside_others=True)[0] for k, p in paths.items()}
+        for c in calls.values():
+            for _ in range(3):
+                c()
+        times = {k: [] for k in calls}
+        for _ in range(rounds):
+            for k, c in calls.items():
+                t = time.perf_counter()
+                c()
+                times[k].append((time.perf_counter() - t) * 1e3)
+    finally:
+        torch.set_num_threads(prev)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def time_candidates(model, fmt: str, cands, programs: dict, size, rounds: int, threads: int, built: Path,
+                    recipe=None) -> dict:
+    """fp32, all-int8 (the artifacts ``layer_latency`` kept in ``built``) and each candidate's artifact (from
+    its trial's program in ``programs``, keyed by ``Candidate.key``), timed interleaved in one run here."""
+    with tempfile.TemporaryDirectory() as d:
+        paths = {"fp32": built / f"fp32{SUFFIX[fmt]}", "int8": built / f"int8{SUFFIX[fmt]}"}
+        for c in cands:
+            if c.keep_float or c.int16:
+                p = Path(d) / f"{len(paths)}{SUFFIX[fmt]}"
+                paths[f"cand:{c.name}"] = build_artifact(fmt, model, programs[c.key], "int8", size, p, recipe)
+        t = time_artifacts(paths, size, rounds, threads)
+    cand_t = {c.name: (t[f"cand:{c.name}"] if (c.keep_float or c.int16) else t["int8"]) for c in cands}
+    return {"fp32": t["fp32"], "int8": t["int8"], "candidates": cand_t, "rounds": rounds, "threads": threads,
+            "runtime": fmt}

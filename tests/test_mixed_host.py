@@ -1,0 +1,76 @@
+"""The mixed-precision search measured on this host in the runtime that ships: host_cpu_onnxruntime.
+
+Each candidate layer's int8, float and W8A16 time comes from onnxruntime's own profiler on ONNX files built
+from the programs, each checked candidate is built as an ONNX file and timed beside fp32 and all-int8, the
+chosen one ships as the ONNX artifact, and `check` for that profile judges it on the host's measurement of
+that file (not of the run's .pte, which host_cpu judges).
+"""
+from __future__ import annotations
+
+import json
+
+from edgehydra.devices.profile import shipped_dir
+from tests.conftest import TINY_SIZE, activation_harmed_run
+
+RMSE_BUDGET = 0.005  # m; int8 activations cost the harmed depth head ~0.027 m (tests/test_mixed.py)
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from edgehydra.commands import cli
+
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    assert r.exit_code == 0, (r.output, r.exception)
+    return r.output
+
+
+def _host_profile(tmp_path, name: str):
+    """The shipped host profile at the tiny model's size, with accuracy floors the tiny model can meet (its
+    own relative budgets are given on the command line)."""
+    text = (shipped_dir() / f"{name}.toml").read_text()
+    for k, v in (("input_size", f"[{TINY_SIZE[0]}, {TINY_SIZE[1]}]"), ("min_miou", "0.0"),
+                 ("max_depth_rmse", "100.0"), ("max_abs_rel", "100.0")):
+        text = "\n".join(f"{k} = {v}" if ln.split("=")[0].strip() == k else ln for ln in text.splitlines())
+    p = tmp_path / f"{name}.toml"
+    p.write_text(text + "\n")
+    return p
+
+
+def test_onnxruntime_host_search_measures_every_precision_and_check_judges_the_shipped_onnx(tiny_run, tmp_path):
+    run = activation_harmed_run(tiny_run, tmp_path)
+    profile = _host_profile(tmp_path, "host_cpu_onnxruntime")
+    out = _cli("sensitivity", "--run", run, "--device", profile, "--layers", "pre_depth,depth,fuse1", "--frames", "8",
+               "--calib-frames", "8", "--max-miou-drop", "2", "--max-rmse-rise", str(RMSE_BUDGET), "--max-trials", "3",
+               "--apply")
+    rep = json.loads((run / "mixed" / "host_cpu_onnxruntime" / "front.json").read_text())
+    assert rep["latency_source"] == "measured on this host (onnxruntime's profiler per node)", rep["latency_source"]
+    rows = {r["layer"]: r for r in rep["layers"]}
+    # every layer has a time at every precision the format builds, from onnxruntime's rows on that module
+    for n in ("pre_depth", "depth", "fuse1"):
+        assert rows[n]["int8_ms"] > 0 and rows[n]["float_ms"] > 0 and rows[n]["int16_ms"] > 0, rows[n]
+    assert not any("half the int8 rate" in s for s in rep["notes"]), rep["notes"]  # measured, not assumed
+    # the checked candidates were timed as ONNX files, interleaved with fp32 and all-int8
+    t = rep["host_timing"]
+    assert t["runtime"] == "onnx" and t["fp32"] > 0 and t["int8"] > 0, t
+    c = rep["chosen"]
+    assert c["measured_latency_ms"] == t["candidates"][c["name"]]
+    # only int16 activations recover depth (float on depth still reads the int8 tensor): W8A16 whatever the timing
+    assert "depth" in c["int16_layers"], c
+    assert "check host_cpu_onnxruntime: PASS" in out, out
+
+    man = json.loads((run / "export" / "manifest.json").read_text())
+    art = next(a for a in man["artifacts"] if a["target"] == "onnx" and a["precision"] == "int8")
+    own = json.loads((run / "export" / (art["path"] + ".manifest.json")).read_text())
+    prec = {r["layer"]: r["precision"] for r in own["precision_map"]["layers"] if r["op"] == "conv"}
+    assert {n for n, p in prec.items() if p == "int16"} == {n for n in c["int16_layers"] if n in prec}
+
+    # check judges the shipped .onnx on this host's measurement of it, once there is one
+    def latency_note():
+        v = json.loads(_cli("check", "--run", run, "--device", profile, "--json"))[0]
+        return next(r for r in v["rows"] if r["budget"] == "latency p50")
+
+    assert latency_note()["note"].startswith("estimated"), latency_note()
+    _cli("bench", "--artifact", run / "export" / art["path"], "--runs", "5", "--warmup", "2")
+    lat = latency_note()
+    assert lat["note"].startswith("measured on host by onnxruntime"), lat
