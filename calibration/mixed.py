@@ -5,18 +5,21 @@ For each candidate convolution L two tables are built:
 - **accuracy**: the run's PTQ with every layer quantised except L (``keep_float=(L,)``), evaluated per
   task: what keeping L float recovers, in mIoU, depth RMSE and abs rel (normals where present), against
   the all-int8 model. The sweep shards over ranks under torchrun (``sensitivity.sweep``).
-- **latency**: on this host (a profile of format ``executorch``), measured: the all-int8 and the FP32
-  .pte are profiled operator by operator through ETDump (devices/opprofile.py) and each operator is
-  charged to its layer, so L's float cost is ``t_fp32(L) - t_int8(L)``. On x86 this is often negative:
-  XNNPACK's int8 depthwise convolutions run slower than its fp32 ones (benchmarks/ops.py), so keeping
-  them float is faster and more accurate at once. On a remote device, estimated from its profile
-  (devices/estimate.py, per-precision efficiencies calibrated on the run's measurements when present),
-  at the precision its format computes float layers in (fp16 on GPUs/NPUs and Core ML, fp32 on CPUs).
+- **latency**: on this host (a profile with ``host = true``: host_cpu ships ExecuTorch, host_cpu_onnxruntime
+  ONNX, host_cpu_litert TFLite), measured in the runtime that ships (calibration/host_measure.py): the
+  all-int8 program, the FP32 model and, where the format builds it, the program with every W8A16 candidate
+  in int16 are built as that format's artifacts and profiled operator by operator by the runtime's own
+  tool (ETDump, onnxruntime's profiler, LiteRT), each operator charged to its module, so L's float cost
+  is ``t_fp32(L) - t_int8(L)``. On x86 this is often negative: XNNPACK's int8 depthwise convolutions run
+  slower than its fp32 ones (benchmarks/ops.py), so keeping them float is faster and more accurate at
+  once. On a remote device, estimated from its profile (devices/estimate.py, per-precision efficiencies
+  calibrated on the run's measurements when present), at the precision its format computes float layers
+  in (fp16 on GPUs/NPUs and Core ML, fp32 on CPUs).
 
 The candidates are the convolutions and the decoder's op modules (skip fusions, upsamplings, CRP sums:
 HydraNet.op_units). Where the device's format builds W8A16 (its export target's ``w8a16_ops``: ONNX), each
 candidate also has a W8A16 table: the accuracy with only L in int16 activations (``int16_layers=(L,)``) and
-its latency at the profile's int16 rate.
+its latency measured (on this host) or at the profile's int16 rate.
 
 An assignment is the set S of layers kept float and the set W of layers in W8A16; its accuracy is
 predicted as the all-int8 figures plus the sum of the members' recoveries, its latency as the all-int8
@@ -25,8 +28,8 @@ Candidates: a greedy path (free moves first: faster and no less accurate; then t
 removed per millisecond; each move takes one layer to float or to W8A16) and every combination of the
 groups "depthwise", "decoder-ops", "encoder", "decoder" and each head, each group float or W8A16. The predicted Pareto front is then **checked
 by real PTQ and evaluation** in order of predicted latency until one assignment meets every budget
-when measured; on this host its latency is measured too (fp32, int8 and mixed .pte timed interleaved
-in one run). Additivity is an approximation, and the report shows predicted against measured.
+when measured; on this host its latency is measured too (fp32, int8 and each candidate built in the
+format and timed interleaved in one run). Additivity is an approximation, and the report shows predicted against measured.
 """
 from __future__ import annotations
 

@@ -185,7 +185,8 @@ def _mixed(run_dir, device, layers, recipe, size, frames, calib_frames, max_miou
         with progress_bar(transient=True) as p:
             res = apply(run, device, Path(rep["recipe_file"]), qat=qat, size=size, calib_frames=calib_frames, progress=p)
         v = res["check"]
-        click.echo(f"applied: {res['quantised']} -> {', '.join(str(r.get('path')) for r in res['export'])}; "
+        shipped = ", ".join(f"{r['path']} ({r['status']})" for r in res["export"])
+        click.echo(f"applied: {res['quantised']} -> {shipped}; "
                    f"check {v['device']}: {v['verdict']}")
         if v["verdict"] != "PASS":
             raise SystemExit(1)

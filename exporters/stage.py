@@ -182,6 +182,7 @@ def summary_rows(results: list[ExportResult]) -> list[dict]:
         par = (m.get("verification") or {}).get("parity") or {}
         met = m.get("metrics") or {}
         rows.append({"target": r.target, "precision": r.precision, "status": r.status, "reason": r.reason,
+                     "path": str(r.path) if r.path else None,
                      "size_mb": m.get("size_bytes", 0) / 2 ** 20 if m else None,
                      "argmax": par.get("segm", {}).get("argmax_agreement"),
                      "depth_rel": par.get("depth", {}).get("depth_rel_err"),

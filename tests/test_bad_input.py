@@ -97,6 +97,8 @@ CASES = [
     ("bad size", lambda t: ["info", "--size", "640"], 2, "not HxW"),
     ("size beyond memory", lambda t: ["info", "--model", "hydranet_nyud", "--size", "99999x99999"], 2,
      "GiB are available: choose a smaller --size"),
+    ("host bench for a remote profile", lambda t: ["bench", "--artifact", str(t / "m.onnx"), "--profile",
+                                                   "raspberrypi5"], 2, "measures this host's profiles"),
     ("truncated program", lambda t: ["export", "--program", str((t / "p.pt2").write_bytes(b"PK\x03\x04" + b"x" * 99)
                                                                 and t / "p.pt2"), "--target", "onnx"], 2,
      "not a complete .pt2 archive"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 from edgehydra.devices.profile import shipped_dir
+
 from tests.conftest import TINY_SIZE, activation_harmed_run
 
 RMSE_BUDGET = 0.005  # m; int8 activations cost the harmed depth head ~0.027 m (tests/test_mixed.py)
@@ -17,7 +18,6 @@ RMSE_BUDGET = 0.005  # m; int8 activations cost the harmed depth head ~0.027 m (
 
 def _cli(*args):
     from click.testing import CliRunner
-
     from edgehydra.commands import cli
 
     r = CliRunner().invoke(cli, [str(a) for a in args])
@@ -57,7 +57,7 @@ def test_onnxruntime_host_search_measures_every_precision_and_check_judges_the_s
     assert c["measured_latency_ms"] == t["candidates"][c["name"]]
     # only int16 activations recover depth (float on depth still reads the int8 tensor): W8A16 whatever the timing
     assert "depth" in c["int16_layers"], c
-    assert "check host_cpu_onnxruntime: PASS" in out, out
+    assert "check host_cpu_onnxruntime: PASS" in out and ".onnx (verified)" in out, out
 
     man = json.loads((run / "export" / "manifest.json").read_text())
     art = next(a for a in man["artifacts"] if a["target"] == "onnx" and a["precision"] == "int8")
@@ -74,3 +74,39 @@ def test_onnxruntime_host_search_measures_every_precision_and_check_judges_the_s
     _cli("bench", "--artifact", run / "export" / art["path"], "--runs", "5", "--warmup", "2")
     lat = latency_note()
     assert lat["note"].startswith("measured on host by onnxruntime"), lat
+
+
+def test_litert_host_latency_is_measured_per_module_and_candidates_as_tflite_files(tiny_run, tmp_path):
+    """host_cpu_litert's measurements, as the search takes them: the all-int8 program and the FP32 model
+    converted to .tflite and each operator timed alone in LiteRT, every convolution and op module of the
+    model with a time at both precisions; then a candidate (its program keeping segm float) converted and
+    timed beside them."""
+    import torch
+    from edgehydra.calibration.calibset import select_calibration
+    from edgehydra.calibration.host_measure import layer_latency, time_candidates
+    from edgehydra.calibration.mixed import Candidate
+    from edgehydra.calibration.program import load_program
+    from edgehydra.calibration.ptq import quantize_ptq
+    from edgehydra.calibration.recipe import load_recipe
+
+    from edgehydra.checkpoint import load_checkpoint
+    from edgehydra.data import Resize
+    from edgehydra.runs import open_split, run_data_settings
+
+    model, _ = load_checkpoint(tiny_run / "fp32.pt")
+    program = load_program(tiny_run / "ptq" / "program.pt2").module
+    lat = layer_latency(model, "tflite", {"int8": program}, TINY_SIZE, runs=3, threads=1, keep_in=tmp_path)
+    assert lat["source"] == "measured on this host (LiteRT, each operator timed alone)"
+    units = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)} | set(model.op_units())
+    for prec in ("int8", "float"):
+        missing = sorted(n for n in units if not lat[prec].get(n, 0.0) > 0)
+        assert not missing, (prec, missing)
+    assert "int16" not in lat  # LiteRT builds no W8A16 here (exporters/tflite.py w8a16_note)
+
+    ds = run_data_settings(tiny_run / "fp32.pt", None, TINY_SIZE)
+    train = open_split(ds, "train", Resize(TINY_SIZE))
+    q, _ = quantize_ptq(model, load_recipe(None).replace(keep_float=("segm",)), train, select_calibration(train, 8),
+                        TINY_SIZE)
+    cand = Candidate("segm float", ("segm",), {}, 0.0, 0.0)
+    t = time_candidates(model, "tflite", [cand], {cand.key: q}, TINY_SIZE, rounds=3, threads=1, built=tmp_path)
+    assert t["runtime"] == "tflite" and t["candidates"]["segm float"] > 0 and t["fp32"] > 0 and t["int8"] > 0, t
