@@ -4,9 +4,10 @@
     python benchmarks/mixed.py --run runs/demo --device host_cpu --max-miou-drop 0.5 --max-rmse-rise 0.01
 
 Runs the same search as `edgehydra sensitivity --run R --device D` (calibration/mixed_stage.py): per-layer
-accuracy by real PTQ + evaluation, per-layer latency from ETDump on this host, the search, the check of
+accuracy by real PTQ + evaluation, per-layer latency measured on this host in the device's runtime (host_cpu: ETDump; host_cpu_onnxruntime:
+onnxruntime's profiler; host_cpu_litert: LiteRT), the search, the check of
 the chosen assignment; then prints the three rows with latency from one interleaved timing run of the
-three .pte files (host_cpu) and accuracy per task on the same frames. Prints the CPU it ran on.
+three artifacts in that runtime and accuracy per task on the same frames. Prints the CPU it ran on.
 """
 from __future__ import annotations
 
@@ -60,17 +61,22 @@ def main(argv=None):
     print(f"{rep['device']} at {rep['size'][0]}x{rep['size'][1]} on {cpu_name()}, {ht.get('threads', '?')} threads; "
           f"{len(rep['layers'])} layers swept, {len(rep['trials'])} assignments checked, "
           f"{time.perf_counter() - t0:.0f} s")
-    print(f"{'assignment':<28}{'float layers':>13}{'mIoU':>8}{'RMSE m':>9}{'abs rel':>9}{'p50 ms':>9}")
-    rows = [("all fp32", "all", rep["fp32"], ht.get("fp32")), ("all int8", "0", rep["all_int8"], ht.get("int8")),
-            (f"mixed ({c['name']})", str(len(c["keep_float"])), c["measured"], ht.get("mixed"))]
-    for name, nf, m, t in rows:
+    print(f"{'assignment':<28}{'float layers':>13}{'W8A16':>7}{'mIoU':>8}{'RMSE m':>9}{'abs rel':>9}{'p50 ms':>9}")
+    rows = [("all fp32", "all", "0", rep["fp32"], ht.get("fp32")), ("all int8", "0", "0", rep["all_int8"], ht.get("int8")),
+            (f"mixed ({c['name']})", str(len(c["keep_float"])), str(len(c.get("int16_layers") or [])), c["measured"],
+             ht.get("mixed"))]
+    for name, nf, n16, m, t in rows:
         ts = f"{t:9.2f}" if t is not None else f"{'-':>9}"
-        print(f"{name:<28}{nf:>13}{m['miou']:8.2f}{m['rmse']:9.4f}{m['abs_rel']:9.4f}{ts}")
-    print(f"predicted mixed latency (sum of per-layer ETDump times): {c['latency_ms']:.2f} ms; "
+        print(f"{name:<28}{nf:>13}{n16:>7}{m['miou']:8.2f}{m['rmse']:9.4f}{m['abs_rel']:9.4f}{ts}")
+    print(f"predicted mixed latency (sum of per-layer times, {rep['latency_source']}): {c['latency_ms']:.2f} ms; "
           f"all-int8 per-layer sum {rep['int8_total_ms']:.2f} ms")
     print("float layers:", ", ".join(c["keep_float"]) or "none")
+    print("W8A16 layers:", ", ".join(c.get("int16_layers") or []) or "none")
+    for r in rep["layers"]:
+        print(f"  {r['layer']:<16} int8 {r['int8_ms']:.3f}  float {r['float_ms']:.3f}"
+              + (f"  int16 {r['int16_ms']:.3f}" if "int16_ms" in r else "") + " ms")
     print("front:", rep["chart"])
-    print(json.dumps({"timing": ht, "chosen": c["keep_float"]}))
+    print(json.dumps({"timing": ht, "chosen": c["keep_float"], "int16": c.get("int16_layers") or []}))
     if a.published:
         published(rep, a.rounds)
 

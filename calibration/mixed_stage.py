@@ -185,6 +185,15 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
             if chosen is not None and not (chosen.keep_float or chosen.int16):
                 notes.append("no float or W8A16 island measured faster than int8 everywhere at these budgets: the "
                              "answer on this host is all-int8")
+            fp32_mb = (others + sum(v[1] for v in all_convs.values())) / 1e6
+            if (chosen is not None and timing["fp32"] < chosen.measured_latency_ms
+                    and not budgets.misses(fp32, fp32, timing["fp32"], fp32_mb)):
+                # the search assigns precisions inside an int8 program; where this runtime runs float faster than
+                # any of them, the answer is the fp32 artifact, and the user should hear it
+                timing["fp32_beats_chosen"] = True
+                notes.append(f"FP32 everywhere measured {timing['fp32']:.2f} ms here, faster than the chosen assignment "
+                             f"({chosen.measured_latency_ms:.2f} ms), and meets every budget: in this runtime ship the "
+                             f"fp32 artifact (edgehydra export --run {run.root} --target {profile.format} --precision fp32)")
     chosen_ok = chosen is not None
     built.cleanup()
     kept.clear()
