@@ -74,7 +74,8 @@ def activation_harmed_run(tiny_run, root: Path) -> Path:
 # The longest files first, longest first: with `-n 2 --dist loadfile` each worker starts on one of the two
 # longest (the fast demo and the mixed-precision file, ~12 min each on one core) and the shorter files fill
 # in behind them, instead of a long file starting last while the other worker idles.
-LONGEST_FIRST = ("tests/test_demo.py", "tests/test_mixed.py", "tests/test_qat_runs.py", "tests/test_exporters.py")
+LONGEST_FIRST = ("tests/test_demo.py", "tests/test_mixed.py", "tests/test_qat_runs.py", "tests/test_mixed_host.py",
+                 "tests/test_exporters.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
