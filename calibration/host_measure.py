@@ -5,9 +5,9 @@ ONNX, host_cpu_litert TFLite. For those the search does not estimate a layer's g
 
 1. per-layer latency: the all-int8 program, the FP32 model and (where the format builds W8A16) the program
    with every W8A16 candidate in int16 are each built as the format's artifact and profiled by that
-   runtime's own per-operator tool: ExecuTorch's ETDump per XNNPACK operator (devices/opprofile.py
-   profile_pte), onnxruntime's profiler per node (profile_onnx), LiteRT's operators each timed alone in a
-   one-operator model cut from the file (devices/tflite_ops.py). Each row is on a module of the model, so
+   runtime's own per-operator tool (devices/opprofile.py profile_here, what `bench --ops` runs): ExecuTorch's
+   ETDump per XNNPACK operator, onnxruntime's profiler per node, LiteRT's operators each timed alone in a
+   one-operator model cut from the file. Each row is on a module of the model, so
    a layer's int8, float and int16 times come from the same runtime that ships it;
 2. whole-model timing: each checked candidate's artifact (built from its trial's program) beside fp32 and
    all-int8, one call of each per round, interleaved, so drift hits all alike (``time_artifacts``).
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgehydra.devices.opprofile import profile_here
 from edgehydra.errors import EdgeHydraError
 
 # format -> how its per-operator profile is taken here
@@ -30,8 +31,6 @@ HOST_PROFILERS = {
     "onnx": "onnxruntime's profiler per node",
     "tflite": "LiteRT, each operator timed alone",
 }
-SUFFIX = {"executorch": ".pte", "onnx": ".onnx", "tflite": ".tflite"}
-
 
 def measured_here(profile) -> bool:
     """The search measures this profile's layers here: a profile of this machine in a format whose runtime
@@ -39,16 +38,15 @@ def measured_here(profile) -> bool:
     return bool(profile.host) and profile.format in HOST_PROFILERS
 
 
+def _suffix(fmt: str) -> str:
+    from edgehydra.exporters import get_target
+
+    return get_target(fmt).suffix
+
+
 def build_artifact(fmt: str, model, module, precision: str, size, path: Path, recipe=None) -> Path:
     """``module`` (the FP32 model, or a converted pt2e program for int8) as ``fmt``'s artifact at ``path``:
     the export target's own build, without the verification and manifest a shipped export adds."""
-    x = torch.zeros(1, 3, *size)
-    if fmt == "executorch":
-        from edgehydra.exporters.executorch import lower
-
-        prog, _ = lower(module, x, precision)
-        path.write_bytes(prog.buffer)
-        return path
     from edgehydra.exporters import get_target
     from edgehydra.exporters.base import ExportRequest, Source, quiet_backends
 
@@ -63,21 +61,6 @@ def build_artifact(fmt: str, model, module, precision: str, size, path: Path, re
     return path
 
 
-def profile_artifact(fmt: str, path: Path, module, size, runs: int, tasks, threads: int) -> dict:
-    """The runtime's per-operator profile of the artifact, each row on a module of the model."""
-    if fmt == "executorch":
-        from edgehydra.devices.opprofile import profile_pte
-
-        return profile_pte(path, module, size, runs=runs, tasks=tasks, threads=threads)
-    if fmt == "onnx":
-        from edgehydra.devices.opprofile import profile_onnx
-
-        return profile_onnx(path, size, runs=runs, tasks=tasks, threads=threads)
-    from edgehydra.devices.tflite_ops import profile_tflite
-
-    return profile_tflite(path, size, runs=runs, tasks=tasks, threads=threads)
-
-
 def layer_latency(model, fmt: str, programs: dict, size, runs: int = 20, threads: int = 2, keep_in: Path | None = None,
                   recipe=None) -> dict:
     """Measured per-layer ms on this host of each artifact in ``programs`` (precision -> module: "int8" the
@@ -87,9 +70,9 @@ def layer_latency(model, fmt: str, programs: dict, size, runs: int = 20, threads
     units = dict(programs, fp32=model.eval())
     with tempfile.TemporaryDirectory() as d:
         for prec, module in units.items():
-            p = Path(keep_in or d) / f"{prec}{SUFFIX[fmt]}"
+            p = Path(keep_in or d) / f"{prec}{_suffix(fmt)}"
             build_artifact(fmt, model, module, "fp32" if prec == "fp32" else "int8", size, p, recipe)
-            prof = profile_artifact(fmt, p, module, size, runs, model.config.tasks, threads)
+            prof = profile_here(p, size, runs=runs, tasks=model.config.tasks, threads=threads, lowered_module=module)
             if not prof["mapped"]:
                 raise EdgeHydraError(f"per-operator profile of the {prec} {fmt} artifact could not be mapped to "
                                      f"layers: {prof['unmapped_reason']}")
@@ -135,13 +118,14 @@ def time_candidates(model, fmt: str, cands, programs: dict, size, rounds: int, t
                     recipe=None) -> dict:
     """fp32, all-int8 (the artifacts ``layer_latency`` kept in ``built``) and each candidate's artifact (from
     its trial's program in ``programs``, keyed by ``Candidate.key``), timed interleaved in one run here."""
+    suffix = _suffix(fmt)
+    own = [c for c in cands if c.keep_float or c.int16]  # all-int8 is the int8 file already there
     with tempfile.TemporaryDirectory() as d:
-        paths = {"fp32": built / f"fp32{SUFFIX[fmt]}", "int8": built / f"int8{SUFFIX[fmt]}"}
-        for c in cands:
-            if c.keep_float or c.int16:
-                p = Path(d) / f"{len(paths)}{SUFFIX[fmt]}"
-                paths[f"cand:{c.name}"] = build_artifact(fmt, model, programs[c.key], "int8", size, p, recipe)
+        paths = {"fp32": built / f"fp32{suffix}", "int8": built / f"int8{suffix}"}
+        for i, c in enumerate(own):
+            paths[f"cand:{c.name}"] = build_artifact(fmt, model, programs[c.key], "int8", size, Path(d) / f"{i}{suffix}",
+                                                     recipe)
         t = time_artifacts(paths, size, rounds, threads)
-    cand_t = {c.name: (t[f"cand:{c.name}"] if (c.keep_float or c.int16) else t["int8"]) for c in cands}
+    cand_t = {c.name: t.get(f"cand:{c.name}", t["int8"]) for c in cands}
     return {"fp32": t["fp32"], "int8": t["int8"], "candidates": cand_t, "rounds": rounds, "threads": threads,
             "runtime": fmt}

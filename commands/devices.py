@@ -161,8 +161,9 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
                                      "back (drop --fps, or pace on the device yourself)", param_hint="--fps")
     elif fps is not None:
         raise click.BadParameter("--fps paces a sustained run: give --duration too", param_hint="--fps")
-    if profile_name:
-        profile_name = load_profile(profile_name).name  # an unknown name fails here, before any work
+    # an unknown name fails here, before any work; loaded once (a .toml path resolves to the profile's name)
+    dev_profile = load_profile(profile_name) if profile_name else None
+    profile_name = dev_profile.name if dev_profile else None
     if ingest:
         if not artifact:
             raise click.UsageError("--ingest needs --artifact: the .mlpackage the Apple script timed (its sha256 and "
@@ -182,7 +183,7 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
         if ops:
             return _op_profile(Path(artifact), runs, threads, device, ops_from, binary, warmup, profile_name)
         if device == "host":
-            if profile_name and not load_profile(profile_name).host:
+            if dev_profile is not None and not dev_profile.host:
                 raise click.BadParameter(f"a run on this host measures this host's profiles (host = true: host_cpu, "
                                          f"host_cpu_onnxruntime, host_cpu_litert), not {profile_name}",
                                          param_hint="--profile")
@@ -194,7 +195,7 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
         else:
             from edgehydra.exporters.runtime import read_manifest
 
-            prof = load_profile(profile_name) if profile_name else None
+            prof = dev_profile
             transport = remote.parse_device(device)
             if duration_s:
                 res = remote.remote_sustained(transport, Path(artifact), duration_s, binary, threads,
@@ -300,18 +301,11 @@ def _op_profile(artifact: Path, runs: int, threads: int, device: str = "host", o
             raise click.BadParameter(str(e), param_hint="--ops-from" if ops_from else "--device") from None
         prof.update(size=list(size), runs=runs)
         tag = "." + (device if device != "host" else Path(ops_from).stem).replace(":", "_").replace("@", "_")
-    elif artifact.suffix == ".onnx":
-        from edgehydra.devices.opprofile import profile_onnx
-
-        prof = profile_onnx(artifact, size, runs=runs, tasks=tasks, threads=threads)
-    elif artifact.suffix == ".tflite":
-        from edgehydra.devices.tflite_ops import profile_tflite
-
-        prof = profile_tflite(artifact, size, runs=runs, tasks=tasks, threads=threads)
     else:
-        from edgehydra.devices.opprofile import profile_pte
+        from edgehydra.devices.opprofile import profile_here
 
-        prof = profile_pte(artifact, lowered_module(), size, runs=runs, tasks=tasks, threads=threads)
+        prof = profile_here(artifact, size, runs=runs, tasks=tasks, threads=threads,
+                            lowered_module=lowered_module() if artifact.suffix == ".pte" else None)
     out = Path(str(artifact) + f"{tag}.ops.json")
     atomic_write_json(out, prof)
     record = None

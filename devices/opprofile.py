@@ -259,6 +259,21 @@ def profile_pte(pte: str | Path, lowered_module, size, runs: int = 20, tasks=("s
     return summarize(res)
 
 
+def profile_here(artifact: str | Path, size, runs: int = 20, tasks=("segm", "depth", "normals"), threads: int = 2,
+                 lowered_module=None) -> dict:
+    """This host's per-operator profile of an artifact, by its runtime's own tool: a .pte through ETDump
+    (``lowered_module``: the module it was lowered from, whose graph maps the rows), an .onnx through
+    onnxruntime's profiler, a .tflite operator by operator in LiteRT."""
+    artifact = Path(artifact)
+    if artifact.suffix == ".onnx":
+        return profile_onnx(artifact, size, runs=runs, tasks=tasks, threads=threads)
+    if artifact.suffix == ".tflite":
+        from .tflite_ops import profile_tflite
+
+        return profile_tflite(artifact, size, runs=runs, tasks=tasks, threads=threads)
+    return profile_pte(artifact, lowered_module, size, runs=runs, tasks=tasks, threads=threads)
+
+
 # onnxruntime operator types -> the classes the ExecuTorch profile uses
 _ORT_CLASS = {"Conv": "conv", "QLinearConv": "conv", "ConvInteger": "conv", "Add": "add", "QLinearAdd": "add",
               "MaxPool": "max-pool", "NhwcMaxPool": "max-pool", "Resize": "upsample",
