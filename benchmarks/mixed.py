@@ -72,11 +72,14 @@ def main(argv=None):
           f"all-int8 per-layer sum {rep['int8_total_ms']:.2f} ms")
     print("float layers:", ", ".join(c["keep_float"]) or "none")
     print("W8A16 layers:", ", ".join(c.get("int16_layers") or []) or "none")
+    print("fp16 layers:", ", ".join(c.get("fp16_layers") or []) or "none")
     for r in rep["layers"]:
         print(f"  {r['layer']:<16} int8 {r['int8_ms']:.3f}  float {r['float_ms']:.3f}"
-              + (f"  int16 {r['int16_ms']:.3f}" if "int16_ms" in r else "") + " ms")
+              + (f"  int16 {r['int16_ms']:.3f}" if "int16_ms" in r else "")
+              + (f"  fp16 {r['fp16_ms']:.3f}" if "fp16_ms" in r else "") + " ms")
     print("front:", rep["chart"])
-    print(json.dumps({"timing": ht, "chosen": c["keep_float"], "int16": c.get("int16_layers") or []}))
+    print(json.dumps({"timing": ht, "chosen": c["keep_float"], "int16": c.get("int16_layers") or [],
+                      "fp16": c.get("fp16_layers") or []}))
     if a.published:
         published(rep, a.rounds)
 
@@ -90,49 +93,53 @@ def published(rep: dict, rounds: int) -> None:
 
     from edgehydra.calibration.calibset import CalibrationSet
     from edgehydra.calibration.mixed import encoder_prefixes, groups_of
-    from edgehydra.calibration.host_measure import time_artifacts
+    from edgehydra.calibration.host_measure import build_artifact, time_artifacts
     from edgehydra.calibration.ptq import quantize_ptq
     from edgehydra.calibration.recipe import PRESETS
-    from edgehydra.calibration.sensitivity import conv_layers
+    from edgehydra.calibration.sensitivity import quant_units
     from edgehydra.devices.opprofile import graph_convs
-    from edgehydra.exporters.executorch import lower
+    from edgehydra.exporters import get_target
     from edgehydra.registry import create_model
 
     torch.manual_seed(0)
     size = tuple(rep["size"])
     model = create_model("hydranet_nyud").eval()
-    names = conv_layers(model)
+    names = quant_units(model)  # the convolutions and the decoder's op modules, as the search's units
     dw = {n for n, d in graph_convs(torch.export.export(model, (torch.zeros(1, 3, *size),))) if d}
-    groups = {**groups_of(names, dw, model.config.tasks), **encoder_prefixes(names)}
-    name = rep["chosen"]["name"]
-    parts = name.split("+")
-    if all(p in groups for p in parts):
-        keep = sorted({n for p in parts for n in groups[p]})
-        how = f"group {name} of hydranet_nyud"
+    groups = {**groups_of(names, dw, model.config.tasks, model.op_units()), **encoder_prefixes(names)}
+    c = rep["chosen"]
+    parts = [p.split("@") for p in c["name"].split("+")]
+    prec_of = {"": "keep_float", "fp16": "fp16_layers", "w8a16": "int16_layers"}
+    assign = {"keep_float": [], "fp16_layers": [], "int16_layers": []}
+    if all(p[0] in groups for p in parts):  # a group keeps its meaning on the other architecture
+        for p in parts:
+            assign[prec_of[p[1] if len(p) > 1 else ""]] += groups[p[0]]
+        how = f"group {c['name']} of hydranet_nyud"
     else:
-        keep = [n for n in rep["chosen"]["keep_float"] if n in names]
-        how = f"the same layer names ({len(keep)} of {len(rep['chosen']['keep_float'])} exist in hydranet_nyud)"
+        for k in assign:
+            assign[k] = [n for n in c.get(k) or [] if n in names]
+        want = sum(len(c.get(k) or []) for k in assign)
+        how = f"the same layer names ({sum(map(len, assign.values()))} of {want} exist in hydranet_nyud)"
+    assign = {k: tuple(sorted(set(v))) for k, v in assign.items()}
     frames = [{"image": torch.randn(3, *size)} for _ in range(8)]
     calib = CalibrationSet(indices=tuple(range(8)), ids=tuple(map(str, range(8))), sha256="random-frames",
                            classes_covered=0, classes_in_dataset=0, depth_range=(0.0, 0.0),
                            dataset_depth_range=(0.0, 0.0), seed=0)
-    x = torch.zeros(1, 3, *size)
+    fmt = rep.get("format", "executorch")
+    suffix = get_target(fmt).suffix
     with tempfile.TemporaryDirectory() as d:
-        paths = {}
-        mods = [("fp32", model, "fp32")]
-        for k, kf in (("int8", ()), ("mixed", tuple(keep))):
-            q, _ = quantize_ptq(model, PRESETS["w8a8"].replace(keep_float=kf), frames, calib, size)
-            mods.append((k, q, "int8"))
-        for k, m, prec in mods:
-            prog, _ = lower(m, x, prec)
-            paths[k] = Path(d) / f"{k}.pte"
-            paths[k].write_bytes(prog.buffer)
+        paths = {"fp32": build_artifact(fmt, model, model, "fp32", size, Path(d) / f"fp32{suffix}")}
+        for k, rec in (("int8", PRESETS["w8a8"]), ("mixed", PRESETS["w8a8"].replace(**assign))):
+            q, _ = quantize_ptq(model, rec, frames, calib, size)
+            paths[k] = build_artifact(fmt, model, q, "int8", size, Path(d) / f"{k}{suffix}", rec)
         t = time_artifacts(paths, size, rounds, 2)
     print(f"hydranet_nyud (published architecture, untrained: latency only) at {size[0]}x{size[1]} on {cpu_name()}, "
-          f"2 threads, {rounds} interleaved rounds; mixed = {how}, {len(keep)} layers float")
+          f"{fmt}, 2 threads, {rounds} interleaved rounds; mixed = {how}: "
+          + ", ".join(f"{len(v)} {k}" for k, v in assign.items()))
     for k in ("fp32", "int8", "mixed"):
         print(f"  {k:<6} p50 {t[k]:7.2f} ms")
-    print(json.dumps({"published": t, "keep_float": keep}))
+    keep = assign
+    print(json.dumps({"published": t, "format": fmt, **{k: list(v) for k, v in keep.items()}}))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 A device profile with ``host = true`` is this machine: host_cpu ships ExecuTorch, host_cpu_onnxruntime
 ONNX, host_cpu_litert TFLite. For those the search does not estimate a layer's gain, it measures it:
 
-1. per-layer latency: the all-int8 program, the FP32 model and (where the format builds W8A16) the program
-   with every W8A16 candidate in int16 are each built as the format's artifact and profiled by that
+1. per-layer latency: the all-int8 program, the FP32 model and (where the format builds them) the program
+   with every W8A16 candidate in int16 and the one with every candidate in fp16 are each built as the format's artifact and profiled by that
    runtime's own per-operator tool (devices/opprofile.py profile_here, what `bench --ops` runs): ExecuTorch's
    ETDump per XNNPACK operator, onnxruntime's profiler per node, LiteRT's operators each timed alone in a
    one-operator model cut from the file. Each row is on a module of the model, so
@@ -64,7 +64,8 @@ def build_artifact(fmt: str, model, module, precision: str, size, path: Path, re
 def layer_latency(model, fmt: str, programs: dict, size, runs: int = 20, threads: int = 2, keep_in: Path | None = None,
                   recipe=None) -> dict:
     """Measured per-layer ms on this host of each artifact in ``programs`` (precision -> module: "int8" the
-    all-int8 program, optional "int16" the program with every W8A16 candidate in int16) and of the FP32
+    all-int8 program, optional "int16" the program with every W8A16 candidate in int16, optional "fp16" the
+    program with every candidate in fp16) and of the FP32
     model. ``keep_in``: a folder that keeps the artifacts (int8.pte, fp32.pte, ...) for the timing after it."""
     out = {}
     units = dict(programs, fp32=model.eval())
@@ -87,6 +88,8 @@ def layer_latency(model, fmt: str, programs: dict, size, runs: int = 20, threads
     if "int16" in out:
         res.update(int16=out["int16"]["by_layer"], int16_total_ms=out["int16"]["total_ms"],
                    int16_rate="measured on this host")
+    if "fp16" in out:
+        res.update(fp16=out["fp16"]["by_layer"], fp16_total_ms=out["fp16"]["total_ms"])
     return res
 
 
@@ -119,7 +122,7 @@ def time_candidates(model, fmt: str, cands, programs: dict, size, rounds: int, t
     """fp32, all-int8 (the artifacts ``layer_latency`` kept in ``built``) and each candidate's artifact (from
     its trial's program in ``programs``, keyed by ``Candidate.key``), timed interleaved in one run here."""
     suffix = _suffix(fmt)
-    own = [c for c in cands if c.keep_float or c.int16]  # all-int8 is the int8 file already there
+    own = [c for c in cands if c.mixed]  # all-int8 is the int8 file already there
     with tempfile.TemporaryDirectory() as d:
         paths = {"fp32": built / f"fp32{suffix}", "int8": built / f"int8{suffix}"}
         for i, c in enumerate(own):

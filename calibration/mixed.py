@@ -21,7 +21,14 @@ HydraNet.op_units). Where the device's format builds W8A16 (its export target's 
 candidate also has a W8A16 table: the accuracy with only L in int16 activations (``int16_layers=(L,)``) and
 its latency measured (on this host) or at the profile's int16 rate.
 
-An assignment is the set S of layers kept float and the set W of layers in W8A16; its accuracy is
+Where the format computes fp16 islands (its target's ``fp16_islands``: ExecuTorch, XNNPACK's fp16 kernels),
+fp16 is a fourth precision: each candidate's fp16 time is measured (the program with every candidate in
+fp16, profiled like the others) or estimated at the profile's fp16 rate, and where it beats the layer's
+fp32 time the accuracy with only L in fp16 (``fp16_layers=(L,)``) is measured too; where fp16 is slower it
+is no more accurate than fp32 and never chosen, so it is not swept (the report says which).
+
+An assignment is the set S of layers kept float (fp32), the set W of layers in W8A16 and the set H of
+layers in fp16; its accuracy is
 predicted as the all-int8 figures plus the sum of the members' recoveries, its latency as the all-int8
 latency minus the members' gains, its size from the weights' bytes (W8A16 weights stay int8).
 Candidates: a greedy path (free moves first: faster and no less accurate; then the most budget deficit
@@ -147,9 +154,10 @@ def graph_order(ep, units) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------- latency
-def estimated_layer_latency(model, profile, size, int16: bool = False) -> dict:
+def estimated_layer_latency(model, profile, size, int16: bool = False, fp16: bool = False) -> dict:
     """Per-layer ms from the device profile's roofline: int8, the float precision it computes, and with
-    ``int16`` W8A16 (int16 activations, int8 weights)."""
+    ``int16`` W8A16 (int16 activations, int8 weights). With ``fp16`` (a format that computes fp16 islands)
+    fp16 is a precision of its own and "float" is fp32, what a kept-float layer runs in there."""
     from edgehydra.devices.estimate import estimate, float_precision
 
     def per(e):  # a unit may have several rows (a CRP block's four sums, a fusion's adds): summed
@@ -158,10 +166,13 @@ def estimated_layer_latency(model, profile, size, int16: bool = False) -> dict:
             out[r["name"]] = out.get(r["name"], 0.0) + r["ms"]
         return out
 
-    fprec = float_precision(profile)
+    fprec = "fp32" if fp16 else float_precision(profile)
     e8, ef = estimate(model, profile, "int8", size), estimate(model, profile, fprec, size)
     out = {"source": f"estimated from the {profile.name} profile", "float_precision": fprec,
            "int8_total_ms": e8["total_ms"], "float_total_ms": ef["total_ms"], "int8": per(e8), "float": per(ef)}
+    if fp16:
+        eh = estimate(model, profile, "fp16", size)
+        out.update(fp16=per(eh), fp16_total_ms=eh["total_ms"])
     if int16:
         e16 = estimate(model, profile, "int16", size)
         out.update(int16=per(e16), int16_total_ms=e16["total_ms"],
@@ -211,13 +222,20 @@ class Candidate:
     measured: dict | None = None
     measured_latency_ms: float | None = None
     int16: tuple[str, ...] = ()  # the layers in W8A16 (int16 activations, int8 weights)
+    fp16: tuple[str, ...] = ()  # the layers kept float and computed in fp16 (calibration/fp16.py)
 
     @property
     def key(self) -> tuple:
-        return self.keep_float, self.int16
+        return self.keep_float, self.int16, self.fp16
+
+    @property
+    def mixed(self) -> bool:
+        """Anything but int8 everywhere."""
+        return bool(self.keep_float or self.int16 or self.fp16)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "keep_float": list(self.keep_float), "int16_layers": list(self.int16),
+                "fp16_layers": list(self.fp16),
                 "predicted": self.predicted,
                 "latency_ms": self.latency_ms, "size_mb": self.size_mb, "measured": self.measured,
                 "measured_latency_ms": self.measured_latency_ms}
@@ -237,10 +255,14 @@ class Space:
 
     def __init__(self, all_q: dict, gains: dict[str, dict], lat: dict, sizes: dict, base_size_bytes: int,
                  order: list[str] | None = None, out_elems: dict[str, int] | None = None,
-                 convert_ms_per_elem: float = 0.0, gains16: dict[str, dict] | None = None):
+                 convert_ms_per_elem: float = 0.0, gains16: dict[str, dict] | None = None,
+                 gains_f16: dict[str, dict] | None = None, sizes16: dict | None = None):
         self.all_q, self.gains, self.lat, self.sizes, self.base = all_q, gains, lat, sizes, base_size_bytes
         self.order, self.out_elems, self.c = order or [], out_elems or {}, convert_ms_per_elem
         self.gains16 = gains16 or {}  # layer -> what W8A16 there recovers, for the layers the format offers it
+        # layer -> what fp16 there recovers, for the layers the format computes in fp16 and where it is faster
+        # than fp32 (elsewhere fp16 is no more accurate and slower: never worth it); their fp16 weight bytes
+        self.gains_f16, self.sizes16 = gains_f16 or {}, sizes16 or {}
 
     def boundary_ms(self, keep) -> float:
         if not self.c or not self.order:
@@ -263,18 +285,26 @@ class Space:
         """ms saved by running n in W8A16 instead of int8 (negative: it is slower)."""
         return self.lat["int8"].get(n, 0.0) - self.lat["int16"].get(n, 0.0)
 
-    def candidate(self, name: str, keep, w16=()) -> Candidate:
+    def lat_gain_f16(self, n: str) -> float:
+        """ms saved by computing n in fp16 instead of int8."""
+        return self.lat["int8"].get(n, 0.0) - self.lat["fp16"].get(n, 0.0)
+
+    def candidate(self, name: str, keep, w16=(), f16=()) -> Candidate:
         keep = tuple(sorted(set(keep)))
         w16 = tuple(sorted(set(w16) - set(keep)))
+        f16 = tuple(sorted(set(f16) - set(keep) - set(w16)))
         pred = {}
         fin = lambda d, k: d.get(k, 0.0) if math.isfinite(d.get(k, 0.0)) else 0.0  # noqa: E731
         for k, v in self.all_q.items():
             if isinstance(v, (int, float)) and math.isfinite(v):
-                pred[k] = v + sum(fin(self.gains[n], k) for n in keep) + sum(fin(self.gains16[n], k) for n in w16)
+                pred[k] = (v + sum(fin(self.gains[n], k) for n in keep) + sum(fin(self.gains16[n], k) for n in w16)
+                           + sum(fin(self.gains_f16[n], k) for n in f16))
         lat = (self.lat["int8_total_ms"] - sum(self.lat_gain(n) for n in keep) - sum(self.lat_gain16(n) for n in w16)
-               + self.boundary_ms(keep))
-        size = self.base + sum(self.sizes[n][1] - self.sizes[n][0] for n in keep)  # W8A16 weights stay int8
-        return Candidate(name, keep, pred, lat, size / 1e6, int16=w16)
+               - sum(self.lat_gain_f16(n) for n in f16) + self.boundary_ms(keep + f16))
+        # W8A16 weights stay int8; fp16 weights take two bytes
+        size = (self.base + sum(self.sizes[n][1] - self.sizes[n][0] for n in keep)
+                + sum(self.sizes16[n][1] - self.sizes16[n][0] for n in f16))
+        return Candidate(name, keep, pred, lat, size / 1e6, int16=w16, fp16=f16)
 
 
 def deficit(c: Candidate, budgets: MixedBudgets, fp32: dict, with_latency: bool = False) -> float:
@@ -297,14 +327,17 @@ def greedy_path(space: Space, layers: list[str], budgets: MixedBudgets, fp32: di
     accuracy) bought per millisecond."""
     keep: list[str] = []
     w16: list[str] = []
+    f16: list[str] = []
     path = [space.candidate("all-int8", ())]
     left = list(layers)
     while left:
         cur = path[-1]
         best, best_score = None, -math.inf
-        moves = [(n, "float") for n in left] + [(n, "int16") for n in left if n in space.gains16]
+        moves = ([(n, "float") for n in left] + [(n, "int16") for n in left if n in space.gains16]
+                 + [(n, "fp16") for n in left if n in space.gains_f16])
         for n, prec in moves:
-            c = space.candidate("", keep + [n], w16) if prec == "float" else space.candidate("", keep, w16 + [n])
+            c = space.candidate("", keep + [n] * (prec == "float"), w16 + [n] * (prec == "int16"),
+                                f16 + [n] * (prec == "fp16"))
             cost = c.latency_ms - cur.latency_ms
             gain_def = deficit(cur, budgets, fp32) - deficit(c, budgets, fp32)
             gain_acc = benefit(c, fp32) - benefit(cur, fp32)
@@ -315,9 +348,9 @@ def greedy_path(space: Space, layers: list[str], budgets: MixedBudgets, fp32: di
             if score > best_score:
                 best, best_score = (n, prec), score
         n, prec = best
-        (keep if prec == "float" else w16).append(n)
+        {"float": keep, "int16": w16, "fp16": f16}[prec].append(n)
         left.remove(n)
-        path.append(space.candidate(f"greedy+{len(keep) + len(w16)}", keep, w16))
+        path.append(space.candidate(f"greedy+{len(keep) + len(w16) + len(f16)}", keep, w16, f16))
     return path
 
 
@@ -336,6 +369,11 @@ def group_candidates(space: Space, groups: dict[str, list[str]], prefixes: dict[
                     w16 = [n for g in sub for n in groups[g] if n in space.gains16]
                     keep = [n for g in combo for n in groups[g] if n not in w16]
                     out.append(space.candidate("+".join(g + ("@w8a16" if g in sub else "") for g in combo), keep, w16))
+            # and the whole combination computed in fp16, where the format offers it for its members
+            members = [n for g in combo for n in groups[g]]
+            f16 = [n for n in members if n in space.gains_f16]
+            if f16:
+                out.append(space.candidate("+".join(combo) + "@fp16", [n for n in members if n not in f16], (), f16))
     for p, members in (prefixes or {}).items():
         out.append(space.candidate(p, members))
         for h in (g for g in names if g.startswith("head:")):

@@ -39,6 +39,32 @@ def float_in(fmt: str) -> str:
     return get_target(fmt).float_layers_run_as if fmt in list_targets() else "float"
 
 
+def fp16_in(fmt: str) -> bool:
+    """Whether this format computes a recipe's fp16 layers (its target's record)."""
+    from edgehydra.exporters import get_target, list_targets
+
+    return fmt in list_targets() and get_target(fmt).fp16_islands
+
+
+def fp16_note(fmt: str) -> str:
+    from edgehydra.exporters import get_target, list_targets
+
+    return get_target(fmt).fp16_note if fmt in list_targets() else ""
+
+
+def _from_rank0(obj):
+    """``obj`` as rank 0 has it, on every rank (torchrun, gloo); alone, ``obj``."""
+    from edgehydra.train import dist_info
+
+    if dist_info()[1] == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def nearest_misses(trials: list[Candidate], budgets: MixedBudgets, fp32: dict) -> list[dict]:
     """Per budget missed by every trial: the trial that came closest and by how much."""
     rows = []
@@ -93,49 +119,63 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
     w16 = [n for n in names if kinds.get(n) in w16_ops]
     if not w16:
         notes.append(f"{profile.format} builds no W8A16 layer here ({w16_note}): each layer is int8 or float")
+    f16_fmt = fp16_in(profile.format)  # fp16 a precision of its own where the format computes fp16 islands
 
     kept = {}
     graph = export_stage(model, size)  # exported once, copied for each PTQ of the sweep and the trials
 
-    def measure(keep, int16=(), keep_program=False) -> dict:
-        q, _ = quantize_ptq(model, base.replace(keep_float=tuple(keep), int16_layers=tuple(int16)), train, calib, size,
-                            graph=graph)
-        if not keep and not int16:
+    def measure(keep, int16=(), fp16=(), keep_program=False) -> dict:
+        q, _ = quantize_ptq(model, base.replace(keep_float=tuple(keep), int16_layers=tuple(int16),
+                                                fp16_layers=tuple(fp16)), train, calib, size, graph=graph)
+        if not keep and not int16 and not fp16:
             kept["int8"] = q  # the all-int8 program: also what the host's per-layer latency is profiled on
         elif keep_program:  # a trial's program, built and timed on this host after the trials
-            kept[(tuple(keep), tuple(int16))] = q
+            kept[(tuple(keep), tuple(int16), tuple(fp16))] = q
         return _metrics(q, val, model.config, frames)
 
     fp32 = _metrics(model, val, model.config, frames)
     all_q = measure(())
     gains = sweep(names, lambda n: _delta(measure((n,)), all_q), progress, label="per-layer accuracy")
     gains16 = sweep(w16, lambda n: _delta(measure((), (n,)), all_q), progress, label="per-layer accuracy (W8A16)")
-    if dist_info()[0] != 0:
-        return {}
 
     measured_host = measured_here(profile)
     built = tempfile.TemporaryDirectory()  # the fp32 and int8 artifacts, built once: profiled, then timed with the trials
-    if measured_host:
+    lat = None
+    if measured_host and dist_info()[0] == 0:  # measured by rank 0 alone; the fp16 choice below is shared
         programs = {"int8": kept["int8"]}
         if w16:  # every W8A16 candidate in int16 at once: each one's int16 time, measured in the format's runtime
             programs["int16"], _ = quantize_ptq(model, base.replace(int16_layers=tuple(w16)), train, calib, size,
                                                 graph=graph)
+        if f16_fmt:  # and the model in fp16: each layer's fp16 time
+            from .fp16 import fp16_program
+
+            programs["fp16"] = fp16_program(model, size)
         lat = layer_latency(model, profile.format, programs, size, runs=rounds, threads=threads,
                             keep_in=Path(built.name), recipe=base)
-    else:
+    elif not measured_host:
         from edgehydra.devices.check import calibrated_on_run
 
         # the roofline fitted to what the run measured on the device (per-class scales from its per-op
         # profiles, efficiencies from whole-model runs), so each layer's gain is the device's, not a datasheet's
         fitted, used = calibrated_on_run(run, profile, model)
-        lat = estimated_layer_latency(model, fitted, size, int16=bool(w16))
+        lat = estimated_layer_latency(model, fitted, size, int16=bool(w16), fp16=f16_fmt)
         if w16:
             notes.append(f"W8A16 latency at {lat['int16_rate']}")
         if used:
             what = sorted({u.get("kind", "latency measurement") for u in used})
             lat["source"] += f", fitted to {len(used)} record(s) of this run ({', '.join(what)})"
+    # fp16 is worth an accuracy sweep only where it runs faster than the layer's fp32: elsewhere it is no more
+    # accurate and slower. Rank 0 decides on what it measured and every rank sweeps the same list.
+    f16 = _from_rank0([n for n in names if n in lat.get("fp16", {}) and lat["fp16"][n] < lat["float"].get(n, 0.0)]
+                      if lat is not None else None)
+    if f16_fmt:
+        notes.append(f"fp16 measured or estimated faster than fp32 at {len(f16)} of {len(names)} layers"
+                     + (": those are also candidates in fp16" if f16 else ": fp16 is not a candidate on this device"))
+    gains_f16 = sweep(f16, lambda n: _delta(measure((), (), (n,)), all_q), progress, label="per-layer accuracy (fp16)")
+    if dist_info()[0] != 0:
+        return {}
     fbytes = 2 if lat["float_precision"] == "fp16" else 4
-    sizes = weight_bytes(model, names, fbytes)
+    sizes, sizes16 = weight_bytes(model, names, fbytes), weight_bytes(model, names, 2)
     conv_ids = {id(m) for m in model.modules() if isinstance(m, torch.nn.Conv2d)}
     others = sum(p.numel() * 4 for m in model.modules() if id(m) not in conv_ids for p in m.parameters(recurse=False))
     all_convs = weight_bytes(model, [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)], fbytes)
@@ -144,7 +184,8 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
     units = set(model.op_units())
     space = Space(all_q, gains, lat, sizes, others + sum(v[0] for v in all_convs.values()),
                   order=graph_order(ep, model.op_units()), out_elems=conv_output_elems(model, size),
-                  convert_ms_per_elem=lat.get("convert_ms_per_elem", 0.0), gains16=gains16)
+                  convert_ms_per_elem=lat.get("convert_ms_per_elem", 0.0), gains16=gains16, gains_f16=gains_f16,
+                  sizes16=sizes16)
     cands = greedy_path(space, names, budgets, fp32) + group_candidates(
         space, groups_of(names, dw, model.config.tasks, model.op_units()), encoder_prefixes(names))
     front = pareto(cands)
@@ -163,7 +204,7 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
         if c.key in seen or len(trials) >= max_trials:
             continue
         seen.add(c.key)
-        c.measured = all_q if not (c.keep_float or c.int16) else measure(c.keep_float, c.int16, measured_host)
+        c.measured = all_q if not c.mixed else measure(c.keep_float, c.int16, c.fp16, measured_host)
         trials.append(c)
         if progress:
             progress.advance(task)
@@ -182,8 +223,8 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
             met = [c for c in ok_acc if not budgets.misses(c.measured, fp32, c.measured_latency_ms, c.size_mb)]
             chosen = min(met, key=lambda c: c.measured_latency_ms) if met else None
             timing["mixed"] = chosen.measured_latency_ms if chosen else None
-            if chosen is not None and not (chosen.keep_float or chosen.int16):
-                notes.append("no float or W8A16 island measured faster than int8 everywhere at these budgets: the "
+            if chosen is not None and not chosen.mixed:
+                notes.append("no float, fp16 or W8A16 island measured faster than int8 everywhere at these budgets: the "
                              "answer on this host is all-int8")
             fp32_mb = (others + sum(v[1] for v in all_convs.values())) / 1e6
             if (chosen is not None and timing["fp32"] < chosen.measured_latency_ms
@@ -209,16 +250,20 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
         "layers": [{"layer": n, "recovers": gains[n], "int8_ms": lat["int8"].get(n, 0.0),
                     "float_ms": lat["float"].get(n, 0.0), "depthwise": n in dw,
                     "op": "op" if n in units else "conv", "kind": kinds.get(n),
-                    **({"recovers_w8a16": gains16[n], "int16_ms": lat["int16"].get(n, 0.0)} if n in gains16 else {})}
+                    **({"recovers_w8a16": gains16[n], "int16_ms": lat["int16"].get(n, 0.0)} if n in gains16 else {}),
+                    **({"fp16_ms": lat["fp16"].get(n, 0.0)} if "fp16" in lat else {}),
+                    **({"recovers_fp16": gains_f16[n]} if n in gains_f16 else {})}
                    for n in names],
         "w8a16": {"format": profile.format, "op_classes": list(w16_ops), "layers": w16, "note": w16_note},
+        "fp16": {"format": profile.format, "islands": f16_fmt, "layers": f16,
+                 "note": "" if f16_fmt else fp16_note(profile.format)},
         "front": [c.to_dict() for c in front], "trials": [c.to_dict() for c in trials],
         "chosen": chosen.to_dict() if chosen else None, "meets_budgets": chosen_ok, "host_timing": timing,
         "notes": notes, "calibration_sha256": calib.sha256,
     }
     if chosen:
         rec = base.replace(name=f"{base.name}-mixed-{profile.name}", keep_float=chosen.keep_float,
-                           int16_layers=chosen.int16)
+                           int16_layers=chosen.int16, fp16_layers=chosen.fp16)
         atomic_write_json(out / "recipe.json", rec.to_dict())
         report["recipe_file"] = str(out / "recipe.json")
     if not chosen_ok:

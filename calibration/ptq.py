@@ -44,10 +44,16 @@ def calibrate_stage(prepared, dataset, calib: CalibrationSet, batch_size: int = 
             progress.advance(task, len(x))
 
 
-def convert_stage(prepared, fold: bool = True):
+def convert_stage(prepared, fold: bool = True, recipe: Recipe | None = None):
+    """convert_pt2e, then the recipe's fp16 layers made fp16 (calibration/fp16.py)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    return convert_pt2e(prepared, fold_quantize=fold)
+    converted = convert_pt2e(prepared, fold_quantize=fold)
+    if recipe is not None and recipe.fp16_layers:
+        from .fp16 import half_islands
+
+        half_islands(converted, recipe.fp16_layers)
+    return converted
 
 
 def quantize_ptq(model: torch.nn.Module, recipe: Recipe, dataset, calib: CalibrationSet, size, backend: str = "xnnpack",
@@ -61,7 +67,7 @@ def quantize_ptq(model: torch.nn.Module, recipe: Recipe, dataset, calib: Calibra
     tr = translate(recipe, backend, is_qat=False, target=target)
     prepared = prepare_stage(copy.deepcopy(graph) if graph is not None else export_stage(model, size), tr)
     calibrate_stage(prepared, dataset, calib, progress=progress)
-    return convert_stage(prepared, fold=fold), tr
+    return convert_stage(prepared, fold=fold, recipe=recipe), tr
 
 
 def quantized_layer_names(converted) -> tuple[list[str], list[str]]:

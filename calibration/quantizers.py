@@ -343,8 +343,8 @@ def translate(recipe: Recipe, backend: str = "xnnpack", is_qat: bool = False, ta
             issues.append(f"observer={recipe.observer!r}: ai-edge-quantizer calibrates with min/max ranges")
         if recipe.act_symmetric:
             issues.append("act_symmetric=True: ai-edge-quantizer uses asymmetric int8 activations")
-        if recipe.keep_float:
-            issues.append(f"keep_float={list(recipe.keep_float)}: TFLite tensor names do not carry module paths; "
+        if recipe.float_layers:
+            issues.append(f"keep_float={list(recipe.float_layers)}: TFLite tensor names do not carry module paths; "
                           "every supported op is quantised")
         return Translation(backend, recipe, inner, issues, notes)
     if recipe.int16_layers:
@@ -355,7 +355,15 @@ def translate(recipe: Recipe, backend: str = "xnnpack", is_qat: bool = False, ta
             ops, note = w8a16_of(target)
             if note:  # a format that builds none of them cannot honour the recipe; one that builds some says which
                 (notes if ops else issues).append(f"int16_layers={list(recipe.int16_layers)}: {note}")
-    q = _keep_float_quantizer(inner, recipe.keep_float, Quantizer) if recipe.keep_float else inner
+    q = _keep_float_quantizer(inner, recipe.float_layers, Quantizer) if recipe.float_layers else inner
     if recipe.keep_float:
         notes.append(f"kept in floating point: {', '.join(recipe.keep_float)}")
+    if recipe.fp16_layers:
+        notes.append(f"kept float and computed in fp16 (cast at each island's edges after convert): "
+                     f"{', '.join(recipe.fp16_layers)}")
+        if target is not None:
+            from edgehydra.exporters import get_target, list_targets
+
+            if target in list_targets() and not get_target(target).fp16_islands:
+                issues.append(f"fp16_layers={list(recipe.fp16_layers)}: {get_target(target).fp16_note}")
     return Translation(backend, recipe, q, issues, notes)

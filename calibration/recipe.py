@@ -50,6 +50,11 @@ class Recipe:
     # format computes it (ONNX QDQ at opset 21, LiteRT's int16x8 kernels; Hexagon's HTP natively); the
     # ExecuTorch (XNNPACK) and Core ML exports refuse it, naming the layers (calibration/quantizers.py).
     int16_layers: tuple[str, ...] = ()
+    # fp16 per layer: these layers stay float (not quantised) and compute in fp16, weights and activations, with
+    # a cast where each island starts and ends (calibration/fp16.py). Where the format computes it: ExecuTorch
+    # (XNNPACK's fp16 kernels); Core ML computes every float layer in fp16 already (list them in keep_float),
+    # and the ONNX and LiteRT exports refuse it, naming the layers. QAT trains them in fp32 and casts at convert.
+    fp16_layers: tuple[str, ...] = ()
     qat: QATSchedule = field(default_factory=QATSchedule)
 
     def __post_init__(self):
@@ -76,9 +81,15 @@ class Recipe:
         if isinstance(self.int16_layers, str):
             raise ValueError("recipe.int16_layers: a list of module names or patterns, not a string")
         object.__setattr__(self, "int16_layers", tuple(self.int16_layers))
-        both = sorted(set(self.keep_float) & set(self.int16_layers))
-        if both:
-            raise ValueError(f"recipe: {both} both in keep_float and int16_layers; a layer has one precision")
+        if isinstance(self.fp16_layers, str):
+            raise ValueError("recipe.fp16_layers: a list of module names or patterns, not a string")
+        object.__setattr__(self, "fp16_layers", tuple(self.fp16_layers))
+        for a, b in (("keep_float", "int16_layers"), ("keep_float", "fp16_layers"), ("int16_layers", "fp16_layers")):
+            both = sorted(set(getattr(self, a)) & set(getattr(self, b)))
+            if both:
+                raise ValueError(f"recipe: {both} both in {a} and {b}; a layer has one precision")
+        if self.fp16_layers and self.weight_only:
+            raise ValueError("recipe.fp16_layers needs quantised activations elsewhere (act_dtype int8 or int16)")
         if self.int16_layers and self.act_dtype != "int8":
             raise ValueError(f"recipe.int16_layers needs act_dtype='int8' (the rest of the model), got {self.act_dtype!r}")
         if isinstance(self.qat, dict):
@@ -90,10 +101,16 @@ class Recipe:
     def weight_only(self) -> bool:
         return self.act_dtype == "none"
 
+    @property
+    def float_layers(self) -> tuple[str, ...]:
+        """Every layer the quantizer leaves float: kept fp32 and computed in fp16."""
+        return self.keep_float + self.fp16_layers
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["keep_float"] = list(self.keep_float)
         d["int16_layers"] = list(self.int16_layers)
+        d["fp16_layers"] = list(self.fp16_layers)
         return d
 
     def to_json(self) -> str:
@@ -166,8 +183,9 @@ def check_layers(recipe: Recipe, model) -> None:
         return
     names = [n for n, _ in model.named_modules() if n]
     heads = {"segm", "depth", "normals", "normal"} - set(getattr(model.config, "tasks", ()))
-    for pat in recipe.keep_float + recipe.int16_layers:
-        field = "keep_float" if pat in recipe.keep_float else "int16_layers"
+    for pat in recipe.keep_float + recipe.int16_layers + recipe.fp16_layers:
+        field = ("keep_float" if pat in recipe.keep_float else "int16_layers" if pat in recipe.int16_layers
+                 else "fp16_layers")
         if any(n == pat or n.startswith(pat + ".") or fnmatch.fnmatchcase(n, pat) for n in names):
             continue
         if pat.removeprefix("pre_") in heads:

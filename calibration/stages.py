@@ -132,7 +132,7 @@ def qat_run(checkpoint: Path, run: Run | Path, cfg: TrainConfig, recipe_spec=Non
         fq = _eval(gm, val, fp32_model.config, val_limit, progress)
     from .ptq import convert_stage
 
-    converted = convert_stage(gm)
+    converted = convert_stage(gm, recipe=recipe)
     q_layers, f_layers = quantized_layer_names(converted)
     meta = {"stage": "qat", "source_checkpoint": str(checkpoint), "source_sha256": info["sha256"],
             "translation": tr.to_dict(), "data": ds, "qat_events": ctl.events, "distill": distill,

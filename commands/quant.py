@@ -177,8 +177,9 @@ def _mixed(run_dir, device, layers, recipe, size, frames, calib_frames, max_miou
         return
     _mixed_table(rep)
     c = rep["chosen"]
-    w16 = c.get("int16_layers") or []
+    w16, f16 = c.get("int16_layers") or [], c.get("fp16_layers") or []
     click.echo(f"chosen: {len(c['keep_float'])} layers float ({', '.join(c['keep_float']) or 'none'})"
+               + (f", {len(f16)} fp16 ({', '.join(f16)})" if f16 else "")
                + (f", {len(w16)} W8A16 ({', '.join(w16)})" if w16 else "") + f"; recipe: {rep['recipe_file']}")
     click.echo(f"front: {rep['chart']}")
     if do_apply:
@@ -196,16 +197,18 @@ def _mixed_table(rep: dict):
     from rich.table import Table
 
     t = Table(title=f"{rep['device']} at {rep['size'][0]}x{rep['size'][1]}: latency {rep['latency_source']}")
-    for col in ("assignment", "float layers", "W8A16 layers", "mIoU", "RMSE", "abs rel", "latency ms", "size MB"):
+    for col in ("assignment", "float layers", "fp16 layers", "W8A16 layers", "mIoU", "RMSE", "abs rel", "latency ms",
+                "size MB"):
         t.add_column(col, justify="left" if col == "assignment" else "right")
     ht = rep.get("host_timing") or {}
-    rows = [("FP32", "all", "0", rep["fp32"], ht.get("fp32", rep["float_total_ms"]), None),
-            ("all int8", "0", "0", rep["all_int8"], ht.get("int8", rep["int8_total_ms"]), None)]
+    rows = [("FP32", "all", "0", "0", rep["fp32"], ht.get("fp32", rep["float_total_ms"]), None),
+            ("all int8", "0", "0", "0", rep["all_int8"], ht.get("int8", rep["int8_total_ms"]), None)]
     c = rep["chosen"]
-    rows.append((f"mixed ({c['name']})", str(len(c["keep_float"])), str(len(c.get("int16_layers") or [])),
-                 c["measured"], c["measured_latency_ms"] or c["latency_ms"], c["size_mb"]))
-    for name, nf, n16, m, lat, mb in rows:
-        t.add_row(name, nf, n16, f"{m['miou']:.2f}", f"{m['rmse']:.4f}", f"{m['abs_rel']:.4f}", f"{lat:.2f}",
+    rows.append((f"mixed ({c['name']})", str(len(c["keep_float"])), str(len(c.get("fp16_layers") or [])),
+                 str(len(c.get("int16_layers") or [])), c["measured"], c["measured_latency_ms"] or c["latency_ms"],
+                 c["size_mb"]))
+    for name, nf, nh, n16, m, lat, mb in rows:
+        t.add_row(name, nf, nh, n16, f"{m['miou']:.2f}", f"{m['rmse']:.4f}", f"{m['abs_rel']:.4f}", f"{lat:.2f}",
                   "" if mb is None else f"{mb:.2f}")
     show(t)
     for n in rep.get("notes", []):

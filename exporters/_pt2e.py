@@ -59,13 +59,21 @@ def int16_layers(gm: torch.fx.GraphModule) -> list[tuple[str, str]]:
     return out
 
 
-def refuse_int16(program, target) -> None:
-    """One line, before any conversion, where the ``target`` record cannot build a program's int16 layers."""
+def refuse_precisions(program, target) -> None:
+    """One line, before any conversion, where the ``target`` record cannot build a program's int16 layers
+    (W8A16) or its fp16 islands."""
+    from edgehydra.calibration.fp16 import fp16_layers
     from edgehydra.errors import EdgeHydraError
 
+    def shown(bad):
+        return ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
+
+    # not bad input: the other targets of the same export build it (export_run reports this one failed)
     bad = [f"{p} ({op})" for p, op in int16_layers(program.module) if op not in target.w8a16_ops]
     if bad:
-        shown = ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
-        # not bad input: the other targets of the same export build it (export_run reports this one failed)
-        raise EdgeHydraError(f"{target.name}: the program has int16 activations (W8A16) at {shown}; "
+        raise EdgeHydraError(f"{target.name}: the program has int16 activations (W8A16) at {shown(bad)}; "
                              f"{target.w8a16_note}")
+    if not target.fp16_islands:
+        bad = [f"{p} ({op})" for p, op in fp16_layers(program.module)]
+        if bad:
+            raise EdgeHydraError(f"{target.name}: the program computes {shown(bad)} in fp16; {target.fp16_note}")

@@ -117,6 +117,10 @@ class ExportTarget:
     # the others; an export of a program with int16 elsewhere fails naming the layers (exporters/_pt2e.py)
     w8a16_ops: tuple[str, ...] = ()
     w8a16_note: str = "no int16 activations in this format"
+    # fp16 per layer (a recipe's fp16_layers, calibration/fp16.py): whether this format computes a float island
+    # in fp16 beside int8 layers, and why not; an export of such a program elsewhere fails naming the layers
+    fp16_islands: bool = False
+    fp16_note: str = "no per-layer fp16 in this format"
     # (manifest, profile) -> how a device runs it: tool, binaries, flags, accelerator, argv(exe, path, threads,
     # runs, warmup); devices/remote.py runs and parses it. None: no device runner (Core ML: --apple-script)
     remote_plan: Callable | None = None

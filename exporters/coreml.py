@@ -65,9 +65,9 @@ def build(source, req, path):
     dep = opts.get("deployment_target", "iOS17")
     cfg = source.config
     if req.precision == "int8":
-        from ._pt2e import refuse_int16
+        from ._pt2e import refuse_precisions
 
-        refuse_int16(source.program, TARGET)
+        refuse_precisions(source.program, TARGET)
     module = source.program.module if req.precision == "int8" else source.fp32.eval()
     x = torch.zeros(req.batch, 3, *req.size)
     ep = torch.export.export(module, (x,)).run_decompositions({})
@@ -219,5 +219,7 @@ TARGET = ExportTarget(name="coreml", suffix=".mlpackage", precisions=("fp16", "i
                       options=("compute_units", "image_input", "deployment_target"),
                       w8a16_note=("Core ML's W8A8 path takes int8 activations only; keep these layers float (fp16 "
                                   "on the ANE)"),
+                      fp16_note=("Core ML computes every float layer in fp16 already (compute_precision FLOAT16): list "
+                                 "these layers in keep_float"),
                       float_layers_run_as=("fp16 compute with fp16 weights (Core ML computes every op in fp16; int8 "
                                            "layers keep int8 weights)"))

@@ -16,7 +16,7 @@ import torch
 
 from edgehydra.errors import BadInputError, MissingBackendError
 
-from ._pt2e import refuse_int16
+from ._pt2e import refuse_precisions
 from .base import ExportTarget, muted_native_stderr
 
 DELEGATES = {
@@ -135,7 +135,7 @@ def lower(module, example: torch.Tensor, precision: str, delegate: str = "xnnpac
 def build(source, req, path):
     delegate = req.options.get("delegate", "xnnpack")
     if req.precision == "int8":
-        refuse_int16(source.program, TARGET)
+        refuse_precisions(source.program, TARGET)
     module = source.fp32.eval() if req.precision == "fp32" else source.program.module
     prog, facts = lower(module, torch.zeros(req.batch, 3, *req.size), req.precision, delegate)
     with open(path, "wb") as f:
@@ -232,4 +232,5 @@ TARGET = ExportTarget(name="executorch", suffix=".pte", precisions=("fp32", "int
                       w8a16_note=("XNNPACK has no int16-activation kernels (its partitioner rejects an int16 dequantize: "
                                   "'Unsupported dtype for quantization'); keep these layers float or int8, or ship "
                                   "ONNX / LiteRT"),
+                      fp16_islands=True,
                       float_layers_run_as="fp32 XNNPACK kernels beside the int8 ones, in one delegate")

@@ -14,7 +14,7 @@ import torch
 from edgehydra.errors import BadInputError
 
 from ._onnx_qdq import signed_to_unsigned
-from ._pt2e import int16_layers
+from ._pt2e import int16_layers, refuse_precisions
 from . import reference_runner
 from .base import ExportTarget
 from .reference_io import reference_check, reference_sidecar
@@ -25,6 +25,8 @@ QDQ_TYPES = ("uint8", "int8")
 def build(source, req, path):
     import onnx
 
+    if req.precision == "int8":
+        refuse_precisions(source.program, TARGET)  # fp16 islands (every int16 op class builds here)
     w16 = sorted({p for p, _ in int16_layers(source.program.module)}) if req.precision == "int8" else []
     # int16 QuantizeLinear/DequantizeLinear are ONNX opset 21 (onnxruntime runs the float op between them)
     opset = int(req.options.get("opset", 21 if w16 else 18))
@@ -100,5 +102,8 @@ TARGET = ExportTarget(name="onnx", suffix=".onnx", precisions=("fp32", "int8"), 
                       w8a16_note=("int16 QuantizeLinear/DequantizeLinear at opset 21: onnxruntime's CPU EP runs the "
                                   "float op between them, QNN's HTP (Hexagon) runs them natively; TensorRT has no "
                                   "int16 Q/DQ"),
+                      fp16_note=("onnxruntime's CPU EP has no fp16 convolution on x86 (its cast transformer runs an fp16 "
+                                 "island in fp32 between two casts, measured on a 2-conv model): list these layers in "
+                                 "keep_float"),
                       float_layers_run_as=("fp32 between QDQ pairs (onnxruntime runs the rest as integer kernels; "
                                            "TensorRT builds fp16/fp32 there)"))

@@ -88,7 +88,10 @@ def program_layers(gm: torch.fx.GraphModule, recipe) -> list[dict]:
     """Per (layer, op class) precision of a converted pt2e program, with the reason for every float row."""
     from edgehydra.calibration.quantizers import keep_float_match, node_module_path
 
+    from edgehydra.calibration.fp16 import is_half
+
     rows: OrderedDict = OrderedDict()
+    memo: dict = {}
     for n in gm.graph.nodes:
         if n.op != "call_function":
             continue
@@ -97,11 +100,16 @@ def program_layers(gm: torch.fx.GraphModule, recipe) -> list[dict]:
             continue
         layer = node_module_path(n) or TOP
         prec = _node_precision(n)
-        if prec == "fp32":
-            pats = [p for p in recipe.keep_float if keep_float_match(layer, (p,))]
+        if prec == "fp32" and is_half(n, memo):
+            prec = "fp16"
+            pats = [p for p in recipe.fp16_layers if keep_float_match(layer, (p,))]
+            why = (f"recipe fp16 ({', '.join(repr(p) for p in pats)})" if pats
+                   else "computes in fp16 (its inputs are fp16)")
+        elif prec == "fp32":
+            pats = [p for p in recipe.float_layers if keep_float_match(layer, (p,))]
             why = (f"recipe keep-float ({', '.join(repr(p) for p in pats)})" if pats
                    else "not annotated by the quantizer (it does not quantise this op here)")
-        elif any(keep_float_match(layer, (p,)) for p in recipe.keep_float):
+        elif any(keep_float_match(layer, (p,)) for p in recipe.float_layers):
             why = ("matched keep-float, but its input arrives quantised and this op passes int8 through "
                    "(it shares its input's quantisation parameters)")
         elif prec == "w8":
@@ -199,7 +207,7 @@ def shipped(rows: list[dict], target: str, facts: dict, path=None) -> list[dict]
                             facts.get("delegate", "xnnpack").upper()))
     elif target == "coreml":
         for r in rows:
-            if r["precision"] == "fp32":
+            if r["precision"] in ("fp32", "fp16"):
                 out.append(dict(r, precision="fp16", why=r["why"] + "; Core ML computes in fp16", runs_on="Core ML"))
             else:
                 out.append(dict(r, precision=f"{r['precision']} (fp16 compute)", runs_on="Core ML"))

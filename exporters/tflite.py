@@ -104,9 +104,9 @@ def build(source, req, path):
         elif io_dtype != "int8":
             fallback = "float I/O was asked for; the program converts with int8 I/O"
     if req.precision == "int8":
-        from ._pt2e import refuse_int16
+        from ._pt2e import refuse_precisions
 
-        refuse_int16(source.program, TARGET)
+        refuse_precisions(source.program, TARGET)
     if req.precision == "int8" and fallback is None:
         facts.update(_convert_program(source, nhwc, x, path))
         facts["io_dtype"] = "int8"
@@ -218,6 +218,9 @@ TARGET = ExportTarget(name="tflite", suffix=".tflite", precisions=("fp32", "fp16
                                   "layer reads an int8 tensor (measured on this model: an int16 ADD fails 'tfl.add' "
                                   "element types must match; a depthwise conv sharing a requantised input fails to "
                                   "prepare, INT16 != INT8); ship these layers as ONNX, or float / int8"),
+                      fp16_note=("litert-torch converts float layers to fp32 operators (LiteRT's fp16 is a weight format, "
+                                 "dequantised to fp32, or the GPU delegate's choice for the whole graph): list these "
+                                 "layers in keep_float"),
                       float_layers_run_as=("converted by litert-torch from the program: kept-float layers stay float, "
                                            "but the converter may still feed them int8 inputs (listed per layer as "
                                            "not honoured in the manifest)"))

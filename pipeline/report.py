@@ -195,9 +195,9 @@ def _mixed_section(run: Path, out: Path, section, table, image) -> None:
         m, h = table(["assignment", "float layers", "mIoU", "RMSE", "abs rel", f"ms ({src})"], data)
         img = Path(shutil.copy(f.with_name("front.png"), out / f"mixed_{r['device']}.png"))
         im, ih = image(img, f"mixed precision front on {r['device']}")
-        w16 = (c or {}).get("int16_layers") or []
+        w16, f16 = (c or {}).get("int16_layers") or [], (c or {}).get("fp16_layers") or []
         verdict = (f"Chosen: {', '.join(c['keep_float']) or 'no layer'} kept float"
-                   + (f", {', '.join(w16)} in W8A16" if w16 else "") + "; meets every budget."
+                   + (f", {', '.join(f16)} in fp16" if f16 else "") + (f", {', '.join(w16)} in W8A16" if w16 else "") + "; meets every budget."
                    if r.get("meets_budgets") else "No assignment met every budget (nearest misses in front.json).")
         section(f"Mixed precision on {r['device']} at {r['size'][0]}x{r['size'][1]}", [verdict, ""] + m + [""] + im,
                 f"<p>{html.escape(verdict)}</p>{h}{ih}")

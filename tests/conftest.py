@@ -47,6 +47,28 @@ def tiny_run(tmp_path_factory):
     return out
 
 
+def weight_harmed_run(tiny_run, root: Path) -> Path:
+    """A copy of the tiny run whose depth head is harmful to int8 *weights*: one input channel of the depth
+    conv gets a weight 1000x the others, on a channel its depthwise pre-layer zeroes (FP32 unchanged). The
+    depth conv has one output channel, so its per-channel int8 scale is set by that weight and every other
+    weight rounds to zero: int8 depth collapses to its bias; float (fp32 or fp16) on depth recovers it."""
+    import shutil
+
+    from edgehydra.checkpoint import load_checkpoint, save_checkpoint
+
+    run = root / "run"
+    run.mkdir(parents=True)
+    for f in ("fp32.pt", "run.json"):
+        if (tiny_run / f).is_file():
+            shutil.copy(tiny_run / f, run / f)
+    model, info = load_checkpoint(run / "fp32.pt")
+    with torch.no_grad():
+        model.pre_depth.weight[0] = 0.0  # channel 0 of relu(pre_depth) is always 0 ...
+        model.depth.weight[:, 0] = 1000.0 * model.depth.weight.abs().max()  # ... so FP32 ignores this weight
+    save_checkpoint(model, run / "fp32.pt", provenance=info.get("provenance"))
+    return run
+
+
 def activation_harmed_run(tiny_run, root: Path) -> Path:
     """A copy of the tiny run whose depth head is harmful to int8 *activations*: relu(pre_depth) gets one
     channel saturated at 6 (its depth weights zero) while the others are scaled down 100x (depth's weights

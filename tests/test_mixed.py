@@ -1,25 +1,21 @@
 """Mixed precision under joint budgets (calibration/mixed*.py), end to end through export and check.
 
-The tiny run's depth head is made harmful to quantise for depth only: one input channel of the last
-depth conv gets a weight 1000x the others, on a channel its depthwise pre-layer zeroes (so FP32 is
-unchanged). The depth conv has one output channel, so its per-channel int8 scale is set by that weight
-and every other weight rounds to zero: the int8 depth head collapses to its bias, segmentation is
-untouched. The candidates include two of the decoder's op modules (the last skip fusion, an upsampling).
-The device is an estimated profile (int8 5x faster than fp32 per layer), so keeping a layer
+The tiny run's depth head is made harmful to quantise for depth only (conftest.weight_harmed_run): the
+int8 depth head collapses to its bias, segmentation is untouched. The candidates include two of the
+decoder's op modules (the last skip fusion, an upsampling). The device is an estimated profile (int8 5x faster than fp32 per layer), so keeping a layer
 float always costs latency and the choice does not hang on timing noise.
 """
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
+import shutil
 
-from tests.conftest import TINY_SIZE, activation_harmed_run
+from tests.conftest import TINY_SIZE, activation_harmed_run, weight_harmed_run
 
 LAYERS = "pre_depth,depth,pre_segm,segm,fuse1,up2"  # the heads' convs and two of the decoder's op modules
 RMSE_BUDGET = 0.005  # m; the int8 depth head of the harmed tiny model loses ~0.027 m (see the first test)
@@ -54,19 +50,8 @@ max_abs_rel = 100.0
 
 @pytest.fixture(scope="module")
 def harmful_run(tiny_run, tmp_path_factory):
-    from edgehydra.checkpoint import load_checkpoint, save_checkpoint
-
     root = tmp_path_factory.mktemp("mixed")
-    run = root / "run"
-    run.mkdir()
-    for f in ("fp32.pt", "run.json"):
-        if (tiny_run / f).is_file():
-            shutil.copy(tiny_run / f, run / f)
-    model, info = load_checkpoint(run / "fp32.pt")
-    with torch.no_grad():
-        model.pre_depth.weight[0] = 0.0  # channel 0 of relu(pre_depth) is always 0 ...
-        model.depth.weight[:, 0] = 1000.0 * model.depth.weight.abs().max()  # ... so FP32 ignores this weight
-    save_checkpoint(model, run / "fp32.pt", provenance=info.get("provenance"))
+    run = weight_harmed_run(tiny_run, root)
     (root / "npu.toml").write_text(PROFILE)
     return run, root / "npu.toml"
 
