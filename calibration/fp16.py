@@ -19,12 +19,17 @@ _CASTS = (torch.ops.aten.to.dtype, torch.ops.aten._to_copy.default)
 FP16_MARK = "edgehydra_fp16"
 
 
+def _computes(n) -> bool:
+    """A node an island can hold: a call that is neither a (de)quantize nor a cast."""
+    return n.op == "call_function" and not any(s in str(n.target) for s in _QDQ) and n.target not in _CASTS
+
+
 def island_nodes(gm: torch.fx.GraphModule, patterns) -> list[torch.fx.Node]:
     from .quantizers import keep_float_match, node_module_path
 
     out = []
     for n in gm.graph.nodes:
-        if n.op != "call_function" or any(s in str(n.target) for s in _QDQ) or n.target in _CASTS:
+        if not _computes(n):
             continue
         path = node_module_path(n)
         if path and keep_float_match(path, patterns):
@@ -40,16 +45,14 @@ def half_islands(gm: torch.fx.GraphModule, patterns) -> list[str]:
 
     from edgehydra.exporters.precision_map import _node_precision, _op_class
 
-    # a node the program still runs in int8 (an op that shares its input's quantisation) stays as it is
     inside = {n for n in island_nodes(gm, patterns) if _op_class(n.target) is None or _node_precision(n) == "fp32"}
     for n in gm.graph.nodes:
         # a node whose every input is fp16 joins the island: the clamp after an fp16 conv (the ReLU6 module is a
         # sibling of the conv's, not a child), a residual add of two fp16 layers, a max-pool's getitem. Left
         # out, each would cost a cast to fp32 and one back.
-        if n in inside or n.op != "call_function" or any(q in str(n.target) for q in _QDQ) or n.target in _CASTS:
+        if n in inside or not _computes(n):
             continue
-        ins = n.all_input_nodes
-        acts = [a for a in ins if a.op != "get_attr"]
+        acts = [a for a in n.all_input_nodes if a.op != "get_attr"]
         if acts and all(a in inside for a in acts):
             inside.add(n)
     isl = [n for n in gm.graph.nodes if n in inside]
@@ -121,17 +124,10 @@ def is_half(node, _memo=None) -> bool:
 
 def fp16_layers(gm: torch.fx.GraphModule) -> list[tuple[str, str]]:
     """(module path, op class) of the program's compute nodes that run in fp16, in graph order, each once."""
-    from edgehydra.accounting import node_module_path
-    from edgehydra.exporters.precision_map import _op_class
+    from edgehydra.exporters._pt2e import layers_where
 
-    out, memo = [], {}
-    for n in gm.graph.nodes:
-        op = _op_class(n.target) if n.op == "call_function" else None
-        if op is not None and is_half(n, memo):
-            key = (node_module_path(n), op)
-            if key[0] and key not in out:
-                out.append(key)
-    return out
+    memo: dict = {}
+    return layers_where(gm, lambda n: is_half(n, memo))
 
 
 def fp16_program(model: torch.nn.Module, size) -> torch.fx.GraphModule:

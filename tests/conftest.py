@@ -30,6 +30,35 @@ def need_reference():
 
 
 TINY_SIZE = (64, 96)
+# An estimated device for the mixed-precision tests: int8 5x faster than float per layer, budgets that only
+# the searches' own relative budgets bind. Variants change a rate or the format by .replace().
+STAND_IN_NPU = f"""
+name = "edge_npu_test"
+description = "An int8 accelerator stand-in for tests (estimated latency)"
+kind = "phone-npu"
+format = "executorch"
+precision = "int8"
+compute_unit = "NPU"
+int8_tops = 10.0
+fp16_tflops = 2.0
+fp32_tflops = 2.0
+bandwidth_gbs = 1000.0
+threads = 1
+compute_efficiency = 0.5
+bandwidth_efficiency = 1.0
+overhead_ms = 0.1
+
+[budgets]
+input_size = [{TINY_SIZE[0]}, {TINY_SIZE[1]}]
+latency_p50_ms = 100.0
+latency_p90_ms = 130.0
+max_gmacs = 10.0
+max_artifact_mb = 20.0
+max_peak_memory_mb = 1024.0
+min_miou = 0.0
+max_depth_rmse = 100.0
+max_abs_rel = 100.0
+"""
 
 
 @pytest.fixture(scope="session")

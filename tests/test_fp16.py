@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import TINY_SIZE, weight_harmed_run
+from tests.conftest import STAND_IN_NPU, TINY_SIZE, weight_harmed_run
 
 HEAD = ("pre_segm", "segm")
 
@@ -76,33 +76,9 @@ def test_formats_without_fp16_islands_refuse_in_one_line(programs, target, tmp_p
     assert not path.exists()
 
 
-NPU_FP16 = f"""
-name = "edge_fp16_test"
-description = "A device computing fp16 at twice its fp32 rate (estimated latency; ExecuTorch like a phone CPU)"
-kind = "cpu"
-format = "executorch"
-precision = "int8"
-compute_unit = "CPU"
-int8_tops = 10.0
-fp16_tflops = 4.0
-fp32_tflops = 2.0
-bandwidth_gbs = 1000.0
-threads = 1
-compute_efficiency = 0.5
-bandwidth_efficiency = 1.0
-overhead_ms = 0.1
-
-[budgets]
-input_size = [{TINY_SIZE[0]}, {TINY_SIZE[1]}]
-latency_p50_ms = 100.0
-latency_p90_ms = 130.0
-max_gmacs = 10.0
-max_artifact_mb = 20.0
-max_peak_memory_mb = 1024.0
-min_miou = 0.0
-max_depth_rmse = 100.0
-max_abs_rel = 100.0
-"""
+NPU_FP16 = STAND_IN_NPU.replace('name = "edge_npu_test"', 'name = "edge_fp16_test"').replace(
+    'kind = "phone-npu"', 'kind = "cpu"').replace('compute_unit = "NPU"', 'compute_unit = "CPU"').replace(
+    "fp16_tflops = 2.0", "fp16_tflops = 4.0")  # fp16 at twice the fp32 rate, like a phone CPU with ARMv8.2-FP16
 
 
 def test_search_puts_a_layer_in_fp16_where_the_device_computes_it_faster_and_it_ships(tiny_run, tmp_path):

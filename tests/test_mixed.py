@@ -15,37 +15,10 @@ from pathlib import Path
 import pytest
 import shutil
 
-from tests.conftest import TINY_SIZE, activation_harmed_run, weight_harmed_run
+from tests.conftest import STAND_IN_NPU as PROFILE, TINY_SIZE, activation_harmed_run, weight_harmed_run
 
 LAYERS = "pre_depth,depth,pre_segm,segm,fuse1,up2"  # the heads' convs and two of the decoder's op modules
 RMSE_BUDGET = 0.005  # m; the int8 depth head of the harmed tiny model loses ~0.027 m (see the first test)
-PROFILE = f"""
-name = "edge_npu_test"
-description = "An int8 accelerator stand-in for tests (estimated latency)"
-kind = "phone-npu"
-format = "executorch"
-precision = "int8"
-compute_unit = "NPU"
-int8_tops = 10.0
-fp16_tflops = 2.0
-fp32_tflops = 2.0
-bandwidth_gbs = 1000.0
-threads = 1
-compute_efficiency = 0.5
-bandwidth_efficiency = 1.0
-overhead_ms = 0.1
-
-[budgets]
-input_size = [{TINY_SIZE[0]}, {TINY_SIZE[1]}]
-latency_p50_ms = 100.0
-latency_p90_ms = 130.0
-max_gmacs = 10.0
-max_artifact_mb = 20.0
-max_peak_memory_mb = 1024.0
-min_miou = 0.0
-max_depth_rmse = 100.0
-max_abs_rel = 100.0
-"""
 
 
 @pytest.fixture(scope="module")
