@@ -66,14 +66,14 @@ def run_bundle(bpte: Path, tasks, tol, transport=None, python: str = "python3") 
     from . import bundle_runner
     from .base import parity, within
 
+    cases = read_expected(bpte)
     if transport is None:
         from .executorch import runtime
 
         runtime()  # the threadpool started quietly
-        got, where = bundle_runner.run_cases(str(bpte)), "host"
+        got, where = bundle_runner.run_cases(str(bpte), len(cases)), "host"
     else:
         got, where = _run_remote(transport, Path(bpte), python), transport.name
-    cases = read_expected(bpte)
     if len(got) != len(cases):
         raise RuntimeError(f"{where}: the bundle ran {len(got)} cases, it holds {len(cases)}")
     cat = lambda rows: [np.concatenate([np.asarray(r[k], np.float32) for r in rows]) for k in range(len(tasks))]  # noqa: E731

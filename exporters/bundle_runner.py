@@ -12,15 +12,19 @@ import sys
 BEGIN, END = "EDGEHYDRA-BUNDLE-OUTPUTS-BEGIN", "EDGEHYDRA-BUNDLE-OUTPUTS-END"
 
 
-def run_cases(path: str) -> list:
-    """[[output arrays of case 0], [case 1], ...] as ExecuTorch's bundled-program API produced them."""
+def run_cases(path: str, n=None) -> list:
+    """[[output arrays of case 0], [case 1], ...] as ExecuTorch's bundled-program API produced them.
+    ``n``: the number of cases where the caller has read the bundle already (reading it back runs flatc
+    and takes ~4 s for the tiny model's 8 cases at 240x320, most of a host check's time)."""
     import numpy as np
-    from executorch.devtools.bundled_program.serialize import deserialize_from_flatbuffer_to_bundled_program
     from executorch.extension.pybindings import portable_lib as pl
 
     data = open(path, "rb").read()
-    n = len(next(s for s in deserialize_from_flatbuffer_to_bundled_program(data).method_test_suites
-                 if s.method_name == "forward").test_cases)
+    if n is None:
+        from executorch.devtools.bundled_program.serialize import deserialize_from_flatbuffer_to_bundled_program
+
+        n = len(next(s for s in deserialize_from_flatbuffer_to_bundled_program(data).method_test_suites
+                     if s.method_name == "forward").test_cases)
     bundle = pl._load_bundled_program_from_buffer(data)
     pl._load_for_executorch_from_bundled_program(bundle)
     # The API loads case i as the method's input and runs it. Its own pass/fail applies one rtol/atol to
