@@ -187,11 +187,10 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
                 raise click.BadParameter(f"a run on this host measures this host's profiles (host = true: host_cpu, "
                                          f"host_cpu_onnxruntime, host_cpu_litert), not {profile_name}",
                                          param_hint="--profile")
-            res = host_bench(Path(artifact), warmup, runs, threads, provider, verify=verify, duration_s=duration_s,
-                             fps=fps, timeout=max(1800, 3 * (duration_s or 0)))
             if bundle:
-                res["bundle_parity"] = _bundle_parity(Path(artifact), None, python)
-                record_measurement(Path(artifact), res)
+                _reference_io(Path(artifact))
+            res = host_bench(Path(artifact), warmup, runs, threads, provider, verify=verify, duration_s=duration_s,
+                             fps=fps, timeout=max(1800, 3 * (duration_s or 0)), bundle=bundle)
         else:
             from edgehydra.exporters.runtime import read_manifest
 
@@ -357,14 +356,22 @@ def _op_profile(artifact: Path, runs: int, threads: int, device: str = "host", o
         click.echo(f"op profile record: {record} (per-class scales for {profile_name})")
 
 
-def _bundle_parity(artifact: Path, transport, python: str) -> dict:
-    from edgehydra.devices.bench import reference_parity
+def _reference_io(artifact: Path) -> None:
+    """--bundle on an artifact without reference I/O: a usage error before anything runs."""
+    from edgehydra.devices.bench import reference_check
     from edgehydra.errors import BadInputError
 
     try:
-        return reference_parity(artifact, transport, python)
+        reference_check(artifact)
     except BadInputError as e:
         raise click.BadParameter(str(e), param_hint="--bundle") from None
+
+
+def _bundle_parity(artifact: Path, transport, python: str) -> dict:
+    from edgehydra.devices.bench import reference_parity
+
+    _reference_io(artifact)
+    return reference_parity(artifact, transport, python)
 
 
 @click.command()

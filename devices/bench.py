@@ -159,11 +159,14 @@ def bench_in_process(path: Path, warmup: int = 5, runs: int = 30, threads: int =
 
 def bench(path: Path, warmup: int = 5, runs: int = 30, threads: int = 2, provider: str | None = None,
           write: bool = True, timeout: float = 1800, size=None, verify: bool = False, duration_s: float | None = None,
-          fps: float | None = None) -> dict:
+          fps: float | None = None, bundle: bool = False) -> dict:
     """Benchmark in a fresh subprocess and write ``<artifact>.bench.json`` beside it. ``verify``: also re-run
     the artifact's parity check against its reference (exporters.runtime.verify_run, the routine export uses)
-    before the measurement enters its run."""
+    before the measurement enters its run. ``bundle``: also run the reference I/O beside it here
+    (reference_parity), so the one record the run keeps carries that verdict."""
     path = Path(path)
+    if bundle:
+        reference_check(path)  # before minutes of timing: an artifact without reference I/O fails now
     args = [sys.executable, "-m", "edgehydra.devices.bench", str(path), str(warmup), str(runs), str(threads),
             provider or "", "x".join(map(str, size)) if size else "", str(duration_s or ""), str(fps or "")]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -186,6 +189,8 @@ def bench(path: Path, warmup: int = 5, runs: int = 30, threads: int = 2, provide
         row = verify_run(run.root, only=path)[0]
         res["verification"] = {k: row.get(k) for k in ("hash_ok", "parity_ok", "reference_kind", "detail")}
         res["verification"]["when"] = "re-run by bench"
+    if bundle:
+        res["bundle_parity"] = reference_parity(path)
     if write:
         out = Path(str(path) + (".sustained.json" if duration_s else ".bench.json"))
         if duration_s:
@@ -238,17 +243,24 @@ def reference_parity(artifact: Path, transport=None, python: str = "python3") ->
     """Run the reference I/O beside an artifact where it runs (its target record's ``sidecar_check``: a .pte's
     .bpte, a .tflite's or .onnx's .reference.npz) and judge each task with the export's tolerance: `bench
     --bundle`, and the demo's bench stage."""
-    from edgehydra.exporters import get_target, target_for_suffix
     from edgehydra.exporters.base import Tolerance
     from edgehydra.exporters.runtime import read_manifest
 
     artifact = Path(artifact)
+    check = reference_check(artifact)
     man = read_manifest(artifact)
-    name = target_for_suffix(artifact.suffix)
+    return check(artifact, man, Tolerance(**man["verification"]["tolerance"]), transport, python)
+
+
+def reference_check(artifact: Path):
+    """The export target's routine that runs an artifact's reference I/O; BadInputError where it has none."""
+    from edgehydra.exporters import get_target, target_for_suffix
+
+    name = target_for_suffix(Path(artifact).suffix)
     check = get_target(name).sidecar_check if name else None
     if check is None:
-        raise BadInputError(f"no reference I/O for {artifact.suffix} artifacts (Core ML runs on macOS only)")
-    return check(artifact, man, Tolerance(**man["verification"]["tolerance"]), transport, python)
+        raise BadInputError(f"no reference I/O for {Path(artifact).suffix} artifacts (Core ML runs on macOS only)")
+    return check
 
 
 if __name__ == "__main__":  # the worker: python -m edgehydra.devices.bench PATH WARMUP RUNS THREADS [PROVIDER] [HxW]

@@ -210,7 +210,7 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
                  [run.export_manifest])
 
     def bench_stage():
-        from edgehydra.devices.bench import bench, record_measurement, reference_parity
+        from edgehydra.devices.bench import bench
         from edgehydra.exporters.runtime import read_manifest
 
         rows = []
@@ -219,10 +219,8 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
             if not a.get("path") or a["status"] not in ("verified",):
                 continue
             path = run.export_dir / a["path"]
-            r = bench(path, warmup=3, runs=cfg.bench_runs, threads=2)  # recorded in the run
-            if read_manifest(path).get("sidecars"):  # its reference I/O, run where it is benchmarked, into the run
-                r["bundle_parity"] = reference_parity(path)
-                record_measurement(path, r)
+            # recorded in the run once, with its reference I/O run where it is benchmarked where it has one
+            r = bench(path, warmup=3, runs=cfg.bench_runs, threads=2, bundle=bool(read_manifest(path).get("sidecars")))
             r.update(target=a["target"])
             rows.append(r)
         eager = bench(ckpt, warmup=2, runs=max(3, cfg.bench_runs // 2), threads=2, write=False, size=deploy)
