@@ -58,6 +58,7 @@ def half_islands(gm: torch.fx.GraphModule, patterns) -> list[str]:
     isl = [n for n in gm.graph.nodes if n in inside]
     g = gm.graph
     halves: dict[str, str] = {}
+    to_half: dict[torch.fx.Node, torch.fx.Node] = {}  # one cast per tensor entering, shared by its island users
     paths: list[str] = []
     for n in isl:
         for a in list(n.all_input_nodes):
@@ -74,17 +75,16 @@ def half_islands(gm: torch.fx.GraphModule, patterns) -> list[str]:
                     h = g.get_attr(halves[a.target])
                 n.replace_input_with(a, h)
                 continue
-            with g.inserting_before(n):
-                c = g.call_function(torch.ops.aten.to.dtype, (a, torch.float16))
-            c.meta.update({k: a.meta[k] for k in ("nn_module_stack",) if k in a.meta})
-            n.replace_input_with(a, c)
-        for u in list(n.users):
-            if u in inside or n.target in (torch.ops.aten.max_pool2d_with_indices.default,):
-                continue
+            if a not in to_half:  # before its first island user in graph order, so it precedes every later one
+                with g.inserting_before(n):
+                    to_half[a] = _cast(g, a, torch.float16)
+            n.replace_input_with(a, to_half[a])
+        outside = [u for u in n.users if u not in inside]
+        if outside and n.target != torch.ops.aten.max_pool2d_with_indices.default:  # its getitems carry the casts
             with g.inserting_after(n):
-                c = g.call_function(torch.ops.aten.to.dtype, (n, torch.float32))
-            c.meta.update({k: n.meta[k] for k in ("nn_module_stack",) if k in n.meta})
-            u.replace_input_with(n, c)
+                c = _cast(g, n, torch.float32)
+            for u in outside:  # one cast back per tensor leaving, shared by its users outside
+                u.replace_input_with(n, c)
         n.meta[FP16_MARK] = True
         p = node_module_path(n)
         if p not in paths:
@@ -92,6 +92,13 @@ def half_islands(gm: torch.fx.GraphModule, patterns) -> list[str]:
     g.eliminate_dead_code()
     gm.recompile()
     return paths
+
+
+def _cast(g: torch.fx.Graph, a: torch.fx.Node, dtype) -> torch.fx.Node:
+    """``a`` cast to ``dtype``, on ``a``'s module (so the precision map and ETDump rows stay on the layer)."""
+    c = g.call_function(torch.ops.aten.to.dtype, (a, dtype))
+    c.meta.update({k: a.meta[k] for k in ("nn_module_stack",) if k in a.meta})
+    return c
 
 
 def is_half(node, _memo=None) -> bool:

@@ -26,7 +26,7 @@ from .mixed import (BudgetsNotMet, Candidate, MixedBudgets, Space, conv_output_e
                     estimated_layer_latency, graph_order, greedy_path, group_candidates, groups_of, pareto, weight_bytes)
 from .host_measure import layer_latency, measured_here, time_candidates
 from .ptq import export_stage, quantize_ptq
-from .quantizers import w8a16_of
+from .quantizers import fp16_of, w8a16_of
 from .recipe import load_recipe
 from .sensitivity import _delta, _metrics, select_layers, sweep
 
@@ -37,19 +37,6 @@ def float_in(fmt: str) -> str:
     from edgehydra.exporters import get_target, list_targets
 
     return get_target(fmt).float_layers_run_as if fmt in list_targets() else "float"
-
-
-def fp16_in(fmt: str) -> bool:
-    """Whether this format computes a recipe's fp16 layers (its target's record)."""
-    from edgehydra.exporters import get_target, list_targets
-
-    return fmt in list_targets() and get_target(fmt).fp16_islands
-
-
-def fp16_note(fmt: str) -> str:
-    from edgehydra.exporters import get_target, list_targets
-
-    return get_target(fmt).fp16_note if fmt in list_targets() else ""
 
 
 def _from_rank0(obj):
@@ -119,7 +106,7 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
     w16 = [n for n in names if kinds.get(n) in w16_ops]
     if not w16:
         notes.append(f"{profile.format} builds no W8A16 layer here ({w16_note}): each layer is int8 or float")
-    f16_fmt = fp16_in(profile.format)  # fp16 a precision of its own where the format computes fp16 islands
+    f16_fmt, f16_note = fp16_of(profile.format)  # fp16 a precision of its own where the format computes it
 
     kept = {}
     graph = export_stage(model, size)  # exported once, copied for each PTQ of the sweep and the trials
@@ -256,7 +243,7 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
                    for n in names],
         "w8a16": {"format": profile.format, "op_classes": list(w16_ops), "layers": w16, "note": w16_note},
         "fp16": {"format": profile.format, "islands": f16_fmt, "layers": f16,
-                 "note": "" if f16_fmt else fp16_note(profile.format)},
+                 "note": f16_note},
         "front": [c.to_dict() for c in front], "trials": [c.to_dict() for c in trials],
         "chosen": chosen.to_dict() if chosen else None, "meets_budgets": chosen_ok, "host_timing": timing,
         "notes": notes, "calibration_sha256": calib.sha256,

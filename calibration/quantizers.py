@@ -282,6 +282,16 @@ def w8a16_of(target: str) -> tuple[tuple[str, ...], str]:
     return (get_target(target).w8a16_ops, get_target(target).w8a16_note) if target in list_targets() else ((), "")
 
 
+def fp16_of(target: str) -> tuple[bool, str]:
+    """What the export target's record says of fp16 islands: (whether it computes them, why not)."""
+    from edgehydra.exporters import get_target, list_targets
+
+    if target not in list_targets():
+        return False, ""
+    t = get_target(target)
+    return t.fp16_islands, "" if t.fp16_islands else t.fp16_note
+
+
 def translate(recipe: Recipe, backend: str = "xnnpack", is_qat: bool = False, target: str | None = None) -> Translation:
     """Build the backend's quantizer for ``recipe``. ``target`` (executorch, coreml, onnx, tflite)
     adds that format's own limits to the issues."""
@@ -361,9 +371,7 @@ def translate(recipe: Recipe, backend: str = "xnnpack", is_qat: bool = False, ta
     if recipe.fp16_layers:
         notes.append(f"kept float and computed in fp16 (cast at each island's edges after convert): "
                      f"{', '.join(recipe.fp16_layers)}")
-        if target is not None:
-            from edgehydra.exporters import get_target, list_targets
-
-            if target in list_targets() and not get_target(target).fp16_islands:
-                issues.append(f"fp16_layers={list(recipe.fp16_layers)}: {get_target(target).fp16_note}")
+        why_not = fp16_of(target)[1] if target is not None else ""
+        if why_not:
+            issues.append(f"fp16_layers={list(recipe.fp16_layers)}: {why_not}")
     return Translation(backend, recipe, q, issues, notes)
