@@ -3,7 +3,7 @@
 
     python benchmarks/mixed.py --run runs/demo --device host_cpu --max-miou-drop 0.5 --max-rmse-rise 0.01
 
-Runs the same search as `edgehydra sensitivity --run R --device D` (calibration/mixed_stage.py): per-layer
+Runs the same search as `edgehydra sensitivity --run R --device D` (pipeline/mixed_search.py): per-layer
 accuracy by real PTQ + evaluation, per-layer latency measured on this host in the device's runtime (host_cpu: ETDump; host_cpu_onnxruntime:
 onnxruntime's profiler; host_cpu_litert: LiteRT), the search, the check of
 the chosen assignment; then prints the three rows with latency from one interleaved timing run of the
@@ -51,7 +51,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
 
     from edgehydra.calibration.mixed import MixedBudgets
-    from edgehydra.calibration.mixed_stage import mixed_run
+    from edgehydra.pipeline.mixed_search import mixed_run
 
     t0 = time.perf_counter()
     rep = mixed_run(Path(a.run), a.device, MixedBudgets(max_miou_drop=a.max_miou_drop, max_rmse_rise=a.max_rmse_rise,
@@ -93,7 +93,7 @@ def published(rep: dict, rounds: int) -> None:
 
     from edgehydra.calibration.calibset import CalibrationSet
     from edgehydra.calibration.mixed import encoder_prefixes, groups_of
-    from edgehydra.calibration.host_measure import build_artifact, time_artifacts
+    from edgehydra.devices.host_measure import build_artifact, time_artifacts
     from edgehydra.calibration.ptq import quantize_ptq
     from edgehydra.calibration.recipe import PRESETS
     from edgehydra.calibration.sensitivity import quant_units

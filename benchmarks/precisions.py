@@ -45,7 +45,7 @@ def main(argv=None) -> dict:
 
     from edgehydra import create_model
     from edgehydra.calibration.calibset import CalibrationSet
-    from edgehydra.calibration.host_measure import time_artifacts
+    from edgehydra.devices.host_measure import time_artifacts
     from edgehydra.calibration.ptq import quantize_ptq
     from edgehydra.calibration.recipe import PRESETS
     from edgehydra.exporters.executorch import lower
@@ -99,7 +99,7 @@ def _time_onnx(modules: dict, x, d: Path, rounds: int, threads: int) -> dict[str
     import onnx
     import torch
 
-    from edgehydra.calibration.host_measure import time_artifacts
+    from edgehydra.devices.host_measure import time_artifacts
     from edgehydra.exporters._onnx_qdq import signed_to_unsigned
     from edgehydra.exporters._pt2e import int16_layers
 

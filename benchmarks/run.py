@@ -241,7 +241,7 @@ def main():
         onnx_fp32 = dr.export_dir / "onnx" / f"hydranet_fp32_{h}x{w}.onnx"
         if onnx_fp32.is_file():
             from edgehydra.exporters.stage import parity_frames
-            from edgehydra.runs import open_split
+            from edgehydra.dataspec import open_split
             from edgehydra.data import Resize
 
             frames = parity_frames(open_split(rep["data"] | {"size": [h, w]}, "train", Resize((h, w))), 16)

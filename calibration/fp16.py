@@ -25,7 +25,9 @@ def _computes(n) -> bool:
 
 
 def island_nodes(gm: torch.fx.GraphModule, patterns) -> list[torch.fx.Node]:
-    from .quantizers import keep_float_match, node_module_path
+    from edgehydra.graph import node_module_path
+
+    from .quantizers import keep_float_match
 
     out = []
     for n in gm.graph.nodes:
@@ -41,11 +43,9 @@ def half_islands(gm: torch.fx.GraphModule, patterns) -> list[str]:
     """Rewrite ``gm`` in place so the nodes of the ``patterns`` modules compute in fp16. Returns the module
     paths made fp16, in graph order. A node of a matched module the program still runs in int8 (the quantizer
     could not leave it float: it shares its input's quantisation) stays as it is."""
-    from .quantizers import node_module_path
+    from edgehydra.graph import node_module_path, node_precision, op_class
 
-    from edgehydra.exporters.precision_map import _node_precision, _op_class
-
-    inside = {n for n in island_nodes(gm, patterns) if _op_class(n.target) is None or _node_precision(n) == "fp32"}
+    inside = {n for n in island_nodes(gm, patterns) if op_class(n.target) is None or node_precision(n) == "fp32"}
     for n in gm.graph.nodes:
         # a node whose every input is fp16 joins the island: the clamp after an fp16 conv (the ReLU6 module is a
         # sibling of the conv's, not a child), a residual add of two fp16 layers, a max-pool's getitem. Left
@@ -131,7 +131,7 @@ def is_half(node, _memo=None) -> bool:
 
 def fp16_layers(gm: torch.fx.GraphModule) -> list[tuple[str, str]]:
     """(module path, op class) of the program's compute nodes that run in fp16, in graph order, each once."""
-    from edgehydra.exporters._pt2e import layers_where
+    from edgehydra.graph import layers_where
 
     memo: dict = {}
     return layers_where(gm, lambda n: is_half(n, memo))
@@ -142,7 +142,7 @@ def fp16_program(model: torch.nn.Module, size) -> torch.fx.GraphModule:
     layer's fp16 time on. One island lowers to one XNNPACK delegate, whose operators follow the graph's
     order, so each maps to its layer; a program with several islands splits into several delegates at the
     casts, and their operators no longer come in graph order."""
-    from .ptq import export_stage
+    from .program import export_stage
 
     gm = export_stage(model, size)
     half_islands(gm, ("*",))

@@ -6,7 +6,7 @@ For each candidate convolution L two tables are built:
   task: what keeping L float recovers, in mIoU, depth RMSE and abs rel (normals where present), against
   the all-int8 model. The sweep shards over ranks under torchrun (``sensitivity.sweep``).
 - **latency**: on this host (a profile with ``host = true``: host_cpu ships ExecuTorch, host_cpu_onnxruntime
-  ONNX, host_cpu_litert TFLite), measured in the runtime that ships (calibration/host_measure.py): the
+  ONNX, host_cpu_litert TFLite), measured in the runtime that ships (devices/host_measure.py): the
   all-int8 program, the FP32 model and, where the format builds it, the program with every W8A16 candidate
   in int16 are built as that format's artifacts and profiled operator by operator by the runtime's own
   tool (ETDump, onnxruntime's profiler, LiteRT), each operator charged to its module, so L's float cost
@@ -112,7 +112,7 @@ class MixedBudgets:
 
 # ----------------------------------------------------------------------------------------- groups
 def groups_of(layers: list[str], depthwise: set[str], tasks, units=()) -> dict[str, list[str]]:
-    from edgehydra.devices.opprofile import stage_of
+    from edgehydra.graph import stage_of
 
     g = {"depthwise": [n for n in layers if n in depthwise], "decoder-ops": [n for n in layers if n in set(units)]}
     for st in ["encoder", "decoder"] + [f"head:{t}" for t in tasks]:
@@ -137,8 +137,8 @@ def encoder_prefixes(layers: list[str]) -> dict[str, list[str]]:
 def graph_order(ep, units) -> list[str]:
     """Convolutions and op modules (``units``) in the exported graph's order, each once: the chain along which
     float islands start and end (Space.boundary_ms)."""
-    from edgehydra.accounting import node_module_path
-    from edgehydra.devices.opprofile import UNIT_OPS
+    from edgehydra.graph import node_module_path
+    from edgehydra.graph import UNIT_OPS
 
     units, order = set(units), []
     gm = ep.graph_module if hasattr(ep, "graph_module") else ep
@@ -151,34 +151,6 @@ def graph_order(ep, units) -> list[str]:
             if path and path not in order:
                 order.append(path)
     return order
-
-
-# ----------------------------------------------------------------------------------------- latency
-def estimated_layer_latency(model, profile, size, int16: bool = False, fp16: bool = False) -> dict:
-    """Per-layer ms from the device profile's roofline: int8, the float precision it computes, and with
-    ``int16`` W8A16 (int16 activations, int8 weights). With ``fp16`` (a format that computes fp16 islands)
-    fp16 is a precision of its own and "float" is fp32, what a kept-float layer runs in there."""
-    from edgehydra.devices.estimate import estimate, float_precision
-
-    def per(e):  # a unit may have several rows (a CRP block's four sums, a fusion's adds): summed
-        out = {}
-        for r in e["layers"]:
-            out[r["name"]] = out.get(r["name"], 0.0) + r["ms"]
-        return out
-
-    fprec = "fp32" if fp16 else float_precision(profile)
-    e8, ef = estimate(model, profile, "int8", size), estimate(model, profile, fprec, size)
-    out = {"source": f"estimated from the {profile.name} profile", "float_precision": fprec,
-           "int8_total_ms": e8["total_ms"], "float_total_ms": ef["total_ms"], "int8": per(e8), "float": per(ef)}
-    if fp16:
-        eh = estimate(model, profile, "fp16", size)
-        out.update(fp16=per(eh), fp16_total_ms=eh["total_ms"])
-    if int16:
-        e16 = estimate(model, profile, "int16", size)
-        out.update(int16=per(e16), int16_total_ms=e16["total_ms"],
-                   int16_rate=(f"{profile.int16_tops} TOPS (the profile)" if profile.int16_tops is not None else
-                               f"{profile.int8_tops / 2:g} TOPS, half the int8 rate (the profile gives no int16_tops)"))
-    return out
 
 
 def conv_output_elems(model, size) -> dict[str, int]:

@@ -87,3 +87,12 @@ def load_program(path: str | Path) -> QuantisedProgram:
     size = tuple(meta.pop("size"))
     meta["sha256"] = sha256_path(path)
     return QuantisedProgram(ep.module(), cfg, recipe, size, meta, path)
+
+
+def export_stage(model: torch.nn.Module, size, train: bool = False) -> torch.fx.GraphModule:
+    """The FP32 model as a pre-dispatch graph (eval mode for PTQ, train mode for QAT)."""
+    model.train(train)
+    try:
+        return dynamic_batch_export(model, size).module()
+    finally:
+        model.eval()

@@ -11,18 +11,9 @@ from edgehydra.errors import BadInputError
 from edgehydra.quiet import quiet_imports
 
 from .calibset import CalibrationSet
-from .program import dynamic_batch_export
+from .program import export_stage  # noqa: F401  (the PTQ and QAT stages start from it)
 from .quantizers import Translation, translate
 from .recipe import Recipe
-
-
-def export_stage(model: torch.nn.Module, size, train: bool = False) -> torch.fx.GraphModule:
-    """The FP32 model as a pre-dispatch graph (eval mode for PTQ, train mode for QAT)."""
-    model.train(train)
-    try:
-        return dynamic_batch_export(model, size).module()
-    finally:
-        model.eval()
 
 
 def prepare_stage(graph, translation: Translation, qat: bool = False):
@@ -72,7 +63,7 @@ def quantize_ptq(model: torch.nn.Module, recipe: Recipe, dataset, calib: Calibra
 
 def quantized_layer_names(converted) -> tuple[list[str], list[str]]:
     """(quantised, float) convolution module paths of a converted graph: the report lists both."""
-    from .quantizers import node_module_path
+    from edgehydra.graph import node_module_path
 
     q, f = set(), set()
     for n in converted.graph.nodes:

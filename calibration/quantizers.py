@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from edgehydra.accounting import node_module_path  # noqa: F401  (re-exported: the exporters use it)
+from edgehydra.graph import node_module_path
+from edgehydra.targets import format_facts
 from edgehydra.errors import require
 from edgehydra.quiet import quiet_imports
 
@@ -277,19 +278,14 @@ def _specs(recipe: Recipe, is_qat: bool):
 
 def w8a16_of(target: str) -> tuple[tuple[str, ...], str]:
     """What the export target's record says of int16 activations: (op classes it builds, note)."""
-    from edgehydra.exporters import get_target, list_targets
-
-    return (get_target(target).w8a16_ops, get_target(target).w8a16_note) if target in list_targets() else ((), "")
+    f = format_facts(target)
+    return (f.w8a16_ops, f.w8a16_note) if f else ((), "")
 
 
 def fp16_of(target: str) -> tuple[bool, str]:
     """What the export target's record says of fp16 islands: (whether it computes them, why not)."""
-    from edgehydra.exporters import get_target, list_targets
-
-    if target not in list_targets():
-        return False, ""
-    t = get_target(target)
-    return t.fp16_islands, "" if t.fp16_islands else t.fp16_note
+    f = format_facts(target)
+    return (f.fp16_islands, "" if f.fp16_islands else f.fp16_note) if f else (False, "")
 
 
 def translate(recipe: Recipe, backend: str = "xnnpack", is_qat: bool = False, target: str | None = None) -> Translation:

@@ -17,7 +17,7 @@ from edgehydra._io import atomic_write_json
 from edgehydra.checkpoint import load_checkpoint
 from edgehydra.errors import BadInputError
 from edgehydra.data import Resize
-from edgehydra.runs import open_split, run_data_settings
+from edgehydra.dataspec import open_split, run_data_settings
 from edgehydra.train import evaluate
 
 from .calibset import select_calibration

@@ -19,7 +19,8 @@ from edgehydra.checkpoint import load_checkpoint
 from edgehydra.data import Resize
 from edgehydra.errors import BadInputError
 from edgehydra.run import Run
-from edgehydra.runs import open_split, read_json, run_data_settings
+from edgehydra.dataspec import open_split, run_data_settings
+from edgehydra._io import read_json
 from edgehydra.train import EpochAugmented, TrainConfig, evaluate, fit, is_main
 
 from .calibset import select_calibration

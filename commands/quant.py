@@ -152,7 +152,7 @@ def sensitivity(checkpoint, run_dir, device, dataset, out, layers, recipe, size,
 def _mixed(run_dir, device, layers, recipe, size, frames, calib_frames, max_miou_drop, max_rmse_rise, max_absrel_rise,
            max_normals_rise, latency_budget_ms, profile_floors, max_trials, do_apply, qat):
     from edgehydra.calibration.mixed import MixedBudgets
-    from edgehydra.calibration.mixed_stage import apply, mixed_run
+    from edgehydra.pipeline.mixed_search import apply, mixed_run
     from edgehydra.devices.profile import load_profile
     from edgehydra.run import Run
     from edgehydra.train import init_distributed, is_main

@@ -49,7 +49,7 @@ def metrics_table(title: str, columns: dict[str, dict]):
 def train(dataset, out, model_name, size, frames, val_frames, epochs, batch_size, lr, lr_encoder, lr_decoder,
           schedule, optimizer, seed, lam, encoder_weights, resume):
     """Train an FP32 HydraNet; writes OUT/fp32.pt every epoch and OUT/fp32_metrics.json at the end."""
-    from edgehydra.runs import train_run
+    from edgehydra.fp32_stage import train_run
     from edgehydra.train import TrainConfig, init_distributed, is_main
 
     init_distributed()
@@ -104,7 +104,7 @@ def evaluate(checkpoint, dataset, split, size, limit, resolution, crop, class_sl
     from edgehydra._io import atomic_write_json
     from edgehydra.data import PadToMultiple, Resize
     from edgehydra.errors import BadInputError
-    from edgehydra.runs import open_split, run_data_settings
+    from edgehydra.dataspec import open_split, run_data_settings
     from edgehydra.train import evaluate as run_eval
 
     from ._loaders import load_any

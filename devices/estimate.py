@@ -180,3 +180,28 @@ def errors(rows, profile: Profile, measurements) -> list[dict]:
 
 def mean_abs_rel_err(errs) -> float:
     return float(np.mean([abs(e["rel_err"]) for e in errs])) if errs else float("nan")
+
+
+def estimated_layer_latency(model, profile, size, int16: bool = False, fp16: bool = False) -> dict:
+    """Per-layer ms from the device profile's roofline: int8, the float precision it computes, and with
+    ``int16`` W8A16 (int16 activations, int8 weights). With ``fp16`` (a format that computes fp16 islands)
+    fp16 is a precision of its own and "float" is fp32, what a kept-float layer runs in there."""
+    def per(e):  # a unit may have several rows (a CRP block's four sums, a fusion's adds): summed
+        out = {}
+        for r in e["layers"]:
+            out[r["name"]] = out.get(r["name"], 0.0) + r["ms"]
+        return out
+
+    fprec = "fp32" if fp16 else float_precision(profile)
+    e8, ef = estimate(model, profile, "int8", size), estimate(model, profile, fprec, size)
+    out = {"source": f"estimated from the {profile.name} profile", "float_precision": fprec,
+           "int8_total_ms": e8["total_ms"], "float_total_ms": ef["total_ms"], "int8": per(e8), "float": per(ef)}
+    if fp16:
+        eh = estimate(model, profile, "fp16", size)
+        out.update(fp16=per(eh), fp16_total_ms=eh["total_ms"])
+    if int16:
+        e16 = estimate(model, profile, "int16", size)
+        out.update(int16=per(e16), int16_total_ms=e16["total_ms"],
+                   int16_rate=(f"{profile.int16_tops} TOPS (the profile)" if profile.int16_tops is not None else
+                               f"{profile.int8_tops / 2:g} TOPS, half the int8 rate (the profile gives no int16_tops)"))
+    return out

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgehydra.graph import UNIT_OPS, graph_convs, graph_unit_ops, node_module, node_module_path, stage_of  # noqa: F401
+
 CONV_OPS = ("Convolution", "Fully Connected")
 
 
@@ -59,35 +61,6 @@ def op_precision(event: str) -> str:
     if "F32" in t:
         return "fp32"
     return "-"
-
-
-def stage_of(layer: str, tasks=("segm", "depth", "normals")) -> str:
-    """HydraNet's network stage of a module path: encoder, decoder (CRP/adapt/dimred) or a head."""
-    if layer in ("", "input"):
-        return "input"
-    head = layer.split(".")[0]
-    for t in tasks:
-        if head in (t, f"pre_{t}") or (t == "normals" and head in ("normal", "pre_normal")):
-            return f"head:{t}"
-    if head.startswith("layer"):
-        return "encoder"
-    return "decoder"
-
-
-def graph_convs(module) -> list[tuple[str, bool]]:
-    """(module path, is depthwise) of each conv2d in the exported graph of ``module``, in graph order."""
-    from edgehydra.calibration.quantizers import node_module_path
-
-    gm = module.graph_module if hasattr(module, "graph_module") else module
-    out = []
-    for n in gm.graph.nodes:
-        if n.op == "call_function" and n.target in (torch.ops.aten.conv2d.default, torch.ops.aten.convolution.default):
-            w = n.args[1].meta.get("val") if hasattr(n.args[1], "meta") else None
-            groups = n.args[6] if n.target == torch.ops.aten.conv2d.default and len(n.args) > 6 else (
-                n.args[8] if len(n.args) > 8 else 1)
-            dw = bool(groups > 1 and w is not None and w.shape[1] == 1)
-            out.append((node_module_path(n), dw))
-    return out
 
 
 def etdump_rows(pte: str | Path, example: torch.Tensor, runs: int = 20, warmup: int = 3) -> list[dict]:
@@ -135,26 +108,6 @@ def etdump_file_rows(path: str | Path, runs: int | None = None) -> list[dict]:
             raw = list(ev.perf_data.raw)[-runs:] if runs else list(ev.perf_data.raw)
             rows.append({"event": ev.name, "ms": float(np.median(raw))})
     return rows
-
-
-UNIT_OPS = {"aten.add.Tensor": "add", "aten.upsample_bilinear2d.vec": "upsample",
-             "aten.upsample_bilinear2d.default": "upsample"}
-
-
-def graph_unit_ops(module, units) -> list[tuple[str, str]]:
-    """(op class, module path) of each add and upsample of the exported graph of ``module``, in graph order;
-    the path is kept where it is one of ``units`` (HydraNet.op_units: fusions, upsamplings, CRP sums), else ''."""
-    from edgehydra.accounting import node_module_path
-
-    gm = module.graph_module if hasattr(module, "graph_module") else module
-    units = set(units)
-    out = []
-    for n in gm.graph.nodes:
-        cls = UNIT_OPS.get(str(n.target)) if n.op == "call_function" else None
-        if cls:
-            path = node_module_path(n)
-            out.append((cls, path if path in units else ""))
-    return out
 
 
 def map_rows(rows: list[dict], convs: list[tuple[str, bool]], tasks=("segm", "depth", "normals"),
@@ -209,7 +162,6 @@ def op_units_of(module) -> list[str]:
     the module types its nodes' nn_module_stack records)."""
     if hasattr(module, "op_units"):
         return module.op_units()
-    from edgehydra.accounting import node_module
 
     gm = module.graph_module if hasattr(module, "graph_module") else module
     return sorted({path for path, typ in map(node_module, gm.graph.nodes) if typ in OP_UNIT_TYPES})
@@ -270,7 +222,7 @@ def profile_here(artifact: str | Path, size, runs: int = 20, tasks=("segm", "dep
     if artifact.suffix == ".tflite":
         from .tflite_ops import profile_tflite
 
-        return profile_tflite(artifact, size, runs=runs, tasks=tasks, threads=threads)
+        return summarize(profile_tflite(artifact, size, runs=runs, tasks=tasks, threads=threads))
     return profile_pte(artifact, lowered_module, size, runs=runs, tasks=tasks, threads=threads)
 
 

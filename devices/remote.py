@@ -32,10 +32,24 @@ class Result:
 
 
 class Transport:
-    """push(local, remote), shell(argv) and rmdir(remote); ``argv`` items are quoted here, once."""
+    """push(local, remote), shell(argv) and rmdir(remote); ``argv`` items are quoted here, once.
+    ``workdir()`` is a fresh folder on the device for one run, removed after it even when the run fails."""
 
     name = "transport"
     timeout = 600.0
+    tmp_root = "/tmp"  # where a run's work folder goes (Android: /data/local/tmp, the folder adb may exec from)
+
+    @contextmanager
+    def workdir(self):
+        work = f"{self.tmp_root}/edgehydra-{uuid.uuid4().hex[:8]}"
+        self.shell(["mkdir", "-p", work])
+        try:
+            yield work
+        finally:
+            try:
+                self.rmdir(work)
+            except DeviceGone:  # it went away mid-run: nothing left to clean on it from here
+                pass
 
     def _exec(self, argv: list[str], timeout: float | None = None) -> Result:
         try:
@@ -52,6 +66,8 @@ class Transport:
 
 
 class AdbTransport(Transport):
+    tmp_root = "/data/local/tmp"
+
     def __init__(self, serial: str, adb: str = "adb"):
         self.serial, self.adb, self.name = serial, adb, f"adb:{serial}"
 
@@ -292,20 +308,12 @@ def _failed(transport: Transport, tool: str, r: Result):
 def _pushed(transport: Transport, artifact: Path, plan: dict, binary: str | None):
     """The artifact in a fresh work folder on the device and the tool found there: (remote path, tool path);
     the folder is removed afterwards, whatever happened (unless the device is gone)."""
-    base = "/data/local/tmp" if isinstance(transport, AdbTransport) else "/tmp"
-    work = f"{base}/edgehydra-{uuid.uuid4().hex[:8]}"
-    remote_art = f"{work}/{artifact.name}"
-    try:
-        transport.shell(["mkdir", "-p", work])
+    with transport.workdir() as work:
+        remote_art = f"{work}/{artifact.name}"
         transport.push(artifact, remote_art)
-        exe = binary or _find(transport, plan["binaries"], [base, "/data/local/tmp"] if plan.get("search_dirs", True)
-                                                        else [])
+        exe = binary or _find(transport, plan["binaries"], [transport.tmp_root, "/data/local/tmp"]
+                              if plan.get("search_dirs", True) else [])
         yield remote_art, exe
-    finally:
-        try:
-            transport.rmdir(work)
-        except DeviceGone:
-            pass  # nothing more can be cleaned on a device that is gone
 
 
 def remote_bench(transport: Transport, artifact: Path, binary: str | None = None, runs: int = 50, warmup: int = 5,

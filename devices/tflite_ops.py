@@ -131,8 +131,9 @@ def _time(content: bytes | None, path: Path | None, threads: int, runs: int, war
 
 def profile_tflite(path: str | Path, size, runs: int = 20, tasks=("segm", "depth", "normals"), threads: int = 2,
                    warmup: int = 3) -> dict:
-    """Each operator of the .tflite timed alone (see the module docstring), by layer, class and stage."""
-    from edgehydra.devices.opprofile import stage_of, summarize
+    """Each operator of the .tflite timed alone (see the module docstring), by layer, class and stage: the rows
+    and their whole-call check; devices/opprofile.py profile_here adds the sums every profile carries."""
+    from edgehydra.graph import stage_of
 
     path = Path(path)
     layers = op_layers(path)
@@ -147,7 +148,7 @@ def profile_tflite(path: str | Path, size, runs: int = 20, tasks=("segm", "depth
     convs = [r for r in rows if r["op_class"].endswith("conv")]
     mapped = bool(convs) and all(r["layer"] not in ("", "input") for r in convs)
     parts = sum(r["ms"] for r in rows)
-    return summarize({"rows": rows, "mapped": mapped, "artifact": str(path), "size": list(size), "runs": runs,
+    return {"rows": rows, "mapped": mapped, "artifact": str(path), "size": list(size), "runs": runs,
                       "runtime": "litert", "method": "each operator timed alone in a one-operator model cut from the file",
                       "sum_ms": parts, "whole_ms": whole,
-                      "unmapped_reason": None if mapped else "the file's tensor names carry no module paths for its convolutions"})
+                      "unmapped_reason": None if mapped else "the file's tensor names carry no module paths for its convolutions"}

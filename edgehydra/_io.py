@@ -68,3 +68,17 @@ def sha256_path(path: str | os.PathLike) -> str:
 def path_size(path: str | os.PathLike) -> int:
     path = Path(path)
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def read_json(path: Path) -> dict:
+    """A JSON record, or a one-line error naming the file (missing, or not valid JSON)."""
+    import json
+
+    from .errors import BadInputError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise BadInputError(f"not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise BadInputError(f"{path}: invalid JSON ({e})") from None

@@ -106,22 +106,6 @@ def count_layers(model: nn.Module, size: tuple[int, int], precision: str = "fp32
     return rows
 
 
-def node_module(node) -> tuple[str, str]:
-    """(fully-qualified module name, module type name) of the innermost module a graph node came from
-    (('', '') if none)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return "", ""
-    path, typ = list(stack.values())[-1]
-    typ = typ if isinstance(typ, str) else f"{typ.__module__}.{typ.__qualname__}"
-    return str(path).removeprefix("L['self'].").replace("L__self___", ""), typ
-
-
-def node_module_path(node) -> str:
-    """The fully-qualified module name a graph node came from ('' if none)."""
-    return node_module(node)[0]
-
-
 def _functional_extra(model: nn.Module, size, batch: int, b: int) -> list[LayerCost]:
     """Adds, residual sums and upsamplings written in forward() rather than as modules.
 

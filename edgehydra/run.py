@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._io import atomic_write_json, sha256_path
+from .dataspec import recorded_data
 from .errors import BadInputError
 
 RECORD = "run.json"
@@ -172,9 +173,7 @@ class Run:
         rec = self.record().get("data")
         if rec:
             return dict(rec)
-        from .runs import checkpoint_data
-
-        d = checkpoint_data(self.checkpoint())
+        d = recorded_data(self.checkpoint())
         if d is None:
             raise BadInputError(f"{self.root}: neither {RECORD} nor the checkpoint records a dataset: pass --dataset")
         return d

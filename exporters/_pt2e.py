@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from edgehydra.graph import dq_dtype, layers_where  # noqa: F401  (layers_where: callers read it here too)
+
 
 def unfold_int8_weights(gm: torch.fx.GraphModule) -> int:
     """``int8 constant -> dequantize`` becomes ``float constant -> quantize -> dequantize``, in place.
@@ -39,29 +41,10 @@ def unfold_int8_weights(gm: torch.fx.GraphModule) -> int:
     return n
 
 
-def layers_where(gm: torch.fx.GraphModule, pred) -> list[tuple[str, str]]:
-    """(module path, op class) of the compute nodes (convs, adds, upsamplings, ...) for which ``pred(node)``
-    holds, in graph order, each once."""
-    from edgehydra.accounting import node_module_path
-
-    from .precision_map import _op_class
-
-    out = []
-    for n in gm.graph.nodes:
-        op = _op_class(n.target) if n.op == "call_function" else None
-        if op is not None and pred(n):
-            key = (node_module_path(n), op)
-            if key[0] and key not in out:
-                out.append(key)
-    return out
-
-
 def int16_layers(gm: torch.fx.GraphModule) -> list[tuple[str, str]]:
     """(module path, op class) of the compute nodes that read an int16 dequantize (the program's W8A16
     layers), in graph order, each once."""
-    from .precision_map import _dq_dtype
-
-    return layers_where(gm, lambda n: any(_dq_dtype(a) == "int16" for a in n.args))
+    return layers_where(gm, lambda n: any(dq_dtype(a) == "int16" for a in n.args))
 
 
 def refuse_precisions(program, target) -> None:

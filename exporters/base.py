@@ -29,6 +29,7 @@ from edgehydra import __version__
 from edgehydra._io import atomic_path, atomic_write_json, path_size, sha256_path
 from edgehydra.errors import BadInputError, EdgeHydraError, MissingBackendError
 from edgehydra.model import HydraConfig
+from edgehydra.targets import TargetFacts
 
 
 # Third-party noise that says nothing about the user's model: torch.onnx lists torchvision ops it
@@ -94,36 +95,22 @@ class RunnerUnavailable(Exception):
 
 
 @dataclass(frozen=True)
-class ExportTarget:
-    name: str
-    suffix: str
-    precisions: tuple[str, ...]
-    runtime: str  # what verifies it
-    extra: str  # pip extra that installs what it needs
-    packages: tuple[str, ...]  # importable modules the export needs
-    runtime_os: tuple[str, ...] = ()  # OSes where the runtime runs ((): any)
+class ExportTarget(TargetFacts):
+    """A target's facts (edgehydra/targets.py) and the functions that build and run its artifacts."""
+
     build: Callable = None
     load_runner: Callable = None
-    options: tuple[str, ...] = ()  # option names this target understands
     # writes a reference-I/O sidecar after verification (ExecuTorch: a BundledProgram, exporters/bundle.py)
     sidecar: Callable | None = None
     # (artifact, manifest, tol, transport, python) -> per-task verdict of that sidecar run where the artifact runs
     sidecar_check: Callable | None = None
-    # the pt2e quantizer (calibration/quantizers.py BACKENDS) whose annotations this target's int8 honours
-    quantizer_backend: str = "xnnpack"
-    # what a layer a recipe keeps float becomes in this format (mixed precision says it per device)
-    float_layers_run_as: str = "float"
-    # W8A16 (a recipe's int16_layers): the op classes whose int16 activations this format builds, and why not
-    # the others; an export of a program with int16 elsewhere fails naming the layers (exporters/_pt2e.py)
-    w8a16_ops: tuple[str, ...] = ()
-    w8a16_note: str = "no int16 activations in this format"
-    # fp16 per layer (a recipe's fp16_layers, calibration/fp16.py): whether this format computes a float island
-    # in fp16 beside int8 layers, and why not; an export of such a program elsewhere fails naming the layers
-    fp16_islands: bool = False
-    fp16_note: str = "no per-layer fp16 in this format"
     # (manifest, profile) -> how a device runs it: tool, binaries, flags, accelerator, argv(exe, path, threads,
     # runs, warmup); devices/remote.py runs and parses it. None: no device runner (Core ML: --apple-script)
     remote_plan: Callable | None = None
+
+    @classmethod
+    def of(cls, facts: TargetFacts, **functions) -> "ExportTarget":
+        return cls(**facts.facts(), **functions)
 
     def installed(self) -> bool:
         import importlib.util

@@ -68,12 +68,15 @@ def run_bundle(bpte: Path, tasks, tol, transport=None, python: str = "python3") 
 
     cases = read_expected(bpte)
     if transport is None:
-        from .executorch import runtime
+        from ._et_runtime import runtime
 
         runtime()  # the threadpool started quietly
         got, where = bundle_runner.run_cases(str(bpte), len(cases)), "host"
     else:
-        got, where = _run_remote(transport, Path(bpte), python), transport.name
+        from .reference_io import run_runner_remote
+
+        out = run_runner_remote(transport, bundle_runner, [Path(bpte)], python, "the executorch package")
+        got, where = bundle_runner.decode(out), transport.name
     if len(got) != len(cases):
         raise RuntimeError(f"{where}: the bundle ran {len(got)} cases, it holds {len(cases)}")
     cat = lambda rows: [np.concatenate([np.asarray(r[k], np.float32) for r in rows]) for k in range(len(tasks))]  # noqa: E731
@@ -81,29 +84,3 @@ def run_bundle(bpte: Path, tasks, tol, transport=None, python: str = "python3") 
     fails = within(par, tol)
     return {"device": where, "cases": len(cases), "parity": par, "tolerance": vars(tol), "failures": fails,
             "pass": not fails, "runner": "ExecuTorch bundled program (BundledModule), exporters/bundle_runner.py"}
-
-
-def _run_remote(transport, bpte: Path, python: str) -> list:
-    import uuid
-
-    from edgehydra.errors import EdgeHydraError
-
-    from . import bundle_runner
-    from edgehydra.devices.remote import AdbTransport, DeviceGone
-
-    base = "/data/local/tmp" if isinstance(transport, AdbTransport) else "/tmp"
-    work = f"{base}/edgehydra-{uuid.uuid4().hex[:8]}"
-    try:
-        transport.shell(["mkdir", "-p", work])
-        transport.push(bpte, f"{work}/{bpte.name}")
-        transport.push(Path(bundle_runner.__file__), f"{work}/bundle_runner.py")
-        r = transport.shell([python, f"{work}/bundle_runner.py", f"{work}/{bpte.name}"])
-        if r.rc != 0 or bundle_runner.BEGIN not in r.out:
-            raise EdgeHydraError(f"{transport.name}: the bundle runner exited {r.rc}: {(r.err or r.out).strip()[-300:]} "
-                                 f"(it needs {python} with the executorch package on the device)")
-        return bundle_runner.decode(r.out)
-    finally:
-        try:
-            transport.rmdir(work)
-        except DeviceGone:
-            pass

@@ -19,6 +19,8 @@ from collections import Counter
 import numpy as np
 import torch
 
+from edgehydra.targets import facts_of
+
 from .base import ExportTarget, RunnerUnavailable
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
@@ -213,13 +215,4 @@ def load_runner(path, manifest):
     return run
 
 
-TARGET = ExportTarget(name="coreml", suffix=".mlpackage", precisions=("fp16", "int8", "w8"),
-                      runtime="coremltools MLModel.predict (macOS)", extra="coreml", packages=("coremltools",),
-                      runtime_os=("Darwin",), build=build, load_runner=load_runner,
-                      options=("compute_units", "image_input", "deployment_target"),
-                      w8a16_note=("Core ML's W8A8 path takes int8 activations only; keep these layers float (fp16 "
-                                  "on the ANE)"),
-                      fp16_note=("Core ML computes every float layer in fp16 already (compute_precision FLOAT16): list "
-                                 "these layers in keep_float"),
-                      float_layers_run_as=("fp16 compute with fp16 weights (Core ML computes every op in fp16; int8 "
-                                           "layers keep int8 weights)"))
+TARGET = ExportTarget.of(facts_of('coreml'), build=build, load_runner=load_runner)

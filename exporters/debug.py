@@ -88,7 +88,7 @@ def _ancestors(node) -> set:
 
 
 def find_probes(gm: torch.fx.GraphModule, tasks) -> list[Probe]:
-    from edgehydra.calibration.quantizers import node_module_path
+    from edgehydra.graph import node_module_path
 
     q = _qt()
     out = next(n for n in gm.graph.nodes if n.op == "output")
@@ -281,7 +281,7 @@ def debug_path(artifact: Path, frames: int = 4, out: Path | None = None) -> tupl
     from edgehydra._io import atomic_write_json, sha256_path
     from edgehydra.data import Resize
     from edgehydra.run import run_of_artifact
-    from edgehydra.runs import open_split, run_data_settings
+    from edgehydra.dataspec import open_split, run_data_settings
 
     from .runtime import artifact_program, open_artifact
     from .stage import parity_frames

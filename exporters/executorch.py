@@ -17,7 +17,10 @@ import torch
 from edgehydra.errors import BadInputError, MissingBackendError
 
 from ._pt2e import refuse_precisions
-from .base import ExportTarget, muted_native_stderr
+from ._et_runtime import runtime, runtime_threads  # noqa: F401  (callers read them here)
+from edgehydra.targets import facts_of
+
+from .base import ExportTarget
 
 DELEGATES = {
     "xnnpack": ("executorch.backends.xnnpack.partition.xnnpack_partitioner", "XnnpackPartitioner"),
@@ -144,34 +147,6 @@ def build(source, req, path):
             "metadata_location": "manifest.json (a .pte holds no free-form metadata)"}
 
 
-_THREADPOOL_STARTED = False
-
-
-def runtime(threads: int | None = None):
-    """executorch.runtime's Runtime, its threadpool started once with native stderr muted: starting
-    it on an x86 host logs five lines about ARM-only sysfs files (cpuinfo_utils.cpp: image_version,
-    midr_el1) into the output of every command that runs a .pte. ``threads`` sizes that process-wide
-    pool, which XNNPACK runs on and which starts with one thread per core."""
-    global _THREADPOOL_STARTED
-    from executorch.extension.pybindings import portable_lib
-    from executorch.runtime import Runtime
-
-    if not _THREADPOOL_STARTED:
-        with muted_native_stderr():
-            portable_lib._threadpool_get_thread_count()
-        _THREADPOOL_STARTED = True
-    if threads is not None and portable_lib._threadpool_get_thread_count() != threads:
-        # "unsafe" only while a method executes, which callers sizing the pool are not doing
-        portable_lib._unsafe_reset_threadpool(threads)
-    return Runtime.get()
-
-
-def runtime_threads() -> int:
-    """Threads in ExecuTorch's pool (started quietly if it was not)."""
-    from executorch.extension.pybindings import portable_lib
-
-    runtime()
-    return portable_lib._threadpool_get_thread_count()
 
 
 def load_runner(path, manifest):
@@ -225,12 +200,4 @@ def remote_plan(manifest: dict, profile) -> dict:
             "accelerator": delegate, "argv": argv}
 
 
-TARGET = ExportTarget(name="executorch", suffix=".pte", precisions=("fp32", "int8"), runtime="executorch.runtime",
-                      extra="executorch", packages=("executorch",), build=build, load_runner=load_runner,
-                      options=("delegate",), sidecar=bundle_sidecar, sidecar_check=bundle_check,
-                      remote_plan=remote_plan,
-                      w8a16_note=("XNNPACK has no int16-activation kernels (its partitioner rejects an int16 dequantize: "
-                                  "'Unsupported dtype for quantization'); keep these layers float or int8, or ship "
-                                  "ONNX / LiteRT"),
-                      fp16_islands=True,
-                      float_layers_run_as="fp32 XNNPACK kernels beside the int8 ones, in one delegate")
+TARGET = ExportTarget.of(facts_of('executorch'), build=build, load_runner=load_runner, sidecar=bundle_sidecar, sidecar_check=bundle_check, remote_plan=remote_plan)

@@ -16,6 +16,8 @@ from edgehydra.errors import BadInputError
 from ._onnx_qdq import signed_to_unsigned
 from ._pt2e import int16_layers, refuse_precisions
 from . import reference_runner
+from edgehydra.targets import facts_of
+
 from .base import ExportTarget
 from .reference_io import reference_check, reference_sidecar
 
@@ -94,16 +96,4 @@ def remote_plan(manifest: dict, profile) -> dict:
             "op_profile_flags": ["--dumpProfile", "--separateProfileRun"]}
 
 
-TARGET = ExportTarget(name="onnx", suffix=".onnx", precisions=("fp32", "int8"), runtime="onnxruntime",
-                      extra="onnx", packages=("onnx", "onnxscript", "onnxruntime"), build=build,
-                      load_runner=load_runner, options=("opset", "qdq"), remote_plan=remote_plan,
-                      sidecar=reference_sidecar, sidecar_check=reference_check,
-                      w8a16_ops=("conv", "add", "upsample", "max_pool"),
-                      w8a16_note=("int16 QuantizeLinear/DequantizeLinear at opset 21: onnxruntime's CPU EP runs the "
-                                  "float op between them, QNN's HTP (Hexagon) runs them natively; TensorRT has no "
-                                  "int16 Q/DQ"),
-                      fp16_note=("onnxruntime's CPU EP has no fp16 convolution on x86 (its cast transformer runs an fp16 "
-                                 "island in fp32 between two casts, measured on a 2-conv model): list these layers in "
-                                 "keep_float"),
-                      float_layers_run_as=("fp32 between QDQ pairs (onnxruntime runs the rest as integer kernels; "
-                                           "TensorRT builds fp16/fp32 there)"))
+TARGET = ExportTarget.of(facts_of('onnx'), build=build, load_runner=load_runner, remote_plan=remote_plan, sidecar=reference_sidecar, sidecar_check=reference_check)

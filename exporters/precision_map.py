@@ -22,71 +22,15 @@ from collections import Counter, OrderedDict
 
 import torch
 
-# aten op -> op class named in the map; everything else (relu6 clamps, reshapes) follows its producer
-OP_CLASS = {"conv2d": "conv", "convolution": "conv", "linear": "linear", "add": "add", "mul": "mul",
-            "upsample_bilinear2d": "upsample", "upsample_nearest2d": "upsample", "max_pool2d": "max_pool",
-            "avg_pool2d": "avg_pool", "cat": "cat", "mean": "mean"}
-_DTYPE_NAME = {torch.int8: "int8", torch.uint8: "int8", torch.int16: "int16"}
+from edgehydra.graph import OP_CLASS, dq_dtype as _dq_dtype, node_module_path, node_precision as _node_precision  # noqa: F401
+from edgehydra.graph import op_class as _op_class, output_quantized as _output_quantized  # noqa: F401
+
 TOP = "(top level)"  # ops of HydraNet.forward itself: the skip additions and upsamplings between CRP blocks
-
-
-def _op_class(target) -> str | None:
-    """'aten.conv2d.default' (and the edge dialect's '<EdgeOpOverload: aten.convolution.default>') -> 'conv'."""
-    t = str(target)
-    if "aten." not in t:
-        return None
-    return OP_CLASS.get(t.split("aten.", 1)[1].split(".")[0])
-
-
-def _dq_dtype(node) -> str | None:
-    """The integer dtype a dequantize node reads ('int8', 'int16'), or None for anything else."""
-    if not isinstance(node, torch.fx.Node) or node.op != "call_function" or "dequantize" not in str(node.target):
-        return None
-    for a in reversed(node.args):
-        if isinstance(a, torch.dtype):
-            return _DTYPE_NAME.get(a, str(a))
-    return "int8"
-
-
-def _node_precision(node) -> str:
-    """int8 / int16 (activations and weights through dequantize), w8 (weight only), or fp32."""
-    args = [a for a in node.args if isinstance(a, torch.fx.Node)]
-    if isinstance(node.args[0], (list, tuple)):  # cat
-        args = [a for a in node.args[0] if isinstance(a, torch.fx.Node)]
-    if not args:
-        return "fp32"
-    dts = [_dq_dtype(a) for a in args]
-    op = _op_class(node.target)
-    if op in ("conv", "linear"):
-        act, w = dts[0], dts[1] if len(dts) > 1 else None
-        if act and w:
-            return act  # int8, or int16 activations with int8 weights (W8A16)
-        return "w8" if w else "fp32"
-    # any other op runs in integers only between a dequantize on every input and a quantize on every
-    # output use: a kept-float add whose inputs arrive quantised dequantizes them and adds in float
-    return dts[0] if all(dts) and _output_quantized(node) else "fp32"
-
-
-_CLAMPS = ("hardtanh", "relu", "clamp")
-
-
-def _output_quantized(node) -> bool:
-    """Every use of ``node``'s output is a quantize, looking through the clamp a fused add+ReLU6 ends in."""
-    if not node.users:
-        return False
-    for u in node.users:
-        t = str(u.target)
-        if "quantize" in t and "dequantize" not in t:
-            continue
-        if any(c in t for c in _CLAMPS) and _output_quantized(u):
-            continue
-        return False
-    return True
 
 
 def program_layers(gm: torch.fx.GraphModule, recipe) -> list[dict]:
     """Per (layer, op class) precision of a converted pt2e program, with the reason for every float row."""
-    from edgehydra.calibration.quantizers import keep_float_match, node_module_path
+    from edgehydra.calibration.quantizers import keep_float_match
 
     from edgehydra.calibration.fp16 import is_half
 
@@ -133,7 +77,6 @@ def summary(rows: list[dict]) -> dict:
 
 def _delegate_fallback_layers(graph_module) -> dict:
     """ExecuTorch: module path -> op classes left outside every delegate (portable kernels)."""
-    from edgehydra.calibration.quantizers import node_module_path
 
     out: dict = {}
     for n in graph_module.graph.nodes:

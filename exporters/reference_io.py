@@ -52,7 +52,9 @@ def run_reference(artifact: Path, tasks, tol, transport=None, python: str = "pyt
     if transport is None:
         got, where = reference_runner.run_reference(str(artifact), str(ref)), "host"
     else:
-        got, where = _run_remote(transport, Path(artifact), ref, python), transport.name
+        out = run_runner_remote(transport, reference_runner, [Path(artifact), ref], python,
+                                "numpy and the format's runtime: ai-edge-litert or tflite-runtime, onnxruntime")
+        got, where = decode(out), transport.name
     expected = read_expected(ref)
     n = len(expected[0])
     if len(got) != n:
@@ -64,32 +66,21 @@ def run_reference(artifact: Path, tasks, tol, transport=None, python: str = "pyt
             "runner": "exporters/reference_runner.py (the format's Python runtime)"}
 
 
-def _run_remote(transport, artifact: Path, ref: Path, python: str) -> list:
-    import uuid
-
-    from edgehydra.devices.remote import AdbTransport, DeviceGone
+def run_runner_remote(transport, runner, files: list[Path], python: str, needs: str) -> str:
+    """Push ``files`` and the self-contained ``runner`` module (reference_runner, bundle_runner) into a fresh work
+    folder on the device (``transport``: devices/remote.py), run ``python runner.py FILE...`` there and return
+    what it printed; the folder goes afterwards. ``needs``: what the device must have, for the error."""
     from edgehydra.errors import EdgeHydraError
 
-    from . import reference_runner
-
-    base = "/data/local/tmp" if isinstance(transport, AdbTransport) else "/tmp"
-    work = f"{base}/edgehydra-{uuid.uuid4().hex[:8]}"
-    try:
-        transport.shell(["mkdir", "-p", work])
-        transport.push(artifact, f"{work}/{artifact.name}")
-        transport.push(ref, f"{work}/{ref.name}")
-        transport.push(Path(reference_runner.__file__), f"{work}/reference_runner.py")
-        r = transport.shell([python, f"{work}/reference_runner.py", f"{work}/{artifact.name}", f"{work}/{ref.name}"])
-        if r.rc != 0 or reference_runner.BEGIN not in r.out:
-            raise EdgeHydraError(f"{transport.name}: the reference runner exited {r.rc}: "
-                                 f"{(r.err or r.out).strip()[-300:]} (it needs {python} with numpy and the format's "
-                                 "runtime on the device: ai-edge-litert or tflite-runtime, onnxruntime)")
-        return decode(r.out)
-    finally:
-        try:
-            transport.rmdir(work)
-        except DeviceGone:
-            pass
+    with transport.workdir() as work:
+        for f in files:
+            transport.push(Path(f), f"{work}/{Path(f).name}")
+        transport.push(Path(runner.__file__), f"{work}/{Path(runner.__file__).name}")
+        r = transport.shell([python, f"{work}/{Path(runner.__file__).name}"] + [f"{work}/{Path(f).name}" for f in files])
+    if r.rc != 0 or runner.BEGIN not in r.out:
+        raise EdgeHydraError(f"{transport.name}: {Path(runner.__file__).stem} exited {r.rc}: "
+                             f"{(r.err or r.out).strip()[-300:]} (it needs {python} with {needs} on the device)")
+    return r.out
 
 
 def reference_sidecar(final, frames, ref, tasks, tol) -> dict:

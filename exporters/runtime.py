@@ -99,7 +99,7 @@ def verify_run(run: Path, only: Path | None = None) -> list[dict]:
     model, info, _, ds = open_source(Path(run), None, None, None, with_program=False)
     programs = {}
     from edgehydra.data import Resize
-    from edgehydra.runs import open_split
+    from edgehydra.dataspec import open_split
 
     rows = []
     frames_cache = {}

@@ -18,7 +18,7 @@ from edgehydra.checkpoint import load_checkpoint
 from edgehydra.data import Resize
 from edgehydra.errors import BadInputError, EdgeHydraError, MissingBackendError
 from edgehydra.metrics import Metrics
-from edgehydra.runs import open_split, run_data_settings
+from edgehydra.dataspec import open_split, run_data_settings
 
 from . import get_target, installed_targets, list_targets
 from .base import ExportRequest, ExportResult, Source, Tolerance, export_one

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from . import reference_runner
+from edgehydra.targets import facts_of
+
 from .base import ExportTarget
 from .reference_io import reference_check, reference_sidecar
 
@@ -209,18 +211,4 @@ def remote_plan(manifest: dict, profile) -> dict:
             "argv": argv, "op_profile_flags": ["--enable_op_profiling=true"]}
 
 
-TARGET = ExportTarget(name="tflite", suffix=".tflite", precisions=("fp32", "fp16", "int8"),
-                      runtime="ai-edge-litert Interpreter", extra="tflite",
-                      packages=("litert_torch", "ai_edge_litert", "ai_edge_quantizer"), build=build,
-                      load_runner=load_runner, options=("io_dtype", "layout"), remote_plan=remote_plan,
-                      sidecar=reference_sidecar, sidecar_check=reference_check,
-                      w8a16_note=("litert-torch's converter does not keep the int8-to-int16 requantisation where a W8A16 "
-                                  "layer reads an int8 tensor (measured on this model: an int16 ADD fails 'tfl.add' "
-                                  "element types must match; a depthwise conv sharing a requantised input fails to "
-                                  "prepare, INT16 != INT8); ship these layers as ONNX, or float / int8"),
-                      fp16_note=("litert-torch converts float layers to fp32 operators (LiteRT's fp16 is a weight format, "
-                                 "dequantised to fp32, or the GPU delegate's choice for the whole graph): list these "
-                                 "layers in keep_float"),
-                      float_layers_run_as=("converted by litert-torch from the program: kept-float layers stay float, "
-                                           "but the converter may still feed them int8 inputs (listed per layer as "
-                                           "not honoured in the manifest)"))
+TARGET = ExportTarget.of(facts_of('tflite'), build=build, load_runner=load_runner, remote_plan=remote_plan, sidecar=reference_sidecar, sidecar_check=reference_check)

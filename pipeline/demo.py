@@ -98,7 +98,7 @@ class _Skip(Exception):
 def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) -> dict:
     from edgehydra.calibration.stages import ptq_run, qat_run
     from edgehydra.run import Run
-    from edgehydra.runs import train_run
+    from edgehydra.fp32_stage import train_run
     from edgehydra.train import TrainConfig
 
     out = Path(out)
@@ -163,7 +163,7 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
 
     def mixed_stage():
         from edgehydra.calibration.mixed import BudgetsNotMet, MixedBudgets
-        from edgehydra.calibration.mixed_stage import mixed_run
+        from edgehydra.pipeline.mixed_search import mixed_run
 
         budgets = MixedBudgets(max_miou_drop=cfg.mixed_max_miou_drop, max_rmse_rise=cfg.mixed_max_rmse_rise)
         try:

@@ -65,7 +65,7 @@ max_abs_rel = 100.0
 def tiny_run(tmp_path_factory):
     """A whole small run: tiny model trained on synthroom, PTQ program. Shared by the slower tests."""
     from edgehydra.calibration.stages import ptq_run
-    from edgehydra.runs import train_run
+    from edgehydra.fp32_stage import train_run
     from edgehydra.train import TrainConfig
 
     out = tmp_path_factory.mktemp("run")

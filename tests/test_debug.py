@@ -33,7 +33,7 @@ def _negate_layers(module, layers):
     """A copy of a pt2e GraphModule whose convs in ``layers`` have their int8 weights negated."""
     import torch
 
-    from edgehydra.calibration.quantizers import node_module_path
+    from edgehydra.graph import node_module_path
 
     m = copy.deepcopy(module)
     hit = set()

@@ -352,7 +352,7 @@ def test_onnx_int8_is_exact_uint8_and_within_an_output_step_of_its_program(tiny_
     from edgehydra.exporters._onnx_qdq import qdq_dtype
     from edgehydra.exporters.stage import open_source, parity_frames
     from edgehydra.data import Resize
-    from edgehydra.runs import open_split
+    from edgehydra.dataspec import open_split
 
     paths = {}
     for qdq in ("int8", "uint8"):

@@ -62,7 +62,7 @@ def test_applied_assignment_ships_as_chosen(harmful_run):
     artifact's precision map and the runtime's own per-operator kernels both say the chosen layers run float
     and the rest int8. Then the same recipe through QAT (what `--apply --qat` runs): the QAT program ships
     the same split and is what check judges. (First in the file: the later tests read this front.)"""
-    from edgehydra.calibration.mixed_stage import apply
+    from edgehydra.pipeline.mixed_search import apply
     from edgehydra.calibration.program import load_program
     from edgehydra.devices.opprofile import profile_pte
 

@@ -91,7 +91,7 @@ def test_litert_host_latency_is_measured_per_module_and_candidates_as_tflite_fil
     timed beside them."""
     import torch
     from edgehydra.calibration.calibset import select_calibration
-    from edgehydra.calibration.host_measure import layer_latency, time_candidates
+    from edgehydra.devices.host_measure import layer_latency, time_candidates
     from edgehydra.calibration.mixed import Candidate
     from edgehydra.calibration.program import load_program
     from edgehydra.calibration.ptq import quantize_ptq
@@ -99,7 +99,7 @@ def test_litert_host_latency_is_measured_per_module_and_candidates_as_tflite_fil
 
     from edgehydra.checkpoint import load_checkpoint
     from edgehydra.data import Resize
-    from edgehydra.runs import open_split, run_data_settings
+    from edgehydra.dataspec import open_split, run_data_settings
 
     model, _ = load_checkpoint(tiny_run / "fp32.pt")
     program = load_program(tiny_run / "ptq" / "program.pt2").module

@@ -260,7 +260,7 @@ def test_multi_dataset_checkpoint_is_scored_on_a_class_slice(tmp_path):
     """The 46-class NYUD+KITTI checkpoint's way: logits [a:b] scored against a dataset of b - a classes."""
     from edgehydra import create_model
     from edgehydra.checkpoint import save_checkpoint
-    from edgehydra.runs import open_split
+    from edgehydra.dataspec import open_split
 
     torch.manual_seed(0)
     ds = {"dataset": "synthroom", "size": [64, 96], "frames": 8, "val_frames": 4, "seed": 0}

@@ -1,4 +1,4 @@
-"""A run folder and the FP32 stage that fills it.
+"""The FP32 stage: `edgehydra train` into a run folder.
 
     runs/NAME/fp32.pt            native checkpoint (weights, config, provenance, optimiser, epoch)
     runs/NAME/fp32_metrics.json  validation metrics of the FP32 model
@@ -7,7 +7,6 @@
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,26 +16,11 @@ from . import __version__
 from ._io import atomic_write_json
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Resize, TrainAugment, open_dataset
+from .dataspec import DEFAULT_MODEL, data_settings, open_split
 from .errors import BadInputError
 from .run import Run
 from .registry import create_model
 from .train import EpochAugmented, TrainConfig, evaluate, fit, is_main
-
-DEFAULT_MODEL = {"synthroom": "hydranet_small", "nyud": "hydranet_nyud", "kitti": "hydranet_kitti"}
-DEFAULT_SIZE = {"synthroom": (120, 160), "nyud": (480, 640), "kitti": (352, 1216)}
-
-
-def data_settings(dataset: str, size=None, frames=None, val_frames=None, seed=0) -> dict:
-    return {"dataset": dataset, "size": list(size or DEFAULT_SIZE.get(dataset, (240, 320))), "frames": frames,
-            "val_frames": val_frames, "seed": seed}
-
-
-def open_split(ds: dict, split: str, transform=None):
-    """Open the dataset a run recorded. synthroom frames are rendered at the training size."""
-    frames = ds["frames"] if split == "train" else ds.get("val_frames")
-    return open_dataset(ds["dataset"], split, size=tuple(ds["size"]), frames=frames, seed=ds.get("seed", 0),
-                        transform=transform)
-
 
 def train_run(out: Path, dataset: str, model_name: str | None, cfg: TrainConfig, size=None, frames=None,
               val_frames=None, resume: bool = False, progress=None, console=None,
@@ -98,34 +82,3 @@ def train_run(out: Path, dataset: str, model_name: str | None, cfg: TrainConfig,
         atomic_write_json(Run(out).fp32_metrics, {"dataset": ds, "split": "val", "frames": len(val_ds),
                                                       "metrics": metrics})
     return {"metrics": metrics, "epochs": state.epoch, "history": state.history, "checkpoint": str(ckpt_path)}
-
-
-def checkpoint_data(checkpoint: Path) -> dict | None:
-    """The data settings a checkpoint records (edgehydra's own), or None (a published checkpoint)."""
-    raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    saved = (raw.get("provenance") or {}).get("data") if isinstance(raw, dict) else None
-    return dict(saved) if saved else None
-
-
-def run_data_settings(checkpoint: Path, dataset: str | None, size=None, base: dict | None = None) -> dict:
-    """Data settings for a later stage: what the run (``base``) or the checkpoint records unless
-    overridden. Another dataset keeps the recorded input size: the size changes only when asked."""
-    saved = base or checkpoint_data(checkpoint)
-    if saved and (dataset is None or dataset == saved["dataset"]):
-        ds = dict(saved)
-    elif dataset is None:
-        raise BadInputError(f"{checkpoint} does not record its dataset: pass --dataset")
-    else:
-        ds = data_settings(dataset, size or (saved["size"] if saved else None))
-    if size:
-        ds["size"] = list(size)
-    return ds
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise BadInputError(f"not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise BadInputError(f"{path}: invalid JSON ({e})") from None

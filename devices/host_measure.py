@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgehydra.devices.opprofile import profile_here
 from edgehydra.errors import EdgeHydraError
+from edgehydra.targets import facts_of
+
+from .opprofile import profile_here
 
 # format -> how its per-operator profile is taken here
 HOST_PROFILERS = {
@@ -39,9 +41,7 @@ def measured_here(profile) -> bool:
 
 
 def _suffix(fmt: str) -> str:
-    from edgehydra.exporters import get_target
-
-    return get_target(fmt).suffix
+    return facts_of(fmt).suffix
 
 
 def build_artifact(fmt: str, model, module, precision: str, size, path: Path, recipe=None) -> Path:
@@ -50,8 +50,8 @@ def build_artifact(fmt: str, model, module, precision: str, size, path: Path, re
     from edgehydra.exporters import get_target
     from edgehydra.exporters.base import ExportRequest, Source, quiet_backends
 
-    from .program import QuantisedProgram
-    from .recipe import load_recipe
+    from edgehydra.calibration.program import QuantisedProgram
+    from edgehydra.calibration.recipe import load_recipe
 
     program = None if precision == "fp32" else QuantisedProgram(module, model.config, recipe or load_recipe(None),
                                                                  tuple(size), {"stage": "mixed-search"})
@@ -96,7 +96,7 @@ def layer_latency(model, fmt: str, programs: dict, size, runs: int = 20, threads
 def time_artifacts(paths: dict[str, Path], size, rounds: int, threads: int) -> dict[str, float]:
     """Median ms of each artifact in its runtime, one call of each per round (interleaved, so drift hits
     all alike)."""
-    from edgehydra.devices.bench import open_runtime
+    from .bench import open_runtime
 
     prev = torch.get_num_threads()
     torch.set_num_threads(1)  # torch only wraps the tensors (see devices/bench.py _make_runner)

@@ -1,5 +1,8 @@
 """`edgehydra sensitivity --run R --device D`: the mixed-precision search as a run stage, and `--apply`.
 
+It composes calibration (PTQ sweeps), devices (the profile, per-layer latency measured here or estimated)
+and exporters (what `--apply` ships), so it sits in the pipeline layer above all three.
+
     RUN/mixed/<device>/front.json   per-layer table, candidates, predicted front, measured trials, chosen
     RUN/mixed/<device>/front.png    per-task accuracy against latency, the front and the chosen point
     RUN/mixed/<device>/recipe.json  the chosen assignment as a recipe (keep_float = the float layers)
@@ -19,24 +22,26 @@ from edgehydra._io import atomic_write_json
 from edgehydra.checkpoint import load_checkpoint
 from edgehydra.data import Resize
 from edgehydra.run import Run
-from edgehydra.runs import open_split, run_data_settings
+from edgehydra.targets import format_facts
+from edgehydra.dataspec import open_split, run_data_settings
 
-from .calibset import select_calibration
-from .mixed import (BudgetsNotMet, Candidate, MixedBudgets, Space, conv_output_elems, deficit, encoder_prefixes,
-                    estimated_layer_latency, graph_order, greedy_path, group_candidates, groups_of, pareto, weight_bytes)
-from .host_measure import layer_latency, measured_here, time_candidates
-from .ptq import export_stage, quantize_ptq
-from .quantizers import fp16_of, w8a16_of
-from .recipe import load_recipe
-from .sensitivity import _delta, _metrics, select_layers, sweep
+from edgehydra.calibration.calibset import select_calibration
+from edgehydra.calibration.mixed import (BudgetsNotMet, Candidate, MixedBudgets, Space, conv_output_elems, deficit,
+                                         encoder_prefixes, graph_order, greedy_path, group_candidates, groups_of, pareto,
+                                         weight_bytes)
+from edgehydra.calibration.ptq import export_stage, quantize_ptq
+from edgehydra.calibration.quantizers import fp16_of, w8a16_of
+from edgehydra.calibration.recipe import load_recipe
+from edgehydra.calibration.sensitivity import _delta, _metrics, select_layers, sweep
+from edgehydra.devices.estimate import estimated_layer_latency
+from edgehydra.devices.host_measure import layer_latency, measured_here, time_candidates
 
 # What each format does with a layer kept float (the recipe's keep_float), for the report and for
 # formats where per-layer float is not what runs.
 def float_in(fmt: str) -> str:
     """What a kept-float layer becomes in this format: a fact of the target's record."""
-    from edgehydra.exporters import get_target, list_targets
-
-    return get_target(fmt).float_layers_run_as if fmt in list_targets() else "float"
+    f = format_facts(fmt)
+    return f.float_layers_run_as if f else "float"
 
 
 def _from_rank0(obj):
@@ -83,7 +88,7 @@ def _lat(c: Candidate) -> float:
 def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spec=None, layers: str | None = None,
               size=None, frames: int = 50, calib_frames: int = 32, max_trials: int = 6, rounds: int = 20,
               threads: int = 2, progress=None) -> dict:
-    from edgehydra.devices.opprofile import graph_convs
+    from edgehydra.graph import graph_convs
     from edgehydra.devices.profile import load_profile
     from edgehydra.train import dist_info
 
@@ -134,7 +139,7 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spe
             programs["int16"], _ = quantize_ptq(model, base.replace(int16_layers=tuple(w16)), train, calib, size,
                                                 graph=graph)
         if f16_fmt:  # and the model in fp16: each layer's fp16 time
-            from .fp16 import fp16_program
+            from edgehydra.calibration.fp16 import fp16_program
 
             programs["fp16"] = fp16_program(model, size)
         lat = layer_latency(model, profile.format, programs, size, runs=rounds, threads=threads,
@@ -323,7 +328,7 @@ def apply(run: Run | Path, device: str, recipe_file: Path, *, qat: bool = False,
     from edgehydra.devices.profile import load_profile
     from edgehydra.exporters.stage import export_run
 
-    from .stages import ptq_run, qat_run
+    from edgehydra.calibration.stages import ptq_run, qat_run
 
     run = run if isinstance(run, Run) else Run(run)
     cal = run.calibrated_profile(device)
