@@ -45,8 +45,11 @@ def _eval(fwd, val, cfg, limit=None, progress=None):
 
 
 def ptq_run(checkpoint: Path, run: Run | Path, recipe_spec=None, dataset: str | None = None, size=None,
-            calib_frames: int = 200, seed: int = 0, progress=None, val_limit: int | None = None) -> dict:
-    """PTQ into the run folder ``run``: its program and report go where the run record says (RUN/ptq/)."""
+            calib_frames: int = 200, seed: int = 0, progress=None, val_limit: int | None = None,
+            variant: str | None = None) -> dict:
+    """PTQ into the run folder ``run``: its program and report go where the run record says (RUN/ptq/, or
+    RUN/ptq/<variant>/ for a variant such as an applied mixed-precision recipe, which never replaces the run's
+    program). The report's ``program`` is the path to hand the next stage."""
     run = run if isinstance(run, Run) else Run(run)
     recipe = load_recipe(recipe_spec)
     model, info = load_checkpoint(checkpoint)
@@ -57,25 +60,27 @@ def ptq_run(checkpoint: Path, run: Run | Path, recipe_spec=None, dataset: str | 
     calib = select_calibration(train, calib_frames, seed)
     converted, tr = quantize_ptq(model, recipe, train, calib, size, progress=progress)
     q_layers, f_layers = quantized_layer_names(converted)
-    meta = {"stage": "ptq", "source_checkpoint": str(checkpoint), "source_sha256": info["sha256"],
+    meta = {"stage": "ptq", "variant": variant, "source_checkpoint": str(checkpoint), "source_sha256": info["sha256"],
             "calibration": calib.to_dict(), "translation": tr.to_dict(), "data": ds,
             "quantized_layers": len(q_layers), "float_layers": f_layers}
-    prog_path = save_program(converted, run.program_path("ptq"), model.config, recipe, size, meta)
-    run.note_program("ptq", prog_path, model.config.to_dict(), recipe.name, size)
+    prog_path = save_program(converted, run.program_path("ptq", variant), model.config, recipe, size, meta)
+    run.note_program("ptq", prog_path, model.config.to_dict(), recipe.name, size, variant)
     fp32 = _eval(model, val, model.config, val_limit, progress)
     ptq = _eval(converted, val, model.config, val_limit, progress)
     report = {"recipe": recipe.to_dict(), "translation": tr.to_dict(), "calibration": {
         k: v for k, v in calib.to_dict().items() if k not in ("indices",)}, "float_layers": f_layers,
         "metrics": {"fp32": fp32, "ptq": ptq}, "program": str(prog_path), "program_sha256": sha256_path(prog_path),
         "seconds": time.perf_counter() - t0, "data": ds}
-    atomic_write_json(run.stage_report("ptq"), report)
+    atomic_write_json(run.stage_report("ptq", variant), report)
     return report
 
 
 def qat_run(checkpoint: Path, run: Run | Path, cfg: TrainConfig, recipe_spec=None, dataset: str | None = None, size=None,
             distill: bool = True, resume: bool = False, ptq_report: Path | None = None, progress=None,
-            val_limit: int | None = None, frames: int | None = None, calib_frames: int = 200) -> dict:
-    """QAT into the run folder ``run`` (RUN/qat/: program, report, resume state)."""
+            val_limit: int | None = None, frames: int | None = None, calib_frames: int = 200,
+            variant: str | None = None) -> dict:
+    """QAT into the run folder ``run`` (RUN/qat/: program, report, resume state; RUN/qat/<variant>/ for a
+    variant, which never replaces the run's program)."""
     run = run if isinstance(run, Run) else Run(run)
     recipe = load_recipe(recipe_spec)
     fp32_model, info = load_checkpoint(checkpoint)
@@ -92,7 +97,7 @@ def qat_run(checkpoint: Path, run: Run | Path, cfg: TrainConfig, recipe_spec=Non
     student, _ = load_checkpoint(checkpoint)
     gm, tr = prepare_qat(student, recipe, size)
     ctl = QATController(gm, recipe)
-    state_path = run.qat_state
+    state_path = run.qat_state_of(variant)
     resume_state = None
     if resume:
         if not state_path.is_file():
@@ -135,14 +140,14 @@ def qat_run(checkpoint: Path, run: Run | Path, cfg: TrainConfig, recipe_spec=Non
 
     converted = convert_stage(gm, recipe=recipe)
     q_layers, f_layers = quantized_layer_names(converted)
-    meta = {"stage": "qat", "source_checkpoint": str(checkpoint), "source_sha256": info["sha256"],
+    meta = {"stage": "qat", "variant": variant, "source_checkpoint": str(checkpoint), "source_sha256": info["sha256"],
             "translation": tr.to_dict(), "data": ds, "qat_events": ctl.events, "distill": distill,
             "train_config": asdict(cfg), "quantized_layers": len(q_layers), "float_layers": f_layers}
-    prog_path = save_program(converted, run.program_path("qat"), fp32_model.config, recipe, size, meta) if is_main() else None
+    prog_path = save_program(converted, run.program_path("qat", variant), fp32_model.config, recipe, size, meta) if is_main() else None
     if prog_path is not None:
-        run.note_program("qat", prog_path, fp32_model.config.to_dict(), recipe.name, size)
+        run.note_program("qat", prog_path, fp32_model.config.to_dict(), recipe.name, size, variant)
     metrics = {"fp32": _eval(fp32_model, val, fp32_model.config, val_limit, progress)}
-    ptq_path = Path(ptq_report) if ptq_report else run.stage_report("ptq")
+    ptq_path = Path(ptq_report) if ptq_report else run.stage_report("ptq", variant)
     if ptq_path.is_file():
         metrics["ptq"] = read_json(ptq_path)["metrics"]["ptq"]
     metrics["qat_fake_quant"] = fq
@@ -153,7 +158,7 @@ def qat_run(checkpoint: Path, run: Run | Path, cfg: TrainConfig, recipe_spec=Non
               "calibration": {k: v for k, v in calib.to_dict().items() if k != "indices"} if calib else None,
               "program_sha256": sha256_path(prog_path) if prog_path else None}
     if is_main():
-        atomic_write_json(run.stage_report("qat"), report)
+        atomic_write_json(run.stage_report("qat", variant), report)
     return report
 
 

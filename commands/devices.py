@@ -377,18 +377,20 @@ def _bundle_parity(artifact: Path, transport, python: str) -> dict:
 @click.command()
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True)
 @click.option("--device", "devices_", multiple=True, required=True, help="Profile name or .toml (repeatable).")
+@click.option("--artifact", type=click.Path(exists=True), default=None,
+              help="Judge this artifact of the run (e.g. a mixed-precision one) instead of the run's uniform one.")
 @click.option("--json", "as_json", is_flag=True)
-def check(run_dir, devices_, as_json):
+def check(run_dir, devices_, artifact, as_json):
     """Check a run's artifacts against device budgets (per task); exit 1 unless every device PASSes.
 
-    Each device is judged on the run's artifact at its budget's input size; without one it is NOT JUDGED
-    (exit 1) and the command that would make one is printed.
+    Each device is judged on the artifact named by --artifact, else the run's uniform artifact at its
+    budget's input size; without one it is NOT JUDGED (exit 1) and the command that would make one is printed.
     """
     from rich.table import Table
 
     from edgehydra.devices.check import check_run
 
-    res = check_run(Path(run_dir), list(devices_))
+    res = check_run(Path(run_dir), list(devices_), artifact=artifact)
     if as_json:
         click.echo(json.dumps(res, indent=2))
     else:

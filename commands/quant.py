@@ -188,7 +188,7 @@ def _mixed(run_dir, device, layers, recipe, size, frames, calib_frames, max_miou
         v = res["check"]
         shipped = ", ".join(f"{r['path']} ({r['status']})" for r in res["export"])
         click.echo(f"applied: {res['quantised']} -> {shipped}; "
-                   f"check {v['device']}: {v['verdict']}")
+                   f"check {v['device']} on {v.get('artifact', res['artifact'])}: {v['verdict']}")
         if v["verdict"] != "PASS":
             raise SystemExit(1)
 

@@ -171,19 +171,44 @@ def layer_precisions(run: Run, a: dict, profile: Profile) -> dict[str, str]:
     return out
 
 
-def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None = None, fit_to_run: bool = True) -> dict:
-    """One device's verdict on the run's artifact at its budget's size. ``fit_to_run``: fit the profile's
-    efficiencies to the run's measurements on that device first (off for a profile already calibrated on
-    this run, RUN/devices/<name>.toml)."""
+def named_artifact(run: Run, arts: list[dict], artifact) -> dict:
+    """The manifest entry of ``artifact`` (a path, absolute or relative to RUN/export/), or a one-line error."""
+    want = Path(artifact)
+    for a in arts:
+        p = run.export_dir / a["path"]
+        if want == Path(a["path"]) or want.resolve() == p.resolve():
+            return a
+    raise BadInputError(f"{artifact} is not a verified artifact of {run.export_manifest}")
+
+
+def pick_artifact(run: Run, profile: Profile, arts: list[dict], artifact=None) -> tuple[dict | None, str]:
+    """What this device is judged on, and why that one: the artifact the caller names (a search's, the user's),
+    else the run's uniform artifact in the profile's format at the budget's size (its preferred precision first;
+    a program variant, such as an applied mixed recipe, only when it is named)."""
+    size = tuple(profile.budgets.input_size)
+    if artifact is not None:
+        a = named_artifact(run, arts, artifact)
+        if a["target"] != profile.format:
+            raise BadInputError(f"{artifact} is a {a['target']} artifact; {profile.name} ships {profile.format}")
+        return (a, "named") if tuple(a["size"]) == size else (None, "named")
+    at_size = [a for a in arts if a["target"] == profile.format and tuple(a["size"]) == size and not a.get("variant")]
+    at_size.sort(key=lambda a: (a["precision"] != profile.precision, ORDER.get(a["precision"], 9)))
+    return (at_size[0], f"the run's {at_size[0]['precision']} artifact at the budget's size") if at_size else (None, "")
+
+
+def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None = None, fit_to_run: bool = True,
+                 artifact=None) -> dict:
+    """One device's verdict on ``artifact`` (named by the caller) or the run's artifact at its budget's size
+    (pick_artifact). ``fit_to_run``: fit the profile's efficiencies to the run's measurements on that device
+    first (off for a profile already calibrated on this run, RUN/devices/<name>.toml)."""
     b = profile.budgets
     size = tuple(b.input_size)
     arts = artifacts(run) if arts is None else arts
-    fmt = [a for a in arts if a["target"] == profile.format]
-    at_size = [a for a in fmt if tuple(a["size"]) == size]
-    if not at_size:
+    a, chosen_by = pick_artifact(run, profile, arts, artifact)
+    if a is None:
+        fmt = [x for x in arts if x["target"] == profile.format and (artifact is None or x["path"] ==
+                                                                    named_artifact(run, arts, artifact)["path"])]
         return _not_judged(run, profile, fmt)
-    at_size.sort(key=lambda a: (a["precision"] != profile.precision, ORDER.get(a["precision"], 9)))
-    a = at_size[0]
     if model is None:
         model, _ = load_checkpoint(run.checkpoint())
     est_prec = _est_precision(a["precision"])
@@ -252,7 +277,8 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
         provenance = (provenance or a["path"]) + f"; {floats} of {total} ops not int8 (per-layer map in its manifest)"
     if a.get("not_honoured"):
         provenance = (provenance or a["path"]) + "; not honoured: " + "; ".join(a["not_honoured"])
-    return {"device": profile.name, "description": profile.description, "artifact": a["path"], "provenance": provenance,
+    return {"device": profile.name, "description": profile.description, "artifact": a["path"], "chosen_by": chosen_by,
+            "provenance": provenance,
             "artifact_sha256": a.get("sha256"), "precision": a["precision"], "size": list(size), "rows": rows,
             "verdict": "PASS" if all(r["pass"] for r in rows) else "FAIL",
             "latency_source": "measured" if meas else "estimated", "measurement": meas.get("record") if meas else None,
@@ -263,7 +289,8 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
             "recommendation": rec if acc_ok else f"{rec} (but the accuracy budgets fail at this model quality)"}
 
 
-def check_run(run_dir: Path, devices: list[str]) -> list[dict]:
+def check_run(run_dir: Path, devices: list[str], artifact=None) -> list[dict]:
+    """Each device's verdict; ``artifact`` names the one every device is judged on (else pick_artifact's)."""
     if not devices:
         raise BadInputError("pass at least one --device")
     run = Run(run_dir)
@@ -274,7 +301,8 @@ def check_run(run_dir: Path, devices: list[str]) -> list[dict]:
     profiles = [load_profile(s) for s in specs]  # bad names/profiles fail before any work
     model, _ = load_checkpoint(run.checkpoint())
     arts = artifacts(run)
-    out = [check_device(run, p, model, arts, fit_to_run=s == d) for p, s, d in zip(profiles, specs, devices)]
+    out = [check_device(run, p, model, arts, fit_to_run=s == d, artifact=artifact)
+           for p, s, d in zip(profiles, specs, devices)]
     for r, d, s in zip(out, devices, specs):
         if s != d:
             r["profile_note"] = f"host_cpu: using the profile calibrated on this run's benchmarks ({s})"

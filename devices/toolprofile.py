@@ -230,6 +230,13 @@ def device_profile(artifact: Path, profile_file: Path, tasks, lowered_module=Non
     return profile_from_rows(artifact, tool, rows, tasks, lowered_module, device, source=str(profile_file))
 
 
+# Rows of a device's per-op profile that must land on a layer of the artifact for it to be read as that artifact's.
+# A profile of this artifact maps nearly every row (the tests' trtexec and benchmark_model tables: all of them; the
+# unmapped are reformat copies and rows before the first convolution); half is far below that and far above what a
+# profile of another network maps by chance (names of another model's nodes: none).
+MIN_MATCHED_SHARE = 0.5
+
+
 def profile_from_rows(artifact: Path, tool: str, rows: list[dict], tasks, lowered_module=None,
                       device: str | None = None, source: str | None = None) -> dict:
     if tool == "trtexec":
@@ -242,4 +249,14 @@ def profile_from_rows(artifact: Path, tool: str, rows: list[dict], tasks, lowere
 
         res = map_pte_rows(rows, lowered_module, tuple(read_manifest(artifact)["size"]), tasks)
     res.update({"artifact": str(artifact), "runtime": tool, "device": device, "source": source})
+    read = len(res["rows"])
+    # trtexec rows are matched by name, each on its own (benchmark_model and ETDump rows are placed by convolution
+    # order, checked whole: their count must agree with the file's or the profile says it could not map)
+    matched = res.get("matched_rows")
+    if matched is not None and read and matched / read < MIN_MATCHED_SHARE:
+        # a profile of another model or another build of it: its times on this model's layers would be made up,
+        # and per-class scales fitted from them would move every later estimate for the device
+        raise BadInputError(f"{source or tool}: {matched} of {read} rows name a layer of {Path(artifact).name} (at least "
+                            f"{MIN_MATCHED_SHARE:.0%} must): a profile of another model or build; profile this artifact")
+    res["matched_share"] = matched / read if matched is not None and read else None
     return summarize(res)

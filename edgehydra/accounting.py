@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
+from .graph import node_module, node_module_path  # noqa: F401  (node_module: callers read it here too)
+
 BYTES = {"fp32": 4, "fp16": 2, "int8": 1, "int16": 2}
 
 

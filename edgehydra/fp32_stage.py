@@ -15,7 +15,7 @@ import torch
 from . import __version__
 from ._io import atomic_write_json
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import Resize, TrainAugment, open_dataset
+from .data import Resize, TrainAugment
 from .dataspec import DEFAULT_MODEL, data_settings, open_split
 from .errors import BadInputError
 from .run import Run

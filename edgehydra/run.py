@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._io import atomic_write_json, sha256_path
-from .dataspec import recorded_data
+from .dataspec import DataSpec, recorded_data
 from .errors import BadInputError
 
 RECORD = "run.json"
@@ -37,6 +37,7 @@ class Run:
 
     def __post_init__(self):
         object.__setattr__(self, "root", Path(self.root))
+        self.record()  # a damaged record is refused here, by every command that opens the run, and never rewritten
 
     # ----------------------------------------------------------------------------------- layout
     @property
@@ -50,15 +51,25 @@ class Run:
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage
 
-    def program_path(self, stage: str) -> Path:
-        return self.root / stage / "program.pt2"
+    def program_path(self, stage: str, variant: str | None = None) -> Path:
+        """RUN/<stage>/program.pt2, the run's program of that stage; a variant (a mixed-precision recipe applied
+        for one device, ``mixed-<device>``) has its own folder, RUN/<stage>/<variant>/, and never replaces it."""
+        return self._stage_folder(stage, variant) / "program.pt2"
 
-    def stage_report(self, stage: str) -> Path:
-        return self.root / stage / "report.json"
+    def stage_report(self, stage: str, variant: str | None = None) -> Path:
+        return self._stage_folder(stage, variant) / "report.json"
+
+    def qat_state_of(self, variant: str | None = None) -> Path:
+        return self._stage_folder("qat", variant) / "state.pt"
 
     @property
     def qat_state(self) -> Path:
-        return self.root / "qat" / "state.pt"
+        return self.qat_state_of()
+
+    def _stage_folder(self, stage: str, variant: str | None) -> Path:
+        if variant is not None and (not variant or "/" in variant or variant.startswith(".")):
+            raise BadInputError(f"program variant {variant!r}: a plain name such as mixed-host_cpu")
+        return self.root / stage / variant if variant else self.root / stage
 
     @property
     def export_dir(self) -> Path:
@@ -115,12 +126,24 @@ class Run:
 
     # ----------------------------------------------------------------------------------- record
     def record(self) -> dict:
+        """RUN/run.json, validated: valid JSON, an object, its data settings a valid data spec, each program
+        entry with a path and sha256. Anything else is refused in one line naming the file."""
         if not self.record_path.is_file():
             return {}
         try:
-            return json.loads(self.record_path.read_text())
+            rec = json.loads(self.record_path.read_text())
         except json.JSONDecodeError as e:
-            raise BadInputError(f"{self.record_path}: invalid JSON ({e})") from None
+            raise BadInputError(f"{self.record_path}: invalid JSON ({e}); the run record is damaged: restore it or "
+                                "start a new run") from None
+        if not isinstance(rec, dict):
+            raise BadInputError(f"{self.record_path}: not a run record (a JSON object); restore it or start a new run")
+        if rec.get("data") is not None:
+            DataSpec.from_dict(rec["data"] if isinstance(rec["data"], dict) else {}, f"{self.record_path} (data)")
+        for k, v in (rec.get("programs") or {}).items():
+            if not isinstance(v, dict) or not v.get("path") or not v.get("sha256"):
+                raise BadInputError(f"{self.record_path}: program entry {k!r} lacks its path or sha256; restore the "
+                                    "record or quantise again into a new run")
+        return rec
 
     def note_source(self, checkpoint: Path, sha256: str, data: dict) -> None:
         """Record the checkpoint a stage started from and its data settings. A run holds one source:
@@ -141,11 +164,11 @@ class Run:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.record_path, rec)
 
-    def note_program(self, stage: str, path: Path, config: dict, recipe: str, size) -> None:
+    def note_program(self, stage: str, path: Path, config: dict, recipe: str, size, variant: str | None = None) -> None:
         """Record a quantised program this run now holds: its sha256 (an artifact's manifest names it; a
         program replaced later no longer matches), the model config it carries, recipe and size."""
         rec = self.record()
-        rec.setdefault("programs", {})[stage] = {"path": str(Path(path).relative_to(self.root)),
+        rec.setdefault("programs", {})[f"{stage}/{variant}" if variant else stage] = {"path": str(Path(path).relative_to(self.root)),
                                                  "sha256": sha256_path(path), "recipe": recipe, "size": list(size),
                                                  "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
         rec["model_config"] = config  # input size, mean/std, tasks and classes travel with the model's config

@@ -164,8 +164,13 @@ class ExportRequest:
     batch: int = 1
     options: dict = field(default_factory=dict)
     tolerance: Tolerance | None = None
+    # an int8 artifact of a program variant (an applied mixed-precision recipe: "mixed-host_cpu") is named for
+    # it, so it sits beside the run's uniform artifact instead of replacing it
+    variant: str = ""
 
     def __post_init__(self):
+        if self.variant and (self.precision != "int8" or not self.variant.replace("-", "").replace("_", "").isalnum()):
+            raise ValueError(f"variant={self.variant!r}: int8 only, letters, digits, '-' and '_' (e.g. mixed-host_cpu)")
         if self.batch < 1:
             raise ValueError(f"batch={self.batch}: >= 1")
         h, w = self.size
@@ -298,9 +303,10 @@ def check_parity(runner: Callable, ref_fn: Callable, kind: str, frames: np.ndarr
             "reference": REFERENCES[kind], "failures": within(par, tol)}
 
 
-def artifact_name(precision: str, size, suffix: str) -> str:
-    """hydranet_int8_240x320.pte: the file name says the precision and the input size it was built for."""
-    return f"hydranet_{precision}_{size[0]}x{size[1]}{suffix}"
+def artifact_name(precision: str, size, suffix: str, variant: str = "") -> str:
+    """hydranet_int8_240x320.pte: the file name says the precision and the input size it was built for, and a
+    program variant where there is one (hydranet_int8-mixed-host_cpu_240x320.pte)."""
+    return f"hydranet_{precision}{'-' + variant if variant else ''}_{size[0]}x{size[1]}{suffix}"
 
 
 def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir: Path, frames: np.ndarray,
@@ -312,7 +318,7 @@ def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir
     target.require()
     source.reference(req.precision)  # an int8 export without a quantised program fails here, before building
     out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / artifact_name(req.precision, req.size, target.suffix)
+    final = out_dir / artifact_name(req.precision, req.size, target.suffix, req.variant)
     for stale in out_dir.glob(f".{final.name}.*"):  # temporaries left by a killed export
         shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     t0 = time.perf_counter()
@@ -338,7 +344,7 @@ def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir
     if changed:  # read back from the artifact: the converter did not keep the program's precision there
         facts.setdefault("translation", {}).setdefault("issues", []).append(
             f"{target.name} converter changed the precision of {', '.join(changed)} (see precision_map)")
-    manifest = {"artifact": final.name, "target": target.name, "precision": req.precision,
+    manifest = {"artifact": final.name, "target": target.name, "precision": req.precision, "variant": req.variant or None,
                 "input": {"name": "image", "shape": [req.batch, 3, *req.size], "layout": facts.get("layout", "NCHW"),
                           "dtype": facts.get("input_dtype", "float32"),
                           "normalisation": {"mean": list(source.config.mean), "std": list(source.config.std)}},

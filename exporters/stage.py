@@ -106,7 +106,11 @@ def export_run(out: Path, targets: list[str], precisions: list[str] | None = Non
                checkpoint: Path | None = None, program: Path | None = None, dataset: str | None = None, size=None,
                options: dict | None = None, tolerances: dict | None = None, eval_frames: int = 32,
                progress=None, strict_missing: bool = True) -> list[ExportResult]:
+    """Export each (target, precision) pair. ``program``: the quantised program to ship as int8; without it the
+    run's own (QAT before PTQ). A program variant (``meta["variant"]``, an applied mixed recipe) names its int8
+    artifacts for itself, beside the run's uniform ones."""
     model, info, prog, ds = open_source(run, checkpoint, program, dataset)
+    variant = (prog.meta.get("variant") or "") if prog is not None else ""
     size = tuple(size or (prog.size if prog else ds["size"]))
     ds = dict(ds, size=list(size))  # synthroom renders its frames at the size asked for; real data is resized
     val = open_split(ds, "val", transform=Resize(size))
@@ -131,7 +135,7 @@ def export_run(out: Path, targets: list[str], precisions: list[str] | None = Non
             results.append(ExportResult(t, p, "skipped", None, {}, str(e)))
             continue
         tol = (tolerances or {}).get(p)
-        req = ExportRequest(t, p, size, options=dict(options or {}), tolerance=tol)
+        req = ExportRequest(t, p, size, options=dict(options or {}), tolerance=tol, variant=variant if p == "int8" else "")
         try:
             r = export_one(tgt, source, req, Path(out) / t, frames, eval_runner(val, model.config, eval_frames))
         except (BadInputError, MissingBackendError):
@@ -141,6 +145,8 @@ def export_run(out: Path, targets: list[str], precisions: list[str] | None = Non
         except Exception as e:  # noqa: BLE001 - one target failing must not hide the others' results
             msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             r = ExportResult(t, p, "failed", None, {}, f"{type(e).__name__}: {msg}")
+        if not r.manifest:  # a failed build still names the variant it was for (the manifest keys on it)
+            r.manifest = {"variant": req.variant or None}
         results.append(r)
         if progress:
             progress.advance(task)
@@ -154,15 +160,19 @@ def write_manifest(out: Path, results: list[ExportResult], ds: dict, size) -> No
     run, it does not hide the first)."""
     entries = []
     for r in results:
-        e = {"target": r.target, "precision": r.precision, "size": list(size), "status": r.status, "reason": r.reason,
-             "path": str(r.path.relative_to(out)) if r.path else None}
+        e = {"target": r.target, "precision": r.precision, "variant": r.manifest.get("variant"), "size": list(size),
+             "status": r.status, "reason": r.reason, "path": str(r.path.relative_to(out)) if r.path else None}
         e.update({k: r.manifest.get(k) for k in ("sha256", "size_bytes", "export_seconds", "verification", "metrics",
                                                  "facts", "tools", "recipe", "source_program", "not_honoured") if k in r.manifest})
         pm = r.manifest.get("precision_map") or {}
         if pm:  # the combined manifest carries the counts; the artifact's own manifest has every layer
             e["precision_summary"] = pm.get("summary") or {pm["uniform"]: "all"}
         entries.append(e)
-    keys = {(e["target"], e["precision"], tuple(e["size"])) for e in entries}
+    # an entry is its (target, precision, variant, size): a variant's artifact sits beside the uniform one
+    def key(e):
+        return e["target"], e["precision"], e.get("variant"), tuple(e["size"])
+
+    keys = {key(e) for e in entries}
     old = out / "manifest.json"
     if old.is_file():
         try:
@@ -170,7 +180,7 @@ def write_manifest(out: Path, results: list[ExportResult], ds: dict, size) -> No
         except json.JSONDecodeError:
             prev = []
         entries += [e for e in prev if e.get("size") and e.get("path") and (out / e["path"]).exists()
-                    and (e["target"], e["precision"], tuple(e["size"])) not in keys]
+                    and key(e) not in keys]
     atomic_write_json(out / "manifest.json", {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "data": ds,
                                               "artifacts": entries})
 

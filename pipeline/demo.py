@@ -228,7 +228,7 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
         rows.append(eager)
         sus = None
         et = next((a for a in man["artifacts"] if a["target"] == "executorch" and a["precision"] == "int8"
-                   and a.get("path") and a["status"] == "verified" and tuple(a.get("size") or ()) == tuple(deploy)), None)
+                   and not a.get("variant") and a.get("path") and a["status"] == "verified" and tuple(a.get("size") or ()) == tuple(deploy)), None)
         if et is not None and cfg.sustained_s > 0:
             s_res = bench(run.export_dir / et["path"], warmup=3, runs=1, threads=2, duration_s=cfg.sustained_s)
             sus = {k: s_res.get(k) for k in ("plot", "json", "throughput_fps", "p50_ms", "p99_ms", "throttle_ratio",
@@ -289,7 +289,7 @@ def _op_profile(run, man: dict, size, runs: int) -> str | None:
     from edgehydra.devices.opprofile import chart, profile_pte
 
     a = next((a for a in man["artifacts"] if a["target"] == "executorch" and a["precision"] == "int8"
-              and a.get("path") and tuple(a.get("size") or ()) == tuple(size)), None)
+              and not a.get("variant") and a.get("path") and tuple(a.get("size") or ()) == tuple(size)), None)
     if a is None or run.program() is None:
         return None
     prog = load_program(run.program())

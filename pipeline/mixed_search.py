@@ -21,6 +21,7 @@ import torch
 from edgehydra._io import atomic_write_json
 from edgehydra.checkpoint import load_checkpoint
 from edgehydra.data import Resize
+from edgehydra.errors import EdgeHydraError
 from edgehydra.run import Run
 from edgehydra.targets import format_facts
 from edgehydra.dataspec import open_split, run_data_settings
@@ -323,29 +324,34 @@ def chart(report: dict, path: Path) -> Path:
 
 def apply(run: Run | Path, device: str, recipe_file: Path, *, qat: bool = False, size=None, calib_frames: int = 32,
           qat_epochs: int = 1, qat_frames: int | None = None, eval_frames: int = 32, progress=None) -> dict:
-    """Hand the chosen recipe on: PTQ (or QAT) into the run, export for the device, check what ships."""
+    """Hand the chosen recipe on: PTQ (or QAT) into the run as the variant ``mixed-<device>`` (its own program,
+    RUN/<stage>/mixed-<device>/program.pt2), export exactly that program for the device's format (its own
+    artifact, hydranet_int8-mixed-<device>_<H>x<W><suffix>, beside the run's all-int8 one), and check that
+    artifact. Nothing here looks up "the run's program": each stage is handed what the one before made."""
+    from edgehydra.calibration.stages import ptq_run, qat_run
     from edgehydra.devices.check import check_device
     from edgehydra.devices.profile import load_profile
-    from edgehydra.exporters.stage import export_run
-
-    from edgehydra.calibration.stages import ptq_run, qat_run
+    from edgehydra.exporters.stage import export_run, summary_rows
 
     run = run if isinstance(run, Run) else Run(run)
     cal = run.calibrated_profile(device)
     profile = load_profile(str(cal) if cal.is_file() else device)
-    size = tuple(size or profile.budgets.input_size)
+    size = tuple(size or profile.budgets.input_size)  # the device's budget size unless the caller names one
+    variant = f"mixed-{profile.name}"
     ckpt = run.checkpoint()
     if qat:
         from edgehydra.train import TrainConfig
 
         cfg = TrainConfig(epochs=qat_epochs, lr_encoder=1e-4, lr_decoder=1e-4, schedule="cosine")
         q = qat_run(ckpt, run, cfg, str(recipe_file), None, size, progress=progress, calib_frames=calib_frames,
-                    val_limit=eval_frames, frames=qat_frames)
+                    val_limit=eval_frames, frames=qat_frames, variant=variant)
     else:
-        q = ptq_run(ckpt, run, str(recipe_file), None, size, calib_frames, progress=progress)
-    res = export_run(run.export_dir, [profile.format], ["int8"], run=run.root, size=size, eval_frames=eval_frames,
-                     progress=progress)
-    verdict = check_device(run, profile)
-    from edgehydra.exporters.stage import summary_rows
-
-    return {"quantised": q["program"], "export": summary_rows(res), "check": verdict}
+        q = ptq_run(ckpt, run, str(recipe_file), None, size, calib_frames, progress=progress, variant=variant)
+    res = export_run(run.export_dir, [profile.format], ["int8"], run=run.root, program=Path(q["program"]), size=size,
+                     eval_frames=eval_frames, progress=progress)
+    shipped = next((r for r in res if r.ok and r.path is not None), None)
+    if shipped is None:
+        raise EdgeHydraError(f"the {variant} program did not export for {profile.format}: "
+                             + "; ".join(r.reason for r in res))
+    verdict = check_device(run, profile, artifact=shipped.path)
+    return {"quantised": q["program"], "export": summary_rows(res), "artifact": str(shipped.path), "check": verdict}

@@ -60,6 +60,18 @@ def _bad_recipe(t):
     return t / "r.json"
 
 
+def _truncated_run(t):
+    """A run whose fp32.pt is fine and whose run.json was cut off mid-write by hand (check used to read around it)."""
+    from edgehydra import create_model
+    from edgehydra.checkpoint import save_checkpoint
+
+    run = t / "run"
+    run.mkdir()
+    save_checkpoint(create_model("hydranet_tiny"), run / "fp32.pt")
+    (run / "run.json").write_text('{"data": {"dataset": "synthroom", "size": [64, 9')
+    return run
+
+
 def _bad_profile(t):
     (t / "p.toml").write_text('name = "x"\nkind = "gpu"\n')
     return t / "p.toml"
@@ -89,6 +101,8 @@ CASES = [
                                   str(t / "run")], 2, "act_dtype='int3'"),
     ("invalid device profile", lambda t: ["profile", "--device", str(_bad_profile(t)), "--model", "hydranet_tiny"], 2,
      "missing field"),
+    ("truncated run record", lambda t: ["check", "--run", str(_truncated_run(t)), "--device", "raspberrypi5"], 2,
+     "run.json: invalid JSON"),
     ("unknown device", lambda t: ["check", "--run", str(t), "--device", "nokia3310"], 2, "unknown device 'nokia3310'"),
     ("unsupported target/precision", lambda t: ["export", "--checkpoint", str(t / "none.pt"), "--target", "coreml",
                                                 "--precision", "fp32"], 2, ""),

@@ -259,3 +259,12 @@ def _device_op_profile(art: Path, target: str, tmp_path: Path):
     other.write_text((REAL / ("benchmark_model_ops_0.txt" if tool == "trtexec" else "trtexec_layers_1.txt")).read_text())
     r = CliRunner().invoke(cli, ["bench", "--artifact", str(art), "--ops", "--ops-from", str(other)])
     assert r.exit_code == 2 and "profiled by" in r.output, r.output
+    if tool == "trtexec":  # a profile of another network (a real Jetson log) is refused in one line and kept nowhere
+        foreign = tmp_path / "foreign_trt.txt"
+        foreign.write_text((REAL / "trtexec_layers_1.txt").read_text())
+        records = sorted((run / "measurements" / "ops").glob("*.json"))
+        r = CliRunner().invoke(cli, ["bench", "--artifact", str(art), "--ops", "--ops-from", str(foreign),
+                                     "--profile", device])
+        assert r.exit_code == 2 and "rows name a layer of" in r.output, r.output
+        assert not Path(f"{art}.foreign_trt.ops.json").exists()
+        assert sorted((run / "measurements" / "ops").glob("*.json")) == records

@@ -108,10 +108,11 @@ def test_search_puts_a_layer_in_fp16_where_the_device_computes_it_faster_and_it_
     assert "depth" in c["fp16_layers"] and "depth" not in c["keep_float"], c
     recipe = json.loads((run / "mixed" / "edge_fp16_test" / "recipe.json").read_text())
     assert recipe["fp16_layers"] == c["fp16_layers"] and recipe["keep_float"] == c["keep_float"]
-    assert "check edge_fp16_test: PASS" in r.output, r.output
+    assert "check edge_fp16_test on executorch/hydranet_int8-mixed-edge_fp16_test_" in r.output, r.output
+    assert ".pte: PASS" in r.output, r.output
 
     man = json.loads((run / "export" / "manifest.json").read_text())
-    art = next(a for a in man["artifacts"] if a["target"] == "executorch" and a["precision"] == "int8")
+    art = next(a for a in man["artifacts"] if a["target"] == "executorch" and a["variant"] == "mixed-edge_fp16_test")
     assert art["status"] == "verified", art
     own = json.loads((run / "export" / (art["path"] + ".manifest.json")).read_text())
     convs = [x for x in own["precision_map"]["layers"] if x["op"] == "conv"]

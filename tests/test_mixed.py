@@ -58,44 +58,65 @@ def _front(run, profile, *budget):
 
 
 def test_applied_assignment_ships_as_chosen(harmful_run):
-    """`sensitivity --device D --apply`: the search, then PTQ with the chosen recipe, export and check; the
-    artifact's precision map and the runtime's own per-operator kernels both say the chosen layers run float
-    and the rest int8. Then the same recipe through QAT (what `--apply --qat` runs): the QAT program ships
-    the same split and is what check judges. (First in the file: the later tests read this front.)"""
-    from edgehydra.pipeline.mixed_search import apply
+    """`sensitivity --device D --apply` on a run that holds a PTQ *and* a QAT program and an all-int8 artifact
+    (as the demo's run does): the search, then PTQ with the chosen recipe into its own program, export of
+    exactly that program as its own artifact, and check of that artifact. Its precision map and the runtime's
+    own per-operator kernels (ETDump) say the chosen layers run float and the rest int8; the all-int8 artifact
+    and the run's programs are untouched (sha256); check names the mixed artifact. Then the same with --qat.
+    (First in the file: the later tests read this front.)"""
+    from edgehydra._io import sha256_path
     from edgehydra.calibration.program import load_program
+    from edgehydra.calibration.stages import ptq_run, qat_run
     from edgehydra.devices.opprofile import profile_pte
+    from edgehydra.exporters.stage import export_run
+    from edgehydra.train import TrainConfig
 
     run, profile = harmful_run
+    ptq_run(run / "fp32.pt", run, "w8a8", calib_frames=8)
+    qat_run(run / "fp32.pt", run, TrainConfig(epochs=1, batch_size=8), "w8a8", frames=16, calib_frames=8, val_limit=8)
+    uniform = export_run(run / "export", ["executorch"], ["int8"], run=run, eval_frames=8)[0]
+    assert uniform.path.name == "hydranet_int8_64x96.pte" and uniform.manifest["source_program"]["stage"] == "qat"
+    before = {f: sha256_path(f) for f in (uniform.path, run / "ptq" / "program.pt2", run / "qat" / "program.pt2")}
+
     out = _cli("sensitivity", "--run", run, "--device", profile, "--layers", LAYERS, "--frames", "8",
                "--calib-frames", "8", "--max-miou-drop", "2", "--max-rmse-rise", str(RMSE_BUDGET), "--apply")
     front = json.loads((run / "mixed" / "edge_npu_test" / "front.json").read_text())
     keep = set(front["chosen"]["keep_float"])
     assert "depth" in keep
-    assert "applied: " in out and "check edge_npu_test: PASS" in out, out
+    mixed = run / "export" / "executorch" / "hydranet_int8-mixed-edge_npu_test_64x96.pte"
+    assert f"check edge_npu_test on executorch/{mixed.name}: PASS" in out, out
 
     def shipped(stage):
         man = json.loads((run / "export" / "manifest.json").read_text())
-        art = next(a for a in man["artifacts"] if a["target"] == "executorch" and a["precision"] == "int8")
-        own = json.loads((run / "export" / (art["path"] + ".manifest.json")).read_text())
-        assert own["source_program"]["stage"] == stage, own["source_program"]
+        ints = {a["path"]: a for a in man["artifacts"] if a["target"] == "executorch" and a["precision"] == "int8"}
+        assert set(ints) == {f"executorch/{uniform.path.name}", f"executorch/{mixed.name}"}, ints
+        own = json.loads((run / "export" / f"executorch/{mixed.name}.manifest.json").read_text())
+        prog = own["source_program"]
+        assert prog["stage"] == stage and prog["path"] == str(run / stage / "mixed-edge_npu_test" / "program.pt2"), prog
+        assert own["recipe"]["name"] == "w8a8-mixed-edge_npu_test" and set(own["recipe"]["keep_float"]) == keep
         convs = [r for r in own["precision_map"]["layers"] if r["op"] == "conv"]
         assert {r["layer"] for r in convs if r["precision"] != "int8"} == keep
         assert all(r["precision"] == "fp32" for r in convs if r["layer"] in keep)
-        return run / "export" / art["path"]
+        assert {f: sha256_path(f) for f in before} == before  # the all-int8 artifact and the run's programs
+        v = json.loads(_cli("check", "--run", run, "--device", profile, "--artifact", mixed, "--json"))[0]
+        assert v["artifact"] == f"executorch/{mixed.name}" and v["chosen_by"] == "named", v
+        default = json.loads(_cli("check", "--run", run, "--device", profile, "--json"))[0]
+        assert default["artifact"] == f"executorch/{uniform.path.name}", default  # unnamed: the uniform one
+        return prog["path"]
 
-    pte = shipped("ptq")
-    prog = load_program(run / "ptq" / "program.pt2")
-    prof = profile_pte(pte, prog.module, TINY_SIZE, runs=2)
+    prog = load_program(shipped("ptq"))
+    prof = profile_pte(mixed, prog.module, TINY_SIZE, runs=2)
     assert prof["mapped"], prof["unmapped_reason"]
     ran = {r["layer"]: r["precision"] for r in prof["rows"] if r["op_class"].endswith("conv")}
     assert {n for n, p in ran.items() if p == "fp32"} == keep, ran
 
-    res = apply(run, str(profile), Path(front["recipe_file"]), qat=True, calib_frames=8, eval_frames=8,
-                qat_frames=16)
-    assert res["quantised"].endswith("program.pt2") and "qat" in res["quantised"], res["quantised"]
-    assert res["check"]["verdict"] == "PASS", res["check"]
-    shipped("qat")
+    out = _cli("sensitivity", "--run", run, "--device", profile, "--layers", LAYERS, "--frames", "8",
+               "--calib-frames", "8", "--max-miou-drop", "2", "--max-rmse-rise", str(RMSE_BUDGET), "--apply", "--qat")
+    assert f"check edge_npu_test on executorch/{mixed.name}: PASS" in out, out
+    prog = load_program(shipped("qat"))
+    ran = {r["layer"]: r["precision"] for r in profile_pte(mixed, prog.module, TINY_SIZE, runs=2)["rows"]
+           if r["op_class"].endswith("conv")}
+    assert {n for n, p in ran.items() if p == "fp32"} == keep, ran
 
 
 def test_depth_harmful_layer_is_kept_float_for_depths_budget_only(harmful_run):

@@ -61,10 +61,11 @@ def test_onnxruntime_host_search_measures_every_precision_and_check_judges_the_s
     assert any("ship the fp32 artifact" in n for n in rep["notes"]) == (t["fp32"] < c["measured_latency_ms"])
     # only int16 activations recover depth (float on depth still reads the int8 tensor): W8A16 whatever the timing
     assert "depth" in c["int16_layers"], c
-    assert "check host_cpu_onnxruntime: PASS" in out and ".onnx (verified)" in out, out
+    assert "check host_cpu_onnxruntime on onnx/hydranet_int8-mixed-host_cpu_onnxruntime_" in out, out
+    assert ".onnx: PASS" in out and ".onnx (verified)" in out, out
 
     man = json.loads((run / "export" / "manifest.json").read_text())
-    art = next(a for a in man["artifacts"] if a["target"] == "onnx" and a["precision"] == "int8")
+    art = next(a for a in man["artifacts"] if a["target"] == "onnx" and a["variant"] == "mixed-host_cpu_onnxruntime")
     own = json.loads((run / "export" / (art["path"] + ".manifest.json")).read_text())
     prec = {r["layer"]: r["precision"] for r in own["precision_map"]["layers"] if r["op"] == "conv"}
     assert {n for n, p in prec.items() if p == "int16"} == {n for n in c["int16_layers"] if n in prec}
