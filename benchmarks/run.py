@@ -161,12 +161,12 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
-    from edgehydra.calibration.stages import ptq_run
+    from edgehydra.calibration.quant_stages import ptq_run
     from edgehydra.checkpoint import load_checkpoint, save_checkpoint
     from edgehydra.devices.estimate import estimate
     from edgehydra.devices.profile import load_profile
     from edgehydra.exporters.executorch import runtime as executorch_runtime
-    from edgehydra.exporters.stage import export_run
+    from edgehydra.exporters.export_stage import export_run
 
     from edgehydra.run import Run
 
@@ -240,7 +240,7 @@ def main():
         gc.collect()
         onnx_fp32 = dr.export_dir / "onnx" / f"hydranet_fp32_{h}x{w}.onnx"
         if onnx_fp32.is_file():
-            from edgehydra.exporters.stage import parity_frames
+            from edgehydra.exporters.export_stage import parity_frames
             from edgehydra.dataspec import open_split
             from edgehydra.data import Resize
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from edgehydra._io import atomic_write_json
+from edgehydra._io import atomic_write_json, save_figure
 from edgehydra.checkpoint import load_checkpoint
 from edgehydra.errors import BadInputError
 from edgehydra.data import Resize
@@ -181,8 +181,5 @@ def chart(rows, path: Path) -> Path:
     axes[1].set_xlabel("abs rel increase (only this layer quantised)")
     fig.suptitle("Per-layer quantisation sensitivity, per task")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.part.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=80)
     return path

@@ -81,7 +81,7 @@ def export(targets, precisions, run_dir, checkpoint, program, out, size, delegat
 
     Exit code 1 if any artifact fails verification (its report is kept).
     """
-    from edgehydra.exporters.stage import export_run, parse_tolerances, summary_rows
+    from edgehydra.exporters.export_stage import export_run, parse_tolerances, summary_rows
     from edgehydra.run import Run
 
     if not (run_dir or checkpoint or program):

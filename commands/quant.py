@@ -42,7 +42,7 @@ def _print_issues(tr: dict):
 @click.option("--seed", type=int, default=0, show_default=True)
 def ptq(checkpoint, dataset, recipe, out, size, calib_frames, seed):
     """Calibrate and post-training quantise: saves OUT/ptq/program.pt2 and report.json (FP32 vs PTQ)."""
-    from edgehydra.calibration.stages import ptq_run
+    from edgehydra.calibration.quant_stages import ptq_run
 
     ckpt = _checkpoint(checkpoint, out)
     with progress_bar(transient=True) as p:
@@ -68,7 +68,7 @@ def ptq(checkpoint, dataset, recipe, out, size, calib_frames, seed):
 @click.option("--seed", type=int, default=0, show_default=True)
 def qat(dataset, checkpoint, out, epochs, lr, batch_size, recipe, size, distill, resume, seed):
     """Quantisation-aware fine-tuning; saves OUT/qat/program.pt2 and FP32 / PTQ / QAT metrics."""
-    from edgehydra.calibration.stages import qat_run
+    from edgehydra.calibration.quant_stages import qat_run
     from edgehydra.train import TrainConfig, init_distributed, is_main
 
     init_distributed()

@@ -243,7 +243,7 @@ def reference_parity(artifact: Path, transport=None, python: str = "python3") ->
     """Run the reference I/O beside an artifact where it runs (its target record's ``sidecar_check``: a .pte's
     .bpte, a .tflite's or .onnx's .reference.npz) and judge each task with the export's tolerance: `bench
     --bundle`, and the demo's bench stage."""
-    from edgehydra.exporters.base import Tolerance
+    from edgehydra.exporters.parity import Tolerance
     from edgehydra.exporters.runtime import read_manifest
 
     artifact = Path(artifact)

@@ -48,7 +48,7 @@ def build_artifact(fmt: str, model, module, precision: str, size, path: Path, re
     """``module`` (the FP32 model, or a converted pt2e program for int8) as ``fmt``'s artifact at ``path``:
     the export target's own build, without the verification and manifest a shipped export adds."""
     from edgehydra.exporters import get_target
-    from edgehydra.exporters.base import ExportRequest, Source, quiet_backends
+    from edgehydra.exporters.target import ExportRequest, Source, quiet_backends
 
     from edgehydra.calibration.program import QuantisedProgram
     from edgehydra.calibration.recipe import load_recipe

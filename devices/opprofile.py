@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgehydra._io import save_figure
 from edgehydra.graph import UNIT_OPS, graph_convs, graph_unit_ops, node_module, node_module_path, stage_of  # noqa: F401
 
 CONV_OPS = ("Convolution", "Fully Connected")
@@ -347,8 +348,5 @@ def chart(profile: dict, path: Path, title: str = "") -> Path:
     fig.suptitle(title or f"Per-op profile, {Path(profile['artifact']).name} ({profile['total_ms']:.2f} ms in {where})",
                  fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.part.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=80)
     return path

@@ -123,7 +123,6 @@ def plot(res: dict, out: Path, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from edgehydra._io import atomic_path
 
     t = np.asarray(res["timeline"]["t_s"])
     y = np.asarray(res["timeline"]["latency_ms"])
@@ -150,8 +149,6 @@ def plot(res: dict, out: Path, title: str = "") -> Path:
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out
+    from edgehydra._io import save_figure
+
+    return save_figure(fig, Path(out), dpi=100)

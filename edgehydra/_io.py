@@ -82,3 +82,17 @@ def read_json(path: Path) -> dict:
         raise BadInputError(f"not found: {path}") from None
     except json.JSONDecodeError as e:
         raise BadInputError(f"{path}: invalid JSON ({e})") from None
+
+
+def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> Path:
+    """The one figure writer: ``fig`` (matplotlib) as a PNG at ``path``, written atomically, then closed.
+    ``savefig_kwargs`` default to dpi=80 (panels and plots of a report are read on screen)."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_path(path, ".png") as tmp:
+            fig.savefig(tmp, **{"dpi": 80, "format": "png", **savefig_kwargs})
+    finally:
+        plt.close(fig)
+    return path

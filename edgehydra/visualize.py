@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._io import save_figure
 from .data import layout
 from .model import HydraConfig, normalize
 
@@ -114,10 +115,7 @@ def panel(rgb: np.ndarray, rows: list[tuple[str, dict]], out: Path, depth_max: f
             a.set_yticks([])
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.part.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(out)
+    save_figure(fig, out, dpi=80)
     return out
 
 

@@ -1,6 +1,6 @@
 """Exporters: one module per target behind a small registry.
 
-Each name maps to the module that holds its :class:`~edgehydra.exporters.base.ExportTarget`
+Each name maps to the module that holds its :class:`~edgehydra.exporters.target.ExportTarget`
 (edgehydra/targets.py's facts plus build and run functions), imported only when asked for, so listing
 targets imports no backend. The record is the one place a target's facts live: the CLI's choices, the artifact suffix `run`/`bench` dispatch on,
 `doctor`'s rows, the profile formats and the verification all derive from it.

@@ -2,7 +2,7 @@
 bundled-program check and the per-op profiler share it)."""
 from __future__ import annotations
 
-from .base import muted_native_stderr
+from .target import muted_native_stderr
 
 _THREADPOOL_STARTED = False
 

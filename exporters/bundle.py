@@ -4,7 +4,7 @@ The .bpte holds the .pte and, as ExecuTorch test cases, the export's parity fram
 frames) with the reference outputs the export was verified against (the pt2e program for int8, FP32
 for float). Where the model runs, ExecuTorch's bundled-program API loads a case as the method's input
 and runs it; the outputs it produced are compared with the expected outputs the bundle itself carries,
-per task, by the same parity routine and tolerance as the export (exporters/base.py), so the verdict
+per task, by the same parity routine and tolerance as the export (exporters/target.py), so the verdict
 on the device is the verdict of the export. The bundle is a sidecar: listed in the manifest apart from
 the artifact, not counted in its size.
 """
@@ -64,7 +64,7 @@ def run_bundle(bpte: Path, tasks, tol, transport=None, python: str = "python3") 
     ``transport`` (devices/remote.py; the device needs the ExecuTorch Python runtime), and judge each
     task against the expected outputs the bundle carries with the export's parity routine and tolerance."""
     from . import bundle_runner
-    from .base import parity, within
+    from .parity import parity, within
 
     cases = read_expected(bpte)
     if transport is None:

@@ -21,7 +21,7 @@ import torch
 
 from edgehydra.targets import facts_of
 
-from .base import ExportTarget, RunnerUnavailable
+from .target import ExportTarget, RunnerUnavailable
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 TARGETS = ("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")

@@ -180,7 +180,7 @@ def _onnx_probe_runner(path: Path, probes: list[Probe], tmp: Path):
 # ------------------------------------------------------------------------------------ the comparison
 def debug_artifact(path: Path, frames: np.ndarray, program, shipped_runner, target: str, tasks, batch: int = 1) -> dict:
     """Per-probe error of the artifact against ``program`` (a QuantisedProgram) on ``frames``."""
-    from .base import parity
+    from .parity import parity
 
     if target not in ("executorch", "onnx"):
         raise BadInputError(f"debug compares intermediate tensors of ExecuTorch and ONNX int8 artifacts; {target} "
@@ -267,12 +267,9 @@ def chart(report: dict, path: Path) -> Path:
     fig.suptitle(f"{Path(report['artifact']).name} vs its {report['reference'].split(' ')[0]} program, in steps of "
                  "each tensor's int8 grid", fontsize=9)
     fig.tight_layout()
-    from edgehydra._io import atomic_path
+    from edgehydra._io import save_figure
 
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def debug_path(artifact: Path, frames: int = 4, out: Path | None = None) -> tuple[dict, list[Path]]:
@@ -284,7 +281,7 @@ def debug_path(artifact: Path, frames: int = 4, out: Path | None = None) -> tupl
     from edgehydra.dataspec import open_split, run_data_settings
 
     from .runtime import artifact_program, open_artifact
-    from .stage import parity_frames
+    from .export_stage import parity_frames
 
     artifact = Path(artifact)
     art = open_artifact(artifact, check_hash=False)

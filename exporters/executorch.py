@@ -20,7 +20,7 @@ from ._pt2e import refuse_precisions
 from ._et_runtime import runtime, runtime_threads  # noqa: F401  (callers read them here)
 from edgehydra.targets import facts_of
 
-from .base import ExportTarget
+from .target import ExportTarget
 
 DELEGATES = {
     "xnnpack": ("executorch.backends.xnnpack.partition.xnnpack_partitioner", "XnnpackPartitioner"),
@@ -175,7 +175,7 @@ def bundle_sidecar(final, frames, ref, tasks, tol) -> dict:
 
 def bundle_check(artifact, manifest, tol, transport=None, python="python3") -> dict:
     """ExportTarget.sidecar_check: the .bpte run through ExecuTorch's bundled-program API where the .pte runs."""
-    from .base import listed_sidecar
+    from .target import listed_sidecar
     from .bundle import bundle_path, run_bundle
 
     b = listed_sidecar(artifact, manifest, "bundle", bundle_path(artifact))

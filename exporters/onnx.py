@@ -18,7 +18,7 @@ from ._pt2e import int16_layers, refuse_precisions
 from . import reference_runner
 from edgehydra.targets import facts_of
 
-from .base import ExportTarget
+from .target import ExportTarget
 from .reference_io import reference_check, reference_sidecar
 
 QDQ_TYPES = ("uint8", "int8")

@@ -46,7 +46,7 @@ def run_reference(artifact: Path, tasks, tol, transport=None, python: str = "pyt
     """Run the reference frames through the artifact here (``transport`` None) or on a device, and judge each
     task against the expected outputs with the export's parity routine and tolerance."""
     from . import reference_runner
-    from .base import parity, within
+    from .parity import parity, within
 
     ref = reference_path(artifact)
     if transport is None:
@@ -98,7 +98,7 @@ def reference_sidecar(final, frames, ref, tasks, tol) -> dict:
 
 def reference_check(artifact, manifest, tol, transport=None, python: str = "python3") -> dict:
     """ExportTarget.sidecar_check for .tflite/.onnx: the reference file run where the artifact runs."""
-    from .base import listed_sidecar
+    from .target import listed_sidecar
 
     listed_sidecar(artifact, manifest, "reference_io", reference_path(artifact))
     return run_reference(Path(artifact), tuple(manifest["outputs"]), tol, transport, python)

@@ -14,7 +14,8 @@ from edgehydra.errors import BadInputError, EdgeHydraError
 from edgehydra.model import HydraConfig
 
 from . import get_target, list_targets, target_for_suffix
-from .base import RunnerUnavailable, Tolerance, check_parity, reference_kind
+from .parity import Tolerance, check_parity, reference_kind
+from .target import RunnerUnavailable
 
 
 @dataclass
@@ -86,7 +87,7 @@ def verify_run(run: Path, only: Path | None = None) -> list[dict]:
     the same routine as export's (check_parity, the reference and tolerance its manifest records)."""
     from edgehydra.run import Run
 
-    from .stage import open_source, parity_frames
+    from .export_stage import open_source, parity_frames
 
     mf = Run(run).export_manifest
     if not mf.is_file():

@@ -21,7 +21,7 @@ import torch
 from . import reference_runner
 from edgehydra.targets import facts_of
 
-from .base import ExportTarget
+from .target import ExportTarget
 from .reference_io import reference_check, reference_sidecar
 
 

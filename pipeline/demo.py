@@ -96,7 +96,7 @@ class _Skip(Exception):
 
 
 def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) -> dict:
-    from edgehydra.calibration.stages import ptq_run, qat_run
+    from edgehydra.calibration.quant_stages import ptq_run, qat_run
     from edgehydra.run import Run
     from edgehydra.fp32_stage import train_run
     from edgehydra.train import TrainConfig
@@ -184,7 +184,7 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
 
     def export_stage():
         from edgehydra.exporters import get_target, installed_targets, list_targets
-        from edgehydra.exporters.stage import export_run, summary_rows
+        from edgehydra.exporters.export_stage import export_run, summary_rows
 
         missing = [t for t in list_targets() if t not in installed_targets()]
         with pf() as p:

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from edgehydra._io import atomic_write_json
+from edgehydra._io import atomic_write_json, save_figure
 from edgehydra.checkpoint import load_checkpoint
 from edgehydra.data import Resize
 from edgehydra.errors import EdgeHydraError
+from edgehydra.dataspec import open_split, run_data_settings
 from edgehydra.run import Run
 from edgehydra.targets import format_facts
-from edgehydra.dataspec import open_split, run_data_settings
 
 from edgehydra.calibration.calibset import select_calibration
 from edgehydra.calibration.mixed import (BudgetsNotMet, Candidate, MixedBudgets, Space, conv_output_elems, deficit,
@@ -315,10 +315,7 @@ def chart(report: dict, path: Path) -> Path:
     axes[0].legend(fontsize=7)
     fig.suptitle(f"Mixed precision on {report['device']} at {report['size'][0]}x{report['size'][1]}", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.part.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=80)
     return path
 
 
@@ -328,10 +325,10 @@ def apply(run: Run | Path, device: str, recipe_file: Path, *, qat: bool = False,
     RUN/<stage>/mixed-<device>/program.pt2), export exactly that program for the device's format (its own
     artifact, hydranet_int8-mixed-<device>_<H>x<W><suffix>, beside the run's all-int8 one), and check that
     artifact. Nothing here looks up "the run's program": each stage is handed what the one before made."""
-    from edgehydra.calibration.stages import ptq_run, qat_run
+    from edgehydra.calibration.quant_stages import ptq_run, qat_run
     from edgehydra.devices.check import check_device
     from edgehydra.devices.profile import load_profile
-    from edgehydra.exporters.stage import export_run, summary_rows
+    from edgehydra.exporters.export_stage import export_run, summary_rows
 
     run = run if isinstance(run, Run) else Run(run)
     cal = run.calibrated_profile(device)

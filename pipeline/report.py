@@ -36,11 +36,9 @@ def _plt():
 
 
 def _save(fig, path: Path):
-    tmp = path.with_name(f".{path.name}.part.png")
-    fig.savefig(tmp, dpi=80, bbox_inches="tight")
-    _plt().close(fig)
-    tmp.replace(path)
-    return path
+    from edgehydra._io import save_figure
+
+    return save_figure(fig, path, bbox_inches="tight")
 
 
 def accuracy_latency_plot(rows, checks, path: Path) -> Path:

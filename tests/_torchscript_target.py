@@ -4,7 +4,7 @@ It is everything a new target needs: one module with a TARGET record, and one re
 import numpy as np
 import torch
 
-from edgehydra.exporters.base import ExportTarget
+from edgehydra.exporters.target import ExportTarget
 
 
 def build(source, req, path):

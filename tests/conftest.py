@@ -64,7 +64,7 @@ max_abs_rel = 100.0
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A whole small run: tiny model trained on synthroom, PTQ program. Shared by the slower tests."""
-    from edgehydra.calibration.stages import ptq_run
+    from edgehydra.calibration.quant_stages import ptq_run
     from edgehydra.fp32_stage import train_run
     from edgehydra.train import TrainConfig
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from edgehydra.calibration.stages import qat_run
+from edgehydra.calibration.quant_stages import qat_run
 from edgehydra.train import TrainConfig, init_distributed
 
 src, out, batch = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])

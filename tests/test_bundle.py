@@ -16,7 +16,7 @@ REAL = Path(__file__).parent / "fixtures" / "real"
 
 @pytest.fixture(scope="module")
 def pte_run(tiny_run, tmp_path_factory):
-    from edgehydra.exporters.stage import export_run
+    from edgehydra.exporters.export_stage import export_run
     from edgehydra.run import Run
 
     run = tmp_path_factory.mktemp("bundle") / "run"
@@ -58,7 +58,7 @@ def test_bundle_on_a_stand_in_device_and_a_per_task_failure(pte_run, tmp_path):
     """The device path (push the .bpte and the runner, run it with the device's Python, judge here) on
     the local stand-in transport; then a bundle whose expected depth is off fails depth only."""
     from edgehydra.devices.remote import LocalTransport
-    from edgehydra.exporters.base import Tolerance
+    from edgehydra.exporters.parity import Tolerance
     from edgehydra.exporters.bundle import bundle_path, read_expected, run_bundle, write_bundle
 
     run, pte = pte_run
@@ -110,9 +110,9 @@ def test_reference_io_beside_other_formats_runs_here_and_on_a_device(tiny_run, t
     self-contained runner with its own Python, and expected outputs that are off fail that task only."""
     from edgehydra.commands import cli
     from edgehydra.devices.remote import LocalTransport
-    from edgehydra.exporters.base import Tolerance
+    from edgehydra.exporters.parity import Tolerance
     from edgehydra.exporters.reference_io import read_expected, reference_path, run_reference, write_reference
-    from edgehydra.exporters.stage import export_run
+    from edgehydra.exporters.export_stage import export_run
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "measurements", "mixed", "debug"))

@@ -50,7 +50,7 @@ def _negate_layers(module, layers):
 
 @pytest.fixture(scope="module")
 def runs(tiny_run, tmp_path_factory):
-    from edgehydra.exporters.stage import export_run
+    from edgehydra.exporters.export_stage import export_run
 
     root = tmp_path_factory.mktemp("debug")
     clean = _copy_run(tiny_run, root / "clean")
@@ -96,7 +96,7 @@ def test_clean_artifact_stays_within_the_int8_bound(runs):
 def test_executorch_faulty_lowering_is_found_per_task(runs, monkeypatch, tmp_path):
     from edgehydra.exporters import executorch as et
     from edgehydra.exporters.debug import debug_path
-    from edgehydra.exporters.stage import export_run
+    from edgehydra.exporters.export_stage import export_run
 
     _, broken = runs
     real = et.lower

@@ -181,7 +181,7 @@ def test_adb_and_ssh_quote_their_commands():
 
 def test_host_bench_runs_a_real_artifact(tiny_run, tmp_path):
     from edgehydra.devices.bench import bench
-    from edgehydra.exporters.stage import export_run
+    from edgehydra.exporters.export_stage import export_run
 
     res = {r.target: r for r in export_run(tmp_path, ["onnx", "executorch"], ["fp32"], run=tiny_run, eval_frames=1)}
     b = bench(res["onnx"].path, warmup=1, runs=5, threads=1)
@@ -206,7 +206,7 @@ def test_host_bench_runs_a_real_artifact(tiny_run, tmp_path):
 def test_check_exit_codes(tiny_run, tmp_path):
     import shutil
 
-    from edgehydra.exporters.stage import export_run
+    from edgehydra.exporters.export_stage import export_run
 
     export_run(tiny_run / "export", ["onnx"], ["fp32", "int8"], run=tiny_run, eval_frames=2)
     lenient = tmp_path / "lenient.toml"
@@ -318,7 +318,7 @@ def test_sustained_pacing_counts_dropped_frames_with_a_fake_clock():
 def test_sustained_bench_of_a_real_artifact_enters_the_run_and_check(tiny_run, tmp_path):
     import dataclasses
 
-    from edgehydra.exporters.stage import export_run
+    from edgehydra.exporters.export_stage import export_run
 
     run = tmp_path / "r"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "measurements", "devices"))
@@ -352,7 +352,7 @@ def test_device_measurements_enter_the_run_and_check_judges_with_them(tiny_run, 
 
     from edgehydra.devices.bench import record_measurement
     from edgehydra.exporters.runtime import read_manifest
-    from edgehydra.exporters.stage import export_run
+    from edgehydra.exporters.export_stage import export_run
 
     run = tmp_path / "r"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "measurements", "devices", "debug"))

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from edgehydra.commands import cli
 from edgehydra.errors import MissingBackendError
 from edgehydra.exporters import get_target, installed_targets, list_targets
-from edgehydra.exporters.stage import export_run
+from edgehydra.exporters.export_stage import export_run
 from tests.conftest import TINY_SIZE
 
 PAIRS = [(t, p) for t in list_targets() for p in get_target(t).precisions]
@@ -91,7 +91,7 @@ def test_precision_map_names_each_kept_float_layer_and_why(tiny_run, tmp_path):
     lists those layers as float (Core ML: fp16) with the recipe pattern as the reason, the rest int8, read
     back from the artifact itself where the format allows (the .tflite's operator dtypes)."""
     from edgehydra.calibration.recipe import PRESETS
-    from edgehydra.calibration.stages import ptq_run
+    from edgehydra.calibration.quant_stages import ptq_run
     from edgehydra.run import Run
 
     run = Run(tmp_path / "run")
@@ -232,7 +232,7 @@ def test_quiet_backends_mutes_bars_and_restores_them(monkeypatch):
 
     import tqdm
 
-    from edgehydra.exporters.base import quiet_backends
+    from edgehydra.exporters.target import quiet_backends
 
     logging.getLogger("coremltools").setLevel(logging.INFO)
     with quiet_backends():
@@ -350,7 +350,7 @@ def test_onnx_int8_is_exact_uint8_and_within_an_output_step_of_its_program(tiny_
     import onnxruntime as ort
 
     from edgehydra.exporters._onnx_qdq import qdq_dtype
-    from edgehydra.exporters.stage import open_source, parity_frames
+    from edgehydra.exporters.export_stage import open_source, parity_frames
     from edgehydra.data import Resize
     from edgehydra.dataspec import open_split
 
@@ -395,7 +395,7 @@ def test_w8a16_layers_ship_where_the_format_computes_them(tiny_run, tmp_path):
     onnxruntime; LiteRT, ExecuTorch (XNNPACK) and Core ML fail in one line naming the layers and why, and
     leave nothing on disk; the other targets of the same export are not stopped."""
     from edgehydra.calibration.recipe import PRESETS
-    from edgehydra.calibration.stages import ptq_run
+    from edgehydra.calibration.quant_stages import ptq_run
     from edgehydra.run import Run
 
     run = Run(tmp_path / "run")

@@ -60,7 +60,7 @@ def test_formats_without_fp16_islands_refuse_in_one_line(programs, target, tmp_p
     from edgehydra.calibration.program import QuantisedProgram
     from edgehydra.errors import EdgeHydraError
     from edgehydra.exporters import get_target, installed_targets
-    from edgehydra.exporters.base import ExportRequest, Source
+    from edgehydra.exporters.target import ExportRequest, Source
 
     if target not in installed_targets():
         pytest.skip(f"{target} not installed")

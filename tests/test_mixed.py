@@ -66,9 +66,9 @@ def test_applied_assignment_ships_as_chosen(harmful_run):
     (First in the file: the later tests read this front.)"""
     from edgehydra._io import sha256_path
     from edgehydra.calibration.program import load_program
-    from edgehydra.calibration.stages import ptq_run, qat_run
+    from edgehydra.calibration.quant_stages import ptq_run, qat_run
     from edgehydra.devices.opprofile import profile_pte
-    from edgehydra.exporters.stage import export_run
+    from edgehydra.exporters.export_stage import export_run
     from edgehydra.train import TrainConfig
 
     run, profile = harmful_run

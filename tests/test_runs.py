@@ -99,7 +99,7 @@ def test_run_started_from_a_brought_checkpoint(tiny_run, tmp_path):
 
 
 def test_export_at_a_second_size_adds_to_the_run(tiny_run, tmp_path):
-    from edgehydra.exporters.stage import export_run
+    from edgehydra.exporters.export_stage import export_run
 
     out = tmp_path / "export"
     export_run(out, ["onnx"], ["fp32"], run=tiny_run, eval_frames=2)
@@ -111,7 +111,7 @@ def test_export_at_a_second_size_adds_to_the_run(tiny_run, tmp_path):
 
 
 def test_default_export_without_a_program_says_which_int8_rows_it_left_out(tiny_run, tmp_path):
-    from edgehydra.exporters.stage import export_run
+    from edgehydra.exporters.export_stage import export_run
 
     run = tmp_path / "r"
     run.mkdir()

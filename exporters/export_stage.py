@@ -21,7 +21,8 @@ from edgehydra.metrics import Metrics
 from edgehydra.dataspec import open_split, run_data_settings
 
 from . import get_target, installed_targets, list_targets
-from .base import ExportRequest, ExportResult, Source, Tolerance, export_one
+from .parity import Tolerance
+from .target import ExportRequest, ExportResult, Source, export_one
 
 PARITY_FRAMES = 8
 
