@@ -51,12 +51,12 @@ def main(argv=None):
     a = ap.parse_args(argv)
 
     from edgehydra.calibration.mixed import MixedBudgets
-    from edgehydra.pipeline.mixed_search import mixed_run
+    from edgehydra.pipeline.mixed_search import SearchConfig, mixed_run
 
     t0 = time.perf_counter()
     rep = mixed_run(Path(a.run), a.device, MixedBudgets(max_miou_drop=a.max_miou_drop, max_rmse_rise=a.max_rmse_rise,
                                                         max_absrel_rise=a.max_absrel_rise, latency_ms=a.latency_budget_ms),
-                    layers=a.layers, frames=a.frames, calib_frames=a.calib_frames, rounds=a.rounds)
+                    SearchConfig(layers=a.layers, frames=a.frames, calib_frames=a.calib_frames, rounds=a.rounds))
     c, ht = rep["chosen"], rep.get("host_timing") or {}
     print(f"{rep['device']} at {rep['size'][0]}x{rep['size'][1]} on {cpu_name()}, {ht.get('threads', '?')} threads; "
           f"{len(rep['layers'])} layers swept, {len(rep['trials'])} assignments checked, "

@@ -135,19 +135,18 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
     measurement record in RUN/measurements/ (tied to the artifact's sha256 and input size), which
     `edgehydra check --run RUN --device PROFILE` reads.
     """
-    from edgehydra._io import atomic_write_bytes, atomic_write_json
+    from edgehydra._io import atomic_write_bytes
     from edgehydra.devices import remote
-    from edgehydra.devices.bench import bench as host_bench
+    from edgehydra.devices.bench import record_measurement
+    from edgehydra.devices.measure import BenchRequest, measure
+    from edgehydra.devices.profile import load_profile
+    from edgehydra.errors import BadInputError
 
     if apple_script:
         atomic_write_bytes(apple_script, remote.APPLE_SCRIPT.encode())
         click.echo(f"wrote {apple_script}: on a Mac run `python3 {Path(apple_script).name} MODEL.mlpackage`, "
                    "then `edgehydra bench --ingest coreml_bench.json`")
         return
-    from edgehydra.devices.bench import record_measurement
-
-    from edgehydra.devices.profile import load_profile
-
     duration_s = None
     if duration is not None:
         from edgehydra.devices.sustained import parse_duration
@@ -163,14 +162,16 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
         raise click.BadParameter("--fps paces a sustained run: give --duration too", param_hint="--fps")
     # an unknown name fails here, before any work; loaded once (a .toml path resolves to the profile's name)
     dev_profile = load_profile(profile_name) if profile_name else None
-    profile_name = dev_profile.name if dev_profile else None
+    req = BenchRequest(runs=runs, warmup=warmup, threads=threads, binary=binary, provider=provider,
+                       duration_s=duration_s, fps=fps, verify=verify, bundle=bundle, python=python,
+                       profile=dev_profile.name if dev_profile else None)
     if ingest:
         if not artifact:
             raise click.UsageError("--ingest needs --artifact: the .mlpackage the Apple script timed (its sha256 and "
                                    "input size tie the measurement to it)")
         res = remote.ingest(Path(ingest))
         res.update(remote.artifact_facts(Path(artifact)), runner=res.get("tool", "coremltools"),
-                   profile=profile_name or "iphone15pro_ane")
+                   profile=req.profile or "iphone15pro_ane")
         if Path(res.get("artifact", artifact)).name != Path(artifact).name:
             raise click.BadParameter(f"{ingest} timed {res['artifact']}, not {artifact}", param_hint="--artifact")
         res["artifact"] = str(artifact)
@@ -181,43 +182,17 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
         if ops_from and not ops:
             raise click.BadParameter("--ops-from reads a per-operator profile: give --ops too", param_hint="--ops-from")
         if ops:
-            return _op_profile(Path(artifact), runs, threads, device, ops_from, binary, warmup, profile_name)
-        if device == "host":
-            if dev_profile is not None and not dev_profile.host:
-                raise click.BadParameter(f"a run on this host measures this host's profiles (host = true: host_cpu, "
-                                         f"host_cpu_onnxruntime, host_cpu_litert), not {profile_name}",
-                                         param_hint="--profile")
-            if bundle:
-                _reference_io(Path(artifact))
-            res = host_bench(Path(artifact), warmup, runs, threads, provider, verify=verify, duration_s=duration_s,
-                             fps=fps, timeout=max(1800, 3 * (duration_s or 0)), bundle=bundle)
-        else:
-            from edgehydra.exporters.runtime import read_manifest
-
-            prof = dev_profile
-            transport = remote.parse_device(device)
-            if duration_s:
-                res = remote.remote_sustained(transport, Path(artifact), duration_s, binary, threads,
-                                              window_runs=runs, warmup=warmup, manifest=read_manifest(Path(artifact)),
-                                              profile=prof)
-            else:
-                res = remote.remote_bench(transport, Path(artifact), binary, runs, warmup, threads,
-                                          manifest=read_manifest(Path(artifact)), profile=prof)
-            res.update(remote.artifact_facts(Path(artifact)), runner=res.get("tool"), profile=profile_name)
-            if bundle:
-                res["bundle_parity"] = _bundle_parity(Path(artifact), transport, python)
-            stem = f"{artifact}.{device.replace(':', '_').replace('@', '_')}"
-            if duration_s:
-                from edgehydra.devices.sustained import plot
-
-                res["plot"] = str(plot(res, Path(stem + ".sustained.png"),
-                                       f"{Path(artifact).name} on {device}, {res['sustained_how']}"))
-                res["json"] = stem + ".sustained.json"
-            atomic_write_json(Path(stem + (".sustained.json" if duration_s else ".bench.json")), res)
-            record_measurement(Path(artifact), res)
-            if not profile_name:
-                console().print("[yellow]note:[/] no --profile given: `check` cannot tell which device profile "
-                                "this measurement stands for and will keep estimating it")
+            return _op_profile(Path(artifact), device, req, ops_from)
+        try:
+            res = measure(Path(artifact), device, req, host_profile=dev_profile is None or dev_profile.host)
+        except BadInputError as e:
+            hint = "--bundle" if "reference I/O" in str(e) else "--profile" if "this host's profiles" in str(e) else None
+            if hint is None:
+                raise
+            raise click.BadParameter(str(e), param_hint=hint) from None
+        if device != "host" and not req.profile:
+            console().print("[yellow]note:[/] no --profile given: `check` cannot tell which device profile "
+                            "this measurement stands for and will keep estimating it")
     from rich.table import Table
 
     # the artifact's path goes above the table: as its title, rich would cut it to the table's width
@@ -251,78 +226,21 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
         console().print(f"[yellow]note:[/] {res['record_skipped']}")
 
 
-def _op_profile(artifact: Path, runs: int, threads: int, device: str = "host", ops_from: str | None = None,
-                binary: str | None = None, warmup: int = 5, profile_name: str | None = None) -> None:
-    """`bench --ops`: which operators take the time, mapped to the model's layers and stages."""
-    from edgehydra._io import atomic_write_json
-    from edgehydra.devices.opprofile import chart
-    from edgehydra.exporters.runtime import read_manifest
-    from edgehydra.run import run_of_artifact
+def _op_profile(artifact: Path, device: str, req, ops_from: str | None) -> None:
+    """`bench --ops`: run devices/measure.op_profile and print its tables."""
+    from edgehydra.devices.measure import op_profile
+    from edgehydra.errors import BadInputError
 
-    if artifact.suffix not in (".pte", ".onnx", ".tflite"):
-        raise click.BadParameter("a per-operator profile is read from ExecuTorch's ETDump, onnxruntime's or TensorRT's "
-                                 "profiler or LiteRT: pass a .pte, an .onnx or a .tflite", param_hint="--ops")
-    run = run_of_artifact(artifact)
-    man = read_manifest(artifact)
-    if run is None:
-        raise click.BadParameter(f"{artifact} is not in a run's export folder: its layers cannot be named",
-                                 param_hint="--ops")
-    tasks = tuple(man["outputs"])
-    size = tuple(man["size"])
-
-    def lowered_module():  # what the .pte was lowered from: its conv order names XNNPACK's operators
-        from edgehydra.calibration.program import load_program
-        from edgehydra.checkpoint import load_checkpoint
-
-        if man["precision"] == "int8":
-            stage = (man.get("source_program") or {}).get("stage") or "ptq"
-            return load_program(run.program_path(stage)).module
-        return load_checkpoint(run.checkpoint())[0].eval()
-
-    tag = ""
-    if ops_from or device != "host":
-        from edgehydra.devices import toolprofile
-        from edgehydra.errors import BadInputError
-
-        try:
-            if ops_from:
-                prof = toolprofile.device_profile(artifact, Path(ops_from), tasks,
-                                                  lowered_module() if artifact.suffix == ".pte" else None,
-                                                  device=None if device == "host" else device)
-            else:
-                from edgehydra.devices import remote
-
-                got = remote.remote_bench(remote.parse_device(device), artifact, binary, runs, warmup, threads,
-                                          manifest=man, op_profile=True)
-                prof = toolprofile.profile_from_rows(artifact, got["tool"], got["rows"], tasks, device=device)
-                prof.update(command=got["command"], accelerator=got["accelerator"])
-        except BadInputError as e:
-            raise click.BadParameter(str(e), param_hint="--ops-from" if ops_from else "--device") from None
-        prof.update(size=list(size), runs=runs)
-        tag = "." + (device if device != "host" else Path(ops_from).stem).replace(":", "_").replace("@", "_")
-    else:
-        from edgehydra.devices.opprofile import profile_here
-
-        prof = profile_here(artifact, size, runs=runs, tasks=tasks, threads=threads,
-                            lowered_module=lowered_module() if artifact.suffix == ".pte" else None)
-    out = Path(str(artifact) + f"{tag}.ops.json")
-    atomic_write_json(out, prof)
-    record = None
-    if tag and profile_name and prof["mapped"]:
-        # the device's own profile of a shipped artifact: check and the mixed search read it (per-class scales)
-        from edgehydra.devices.bench import shipped_entry
-        from edgehydra.devices.remote import artifact_facts
-
-        facts = artifact_facts(artifact)
-        if shipped_entry(run, artifact, facts["sha256"]) is not None:
-            record = run.add_op_profile({**facts, "profile": profile_name, "device": prof.get("device"),
-                                         "runtime": prof["runtime"], "source": prof.get("source"),
-                                         "size": list(size), "total_ms": prof["total_ms"], "by_class": prof["by_class"],
-                                         "by_stage": prof.get("by_stage")})
-    elif tag and not profile_name:
+    try:
+        got = op_profile(artifact, device, req, ops_from)
+    except BadInputError as e:
+        raise click.BadParameter(str(e), param_hint="--ops-from" if ops_from else
+                                 "--device" if device != "host" else "--ops") from None
+    prof, out, png, record, profile_name = got["profile"], got["json"], got["png"], got["record"], req.profile
+    runs, threads = req.runs, req.threads
+    if got["device_profile"] and not profile_name:
         console().print("[yellow]note:[/] no --profile given: this per-op profile is written beside the artifact "
                         "but `check` cannot tell which device profile it stands for")
-    png = chart(prof, Path(str(artifact) + f"{tag}.ops.png"))
     from rich.table import Table
 
     where = {"onnxruntime": "onnxruntime nodes", "litert": "LiteRT operators, each timed alone",
@@ -354,24 +272,6 @@ def _op_profile(artifact: Path, runs: int, threads: int, device: str = "host", o
     click.echo(f"wrote {out} and {png}")
     if record:
         click.echo(f"op profile record: {record} (per-class scales for {profile_name})")
-
-
-def _reference_io(artifact: Path) -> None:
-    """--bundle on an artifact without reference I/O: a usage error before anything runs."""
-    from edgehydra.devices.bench import reference_check
-    from edgehydra.errors import BadInputError
-
-    try:
-        reference_check(artifact)
-    except BadInputError as e:
-        raise click.BadParameter(str(e), param_hint="--bundle") from None
-
-
-def _bundle_parity(artifact: Path, transport, python: str) -> dict:
-    from edgehydra.devices.bench import reference_parity
-
-    _reference_io(artifact)
-    return reference_parity(artifact, transport, python)
 
 
 @click.command()

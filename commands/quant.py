@@ -152,7 +152,7 @@ def sensitivity(checkpoint, run_dir, device, dataset, out, layers, recipe, size,
 def _mixed(run_dir, device, layers, recipe, size, frames, calib_frames, max_miou_drop, max_rmse_rise, max_absrel_rise,
            max_normals_rise, latency_budget_ms, profile_floors, max_trials, do_apply, qat):
     from edgehydra.calibration.mixed import MixedBudgets
-    from edgehydra.pipeline.mixed_search import apply, mixed_run
+    from edgehydra.pipeline.mixed_search import SearchConfig, apply, mixed_run
     from edgehydra.devices.profile import load_profile
     from edgehydra.run import Run
     from edgehydra.train import init_distributed, is_main
@@ -171,8 +171,9 @@ def _mixed(run_dir, device, layers, recipe, size, frames, calib_frames, max_miou
         max_normals_median=b.max_normals_median_deg if profile_floors else None)
     init_distributed()
     with progress_bar(transient=True) as p:
-        rep = mixed_run(run, device, budgets, recipe_spec=recipe, layers=layers, size=size, frames=frames,
-                        calib_frames=calib_frames, max_trials=max_trials, progress=p if is_main() else None)
+        search = SearchConfig(layers=layers, recipe=recipe, size=tuple(size) if size else None, frames=frames,
+                              calib_frames=calib_frames, max_trials=max_trials)
+        rep = mixed_run(run, device, budgets, search, progress=p if is_main() else None)
     if not is_main():
         return
     _mixed_table(rep)

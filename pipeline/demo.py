@@ -96,123 +96,154 @@ class _Skip(Exception):
 
 
 def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) -> dict:
-    from edgehydra.calibration.quant_stages import ptq_run, qat_run
-    from edgehydra.run import Run
-    from edgehydra.fp32_stage import train_run
-    from edgehydra.train import TrainConfig
+    """Every stage on synthroom into ``out``, each handed what the one before made (DemoRun)."""
+    return DemoRun(Path(out), cfg, console, progress_factory).run_all()
 
-    out = Path(out)
-    run = Run(out)
-    st = Stages(out, console)
-    pf = progress_factory or (lambda: _null())
-    t_start = time.perf_counter()
-    base = asdict(cfg)
 
-    def data_stage():
+class DemoRun:
+    """The demo's stages as methods, each reading what an earlier one produced from this object or the run's
+    records, never "the run's program": the program that ships (QAT's) is named and handed to export."""
+
+    def __init__(self, out: Path, cfg: DemoConfig, console=None, progress_factory=None):
+        from edgehydra.devices.profile import load_profile
+        from edgehydra.run import Run
+
+        self.out, self.cfg, self.run = out, cfg, Run(out)
+        self.st = Stages(out, console)
+        self.pf = progress_factory or (lambda: _null())
+        self.base = asdict(cfg)
+        self.ckpt = self.run.fp32
+        # The model trains at cfg.size (fast on 2 cores); it is quantised, exported and judged at the input size
+        # the checked devices' budgets name, so `check` judges artifacts that exist (an int8 program is traced
+        # at one size: PTQ and QAT run at the first device's budget size, other sizes get their own export).
+        self.budget_sizes = {d: tuple(load_profile(d).budgets.input_size) for d in cfg.devices}
+        self.deploy = self.budget_sizes[cfg.devices[0]] if cfg.devices else cfg.size
+        self.shipped_program = self.run.program_path("qat")  # what the demo ships as int8: the QAT program
+
+    def run_all(self) -> dict:
+        t_start = time.perf_counter()
+        st, cfg, run = self.st, self.cfg, self.run
+        st.run("data", {"seed": cfg.seed}, self.data_stage)
+        with self.pf() as p:
+            st.run("train", {k: self.base[k] for k in ("model", "size", "frames", "val_frames", "epochs", "batch_size",
+                                                       "seed")}, lambda: self.train_stage(p), [run.fp32])
+        with self.pf() as p:
+            st.run("ptq", {"calib_frames": cfg.calib_frames, "ckpt": _sha(self.ckpt), "size": self.deploy},
+                   lambda: self.ptq_stage(p), [run.program_path("ptq")])
+        with self.pf() as p:
+            st.run("qat", {"qat_epochs": cfg.qat_epochs, "qat_frames": cfg.qat_frames, "calib_frames": cfg.calib_frames,
+                           "ckpt": _sha(self.ckpt), "size": self.deploy}, lambda: self.qat_stage(p),
+                   [run.program_path("qat")])
+        st.run("sensitivity", {"layers": cfg.sensitivity_layers, "ckpt": _sha(self.ckpt)}, self.sens_stage,
+               [run.sensitivity_dir / "sensitivity.png"])
+        st.run("mixed", {"device": cfg.mixed_device, "layers": cfg.mixed_layers, "ckpt": _sha(self.ckpt),
+                         "trials": cfg.mixed_trials, "budgets": [cfg.mixed_max_miou_drop, cfg.mixed_max_rmse_rise]},
+               self.mixed_stage, [run.mixed_dir(cfg.mixed_device) / "front.json"])
+        exp = st.run("export", {"ckpt": _sha(self.ckpt), "qat": _sha(self.shipped_program), "sizes": self.budget_sizes,
+                                "precisions": cfg.precisions}, self.export_stage, [run.export_manifest])
+        bench_res = st.run("bench", {"export": _sha(run.export_manifest), "runs": cfg.bench_runs,
+                                     "sustained_s": cfg.sustained_s}, self.bench_stage)
+        cal = st.run("calibrate", {"bench": bench_res}, lambda: self.calibrate_stage(bench_res))
+        st.run("check", {"export": exp, "cal": cal}, self.check_stage, [run.check_record])
+        summary = {"config": self.base, "stages": st.log, "total_seconds": time.perf_counter() - t_start}
+        atomic_write_json(run.demo_summary, summary)
+        st.run("report", {"t": time.time()}, self.report_stage)
+        summary["stages"] = st.log
+        summary["total_seconds"] = time.perf_counter() - t_start
+        atomic_write_json(run.demo_summary, summary)
+        return summary
+
+    def data_stage(self) -> dict:
         from edgehydra.data.synthroom import SynthConfig, generate_frame
 
         t = time.perf_counter()
         n = 20
         for i in range(n):
-            generate_frame(cfg.seed, i, SynthConfig(size=(240, 320)))
-        return {"frames_per_s_240x320": n / (time.perf_counter() - t), "train_frames": cfg.frames,
-                "val_frames": cfg.val_frames, "_note": "synthroom is generated in memory; nothing to download"}
+            generate_frame(self.cfg.seed, i, SynthConfig(size=(240, 320)))
+        return {"frames_per_s_240x320": n / (time.perf_counter() - t), "train_frames": self.cfg.frames,
+                "val_frames": self.cfg.val_frames, "_note": "synthroom is generated in memory; nothing to download"}
 
-    st.run("data", {"seed": cfg.seed}, data_stage)
-    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed)
-    with pf() as p:
-        st.run("train", {k: base[k] for k in ("model", "size", "frames", "val_frames", "epochs", "batch_size", "seed")},
-               lambda: {"metrics": train_run(out, "synthroom", cfg.model, tcfg, size=cfg.size, frames=cfg.frames,
-                                             val_frames=cfg.val_frames, progress=p)["metrics"]},
-               [run.fp32])
-    ckpt = run.fp32
-    # The model trains at cfg.size (fast on 2 cores); it is quantised, exported and judged at the input size
-    # the checked devices' budgets name, so `check` judges artifacts that exist (an int8 program is traced
-    # at one size: PTQ and QAT run at the first device's budget size, other sizes get their own export).
-    from edgehydra.devices.profile import load_profile
+    def train_stage(self, p) -> dict:
+        from edgehydra.fp32_stage import train_run
+        from edgehydra.train import TrainConfig
 
-    budget_sizes = {d: tuple(load_profile(d).budgets.input_size) for d in cfg.devices}
-    deploy = budget_sizes[cfg.devices[0]] if cfg.devices else cfg.size
-    with pf() as p:
-        st.run("ptq", {**{k: base[k] for k in ("calib_frames",)}, "ckpt": _sha(ckpt), "size": deploy},
-               lambda: {"metrics": ptq_run(ckpt, out, "w8a8", size=deploy, calib_frames=cfg.calib_frames,
-                                           progress=p)["metrics"]}, [run.program_path("ptq")])
-    qcfg = TrainConfig(epochs=cfg.qat_epochs, batch_size=cfg.batch_size, lr_encoder=1e-4, lr_decoder=1e-4,
-                       seed=cfg.seed, schedule="cosine")
+        cfg = self.cfg
+        tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed)
+        return {"metrics": train_run(self.out, "synthroom", cfg.model, tcfg, size=cfg.size, frames=cfg.frames,
+                                     val_frames=cfg.val_frames, progress=p)["metrics"]}
 
-    def qat_stage():
+    def ptq_stage(self, p) -> dict:
+        from edgehydra.calibration.quant_stages import ptq_run
+
+        return {"metrics": ptq_run(self.ckpt, self.out, "w8a8", size=self.deploy, calib_frames=self.cfg.calib_frames,
+                                   progress=p)["metrics"]}
+
+    def qat_stage(self, p) -> dict:
+        from edgehydra.calibration.quant_stages import qat_run
+        from edgehydra.train import TrainConfig
+
+        cfg = self.cfg
+        qcfg = TrainConfig(epochs=cfg.qat_epochs, batch_size=cfg.batch_size, lr_encoder=1e-4, lr_decoder=1e-4,
+                           seed=cfg.seed, schedule="cosine")
         # QAT fine-tunes on the first qat_frames training frames: a short schedule is what QAT needs.
-        rep = qat_run(ckpt, out, qcfg, "w8a8", size=deploy, progress=p, frames=cfg.qat_frames,
+        rep = qat_run(self.ckpt, self.out, qcfg, "w8a8", size=self.deploy, progress=p, frames=cfg.qat_frames,
                       calib_frames=cfg.calib_frames)
         return {"metrics": rep["metrics"], "train_seconds": rep["train_seconds"]}
 
-    with pf() as p:
-        st.run("qat", {"qat_epochs": cfg.qat_epochs, "qat_frames": cfg.qat_frames, "calib_frames": cfg.calib_frames,
-                       "ckpt": _sha(ckpt), "size": deploy}, qat_stage,
-               [run.program_path("qat")])
-
-    def sens_stage():
+    def sens_stage(self) -> dict:
         from edgehydra.calibration.sensitivity import sensitivity_run
 
-        rep = sensitivity_run(ckpt, run.sensitivity_dir, frames=min(32, cfg.val_frames), calib_frames=cfg.calib_frames,
-                              layers=cfg.sensitivity_layers)
+        rep = sensitivity_run(self.ckpt, self.run.sensitivity_dir, frames=min(32, self.cfg.val_frames),
+                              calib_frames=self.cfg.calib_frames, layers=self.cfg.sensitivity_layers)
         return {"layers": len(rep["layers"]), "chart": rep["chart"]}
 
-    st.run("sensitivity", {"layers": cfg.sensitivity_layers, "ckpt": _sha(ckpt)}, sens_stage,
-           [run.sensitivity_dir / "sensitivity.png"])
-
-    def mixed_stage():
+    def mixed_stage(self) -> dict:
         from edgehydra.calibration.mixed import BudgetsNotMet, MixedBudgets
-        from edgehydra.pipeline.mixed_search import mixed_run
 
+        from .mixed_search import SearchConfig, mixed_run
+
+        cfg = self.cfg
         budgets = MixedBudgets(max_miou_drop=cfg.mixed_max_miou_drop, max_rmse_rise=cfg.mixed_max_rmse_rise)
         try:
             # one PTQ per unit and precision: calibrated on 32 frames (what docs/RESULTS.md's search used), not
             # the demo's 200, which made this sweep most of the demo's time
-            rep = mixed_run(run, cfg.mixed_device, budgets, layers=cfg.mixed_layers, frames=min(32, cfg.val_frames),
-                            calib_frames=min(32, cfg.calib_frames), rounds=max(10, cfg.bench_runs),
-                            max_trials=cfg.mixed_trials)
+            rep = mixed_run(self.run, cfg.mixed_device, budgets, SearchConfig(
+                layers=cfg.mixed_layers, frames=min(32, cfg.val_frames), calib_frames=min(32, cfg.calib_frames),
+                rounds=max(10, cfg.bench_runs), max_trials=cfg.mixed_trials))
         except BudgetsNotMet as e:
             return {"meets_budgets": False, "_note": str(e).splitlines()[0]}
         c = rep["chosen"]
         return {"meets_budgets": True, "device": rep["device"], "keep_float": c["keep_float"],
                 "timing": rep.get("host_timing"), "chart": rep["chart"]}
 
-    st.run("mixed", {"device": cfg.mixed_device, "layers": cfg.mixed_layers, "ckpt": _sha(ckpt), "trials": cfg.mixed_trials,
-                     "budgets": [cfg.mixed_max_miou_drop, cfg.mixed_max_rmse_rise]}, mixed_stage,
-           [run.mixed_dir(cfg.mixed_device) / "front.json"])
-
-    def export_stage():
+    def export_stage(self) -> dict:
+        from edgehydra.devices.profile import load_profile
         from edgehydra.exporters import get_target, installed_targets, list_targets
         from edgehydra.exporters.export_stage import export_run, summary_rows
 
+        cfg, run = self.cfg, self.run
         missing = [t for t in list_targets() if t not in installed_targets()]
-        with pf() as p:
+        kw = {"run": self.out, "program": self.shipped_program, "eval_frames": cfg.val_frames, "strict_missing": False}
+        with self.pf() as p:
             if cfg.precisions:  # each installed target in the asked precisions it has (Core ML has no fp32)
                 res = []
                 for t in installed_targets():
                     prec = [x for x in cfg.precisions if x in get_target(t).precisions]
-                    res += export_run(run.export_dir, [t], prec, run=out, eval_frames=cfg.val_frames, progress=p,
-                                      strict_missing=False) if prec else []
+                    res += export_run(run.export_dir, [t], prec, progress=p, **kw) if prec else []
             else:
-                res = export_run(run.export_dir, ["all"], run=out, eval_frames=cfg.val_frames, progress=p,
-                                 strict_missing=False)
-            for d, size in budget_sizes.items():  # a device budgeting another size gets its format at that size
+                res = export_run(run.export_dir, ["all"], progress=p, **kw)
+            for d, size in self.budget_sizes.items():  # a device budgeting another size gets its format at that size
                 fmt = load_profile(d).format
-                if size != deploy and fmt in installed_targets():
-                    res += export_run(run.export_dir, [fmt], run=out, size=size, eval_frames=cfg.val_frames,
-                                      progress=p, strict_missing=False)
+                if size != self.deploy and fmt in installed_targets():
+                    res += export_run(run.export_dir, [fmt], size=size, progress=p, **kw)
         note = f"not installed: {', '.join(missing)}" if missing else ""
         return {"rows": summary_rows(res), "_note": note}
 
-    exp = st.run("export", {"ckpt": _sha(ckpt), "qat": _sha(run.program_path("qat")),
-                           "sizes": budget_sizes, "precisions": cfg.precisions}, export_stage,
-                 [run.export_manifest])
-
-    def bench_stage():
+    def bench_stage(self) -> dict:
         from edgehydra.devices.bench import bench
         from edgehydra.exporters.runtime import read_manifest
 
+        cfg, run = self.cfg, self.run
         rows = []
         man = json.loads(run.export_manifest.read_text())
         for a in man["artifacts"]:
@@ -223,64 +254,51 @@ def run_demo(out: Path, cfg: DemoConfig, console=None, progress_factory=None) ->
             r = bench(path, warmup=3, runs=cfg.bench_runs, threads=2, bundle=bool(read_manifest(path).get("sidecars")))
             r.update(target=a["target"])
             rows.append(r)
-        eager = bench(ckpt, warmup=2, runs=max(3, cfg.bench_runs // 2), threads=2, write=False, size=deploy)
+        eager = bench(self.ckpt, warmup=2, runs=max(3, cfg.bench_runs // 2), threads=2, write=False, size=self.deploy)
         eager.update(target="pytorch")
         rows.append(eager)
         sus = None
-        et = next((a for a in man["artifacts"] if a["target"] == "executorch" and a["precision"] == "int8"
-                   and not a.get("variant") and a.get("path") and a["status"] == "verified" and tuple(a.get("size") or ()) == tuple(deploy)), None)
+        et = _uniform_int8_pte(man, self.deploy, verified=True)
         if et is not None and cfg.sustained_s > 0:
             s_res = bench(run.export_dir / et["path"], warmup=3, runs=1, threads=2, duration_s=cfg.sustained_s)
             sus = {k: s_res.get(k) for k in ("plot", "json", "throughput_fps", "p50_ms", "p99_ms", "throttle_ratio",
                                              "duration_s")}
-        return {"rows": rows, "opprofile": _op_profile(run, man, deploy, cfg.bench_runs), "sustained": sus}
+        return {"rows": rows, "opprofile": _op_profile(run, man, self.deploy, cfg.bench_runs), "sustained": sus}
 
-    bench_res = st.run("bench", {"export": _sha(run.export_manifest), "runs": cfg.bench_runs,
-                                 "sustained_s": cfg.sustained_s}, bench_stage)
-
-    def calibrate_stage():
+    def calibrate_stage(self, bench_res: dict) -> dict:
+        from edgehydra._io import atomic_write_bytes
         from edgehydra.checkpoint import load_checkpoint
         from edgehydra.devices.estimate import fit_efficiencies
-        from edgehydra.devices.profile import load_profile
+        from edgehydra.devices.profile import load_profile, to_toml
 
-        model, _ = load_checkpoint(ckpt)
+        model, _ = load_checkpoint(self.ckpt)
         meas = [{"precision": r["precision"] if r["precision"] != "w8" else "fp32", "size": r["size"],
                  "p50_ms": r["p50_ms"]} for r in bench_res.get("rows", [])
                 if r["target"] == "executorch"]
         if not meas:
             raise _Skip("no ExecuTorch benchmark to calibrate against")
         fitted, rep = fit_efficiencies(model, load_profile("host_cpu"), meas)
-        from edgehydra.devices.profile import to_toml
-
-        from edgehydra._io import atomic_write_bytes
-
-        atomic_write_bytes(run.calibrated_profile("host_cpu"), to_toml(fitted).encode())
+        atomic_write_bytes(self.run.calibrated_profile("host_cpu"), to_toml(fitted).encode())
         return {"report": rep}
 
-    cal = st.run("calibrate", {"bench": bench_res}, calibrate_stage)
-
-    def check_stage():
+    def check_stage(self) -> dict:
         from edgehydra.devices.check import check_run
 
-        res = check_run(out, list(cfg.devices))  # it picks up the host profile calibrated above
-        atomic_write_json(run.check_record, res)
+        res = check_run(self.out, list(self.cfg.devices))  # it picks up the host profile calibrated above
+        atomic_write_json(self.run.check_record, res)
         return {"verdicts": {r["device"]: r["verdict"] for r in res}}
 
-    st.run("check", {"export": exp, "cal": cal}, check_stage, [run.check_record])
-    total = time.perf_counter() - t_start
-    summary = {"config": base, "stages": st.log, "total_seconds": total}
-    atomic_write_json(run.demo_summary, summary)
-
-    def report_stage():
+    def report_stage(self) -> dict:
         from .report import write_report
 
-        return {"files": [str(p) for p in write_report(out)]}
+        return {"files": [str(p) for p in write_report(self.out)]}
 
-    st.run("report", {"t": time.time()}, report_stage)
-    summary["stages"] = st.log
-    summary["total_seconds"] = time.perf_counter() - t_start
-    atomic_write_json(run.demo_summary, summary)
-    return summary
+
+def _uniform_int8_pte(man: dict, size, verified: bool = False) -> dict | None:
+    """The run's uniform (not a mixed variant) ExecuTorch int8 artifact at ``size``, from the export manifest."""
+    return next((a for a in man["artifacts"] if a["target"] == "executorch" and a["precision"] == "int8"
+                 and not a.get("variant") and a.get("path") and (not verified or a["status"] == "verified")
+                 and tuple(a.get("size") or ()) == tuple(size)), None)
 
 
 def _op_profile(run, man: dict, size, runs: int) -> str | None:
@@ -288,11 +306,11 @@ def _op_profile(run, man: dict, size, runs: int) -> str | None:
     from edgehydra.calibration.program import load_program
     from edgehydra.devices.opprofile import chart, profile_pte
 
-    a = next((a for a in man["artifacts"] if a["target"] == "executorch" and a["precision"] == "int8"
-              and not a.get("variant") and a.get("path") and tuple(a.get("size") or ()) == tuple(size)), None)
-    if a is None or run.program() is None:
+    a = _uniform_int8_pte(man, size)
+    src = (a or {}).get("source_program") or {}
+    if a is None or not src.get("path"):
         return None
-    prog = load_program(run.program())
+    prog = load_program(Path(src["path"]))  # the program this artifact was lowered from, as its manifest names it
     prof = profile_pte(run.export_dir / a["path"], prog.module, size, runs=max(5, runs), tasks=prog.config.tasks)
     path = run.root / "opprofile.json"
     atomic_write_json(path, {k: v for k, v in prof.items() if k != "rows"} | {"rows": prof["rows"]})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -86,186 +87,259 @@ def _lat(c: Candidate) -> float:
     return c.measured_latency_ms if c.measured_latency_ms is not None else c.latency_ms
 
 
-def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, *, recipe_spec=None, layers: str | None = None,
-              size=None, frames: int = 50, calib_frames: int = 32, max_trials: int = 6, rounds: int = 20,
-              threads: int = 2, progress=None) -> dict:
-    from edgehydra.graph import graph_convs
-    from edgehydra.devices.profile import load_profile
-    from edgehydra.train import dist_info
+@dataclass(frozen=True)
+class SearchConfig:
+    """What the search sweeps and how: the units (``layers``, fnmatch patterns; None: every conv and op
+    module), the input size (None: the device's budget size), frames scored per trial, calibration frames per
+    PTQ, assignments checked by PTQ + evaluation, timing rounds and threads for host measurements."""
 
-    run = run if isinstance(run, Run) else Run(run)
-    cal = run.calibrated_profile(device)
-    profile = load_profile(str(cal) if cal.is_file() else device)
-    size = tuple(size or profile.budgets.input_size)
-    base = load_recipe(recipe_spec)
-    model, _ = load_checkpoint(run.checkpoint())
-    ds = run_data_settings(run.checkpoint(), None, size, base=run.record().get("data"))
-    train, val = open_split(ds, "train", Resize(size)), open_split(ds, "val", Resize(size))
-    calib = select_calibration(train, calib_frames)
-    names = select_layers(model, layers, ops=True)  # convolutions and the decoder's adds / upsamplings
-    notes = []
-    if profile.format != "executorch":  # what a kept-float layer becomes in this format (ExecuTorch: fp32 XNNPACK)
-        notes.append(f"{profile.name} ships {profile.format}: a layer kept float runs as {float_in(profile.format)}")
-    # W8A16 is a precision of its own where the device's format builds it for the layer's op class
-    w16_ops, w16_note = w8a16_of(profile.format)
-    kinds = unit_kinds(model)
-    w16 = [n for n in names if kinds.get(n) in w16_ops]
-    if not w16:
-        notes.append(f"{profile.format} builds no W8A16 layer here ({w16_note}): each layer is int8 or float")
-    f16_fmt, f16_note = fp16_of(profile.format)  # fp16 a precision of its own where the format computes it
+    layers: str | None = None
+    recipe: str | None = None
+    size: tuple[int, int] | None = None
+    frames: int = 50
+    calib_frames: int = 32
+    max_trials: int = 6
+    rounds: int = 20
+    threads: int = 2
 
-    kept = {}
-    graph = export_stage(model, size)  # exported once, copied for each PTQ of the sweep and the trials
+    def __post_init__(self):
+        for k in ("frames", "calib_frames", "max_trials", "rounds", "threads"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k}={getattr(self, k)}: at least 1")
 
-    def measure(keep, int16=(), fp16=(), keep_program=False) -> dict:
-        q, _ = quantize_ptq(model, base.replace(keep_float=tuple(keep), int16_layers=tuple(int16),
-                                                fp16_layers=tuple(fp16)), train, calib, size, graph=graph)
+
+def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, search: SearchConfig | None = None,
+              progress=None) -> dict:
+    """The search for ``device`` under ``budgets``: RUN/mixed/<device>/ front.json, front.png and recipe.json."""
+    return _Search(run if isinstance(run, Run) else Run(run), device, budgets, search or SearchConfig(),
+                   progress).run()
+
+
+class _Search:
+    """The search's steps: per-unit accuracy sweeps, per-unit latency (measured here or estimated), candidates
+    from the predicted space, trials by real PTQ + evaluation (timed on this host), the report."""
+
+    def __init__(self, run: Run, device: str, budgets: MixedBudgets, search: SearchConfig, progress):
+        from edgehydra.devices.profile import load_profile
+
+        self.run, self.budgets, self.cfg, self.progress = run, budgets, search, progress
+        cal = run.calibrated_profile(device)
+        self.profile = load_profile(str(cal) if cal.is_file() else device)
+        self.size = tuple(search.size or self.profile.budgets.input_size)
+        self.base = load_recipe(search.recipe)
+        self.model, _ = load_checkpoint(run.checkpoint())
+        ds = run_data_settings(run.checkpoint(), None, self.size, base=run.record().get("data"))
+        self.train, self.val = open_split(ds, "train", Resize(self.size)), open_split(ds, "val", Resize(self.size))
+        self.calib = select_calibration(self.train, search.calib_frames)
+        self.names = select_layers(self.model, search.layers, ops=True)  # convs and the decoder's adds / upsamplings
+        self.notes = []
+        self.kept = {}
+        self.graph = export_stage(self.model, self.size)  # exported once, copied for each PTQ of the sweep and trials
+        self.measured_host = measured_here(self.profile)
+        self.built = tempfile.TemporaryDirectory()  # fp32 and int8 artifacts built once: profiled, then timed
+
+    def measure(self, keep, int16=(), fp16=(), keep_program=False) -> dict:
+        q, _ = quantize_ptq(self.model, self.base.replace(keep_float=tuple(keep), int16_layers=tuple(int16),
+                                                          fp16_layers=tuple(fp16)), self.train, self.calib, self.size,
+                            graph=self.graph)
         if not keep and not int16 and not fp16:
-            kept["int8"] = q  # the all-int8 program: also what the host's per-layer latency is profiled on
+            self.kept["int8"] = q  # the all-int8 program: also what the host's per-layer latency is profiled on
         elif keep_program:  # a trial's program, built and timed on this host after the trials
-            kept[(tuple(keep), tuple(int16), tuple(fp16))] = q
-        return _metrics(q, val, model.config, frames)
+            self.kept[(tuple(keep), tuple(int16), tuple(fp16))] = q
+        return _metrics(q, self.val, self.model.config, self.cfg.frames)
 
-    fp32 = _metrics(model, val, model.config, frames)
-    all_q = measure(())
-    gains = sweep(names, lambda n: _delta(measure((n,)), all_q), progress, label="per-layer accuracy")
-    gains16 = sweep(w16, lambda n: _delta(measure((), (n,)), all_q), progress, label="per-layer accuracy (W8A16)")
+    def run(self) -> dict:
+        from edgehydra.train import dist_info
 
-    measured_host = measured_here(profile)
-    built = tempfile.TemporaryDirectory()  # the fp32 and int8 artifacts, built once: profiled, then timed with the trials
-    lat = None
-    if measured_host and dist_info()[0] == 0:  # measured by rank 0 alone; the fp16 choice below is shared
-        programs = {"int8": kept["int8"]}
-        if w16:  # every W8A16 candidate in int16 at once: each one's int16 time, measured in the format's runtime
-            programs["int16"], _ = quantize_ptq(model, base.replace(int16_layers=tuple(w16)), train, calib, size,
-                                                graph=graph)
-        if f16_fmt:  # and the model in fp16: each layer's fp16 time
-            from edgehydra.calibration.fp16 import fp16_program
+        profile, names = self.profile, self.names
+        if profile.format != "executorch":  # what a kept-float layer becomes in this format (ExecuTorch: fp32 XNNPACK)
+            self.notes.append(f"{profile.name} ships {profile.format}: a layer kept float runs as "
+                              f"{float_in(profile.format)}")
+        # W8A16 is a precision of its own where the device's format builds it for the layer's op class
+        self.w16_ops, self.w16_note = w8a16_of(profile.format)
+        self.kinds = unit_kinds(self.model)
+        self.w16 = [n for n in names if self.kinds.get(n) in self.w16_ops]
+        if not self.w16:
+            self.notes.append(f"{profile.format} builds no W8A16 layer here ({self.w16_note}): each layer is int8 or "
+                              "float")
+        self.f16_fmt, self.f16_note = fp16_of(profile.format)  # fp16 a precision of its own where the format has it
+        self.fp32 = _metrics(self.model, self.val, self.model.config, self.cfg.frames)
+        self.all_q = self.measure(())
+        self.gains = sweep(names, lambda n: _delta(self.measure((n,)), self.all_q), self.progress,
+                           label="per-layer accuracy")
+        self.gains16 = sweep(self.w16, lambda n: _delta(self.measure((), (n,)), self.all_q), self.progress,
+                             label="per-layer accuracy (W8A16)")
+        self.lat = self.layer_latency()
+        # fp16 is worth an accuracy sweep only where it runs faster than the layer's fp32: elsewhere it is no more
+        # accurate and slower. Rank 0 decides on what it measured and every rank sweeps the same list.
+        lat = self.lat
+        self.f16 = _from_rank0([n for n in names if n in lat.get("fp16", {}) and lat["fp16"][n] < lat["float"].get(n, 0.0)]
+                               if lat is not None else None)
+        if self.f16_fmt:
+            self.notes.append(f"fp16 measured or estimated faster than fp32 at {len(self.f16)} of {len(names)} layers"
+                              + (": those are also candidates in fp16" if self.f16 else
+                                 ": fp16 is not a candidate on this device"))
+        self.gains_f16 = sweep(self.f16, lambda n: _delta(self.measure((), (), (n,)), self.all_q), self.progress,
+                               label="per-layer accuracy (fp16)")
+        if dist_info()[0] != 0:
+            return {}
+        space, cands = self.candidates()
+        trials, chosen = self.check_candidates(space, cands)
+        timing = None
+        if self.measured_host:
+            timing, chosen = self.time_on_host(trials)
+        self.built.cleanup()
+        self.kept.clear()
+        return self.report(space, cands, trials, chosen, timing)
 
-            programs["fp16"] = fp16_program(model, size)
-        lat = layer_latency(model, profile.format, programs, size, runs=rounds, threads=threads,
-                            keep_in=Path(built.name), recipe=base)
-    elif not measured_host:
+    def layer_latency(self) -> dict | None:
+        """Per-unit latency: measured here in the format's runtime (rank 0), else the roofline fitted to the run."""
+        from edgehydra.train import dist_info
+
+        model, profile, size = self.model, self.profile, self.size
+        if self.measured_host and dist_info()[0] == 0:  # measured by rank 0 alone; the fp16 choice below is shared
+            programs = {"int8": self.kept["int8"]}
+            if self.w16:  # every W8A16 candidate in int16 at once: each one's int16 time, in the format's runtime
+                programs["int16"], _ = quantize_ptq(model, self.base.replace(int16_layers=tuple(self.w16)), self.train,
+                                                    self.calib, size, graph=self.graph)
+            if self.f16_fmt:  # and the model in fp16: each layer's fp16 time
+                from edgehydra.calibration.fp16 import fp16_program
+
+                programs["fp16"] = fp16_program(model, size)
+            return layer_latency(model, profile.format, programs, size, runs=self.cfg.rounds,
+                                 threads=self.cfg.threads, keep_in=Path(self.built.name), recipe=self.base)
+        if self.measured_host:
+            return None
         from edgehydra.devices.check import calibrated_on_run
 
         # the roofline fitted to what the run measured on the device (per-class scales from its per-op
         # profiles, efficiencies from whole-model runs), so each layer's gain is the device's, not a datasheet's
-        fitted, used = calibrated_on_run(run, profile, model)
-        lat = estimated_layer_latency(model, fitted, size, int16=bool(w16), fp16=f16_fmt)
-        if w16:
-            notes.append(f"W8A16 latency at {lat['int16_rate']}")
+        fitted, used = calibrated_on_run(self.run, profile, model)
+        lat = estimated_layer_latency(model, fitted, size, int16=bool(self.w16), fp16=self.f16_fmt)
+        if self.w16:
+            self.notes.append(f"W8A16 latency at {lat['int16_rate']}")
         if used:
             what = sorted({u.get("kind", "latency measurement") for u in used})
             lat["source"] += f", fitted to {len(used)} record(s) of this run ({', '.join(what)})"
-    # fp16 is worth an accuracy sweep only where it runs faster than the layer's fp32: elsewhere it is no more
-    # accurate and slower. Rank 0 decides on what it measured and every rank sweeps the same list.
-    f16 = _from_rank0([n for n in names if n in lat.get("fp16", {}) and lat["fp16"][n] < lat["float"].get(n, 0.0)]
-                      if lat is not None else None)
-    if f16_fmt:
-        notes.append(f"fp16 measured or estimated faster than fp32 at {len(f16)} of {len(names)} layers"
-                     + (": those are also candidates in fp16" if f16 else ": fp16 is not a candidate on this device"))
-    gains_f16 = sweep(f16, lambda n: _delta(measure((), (), (n,)), all_q), progress, label="per-layer accuracy (fp16)")
-    if dist_info()[0] != 0:
-        return {}
-    fbytes = 2 if lat["float_precision"] == "fp16" else 4
-    sizes, sizes16 = weight_bytes(model, names, fbytes), weight_bytes(model, names, 2)
-    conv_ids = {id(m) for m in model.modules() if isinstance(m, torch.nn.Conv2d)}
-    others = sum(p.numel() * 4 for m in model.modules() if id(m) not in conv_ids for p in m.parameters(recurse=False))
-    all_convs = weight_bytes(model, [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)], fbytes)
-    ep = torch.export.export(model.eval(), (torch.zeros(1, 3, *size),))
-    dw = {n for n, d in graph_convs(ep) if d}
-    units = set(model.op_units())
-    space = Space(all_q, gains, lat, sizes, others + sum(v[0] for v in all_convs.values()),
-                  order=graph_order(ep, model.op_units()), out_elems=conv_output_elems(model, size),
-                  convert_ms_per_elem=lat.get("convert_ms_per_elem", 0.0), gains16=gains16, gains_f16=gains_f16,
-                  sizes16=sizes16)
-    cands = greedy_path(space, names, budgets, fp32) + group_candidates(
-        space, groups_of(names, dw, model.config.tasks, model.op_units()), encoder_prefixes(names))
-    front = pareto(cands)
+        return lat
 
-    # Check the prediction by real PTQ + evaluation, fastest predicted-feasible first. On this host the
-    # candidates that meet the accuracy and size budgets are then timed with fp32 and all-int8 in one
-    # interleaved run, and the fastest measured one is chosen (all-int8 included: where no island pays
-    # for its conversions, the answer is int8 everywhere); elsewhere the first that meets them.
-    feasible = sorted((c for c in cands if deficit(c, budgets, fp32, with_latency=True) == 0), key=lambda c: c.latency_ms)
-    order = feasible or sorted(cands, key=lambda c: (deficit(c, budgets, fp32, with_latency=True), c.latency_ms))
-    if measured_host:
-        order = [space.candidate("all-int8", ())] + order
-    trials, seen, chosen = [], set(), None
-    task = progress.add_task("check candidates", total=max_trials) if progress else None
-    for c in order:
-        if c.key in seen or len(trials) >= max_trials:
-            continue
-        seen.add(c.key)
-        c.measured = all_q if not c.mixed else measure(c.keep_float, c.int16, c.fp16, measured_host)
-        trials.append(c)
-        if progress:
-            progress.advance(task)
-        if not measured_host and not budgets.misses(c.measured, fp32, c.latency_ms, c.size_mb):
-            chosen = c
-            break
+    def candidates(self):
+        """The predicted space and its candidates: the greedy path and the group candidates."""
+        from edgehydra.graph import graph_convs
 
-    timing = None
-    if measured_host:
+        model, names, lat = self.model, self.names, self.lat
+        fbytes = 2 if lat["float_precision"] == "fp16" else 4
+        self.sizes, sizes16 = weight_bytes(model, names, fbytes), weight_bytes(model, names, 2)
+        conv_ids = {id(m) for m in model.modules() if isinstance(m, torch.nn.Conv2d)}
+        self.others = sum(p.numel() * 4 for m in model.modules() if id(m) not in conv_ids
+                          for p in m.parameters(recurse=False))
+        self.all_convs = weight_bytes(model, [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)],
+                                      fbytes)
+        ep = torch.export.export(model.eval(), (torch.zeros(1, 3, *self.size),))
+        self.dw = {n for n, d in graph_convs(ep) if d}
+        space = Space(self.all_q, self.gains, lat, self.sizes, self.others + sum(v[0] for v in self.all_convs.values()),
+                      order=graph_order(ep, model.op_units()), out_elems=conv_output_elems(model, self.size),
+                      convert_ms_per_elem=lat.get("convert_ms_per_elem", 0.0), gains16=self.gains16,
+                      gains_f16=self.gains_f16, sizes16=sizes16)
+        cands = greedy_path(space, names, self.budgets, self.fp32) + group_candidates(
+            space, groups_of(names, self.dw, model.config.tasks, model.op_units()), encoder_prefixes(names))
+        return space, cands
+
+    def check_candidates(self, space, cands):
+        """Check the prediction by real PTQ + evaluation, fastest predicted-feasible first. On this host the
+        candidates that meet the accuracy and size budgets are then timed (time_on_host); elsewhere the first
+        that meets them is chosen."""
+        budgets, fp32 = self.budgets, self.fp32
+        feasible = sorted((c for c in cands if deficit(c, budgets, fp32, with_latency=True) == 0),
+                          key=lambda c: c.latency_ms)
+        order = feasible or sorted(cands, key=lambda c: (deficit(c, budgets, fp32, with_latency=True), c.latency_ms))
+        if self.measured_host:
+            order = [space.candidate("all-int8", ())] + order
+        trials, seen, chosen = [], set(), None
+        task = self.progress.add_task("check candidates", total=self.cfg.max_trials) if self.progress else None
+        for c in order:
+            if c.key in seen or len(trials) >= self.cfg.max_trials:
+                continue
+            seen.add(c.key)
+            c.measured = self.all_q if not c.mixed else self.measure(c.keep_float, c.int16, c.fp16, self.measured_host)
+            trials.append(c)
+            if self.progress:
+                self.progress.advance(task)
+            if not self.measured_host and not budgets.misses(c.measured, fp32, c.latency_ms, c.size_mb):
+                chosen = c
+                break
+        return trials, chosen
+
+    def time_on_host(self, trials):
+        """The trials that meet the accuracy and size budgets timed with fp32 and all-int8 in one interleaved run;
+        the fastest that meets every budget is chosen (all-int8 included: where no island pays for its
+        conversions, the answer is int8 everywhere)."""
+        budgets, fp32 = self.budgets, self.fp32
         ok_acc = [c for c in trials if not budgets.misses(c.measured, fp32, None, c.size_mb)]
-        if ok_acc:
-            timing = time_candidates(model, profile.format, ok_acc, kept, size, rounds, threads, Path(built.name),
-                                     recipe=base)
-            for c in ok_acc:
-                c.measured_latency_ms = timing["candidates"][c.name]
-            met = [c for c in ok_acc if not budgets.misses(c.measured, fp32, c.measured_latency_ms, c.size_mb)]
-            chosen = min(met, key=lambda c: c.measured_latency_ms) if met else None
-            timing["mixed"] = chosen.measured_latency_ms if chosen else None
-            if chosen is not None and not chosen.mixed:
-                notes.append("no float, fp16 or W8A16 island measured faster than int8 everywhere at these budgets: the "
-                             "answer on this host is all-int8")
-            fp32_mb = (others + sum(v[1] for v in all_convs.values())) / 1e6
-            if (chosen is not None and timing["fp32"] < chosen.measured_latency_ms
-                    and not budgets.misses(fp32, fp32, timing["fp32"], fp32_mb)):
-                # the search assigns precisions inside an int8 program; where this runtime runs float faster than
-                # any of them, the answer is the fp32 artifact, and the user should hear it
-                timing["fp32_beats_chosen"] = True
-                notes.append(f"FP32 everywhere measured {timing['fp32']:.2f} ms here, faster than the chosen assignment "
-                             f"({chosen.measured_latency_ms:.2f} ms), and meets every budget: in this runtime ship the "
-                             f"fp32 artifact (edgehydra export --run {run.root} --target {profile.format} --precision fp32)")
-    chosen_ok = chosen is not None
-    built.cleanup()
-    kept.clear()
+        if not ok_acc:
+            return None, None
+        timing = time_candidates(self.model, self.profile.format, ok_acc, self.kept, self.size, self.cfg.rounds,
+                                 self.cfg.threads, Path(self.built.name), recipe=self.base)
+        for c in ok_acc:
+            c.measured_latency_ms = timing["candidates"][c.name]
+        met = [c for c in ok_acc if not budgets.misses(c.measured, fp32, c.measured_latency_ms, c.size_mb)]
+        chosen = min(met, key=lambda c: c.measured_latency_ms) if met else None
+        timing["mixed"] = chosen.measured_latency_ms if chosen else None
+        if chosen is not None and not chosen.mixed:
+            self.notes.append("no float, fp16 or W8A16 island measured faster than int8 everywhere at these budgets: "
+                              "the answer on this host is all-int8")
+        fp32_mb = (self.others + sum(v[1] for v in self.all_convs.values())) / 1e6
+        if (chosen is not None and timing["fp32"] < chosen.measured_latency_ms
+                and not budgets.misses(fp32, fp32, timing["fp32"], fp32_mb)):
+            # the search assigns precisions inside an int8 program; where this runtime runs float faster than
+            # any of them, the answer is the fp32 artifact, and the user should hear it
+            timing["fp32_beats_chosen"] = True
+            self.notes.append(f"FP32 everywhere measured {timing['fp32']:.2f} ms here, faster than the chosen "
+                              f"assignment ({chosen.measured_latency_ms:.2f} ms), and meets every budget: in this "
+                              f"runtime ship the fp32 artifact (edgehydra export --run {self.run.root} --target "
+                              f"{self.profile.format} --precision fp32)")
+        return timing, chosen
 
-    out = run.mixed_dir(profile.name)
-    out.mkdir(parents=True, exist_ok=True)
-    report = {
-        "device": profile.name, "format": profile.format, "size": list(size), "frames": frames,
-        "float_layers_run_as": float_in(profile.format), "recipe": base.to_dict(),
-        "budgets": {k: v for k, v in budgets.__dict__.items() if v is not None},
-        "latency_source": lat["source"], "float_precision": lat["float_precision"],
-        "fp32": fp32, "all_int8": all_q, "int8_total_ms": lat["int8_total_ms"], "float_total_ms": lat["float_total_ms"],
-        "layers": [{"layer": n, "recovers": gains[n], "int8_ms": lat["int8"].get(n, 0.0),
-                    "float_ms": lat["float"].get(n, 0.0), "depthwise": n in dw,
-                    "op": "op" if n in units else "conv", "kind": kinds.get(n),
-                    **({"recovers_w8a16": gains16[n], "int16_ms": lat["int16"].get(n, 0.0)} if n in gains16 else {}),
-                    **({"fp16_ms": lat["fp16"].get(n, 0.0)} if "fp16" in lat else {}),
-                    **({"recovers_fp16": gains_f16[n]} if n in gains_f16 else {})}
-                   for n in names],
-        "w8a16": {"format": profile.format, "op_classes": list(w16_ops), "layers": w16, "note": w16_note},
-        "fp16": {"format": profile.format, "islands": f16_fmt, "layers": f16,
-                 "note": f16_note},
-        "front": [c.to_dict() for c in front], "trials": [c.to_dict() for c in trials],
-        "chosen": chosen.to_dict() if chosen else None, "meets_budgets": chosen_ok, "host_timing": timing,
-        "notes": notes, "calibration_sha256": calib.sha256,
-    }
-    if chosen:
-        rec = base.replace(name=f"{base.name}-mixed-{profile.name}", keep_float=chosen.keep_float,
-                           int16_layers=chosen.int16, fp16_layers=chosen.fp16)
-        atomic_write_json(out / "recipe.json", rec.to_dict())
-        report["recipe_file"] = str(out / "recipe.json")
-    if not chosen_ok:
-        report["nearest_misses"] = nearest_misses(trials or cands[:1], budgets, fp32)
-    report["chart"] = str(chart(report, out / "front.png"))
-    atomic_write_json(out / "front.json", report)
-    if not chosen_ok:
-        raise BudgetsNotMet(_miss_text(report))
-    return report
+    def report(self, space, cands, trials, chosen, timing) -> dict:
+        profile, lat, base = self.profile, self.lat, self.base
+        units = set(self.model.op_units())
+        front = pareto(cands)
+        out = self.run.mixed_dir(profile.name)
+        out.mkdir(parents=True, exist_ok=True)
+        report = {
+            "device": profile.name, "format": profile.format, "size": list(self.size), "frames": self.cfg.frames,
+            "float_layers_run_as": float_in(profile.format), "recipe": base.to_dict(),
+            "budgets": {k: v for k, v in self.budgets.__dict__.items() if v is not None},
+            "latency_source": lat["source"], "float_precision": lat["float_precision"],
+            "fp32": self.fp32, "all_int8": self.all_q, "int8_total_ms": lat["int8_total_ms"],
+            "float_total_ms": lat["float_total_ms"],
+            "layers": [{"layer": n, "recovers": self.gains[n], "int8_ms": lat["int8"].get(n, 0.0),
+                        "float_ms": lat["float"].get(n, 0.0), "depthwise": n in self.dw,
+                        "op": "op" if n in units else "conv", "kind": self.kinds.get(n),
+                        **({"recovers_w8a16": self.gains16[n], "int16_ms": lat["int16"].get(n, 0.0)}
+                           if n in self.gains16 else {}),
+                        **({"fp16_ms": lat["fp16"].get(n, 0.0)} if "fp16" in lat else {}),
+                        **({"recovers_fp16": self.gains_f16[n]} if n in self.gains_f16 else {})}
+                       for n in self.names],
+            "w8a16": {"format": profile.format, "op_classes": list(self.w16_ops), "layers": self.w16,
+                      "note": self.w16_note},
+            "fp16": {"format": profile.format, "islands": self.f16_fmt, "layers": self.f16, "note": self.f16_note},
+            "front": [c.to_dict() for c in front], "trials": [c.to_dict() for c in trials],
+            "chosen": chosen.to_dict() if chosen else None, "meets_budgets": chosen is not None,
+            "host_timing": timing, "notes": self.notes, "calibration_sha256": self.calib.sha256,
+        }
+        if chosen:
+            rec = base.replace(name=f"{base.name}-mixed-{profile.name}", keep_float=chosen.keep_float,
+                               int16_layers=chosen.int16, fp16_layers=chosen.fp16)
+            atomic_write_json(out / "recipe.json", rec.to_dict())
+            report["recipe_file"] = str(out / "recipe.json")
+        else:
+            report["nearest_misses"] = nearest_misses(trials or cands[:1], self.budgets, self.fp32)
+        report["chart"] = str(chart(report, out / "front.png"))
+        atomic_write_json(out / "front.json", report)
+        if chosen is None:
+            raise BudgetsNotMet(_miss_text(report))
+        return report
 
 
 def _miss_text(report: dict) -> str:
