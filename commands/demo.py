@@ -15,8 +15,6 @@ from ._progress import progress_bar
 @click.option("--epochs", type=click.IntRange(1), default=None, help="Override the FP32 training epochs.")
 def demo(out, fast, epochs):
     """Everything on built-in synthetic data: train, PTQ, QAT, export, verify, benchmark, check, report."""
-    from rich.table import Table
-
     from edgehydra.pipeline.demo import DemoConfig, run_demo
 
     cfg = DemoConfig.fast() if fast else DemoConfig()
@@ -28,13 +26,29 @@ def demo(out, fast, epochs):
     c.print(f"[bold]edgehydra demo[/] -> {out} ({'fast' if fast else 'default'}: {cfg.model} at "
             f"{cfg.size[0]}x{cfg.size[1]}, {cfg.frames} frames, {cfg.epochs} epochs)")
     res = run_demo(Path(out), cfg, console=c, progress_factory=lambda: progress_bar(transient=True))
-    t = Table(title=f"demo summary ({res['total_seconds'] / 60:.1f} min)")
-    for col in ("stage", "status", "seconds", "note"):
-        t.add_column(col)
-    for s in res["stages"]:
-        t.add_row(s["stage"], s["status"], f"{s['seconds']:.1f}", s.get("note", ""))
-    show(t, c)
+    print_answer(Path(out), c)
+    stages = ", ".join(f"{s['stage']} {s['seconds']:.0f} s" for s in res["stages"] if s["status"] != "reused")
+    c.print(f"[dim]stages ({res['total_seconds'] / 60:.1f} min): {stages or 'all reused'}[/]")
     c.print(f"report: {Path(out) / 'report' / 'report.html'}")
+
+
+def print_answer(run: Path, c) -> None:
+    """What the run answers: per artifact accuracy against FP32 and latency, per device the verdict and the budget
+    that decided it (pipeline/answer.py; the report opens with the same tables)."""
+    from rich.table import Table
+
+    from edgehydra.pipeline.answer import answer_tables
+    from edgehydra.pipeline.report import collect
+
+    ah, ab, dh, db = answer_tables(collect(run))
+    for title, head, body in (("artifacts: accuracy vs FP32 at the same size, latency on this host", ah, ab),
+                              ("devices: verdict and the budget that decided it", dh, db)):
+        t = Table(title=title)
+        for col in head:
+            t.add_column(col, overflow="fold")
+        for r in body:
+            t.add_row(*[f"[{'green' if x == 'PASS' else 'red'}]{x}[/]" if x in ("PASS", "FAIL") else x for x in r])
+        show(t, c)
 
 
 @click.command()

@@ -193,6 +193,10 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
         if device != "host" and not req.profile:
             console().print("[yellow]note:[/] no --profile given: `check` cannot tell which device profile "
                             "this measurement stands for and will keep estimating it")
+    _print_bench(res, ingest)
+
+
+def _print_bench(res: dict, ingest) -> None:
     from rich.table import Table
 
     # the artifact's path goes above the table: as its title, rich would cut it to the table's width

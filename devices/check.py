@@ -222,24 +222,7 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
     est = estimate_assigned(model, cal, est_prec, size, mixed) if mixed else estimate(model, cal, est_prec, size)
     metrics, msrc = _metrics_for(a, run)
     hw = f"{size[0]}x{size[1]}"
-    if meas:
-        dlg = meas.get("delegate") or {}
-        src = f"measured on {meas['device']} by {meas['runner']} at {hw}" + (
-            f" (sustained {meas['sustained']['duration_s']:.0f} s)" if meas.get("sustained") else "") + (
-            f" on {meas['accelerator']}" if meas.get("accelerator") else "") + (
-            f", {dlg['cpu_fallback_nodes']} of {dlg['of']} nodes on CPU" if dlg.get("cpu_fallback_nodes") else
-            f" ({dlg['graph']})" if dlg.get("graph") and dlg["graph"] != "all on the delegate" else "")
-        lat, lat90 = meas["p50_ms"], meas.get("p90_ms")
-        peak = meas.get("peak_memory_mb")
-    else:
-        lat_used = [u for u in used if u.get("kind") != "op profile"]
-        ops_used = [u for u in used if u.get("kind") == "op profile"]
-        src = f"estimated at {hw} ({profile.name} roofline" + (
-            f", fitted to {len(lat_used)} measurement(s) of this run on {lat_used[0]['device']}" if lat_used else "") + (
-            f", per-class scales from {len(ops_used)} per-op profile(s) of the device" if ops_used else "") + (
-            ", per layer as its precision map says: " + ", ".join(
-                f"{n} at {p}" for p, n in sorted(est["per_layer"].items()) if p != est_prec) if mixed else "") + ")"
-        lat, lat90, peak = est["total_ms"], est["total_ms"], None
+    src, lat, lat90, peak = _latency_source(meas, est, used, profile, hw, est_prec if mixed else None)
     rows = [
         row("latency p50", b.latency_p50_ms, lat, "ms", note=src),
         row("latency p90", b.latency_p90_ms, lat90, "ms", note=src + ("" if meas else "; an estimate has no spread")),
@@ -267,16 +250,7 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
     e16 = estimate(model, cal, "fp16", size)["total_ms"]
     acc_ok = all(r["pass"] for r in rows if r["budget"] in ("mIoU", "depth RMSE", "depth abs rel", "normals median angle"))
     rec = "int8" if e8 < e16 else "fp16"
-    prog = a.get("source_program") or {}
-    provenance = (f"{a['path']} was quantised by {prog['quantised_by']}" if prog.get("quantised_by")
-                  else f"{a['path']} carries the {prog['stage']} program's weights and ranges" if prog else None)
-    ps = a.get("precision_summary") or {}
-    floats = sum(n for k, n in ps.items() if k != "int8" and isinstance(n, int))
-    if a["precision"] == "int8" and floats:
-        total = sum(n for n in ps.values() if isinstance(n, int))
-        provenance = (provenance or a["path"]) + f"; {floats} of {total} ops not int8 (per-layer map in its manifest)"
-    if a.get("not_honoured"):
-        provenance = (provenance or a["path"]) + "; not honoured: " + "; ".join(a["not_honoured"])
+    provenance = _provenance(a)
     return {"device": profile.name, "description": profile.description, "artifact": a["path"], "chosen_by": chosen_by,
             "provenance": provenance,
             "artifact_sha256": a.get("sha256"), "precision": a["precision"], "size": list(size), "rows": rows,
@@ -287,6 +261,43 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
             "int8_vs_fp16": {"int8_ms": e8, "fp16_ms": e16, "int8_faster": e8 < e16,
                              "speedup": e16 / e8 if e8 else None},
             "recommendation": rec if acc_ok else f"{rec} (but the accuracy budgets fail at this model quality)"}
+
+
+def _latency_source(meas: dict | None, est: dict, used: list[dict], profile: Profile, hw: str,
+                    mixed_prec: str | None) -> tuple[str, float, float, float | None]:
+    """(where the latency rows come from, p50, p90, peak MB): the device's measurement of this artifact, else the
+    estimate, saying what it was fitted to and (``mixed_prec``: the artifact's base precision) per-layer precisions."""
+    if meas:
+        dlg = meas.get("delegate") or {}
+        src = f"measured on {meas['device']} by {meas['runner']} at {hw}" + (
+            f" (sustained {meas['sustained']['duration_s']:.0f} s)" if meas.get("sustained") else "") + (
+            f" on {meas['accelerator']}" if meas.get("accelerator") else "") + (
+            f", {dlg['cpu_fallback_nodes']} of {dlg['of']} nodes on CPU" if dlg.get("cpu_fallback_nodes") else
+            f" ({dlg['graph']})" if dlg.get("graph") and dlg["graph"] != "all on the delegate" else "")
+        return src, meas["p50_ms"], meas.get("p90_ms"), meas.get("peak_memory_mb")
+    lat_used = [u for u in used if u.get("kind") != "op profile"]
+    ops_used = [u for u in used if u.get("kind") == "op profile"]
+    src = f"estimated at {hw} ({profile.name} roofline" + (
+        f", fitted to {len(lat_used)} measurement(s) of this run on {lat_used[0]['device']}" if lat_used else "") + (
+        f", per-class scales from {len(ops_used)} per-op profile(s) of the device" if ops_used else "") + (
+        ", per layer as its precision map says: " + ", ".join(
+            f"{n} at {p}" for p, n in sorted(est["per_layer"].items()) if p != mixed_prec) if mixed_prec else "") + ")"
+    return src, est["total_ms"], est["total_ms"], None
+
+
+def _provenance(a: dict) -> str | None:
+    """Where the judged artifact's weights and ranges came from, and what of it is not int8 or not honoured."""
+    prog = a.get("source_program") or {}
+    provenance = (f"{a['path']} was quantised by {prog['quantised_by']}" if prog.get("quantised_by")
+                  else f"{a['path']} carries the {prog['stage']} program's weights and ranges" if prog else None)
+    ps = a.get("precision_summary") or {}
+    floats = sum(n for k, n in ps.items() if k != "int8" and isinstance(n, int))
+    if a["precision"] == "int8" and floats:
+        total = sum(n for n in ps.values() if isinstance(n, int))
+        provenance = (provenance or a["path"]) + f"; {floats} of {total} ops not int8 (per-layer map in its manifest)"
+    if a.get("not_honoured"):
+        provenance = (provenance or a["path"]) + "; not honoured: " + "; ".join(a["not_honoured"])
+    return provenance
 
 
 def check_run(run_dir: Path, devices: list[str], artifact=None) -> list[dict]:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from edgehydra._io import atomic_write_bytes
 
-SECTIONS = ("Pipeline", "Per-task metrics", "Artifacts", "Device budgets", "Accuracy vs latency",
-            "Per-layer sensitivity", "Estimated vs measured latency", "Predictions")
+# in the order they appear: the answer first, stage times and settings last
+SECTIONS = ("The answer", "Per-task metrics", "Artifacts", "Device budgets", "Accuracy vs latency",
+            "Per-layer sensitivity", "Estimated vs measured latency", "Predictions", "Pipeline: stage times and settings")
 
 
 def _load(p: Path):
@@ -226,30 +227,18 @@ def _sustained_section(d: dict, out: Path, section, image) -> None:
     section("Sustained load", [line, ""] + im, f"<p>{html.escape(line)}</p>{ih}")
 
 
-def write_report(run: Path) -> list[Path]:
-    from edgehydra.run import Run
+class _Doc:
+    """The report as it is written: each section once, in Markdown and in HTML."""
 
-    run = Path(run)
-    out = Run(run).report_dir
-    out.mkdir(parents=True, exist_ok=True)
-    d = collect(run)
-    rows = artifact_rows(d)
-    imgs = {}
-    imgs["accuracy_latency"] = accuracy_latency_plot(rows, d.get("check"), out / "accuracy_latency.png")
-    sens_png = Run(run).sensitivity_dir / "sensitivity.png"
-    if d.get("sens") and sens_png.is_file():
-        imgs["sensitivity"] = Path(shutil.copy(sens_png, out / "sensitivity.png"))
-    p = est_vs_meas_plot(d.get("cal"), out / "estimated_vs_measured.png")
-    if p:
-        imgs["est_meas"] = p
-    pans = panels(run, out)
-    md, body = [], []
+    def __init__(self):
+        self.md, self.body = [], []
 
-    def section(title, md_lines, html_str):
-        md.append(f"\n## {title}\n")
-        md.extend(md_lines)
-        body.append(f"<h2>{html.escape(title)}</h2>\n{html_str}")
+    def section(self, title, md_lines, html_str):
+        self.md.append(f"\n## {title}\n")
+        self.md.extend(md_lines)
+        self.body.append(f"<h2>{html.escape(title)}</h2>\n{html_str}")
 
+    @staticmethod
     def table(header, data):
         mdl = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         mdl += ["| " + " | ".join(str(c) for c in r) + " |" for r in data]
@@ -257,17 +246,55 @@ def write_report(run: Path) -> list[Path]:
         h += "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in data) + "</table>"
         return mdl, h
 
+    @staticmethod
     def image(key_or_path, alt):
         p = Path(key_or_path)
         return [f"![{alt}]({p.name})"], f'<img src="{html.escape(p.name)}" alt="{html.escape(alt)}">'
 
-    demo = d.get("demo") or {}
-    st = [[s["stage"], s["status"], f"{s['seconds']:.1f}", s.get("note", "")] for s in demo.get("stages", [])]
-    cfg = demo.get("config") or (d.get("train") or {}).get("config", {})
-    m1, h1 = table(["stage", "status", "seconds", "note"], st) if st else ([], "")
-    m2, h2 = table(["setting", "value"], [[k, v] for k, v in cfg.items()])
-    section("Pipeline", m1 + [""] + m2, h1 + h2)
 
+def write_report(run: Path) -> list[Path]:
+    """RUN/report/report.html and .md: the answer first (per artifact accuracy vs FP32 and latency, per device the
+    verdict and the budget that decided it), then the evidence, then stage times and settings."""
+    from edgehydra.run import Run
+
+    run = Path(run)
+    out = Run(run).report_dir
+    out.mkdir(parents=True, exist_ok=True)
+    d = collect(run)
+    doc = _Doc()
+    _answer_section(d, doc)
+    _metrics_sections(d, doc)
+    _mixed_section(run, out, doc.section, doc.table, doc.image)
+    _opprofile_section(run, out, doc.section, doc.table, doc.image)
+    _sustained_section(d, out, doc.section, doc.image)
+    _figure_sections(run, out, d, doc)
+    _pipeline_section(d, doc)
+    md_text = "# edgehydra report\n" + "\n".join(doc.md) + "\n"
+    css = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+           "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
+           "th{background:#f3f3f3}img{max-width:100%;margin:.5em 0;border:1px solid #eee}")
+    html_text = (f"<!doctype html><html><head><meta charset='utf-8'><title>edgehydra report</title>"
+                 f"<style>{css}</style></head><body><h1>edgehydra report: {html.escape(str(run))}</h1>"
+                 + "\n".join(doc.body) + "</body></html>")
+    atomic_write_bytes(out / "report.md", md_text.encode())
+    atomic_write_bytes(out / "report.html", html_text.encode())
+    return [out / "report.html", out / "report.md"]
+
+
+def _answer_section(d: dict, doc: _Doc) -> None:
+    from .answer import answer_tables
+
+    ah, ab, dh, db = answer_tables(d)
+    m1, h1 = doc.table(ah, ab)
+    m2, h2 = doc.table(dh, db)
+    doc.section("The answer", ["Per artifact: per-task accuracy on the validation frames in its own runtime, the "
+                               "change against FP32 at the same input size, and its measured latency on this host.",
+                               ""] + m1 + ["", "Per device: the verdict and the budget that decided it."] + [""] + m2,
+                "<p>Per artifact: per-task accuracy in its own runtime, change against FP32 at the same size, measured "
+                "latency on this host.</p>" + h1 + "<p>Per device: the verdict and the budget that decided it.</p>" + h2)
+
+
+def _metrics_sections(d: dict, doc: _Doc) -> None:
     metrics = {}
     if d.get("fp32"):
         metrics["FP32"] = d["fp32"]["metrics"]
@@ -277,59 +304,67 @@ def write_report(run: Path) -> list[Path]:
         metrics["QAT"] = d["qat"]["metrics"]["qat"]
     for r in (d.get("manifest") or {}).get("artifacts", []):
         if r.get("metrics"):
-            metrics[f"{r['target']} {r['precision']}"] = r["metrics"]
+            metrics[f"{r['target']} {r['precision']}" + (f" {r['variant']}" if r.get("variant") else "")] = r["metrics"]
     keys = ("miou", "pixel_acc", "rmse", "abs_rel", "log10", "delta1")
     if any("normals_median_angle" in m for m in metrics.values()):  # a three-task model: the normals metrics too
         keys += ("normals_mean_angle", "normals_median_angle", "normals_within_11.25", "normals_within_22.5",
                  "normals_within_30")
-    m3, h3 = table(["model"] + list(keys), [[n] + [_fmt(m.get(k), ".4f") for k in keys] for n, m in metrics.items()])
-    section("Per-task metrics", m3, h3)
-
-    m4, h4 = table(["target", "precision", "status", "size MB", "mIoU", "RMSE", "ms p50", "FPS", "budget verdicts"],
-                   [[r["target"], r["precision"], r["status"] + (f" ({r['reason']})" if r["reason"] else ""),
-                     _fmt(r["size_mb"]), _fmt(r["miou"]), _fmt(r["rmse"], ".3f"), _fmt(r["ms"], ".1f"), _fmt(r["fps"], ".1f"),
-                     r["verdicts"]] for r in rows])
-    section("Artifacts", m4, h4)
+    doc.section("Per-task metrics", *doc.table(["model"] + list(keys),
+                                                [[n] + [_fmt(m.get(k), ".4f") for k in keys] for n, m in metrics.items()]))
+    rows = artifact_rows(d)
+    doc.section("Artifacts", *doc.table(
+        ["target", "precision", "status", "size MB", "mIoU", "RMSE", "ms p50", "FPS", "budget verdicts"],
+        [[r["target"], r["precision"], r["status"] + (f" ({r['reason']})" if r["reason"] else ""), _fmt(r["size_mb"]),
+          _fmt(r["miou"]), _fmt(r["rmse"], ".3f"), _fmt(r["ms"], ".1f"), _fmt(r["fps"], ".1f"), r["verdicts"]]
+         for r in rows]))
     ref = [[Path(b["artifact"]).name, b["bundle_parity"]["device"], b["bundle_parity"]["cases"],
             "PASS" if b["bundle_parity"]["pass"] else "FAIL: " + "; ".join(b["bundle_parity"]["failures"]),
             b["bundle_parity"]["runner"].split(" (")[0]]
            for b in (d.get("bench") or {}).get("result", {}).get("rows", []) if b.get("bundle_parity")]
     if ref:
-        m, h = table(["artifact", "ran on", "frames", "per-task parity", "runner"], ref)
-        section("Reference I/O where it runs", ["Each artifact's parity frames and reference outputs (its .bpte or "
-                                                ".reference.npz), run where it was benchmarked and judged with the "
-                                                "export's tolerance.", ""] + m, h)
-
+        m, h = doc.table(["artifact", "ran on", "frames", "per-task parity", "runner"], ref)
+        doc.section("Reference I/O where it runs", ["Each artifact's parity frames and reference outputs (its .bpte or "
+                                                    ".reference.npz), run where it was benchmarked and judged with the "
+                                                    "export's tolerance.", ""] + m, h)
     chk = []
     for c in d.get("check") or []:
         fails = [r["budget"] for r in c["rows"] if not r["pass"]]
         chk.append([c["device"], c.get("artifact", "-"), c["verdict"], ", ".join(fails) or "-",
                     _fmt(c.get("estimated_ms"), ".1f"), c.get("recommendation", "-")])
-    m5, h5 = table(["device", "artifact", "verdict", "failed budgets", "est. ms @ budget size", "recommended"], chk)
-    section("Device budgets", m5, h5)
-    _mixed_section(run, out, section, table, image)
-    _opprofile_section(run, out, section, table, image)
-    _sustained_section(d, out, section, image)
+    doc.section("Device budgets", *doc.table(["device", "artifact", "verdict", "failed budgets", "est. ms @ budget size",
+                                              "recommended"], chk))
+
+
+def _figure_sections(run: Path, out: Path, d: dict, doc: _Doc) -> None:
+    from edgehydra.run import Run
+
+    imgs = {"accuracy_latency": accuracy_latency_plot(artifact_rows(d), d.get("check"), out / "accuracy_latency.png")}
+    sens_png = Run(run).sensitivity_dir / "sensitivity.png"
+    if d.get("sens") and sens_png.is_file():
+        imgs["sensitivity"] = Path(shutil.copy(sens_png, out / "sensitivity.png"))
+    p = est_vs_meas_plot(d.get("cal"), out / "estimated_vs_measured.png")
+    if p:
+        imgs["est_meas"] = p
     for key, title, alt in (("accuracy_latency", "Accuracy vs latency", "accuracy vs latency"),
                             ("sensitivity", "Per-layer sensitivity", "per-layer sensitivity"),
                             ("est_meas", "Estimated vs measured latency", "estimated vs measured latency")):
         if key in imgs:
-            section(title, *image(imgs[key], alt))
+            doc.section(title, *doc.image(imgs[key], alt))
         else:
-            section(title, ["(not available for this run)"], "<p>(not available for this run)</p>")
+            doc.section(title, ["(not available for this run)"], "<p>(not available for this run)</p>")
     pm, ph = [], ""
-    for p in pans:
-        a, b = image(p, p.stem)
+    for p in panels(run, out):
+        a, b = doc.image(p, p.stem)
         pm += a + [""]
         ph += b
-    section("Predictions", pm, ph)
-    md_text = "# edgehydra report\n" + "\n".join(md) + "\n"
-    css = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-           "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
-           "th{background:#f3f3f3}img{max-width:100%;margin:.5em 0;border:1px solid #eee}")
-    html_text = (f"<!doctype html><html><head><meta charset='utf-8'><title>edgehydra report</title>"
-                 f"<style>{css}</style></head><body><h1>edgehydra report: {html.escape(str(run))}</h1>"
-                 + "\n".join(body) + "</body></html>")
-    atomic_write_bytes(out / "report.md", md_text.encode())
-    atomic_write_bytes(out / "report.html", html_text.encode())
-    return [out / "report.html", out / "report.md"]
+    doc.section("Predictions", pm, ph)
+
+
+def _pipeline_section(d: dict, doc: _Doc) -> None:
+    """Stage times and settings: last, after the answer and its evidence."""
+    demo = d.get("demo") or {}
+    st = [[s["stage"], s["status"], f"{s['seconds']:.1f}", s.get("note", "")] for s in demo.get("stages", [])]
+    cfg = demo.get("config") or (d.get("train") or {}).get("config", {})
+    m1, h1 = doc.table(["stage", "status", "seconds", "note"], st) if st else ([], "")
+    m2, h2 = doc.table(["setting", "value"], [[k, v] for k, v in cfg.items()])
+    doc.section("Pipeline: stage times and settings", m1 + [""] + m2, h1 + h2)

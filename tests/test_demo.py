@@ -25,6 +25,13 @@ def test_demo_fast_end_to_end(demo_run):
         assert re.search(rf"{stage}: (done|skipped|reused)", output), stage
     assert (out / "fp32.pt").is_file() and (out / "qat" / "program.pt2").is_file()
     assert (out / "export" / "manifest.json").is_file() and (out / "check.json").is_file()
+    # the terminal ends with the answer: per artifact accuracy vs FP32 and latency, per device the verdict and the
+    # budget that decided it, then where the report is (stage times in one line before it)
+    lines = output.strip().splitlines()
+    assert lines[-1].startswith("report: ") and lines[-2].startswith("stages ("), lines[-3:]
+    answer = output[output.index("artifacts: accuracy vs FP32"):]
+    assert "devices: verdict and the budget that decided it" in answer
+    assert all(d in answer for d in ("host_cpu", "raspberrypi5")) and ("PASS" in answer or "FAIL" in answer)
     # check judged only what the demo shipped, at each budget's size, and every latency row names its source
     import json
 
@@ -49,6 +56,9 @@ def test_report_has_every_section_and_image(demo_run):
     html = (out / "report" / "report.html").read_text()
     for s in SECTIONS:
         assert f"## {s}" in md and f"<h2>{s}</h2>" in html, s
+    # the answer opens the report, stage times and settings close it
+    heads = re.findall(r"^## (.+)$", md, flags=re.M)
+    assert heads[0] == "The answer" and heads[-1] == SECTIONS[-1], heads
     # issue 17/18 sections: the mixed-precision front for one device, the per-op profile, the sustained run
     for s in ("Mixed precision on host_cpu", "Where the time goes", "Sustained load", "Reference I/O where it runs"):
         assert f"## {s}" in md, s

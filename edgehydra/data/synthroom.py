@@ -247,6 +247,13 @@ def _screen_rects(scene, R, intr, size):
 
 
 def render(scene, cfg: SynthConfig, rng: np.random.Generator):
+    """One frame of ``scene``: rgb, segmentation, depth (noisy and clean) and camera-frame normals."""
+    t, mat, face, d, R, o, room = _trace(scene, cfg)
+    return _shade(scene, cfg, rng, (t, mat, face, d, R, o, room))
+
+
+def _trace(scene, cfg: SynthConfig):
+    """Cast one ray per pixel: hit distance ``t``, material id and hit face, with the rays and camera."""
     h, w = cfg.size
     d, R, (fx, fy, cx, cy) = camera_rays(cfg.size, scene["yaw"], scene["pitch"])
     o = [float(v) for v in scene["cam"]]  # Python floats keep the arrays float32 (NEP 50)
@@ -287,7 +294,13 @@ def render(scene, cfg: SynthConfig, rng: np.random.Generator):
         tsub[hit] = tmin[hit]
         mat[sl][hit] = 3 + k
         face[sl][hit] = fc[hit]
+    return t, mat, face, d, R, o, room
 
+
+def _shade(scene, cfg: SynthConfig, rng: np.random.Generator, traced):
+    """Labels, texture, Lambertian shading and sensor noise for the traced hits."""
+    h, w = cfg.size
+    t, mat, face, d, R, o, room = traced
     # Per-material tables
     n_mat = 3 + len(scene["boxes"])
     cls_t = np.empty(n_mat, np.uint8)
