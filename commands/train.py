@@ -43,11 +43,13 @@ def metrics_table(title: str, columns: dict[str, dict]):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--lam", type=float, default=0.5, show_default=True,
               help="Depth loss weight: loss = CE + LAM * berHu (the paper's lambda).")
+@click.option("--normals-weight", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Three-task models: loss += W * (1 - cos) on normals; the authors' 0.5/0.5/5.0 is 10x the CE.")
 @click.option("--encoder-weights", type=click.Path(dir_okay=False), default=None,
               help="ImageNet MobileNet-v2 state dict (torchvision or timm keys) to start the encoder from.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/fp32.pt.")
 def train(dataset, out, model_name, size, frames, val_frames, epochs, batch_size, lr, lr_encoder, lr_decoder,
-          schedule, optimizer, seed, lam, encoder_weights, resume):
+          schedule, optimizer, seed, lam, normals_weight, encoder_weights, resume):
     """Train an FP32 HydraNet; writes OUT/fp32.pt every epoch and OUT/fp32_metrics.json at the end."""
     from edgehydra.fp32_stage import train_run
     from edgehydra.train import TrainConfig, init_distributed, is_main
@@ -55,7 +57,7 @@ def train(dataset, out, model_name, size, frames, val_frames, epochs, batch_size
     init_distributed()
     try:
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr_encoder=lr or lr_encoder, lr_decoder=lr or lr_decoder,
-                          schedule=schedule, optimizer=optimizer, seed=seed, lam=lam)
+                          schedule=schedule, optimizer=optimizer, seed=seed, lam=lam, normals_weight=normals_weight)
     except ValueError as e:
         raise click.UsageError(str(e))
     c = console()
@@ -69,7 +71,14 @@ def train(dataset, out, model_name, size, frames, val_frames, epochs, batch_size
 
 # The paper's figures (Nekrasov et al., ICRA 2019, Tables I-II; joint segmentation + depth, MobileNet-v2 HydraNet)
 PAPER = {"nyud": {"miou": 42.0, "rmse": 0.56, "source": "NYUDv2 test (654 frames), 40 classes, raw depth"},
-         "kitti": {"miou": 87.0, "rmse": 3.45, "source": "KITTI, 6 classes, native resolution"}}
+         "kitti": {"miou": 87.0, "rmse": 3.45, "source": "KITTI, 6 classes, native resolution; depth on the Eigen "
+                                                          "split's convention: Garg crop, 0.001-80 m, per-image mean"}}
+# How `--protocol paper` scores depth per dataset: KITTI as every Eigen-split result the paper's KITTI table
+# compares against (monodepth evaluate_kitti.py, monodepth2 evaluate_depth.py: Garg crop, 1e-3 < gt < 80 m,
+# prediction clipped to that range, each image's errors then the mean over images); NYUDv2 as the authors
+# score it (DenseTorch: every valid pixel of the set pooled, no crop).
+PAPER_DEPTH = {"kitti": {"crop": "garg", "aggregation": "per_image", "cap": 80.0},
+               "nyud": {"crop": None, "aggregation": "pooled", "cap": None}}
 
 
 def _class_slice(spec: str | None):
@@ -97,9 +106,16 @@ def _class_slice(spec: str | None):
 @click.option("--classes", "class_slice", default=None,
               help="Score logits START:STOP only, e.g. 0:40 (NYUD) or 40:46 (KITTI) of the 46-class joint checkpoint.")
 @click.option("--protocol", type=click.Choice(["ours", "paper"]), default="ours", show_default=True,
-              help="paper: print the paper's figures beside these.")
+              help="paper: score as the paper's table is scored (KITTI: Garg crop, 80 m cap, per-image mean) and "
+                   "print its figures beside these.")
+@click.option("--aggregation", type=click.Choice(["pooled", "per_image"]), default=None,
+              help="Depth errors pooled over every pixel of the set (default; the authors' DenseTorch) or each image's "
+                   "then their mean (the Eigen-split convention; --protocol paper on KITTI).")
+@click.option("--normals-mask", type=click.Choice(["depth", "grey"]), default="depth", show_default=True,
+              help="Invalid normals: pixels without depth (the authors') or grey (127,127,127) pixels.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write metrics here (default beside the checkpoint).")
-def evaluate(checkpoint, dataset, split, size, limit, resolution, crop, class_slice, protocol, json_out):
+def evaluate(checkpoint, dataset, split, size, limit, resolution, crop, class_slice, protocol, aggregation,
+             normals_mask, json_out):
     """Evaluate a checkpoint: mIoU, pixel accuracy, RMSE, abs rel, log10, deltas (and normals' angular errors)."""
     from edgehydra._io import atomic_write_json
     from edgehydra.data import PadToMultiple, Resize
@@ -122,7 +138,15 @@ def evaluate(checkpoint, dataset, split, size, limit, resolution, crop, class_sl
             raise BadInputError(f"{checkpoint} is a program traced at {in_size[0]}x{in_size[1]}: it has one input size; "
                                 "evaluate the FP32 checkpoint at native resolution, or pass --resolution model")
         native = False
-    data = open_split(ds, split, transform=PadToMultiple(32) if native else Resize(in_size))
+    name = getattr(probe, "name", ds["dataset"])  # a prepared folder says which dataset it is (dataset.json)
+    paper_depth = PAPER_DEPTH.get(name, {}) if protocol == "paper" else {}
+    if paper_depth and (crop not in (None, paper_depth["crop"]) or aggregation not in (None, paper_depth["aggregation"])):
+        raise click.BadParameter(f"--protocol paper scores {name} depth with crop {paper_depth['crop']} and "
+                                 f"{paper_depth['aggregation']} aggregation: drop --crop / --aggregation, or drop "
+                                 "--protocol paper", param_hint="--protocol")
+    crop = crop or paper_depth.get("crop")
+    aggregation = aggregation or paper_depth.get("aggregation") or "pooled"
+    data = open_split(ds, split, transform=PadToMultiple(32) if native else Resize(in_size), normals_mask=normals_mask)
     n_classes = (sl[1] - sl[0]) if sl else cfg.num_classes
     if sl and sl[1] > cfg.num_classes:
         raise BadInputError(f"--classes {class_slice}: the model has {cfg.num_classes} classes")
@@ -138,16 +162,21 @@ def evaluate(checkpoint, dataset, split, size, limit, resolution, crop, class_sl
             outs[seg_i] = outs[seg_i][:, sl[0]:sl[1]]
             return tuple(outs)
     with progress_bar(transient=True) as p:
-        m = run_eval(fwd, data, cfg.tasks, n_classes, getattr(data, "depth_cap", cfg.depth_cap), progress=p,
-                     limit=limit, depth_crop=crop, padded=native, batch_size=1 if native else 8)
+        m = run_eval(fwd, data, cfg.tasks, n_classes, paper_depth.get("cap") or getattr(data, "depth_cap", cfg.depth_cap),
+                     progress=p, limit=limit, depth_crop=crop, padded=native, batch_size=1 if native else 8,
+                     aggregation=aggregation)
     how = {"resolution": "native (padded to a multiple of 32, cropped back)" if native else f"resized to {in_size[0]}x{in_size[1]}",
-           "depth_crop": crop, "classes": class_slice, "depth_ground_truth": getattr(getattr(data, "info", None), "depth_source", None)}
+           "depth_crop": crop or "none (every valid pixel)", "depth_aggregation": aggregation + (
+               " (each image's errors, then the mean over images)" if aggregation == "per_image" else
+               " (every valid pixel of the set together)"),
+           "normals_mask": normals_mask if "normals" in cfg.tasks else None,
+           "classes": class_slice, "depth_ground_truth": getattr(getattr(data, "info", None), "depth_source", None)}
     out = Path(json_out) if json_out else Path(checkpoint).with_suffix(".eval.json")
     atomic_write_json(out, {"checkpoint": str(checkpoint), "dataset": ds, "split": split, "protocol": how, "metrics": m})
     cols = {"value": m}
-    paper = PAPER.get(ds["dataset"]) if protocol == "paper" else None
+    paper = PAPER.get(name) if protocol == "paper" else None
     if protocol == "paper" and paper is None:
-        console().print(f"no published figures for dataset {ds['dataset']!r} (the paper reports nyud and kitti)")
+        console().print(f"no published figures for dataset {name!r} (the paper reports nyud and kitti)")
     if paper:
         cols["paper"] = {k: v for k, v in paper.items() if k != "source"}
     console().print(metrics_table(f"{checkpoint} on {ds['dataset']} {split}", cols))

@@ -111,10 +111,10 @@ def run_data_settings(checkpoint: Path, dataset: str | None, size=None, base: di
                              cli={"dataset": dataset, "size": size}, where=str(checkpoint)).to_dict()
 
 
-def open_split(ds: dict, split: str, transform=None):
+def open_split(ds: dict, split: str, transform=None, normals_mask: str = "depth"):
     """Open the dataset a spec names. synthroom frames are rendered at the spec's size."""
     from .data import open_dataset
 
     frames = ds["frames"] if split == "train" else ds.get("val_frames")
     return open_dataset(ds["dataset"], split, size=tuple(ds["size"]), frames=frames, seed=ds.get("seed", 0),
-                        transform=transform)
+                        transform=transform, normals_mask=normals_mask)

@@ -5,6 +5,8 @@ threshold is c = 0.2 max |error| over the batch's valid pixels (Laina et al. 201
 from the authors' later DenseTorch, said here so nobody reads them as bugs: its InvHuberLoss averages
 over every pixel (invalid ones count as 0, so the loss shrinks with the share of holes; here the mean is
 over valid pixels), and its multitask example weighs the tasks (0.5, 0.5), i.e. lambda = 1 up to scale.
+Normals (three-task models) weigh ``normals_weight`` times the cross-entropy: 10 by default, the authors'
+0.5 / 0.5 / 5.0 (DenseTorch dev, segm-depth-normals-mbv2-rflw.sh), a training option (TrainConfig).
 
 Rows that lack a modality (``has_X == 0``) contribute nothing to that term; a batch with no
 row of a modality gives that term exactly 0 (not NaN).
@@ -50,7 +52,7 @@ def _to_label_size(out: torch.Tensor, size) -> torch.Tensor:
 
 
 def multitask_loss(outputs: tuple, batch: dict, tasks: tuple[str, ...], lam: float = 0.5,
-                   normals_weight: float = 0.5) -> tuple[torch.Tensor, dict]:
+                   normals_weight: float = 10.0) -> tuple[torch.Tensor, dict]:
     """total = seg + lam * depth (+ normals_weight * normals), as in the paper. Outputs are upsampled
     to label size (the network predicts at 1/4 resolution). (Before this was fixed it was
     lam * seg + (1 - lam) * depth, which at lam = 0.5 weighs depth twice as much relative to segmentation.)"""

@@ -43,6 +43,10 @@ class TrainConfig:
     schedule: str = "poly"  # poly (power 0.9), cosine, or constant
     optimizer: str = "adam"  # adam, or sgd (momentum) as in the paper
     lam: float = 0.5
+    # the normals term's weight relative to the cross-entropy (weight 1), used where the model predicts normals:
+    # the authors' three-task run weighs segm / depth / normals 0.5 / 0.5 / 5.0 (DenseTorch dev,
+    # examples/scripts/segm-depth-normals-mbv2-rflw.sh --tasks-loss-weights), normals 10x the cross-entropy
+    normals_weight: float = 10.0
     seed: int = 0
     workers: int = 0
     log_every: int = 10
@@ -60,6 +64,9 @@ class TrainConfig:
             raise ValueError(f"schedule={self.schedule!r}: choose poly, cosine or constant")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer={self.optimizer!r}: choose sgd or adam")
+        if not (self.normals_weight >= 0 and math.isfinite(self.normals_weight)):
+            raise ValueError(f"normals_weight={self.normals_weight}: >= 0 (the authors' three-task run: 10, i.e. "
+                             "10x the cross-entropy)")
         if not self.lam >= 0:
             raise ValueError(f"lam={self.lam}: the depth loss weight lambda must be >= 0 (the paper uses 0.5)")
 
@@ -193,6 +200,7 @@ def _crop_to_labels(outs, image_hw, label_hw):
 
 def evaluate(forward: Callable, dataset, tasks, num_classes: int, depth_cap: float, batch_size: int = 8,
              progress=None, limit: int | None = None, depth_crop: str | None = None, padded: bool = False,
+             aggregation: str = "pooled",
              shard: bool = True) -> dict:
     """Metrics of any callable ``forward(images) -> tuple of outputs`` over a dataset (or its first ``limit``).
 
@@ -202,7 +210,7 @@ def evaluate(forward: Callable, dataset, tasks, num_classes: int, depth_cap: flo
     of its own (the per-layer sweep, where each rank quantises other layers) passes ``shard=False``."""
     from .data.datasets import collate_by_size
 
-    m = Metrics(num_classes, depth_cap, depth_crop)
+    m = Metrics(num_classes, depth_cap, depth_crop, aggregation)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n == 0:
         raise BadInputError("evaluation dataset is empty")
@@ -285,7 +293,7 @@ def fit(model: torch.nn.Module, train_ds, cfg: TrainConfig, *, tasks, num_classe
                 g["lr"] = g["base_lr"] * f
             x = batch["image"].contiguous(memory_format=torch.channels_last) if channels_last else batch["image"]
             outs = forward(x)
-            loss, parts = multitask_loss(outs, batch, tasks, cfg.lam)
+            loss, parts = multitask_loss(outs, batch, tasks, cfg.lam, cfg.normals_weight)
             if extra_loss is not None:
                 xl, xparts = extra_loss(batch, outs)
                 loss = loss + xl

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,7 +165,9 @@ class _Search:
                               "float")
         self.f16_fmt, self.f16_note = fp16_of(profile.format)  # fp16 a precision of its own where the format has it
         self.fp32 = _metrics(self.model, self.val, self.model.config, self.cfg.frames)
+        t0 = time.perf_counter()
         self.all_q = self.measure(())
+        self.announce(time.perf_counter() - t0)
         self.gains = sweep(names, lambda n: _delta(self.measure((n,)), self.all_q), self.progress,
                            label="per-layer accuracy")
         self.gains16 = sweep(self.w16, lambda n: _delta(self.measure((), (n,)), self.all_q), self.progress,
@@ -191,6 +194,19 @@ class _Search:
         self.built.cleanup()
         self.kept.clear()
         return self.report(space, cands, trials, chosen, timing)
+
+    def announce(self, per_trial_s: float) -> None:
+        """Before the sweeps: how many PTQ + evaluation runs the search makes and how long that takes at the time the
+        all-int8 one just took, with the flag that narrows it."""
+        if not self.progress or not hasattr(self.progress, "log"):
+            return
+        f16 = len(self.names) if self.f16_fmt else 0  # an upper bound: only units where fp16 runs faster are swept
+        runs = len(self.names) + len(self.w16) + f16 + self.cfg.max_trials
+        parts = [f"{len(self.names)} units float", f"{len(self.w16)} W8A16"] + ([f"up to {f16} fp16"] if f16 else [])
+        self.progress.log(f"mixed search on {self.profile.name}: {' + '.join(parts)} + up to {self.cfg.max_trials} "
+                          f"trials = {runs} PTQ + evaluation runs at {per_trial_s:.1f} s each (the all-int8 one), about "
+                          f"{runs * per_trial_s / 60:.1f} min before latency is measured; --layers narrows the units "
+                          f"(e.g. --layers 'segm,depth,crp1.*'), --frames the evaluation")
 
     def layer_latency(self) -> dict | None:
         """Per-unit latency: measured here in the format's runtime (rank 0), else the roofline fitted to the run."""

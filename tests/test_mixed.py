@@ -8,6 +8,7 @@ float always costs latency and the choice does not hang on timing noise.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,10 @@ def test_applied_assignment_ships_as_chosen(harmful_run):
     assert "depth" in keep
     mixed = run / "export" / "executorch" / "hydranet_int8-mixed-edge_npu_test_64x96.pte"
     assert f"check edge_npu_test on executorch/{mixed.name}: PASS" in out, out
+    # piped (CliRunner is not a terminal): the search's estimate before it starts, then a line per unit swept
+    assert re.search(r"mixed search on edge_npu_test: 6 units float .* PTQ \+ evaluation runs at [\d.]+ s each .*"
+                     r"--layers narrows", out), out
+    assert all(f"per-layer accuracy: {k}/6" in out for k in range(1, 7)), out
 
     def shipped(stage):
         man = json.loads((run / "export" / "manifest.json").read_text())

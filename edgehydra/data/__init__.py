@@ -24,7 +24,7 @@ def data_root() -> Path:
 
 
 def open_dataset(name: str, split: str = "train", *, size=(240, 320), frames: int | None = None, seed: int = 0,
-                 transform=None):
+                 transform=None, normals_mask: str = "depth"):
     """``name`` is synthroom, nyud, kitti, or a path to a folder in the shared layout."""
     if split not in ("train", "val"):
         raise BadInputError(f"split {split!r}: use train or val")
@@ -36,8 +36,8 @@ def open_dataset(name: str, split: str = "train", *, size=(240, 320), frames: in
         if not (root / f"{split}.txt").is_file():
             raise BadInputError(f"dataset {name!r} not found: looked for {root / (split + '.txt')} "
                                 f"(set EDGEHYDRA_DATA to its parent folder, or prepare it: {_PREPARE[name].format(dir=root)})")
-        return FolderDataset(root, split, transform=transform)
+        return FolderDataset(root, split, transform=transform, normals_mask=normals_mask)
     p = Path(name)
     if p.is_dir():
-        return FolderDataset(p, split, transform=transform)
+        return FolderDataset(p, split, transform=transform, normals_mask=normals_mask)
     raise BadInputError(f"--dataset {name!r}: not synthroom, nyud, kitti, or an existing folder")

@@ -82,9 +82,18 @@ class SynthRoom(Dataset):
 
 
 class FolderDataset(Dataset):
-    """A folder in the shared layout, read through one list file."""
+    """A folder in the shared layout, read through one list file.
 
-    def __init__(self, root: str | Path, split: str = "train", transform=None, check_files: bool = True):
+    ``normals_mask``: which normals pixels are invalid (the zero vector, which loss and metrics skip). "depth"
+    (default), the authors': pixels without depth (DenseTorch dev data/datasets.py: ``depth_ignore_region =
+    depth == depth_ignore_index; normals[depth_ignore_region] = normals_ignore_index``), grey pixels with depth
+    kept as they decode; a frame without depth falls back to "grey": grey (127, 127, 127) pixels invalid."""
+
+    def __init__(self, root: str | Path, split: str = "train", transform=None, check_files: bool = True,
+                 normals_mask: str = "depth"):
+        if normals_mask not in layout.NORMALS_MASKS:
+            raise BadInputError(f"normals mask {normals_mask!r}: choose one of {', '.join(layout.NORMALS_MASKS)}")
+        self.normals_mask = normals_mask
         self.root = Path(root)
         if not self.root.is_dir():
             raise BadInputError(f"dataset folder not found: {self.root}")
@@ -105,12 +114,16 @@ class FolderDataset(Dataset):
     def raw(self, i: int) -> dict:
         r = self.rows[i]
         p = self.root
-        return dict(
-            rgb=layout.read_rgb(p / r.rgb),
-            segm=layout.read_mask(p / r.masks) if r.masks else None,
-            depth=layout.read_depth(p / r.depth, self.info.depth_scale) if r.depth else None,
-            normals=layout.read_normals(p / r.normals) if r.normals else None,
-        )
+        depth = layout.read_depth(p / r.depth, self.info.depth_scale) if r.depth else None
+        by_depth = self.normals_mask == "depth" and depth is not None
+        normals = layout.read_normals(p / r.normals, mask="depth" if by_depth else "grey") if r.normals else None
+        if normals is not None and by_depth:
+            if normals.shape[:2] != depth.shape[:2]:
+                raise BadInputError(f"{p / r.normals} is {normals.shape[0]}x{normals.shape[1]}, its depth "
+                                    f"{depth.shape[0]}x{depth.shape[1]}")
+            normals[depth <= 0] = 0.0  # the authors' mask: normals are as valid as the depth they came from
+        return dict(rgb=layout.read_rgb(p / r.rgb), segm=layout.read_mask(p / r.masks) if r.masks else None,
+                    depth=depth, normals=normals)
 
     def __getitem__(self, i):
         f = self.raw(i)
@@ -125,7 +138,11 @@ class FolderDataset(Dataset):
 class TrainAugment:
     """Random scale, crop (padding with ignore / invalid depth), horizontal mirror (normals' x negated).
 
-    Depth values are kept as measured under rescaling, as in the published training code.
+    Depth is divided by the scale factor: an image enlarged f times shows the scene as a camera with the same
+    intrinsics sees it from f times closer (an object of width X at depth Z spans fx X / Z pixels; f times that
+    span is depth Z / f). The authors do the same (DenseTorch data/utils.py ResizeAndScale:
+    ``scale_mult = (1.0 / scale) if "depth" in msk_key``; examples/src/augmentations.py: "Depth is inversely
+    proportional to the scale factor"). Normals are directions and keep their values.
     """
 
     def __init__(self, crop: tuple[int, int], scale=(0.75, 1.5), mirror: bool = True, seed: int = 0):
@@ -140,7 +157,7 @@ class TrainAugment:
         img = F.interpolate(s["image"][None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
         near = lambda t: F.interpolate(t[None].float(), size=(nh, nw), mode="nearest")[0]  # noqa: E731
         segm = near(s["segm"][None])[0].long()
-        depth, normals = near(s["depth"]), near(s["normals"])
+        depth, normals = near(s["depth"]) / f, near(s["normals"])  # invalid depth (0) stays 0
         ch, cw = self.crop
         ph, pw = max(0, ch - nh), max(0, cw - nw)
         if ph or pw:

@@ -34,8 +34,9 @@ def decode_segmentation(rgb: np.ndarray, strict: bool = True, name: str = "") ->
     return out
 
 
-# Depth PNG scales in use: 256 is the official KITTI depth benchmark's (metres = value / 256); the authors'
-# KITTI notebook reads its depth PNGs with another factor (see DEPTH_SCALES_NOTE). A folder records its own.
+# Depth PNG scales in use: 256 is the official KITTI depth benchmark's (metres = value / 256); the authors' KITTI
+# notebook reads theirs at 800 (multi-task-refinenet src/notebooks/ExpKITTI_joint.ipynb: ``DEPTH_COEFF = 800. # to
+# convert into metres``, ``MAX_DEPTH = 80.``). A folder records its own.
 DEPTH_SCALES = (256.0, 800.0)
 # A frame whose largest value reads as more than this at the chosen scale is not at that scale: KITTI's
 # LiDAR returns end near 80-90 m (the benchmark caps at 80 m), 120 m leaves room and still catches a 800-scaled
@@ -43,19 +44,43 @@ DEPTH_SCALES = (256.0, 800.0)
 MAX_PLAUSIBLE_M = 120.0
 
 
+# camera folder of a KITTI raw drive -> the source folders its frames and labels sit in (left: image_2, depth,
+# segm as before; right: image_3, depth_3, segm_3) and the suffix that keeps a right frame's name apart
+CAMERAS = {"image_02": ("image_2", "depth", "segm", ""), "image_03": ("image_3", "depth_3", "segm_3", "_image_3")}
+SIDES = {"l": "image_02", "r": "image_03"}
+
+
+def _flat(drive: str, frame: str, camera: str = "image_02") -> str:
+    """The flattened file a raw-drive frame is prepared from: <drive>_<frame>.png (right camera: +_image_3)."""
+    return f"{Path(drive).name}_{int(frame):010d}{CAMERAS[camera][3]}.png"
+
+
 def _read_names(path: Path) -> list[str]:
-    """Frame file names from a split list: KITTI-6 style (one name per line, ``000123`` or ``000123.png``) or
-    Eigen style (``2011_09_26/2011_09_26_drive_0002_sync 0000000069 l``: drive, frame, camera), which names
-    the flattened frame ``image_2/2011_09_26_drive_0002_sync_0000000069.png``."""
+    """Frame file names from a split list, in any of the three formats in use:
+
+    - KITTI-6: one name per line, ``000123`` or ``000123.png``;
+    - Eigen / monodepth2: ``2011_09_26/2011_09_26_drive_0002_sync 0000000069 l``: drive, frame, side (l: the
+      left colour camera image_02, r: the right, image_03); the frame may be unpadded (``473 r``);
+    - Godard / monodepth: ``2011_09_26/2011_09_26_drive_0002_sync/image_02/data/0000000069.jpg <right path>``:
+      a stereo pair; the first path names the frame (the Eigen test protocol scores the left view of each pair).
+
+    A raw-drive frame is named as flattened in the source folder: ``image_2/2011_09_26_drive_0002_sync_0000000069.png``,
+    a right-camera one ``image_3/..._image_3.png`` (``CAMERAS``)."""
     if not Path(path).is_file():
         raise BadInputError(f"split list not found: {path}")
     names = []
-    for line in Path(path).read_text().splitlines():
+    for k, line in enumerate(Path(path).read_text().splitlines(), 1):
         tok = line.split()
         if not tok or line.startswith("#"):
             continue
+        parts = Path(tok[0]).parts
         if len(tok) >= 2 and tok[1].isdigit():  # Eigen: drive folder, frame index (, side)
-            names.append(f"{Path(tok[0]).name}_{tok[1]}.png")
+            side = tok[2] if len(tok) > 2 else "l"
+            if side not in SIDES:
+                raise BadInputError(f"{path}:{k}: side {side!r}: l (left camera, image_02) or r (right, image_03)")
+            names.append(_flat(tok[0], tok[1], SIDES[side]))
+        elif len(parts) >= 4 and parts[-3] in CAMERAS and parts[-2] == "data":  # Godard: drive/image_0X/data/frame.jpg
+            names.append(_flat(parts[-4], Path(parts[-1]).stem, parts[-3]))
         else:
             n = Path(tok[0]).name
             names.append(n if n.endswith(".png") else n + ".png")
@@ -97,30 +122,37 @@ def prepare(src: str | Path, out: str | Path, progress=None, depth_scale: float 
     imgs = sorted((src / "image_2").glob("*.png")) if (src / "image_2").is_dir() else []
     if not imgs:
         raise BadInputError(f"no KITTI frames: expected {src / 'image_2'}/*.png")
+    # right-camera frames (image_3/, labels in depth_3/ and segm_3/) under their own names, beside the left ones
+    right = sorted((src / "image_3").glob("*.png")) if (src / "image_3").is_dir() else []
+    labels = {p.name: (src / "depth" / p.name, src / "segm" / p.name) for p in imgs}
+    for p in right:
+        n = p.stem + CAMERAS["image_03"][3] + ".png"
+        labels[n] = (src / "depth_3" / p.name, src / "segm_3" / p.name)
     by_name = {p.name: p for p in imgs}
+    by_name.update({p.stem + CAMERAS["image_03"][3] + ".png": p for p in right})
     if val_list is not None:
         val_names = _read_names(val_list)
         unknown = [n for n in val_names if n not in by_name]
         if unknown:
-            raise BadInputError(f"{val_list}: {len(unknown)} frame(s) not in {src / 'image_2'}, e.g. {unknown[0]}")
+            raise BadInputError(f"{val_list}: {len(unknown)} frame(s) not in {src / 'image_2'} (or image_3 for the right "
+                                f"camera), e.g. {unknown[0]}")
         train_names = _read_names(train_list) if train_list else [n for n in by_name if n not in set(val_names)]
         split = {"val": str(val_list), "train": str(train_list) if train_list else "every other frame"}
     else:
-        n_val = max(1, len(imgs) // 10)
-        val_names, train_names = [p.name for p in imgs[:n_val]], [p.name for p in imgs[n_val:]] or [imgs[0].name]
+        every = sorted(by_name)  # both cameras' frames
+        n_val = max(1, len(every) // 10)
+        val_names, train_names = every[:n_val], every[n_val:] or every[:1]
         split = {"val": "first 10 % of sorted names (fallback: no split list given; pass --val-list for the "
                         "official KITTI-6 or Eigen split)", "train": "the rest"}
     # scale check first: a folder that mixes scales is refused before a file is written
-    maxes = {p.name: float(layout.read_depth(src / "depth" / p.name, depth_scale).max(initial=0)) for p in imgs
-             if (src / "depth" / p.name).is_file()}
+    maxes = {n: float(layout.read_depth(labels[n][0], depth_scale).max(initial=0)) for n in by_name
+             if labels[n][0].is_file()}
     _check_scale(maxes, src, depth_scale)
     rows = {}
-    task = progress.add_task("kitti frames", total=len(imgs)) if progress else None
-    for p in imgs:
-        name = p.name
+    task = progress.add_task("kitti frames", total=len(by_name)) if progress else None
+    for name, p in by_name.items():
         layout.save_png(out / "rgb" / name, layout.read_rgb(p))
-        seg = src / "segm" / name
-        dep = src / "depth" / name
+        dep, seg = labels[name]
         mpath = dpath = None
         if seg.is_file():
             layout.save_png(out / "masks" / name, decode_segmentation(layout.read_rgb(seg), name=str(seg)))

@@ -126,18 +126,26 @@ def read_depth(path: Path, scale: float) -> np.ndarray:
     return arr
 
 
-# A pixel without a ground-truth normal is stored as mid grey (127, 127, 127) in the authors' PNGs (22 % of
-# norm_gt_000433.png), which decodes to a vector of length 0.007; a real normal has length 1. Anything
-# shorter than this is read as "no normal" (the zero vector, which loss and metrics mask).
+# Mid grey (127, 127, 127) in the authors' PNGs (22 % of norm_gt_000433.png) decodes to a vector of length 0.007;
+# a real normal has length 1. With the grey mask (an option: FolderDataset normals_mask="grey") anything shorter
+# than this is "no normal" (the zero vector, which loss and metrics skip). The default is the authors' mask:
+# pixels without depth, grey ones with depth kept as they decode (DenseTorch dev data/datasets.py).
 MIN_NORMAL_LENGTH = 0.5
 
 
-def read_normals(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+NORMALS_MASKS = ("depth", "grey")
+
+
+def read_normals(path: Path, size: tuple[int, int] | None = None, mask: str = "grey") -> np.ndarray:
     """(H, W, 3) unit normals in the channel order the authors' network predicts: the inverse of their
     notebook's encoding (ExpNYUD_three.ipynb, "xzy->RGB": R = (n0 + 1) / 2, G = (n1 + 1) / 2,
     B = (1 - n2) / 2, times 255). In the camera frame (x right, y down, z forward) the channels are
     (x, z, y): on their test frame 433 the walls and windows decode to n1 = z ~ -1 (facing the camera) and
-    the floor to n2 = y ~ -1 (up). Invalid pixels are the zero vector."""
+    the floor to n2 = y ~ -1 (up). ``mask="grey"``: grey (127, 127, 127) pixels, which decode to no direction,
+    are the zero vector (invalid); ``mask="depth"``: every pixel is decoded as it is, and the caller invalidates
+    the pixels without depth, as the authors do (FolderDataset)."""
+    if mask not in NORMALS_MASKS:
+        raise ValueError(f"mask={mask!r}: choose one of {', '.join(NORMALS_MASKS)}")
     im = _open(path, "normals")
     if im.mode != "RGB":
         raise BadInputError(f"normals {path} has mode {im.mode}; expected an 8-bit RGB PNG (the authors' coding: "
@@ -146,7 +154,8 @@ def read_normals(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
     if size is not None and rgb.shape[:2] != tuple(size):
         raise BadInputError(f"normals {path} is {rgb.shape[0]}x{rgb.shape[1]}, its rgb frame {size[0]}x{size[1]}")
     n = np.stack([2 * rgb[..., 0] / 255 - 1, 2 * rgb[..., 1] / 255 - 1, 1 - 2 * rgb[..., 2] / 255], axis=-1)
-    n[np.linalg.norm(n, axis=-1) < MIN_NORMAL_LENGTH] = 0.0
+    if mask == "grey":
+        n[np.linalg.norm(n, axis=-1) < MIN_NORMAL_LENGTH] = 0.0
     return n
 
 
