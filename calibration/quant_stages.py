@@ -21,7 +21,7 @@ from edgehydra.errors import BadInputError
 from edgehydra.run import Run
 from edgehydra.dataspec import open_split, run_data_settings
 from edgehydra._io import read_json
-from edgehydra.train import EpochAugmented, TrainConfig, evaluate, fit, is_main
+from edgehydra.train import EpochAugmented, FitHooks, FitTask, TrainConfig, evaluate, fit, is_main
 
 from .calibset import select_calibration
 from .program import load_program, save_program
@@ -127,10 +127,11 @@ def qat_run(checkpoint: Path, run: Run | Path, cfg: TrainConfig, recipe_spec=Non
     teacher = fp32_model.eval()
     extra = distill_loss(teacher, fp32_model.config.tasks) if distill else None
     t0 = time.perf_counter()
-    state = fit(gm, train, cfg, tasks=fp32_model.config.tasks, num_classes=fp32_model.config.num_classes,
-                depth_cap=getattr(val, "depth_cap", fp32_model.config.depth_cap), out_dir=run.stage_dir("qat"), val_ds=val,
-                save=save, resume=resume_state, set_train=ctl.set_train, set_eval=ctl.set_eval,
-                epoch_hook=ctl.epoch_hook, extra_loss=extra, progress=progress, drop_last=False, val_limit=val_limit)
+    task = FitTask(fp32_model.config.tasks, fp32_model.config.num_classes,
+                   getattr(val, "depth_cap", fp32_model.config.depth_cap), val_limit=val_limit)
+    hooks = FitHooks(save=save, set_train=ctl.set_train, set_eval=ctl.set_eval, epoch_hook=ctl.epoch_hook,
+                     extra_loss=extra)
+    state = fit(gm, train, cfg, task, hooks, val_ds=val, resume=resume_state, progress=progress)
     train_s = time.perf_counter() - t0
     ranks = _rank_fingerprints(gm)
     ctl.set_eval(gm)

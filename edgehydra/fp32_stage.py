@@ -20,7 +20,7 @@ from .dataspec import DEFAULT_MODEL, data_settings, open_split
 from .errors import BadInputError
 from .run import Run
 from .registry import create_model
-from .train import EpochAugmented, TrainConfig, evaluate, fit, is_main
+from .train import EpochAugmented, FitHooks, FitTask, TrainConfig, evaluate, fit, is_main
 
 def train_run(out: Path, dataset: str, model_name: str | None, cfg: TrainConfig, size=None, frames=None,
               val_frames=None, resume: bool = False, progress=None, console=None,
@@ -74,9 +74,8 @@ def train_run(out: Path, dataset: str, model_name: str | None, cfg: TrainConfig,
         atomic_write_json(Run(out).train_log, {"model": model_name, "config": asdict(cfg), "data": ds,
                                                 "history": state.history})
 
-    state = fit(model, train_ds, cfg, tasks=model.config.tasks, num_classes=num_classes, depth_cap=cap,
-                out_dir=out, val_ds=None, save=save, resume=resume_state, progress=progress, drop_last=True,
-                channels_last=True)
+    state = fit(model, train_ds, cfg, FitTask(model.config.tasks, num_classes, cap, drop_last=True, channels_last=True),
+                FitHooks(save=save), resume=resume_state, progress=progress)
     metrics = evaluate(lambda x: model(x), val_ds, model.config.tasks, num_classes, cap, progress=progress)
     if is_main():
         atomic_write_json(Run(out).fp32_metrics, {"dataset": ds, "split": "val", "frames": len(val_ds),

@@ -15,7 +15,6 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -245,26 +244,46 @@ class TrainState:
     history: list = field(default_factory=list)
 
 
-def fit(model: torch.nn.Module, train_ds, cfg: TrainConfig, *, tasks, num_classes: int, depth_cap: float,
-        out_dir: Path | None, val_ds=None, save: Callable | None = None, resume: dict | None = None,
-        set_train: Callable | None = None, set_eval: Callable | None = None, forward: Callable | None = None,
-        epoch_hook: Callable | None = None, extra_loss: Callable | None = None, progress=None,
-        drop_last: bool = False, val_limit: int | None = None, channels_last: bool = False) -> TrainState:
-    """Train ``model`` in place. ``save(state, optimizer)`` writes a checkpoint (rank 0 only).
+@dataclass(frozen=True)
+class FitTask:
+    """What is trained and how it is batched: the model's tasks, classes and depth cap (for validation), whether
+    the last partial batch is dropped, how many validation frames, and NHWC tensors (oneDNN's convolutions run
+    ~25 % faster on them on CPU, measured at 120x160 batch 16)."""
 
-    ``set_train``/``set_eval`` switch modes (exported QAT graphs need torchao's helpers);
-    ``epoch_hook(epoch)`` runs before each epoch (QAT freezes BN and observers there).
-    """
-    set_train = set_train or (lambda m: m.train())
-    set_eval = set_eval or (lambda m: m.eval())
+    tasks: tuple[str, ...]
+    num_classes: int
+    depth_cap: float
+    drop_last: bool = False
+    val_limit: int | None = None
+    channels_last: bool = False
+
+
+@dataclass(frozen=True)
+class FitHooks:
+    """Where a stage plugs into the loop: ``save(state, optimizer)`` writes a checkpoint (rank 0 only);
+    ``set_train``/``set_eval`` switch modes (exported QAT graphs need torchao's helpers); ``forward`` replaces the
+    model's call; ``epoch_hook(epoch)`` runs before each epoch (QAT freezes BN and observers there);
+    ``extra_loss(batch, outputs)`` adds a term (distillation)."""
+
+    save: Callable | None = None
+    set_train: Callable = torch.nn.Module.train
+    set_eval: Callable = torch.nn.Module.eval
+    forward: Callable | None = None
+    epoch_hook: Callable | None = None
+    extra_loss: Callable | None = None
+
+
+def fit(model: torch.nn.Module, train_ds, cfg: TrainConfig, task: FitTask, hooks: FitHooks = FitHooks(), *,
+        val_ds=None, resume: dict | None = None, progress=None) -> TrainState:
+    """Train ``model`` in place, resuming from ``resume`` (optimizer, epoch, step, history) where given."""
     rank, world = dist_info()
     torch.manual_seed(cfg.seed)
-    if channels_last:  # oneDNN's convolutions run ~25% faster on NHWC tensors on CPU (measured, 120x160 batch 16)
+    if task.channels_last:
         model.to(memory_format=torch.channels_last)
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=True)
-    forward = forward or net
+    forward = hooks.forward or net
     if cfg.optimizer == "adam":
         opt = torch.optim.Adam(param_groups(model, cfg), weight_decay=cfg.weight_decay)
     else:
@@ -273,62 +292,71 @@ def fit(model: torch.nn.Module, train_ds, cfg: TrainConfig, *, tasks, num_classe
     if resume:
         opt.load_state_dict(resume["optimizer"])
         state = TrainState(resume["epoch"], resume["step"], list(resume.get("history", [])))
-    loader = make_loader(train_ds, cfg.batch_size, cfg.seed, shuffle=True, workers=cfg.workers, drop_last=drop_last)
-    total = cfg.epochs * len(loader)
+    loader = make_loader(train_ds, cfg.batch_size, cfg.seed, shuffle=True, workers=cfg.workers,
+                         drop_last=task.drop_last)
     if len(loader) == 0:
         raise BadInputError(f"training set of {len(train_ds)} frames gives no batch of {cfg.batch_size} (drop_last)")
     for epoch in range(state.epoch, cfg.epochs):
         for obj in (train_ds, loader.sampler):
             if hasattr(obj, "set_epoch"):
                 obj.set_epoch(epoch)
-        if epoch_hook:
-            epoch_hook(epoch)
-        set_train(model)
-        bar = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader) * cfg.batch_size * world,
-                                info="") if progress and rank == 0 else None
-        t0, seen, sums = time.perf_counter(), 0, {}
-        for batch in loader:
-            f = lr_factor(cfg, state.step, total)
-            for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * f
-            x = batch["image"].contiguous(memory_format=torch.channels_last) if channels_last else batch["image"]
-            outs = forward(x)
-            loss, parts = multitask_loss(outs, batch, tasks, cfg.lam, cfg.normals_weight)
-            if extra_loss is not None:
-                xl, xparts = extra_loss(batch, outs)
-                loss = loss + xl
-                parts.update(xparts)
-            if not torch.isfinite(loss):
-                raise EdgeHydraError(f"training diverged: loss is {float(loss)} at epoch {epoch + 1}, step {state.step} "
-                                     "(the last good checkpoint is kept; lower --lr)")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            state.step += 1
-            n = len(batch["image"])
-            seen += n
-            for k, v in {"loss": float(loss.detach()), **parts}.items():
-                sums[k] = sums.get(k, 0.0) + v * n
-            if bar is not None:
-                ips = seen * world / max(time.perf_counter() - t0, 1e-9)
-                progress.update(bar, advance=n * world, info=f"loss {float(loss.detach()):.3f} seg {parts['seg']:.3f} "
-                                                              f"depth {parts['depth']:.3f} {ips:.1f} img/s")
+        if hooks.epoch_hook:
+            hooks.epoch_hook(epoch)
+        hooks.set_train(model)
+        rec = _epoch(model, forward, loader, opt, cfg, task, hooks, state, epoch, progress)
         if world > 1:
             sync_buffers(model)
-        rec = {"epoch": epoch + 1, **{k: v / max(seen, 1) for k, v in sums.items()},
-               "images_per_s": seen * world / max(time.perf_counter() - t0, 1e-9)}
         if val_ds is not None:
-            set_eval(model)
-            rec["val"] = evaluate(lambda x: model(x), val_ds, tasks, num_classes, depth_cap, limit=val_limit)
+            hooks.set_eval(model)
+            rec["val"] = evaluate(lambda x: model(x), val_ds, task.tasks, task.num_classes, task.depth_cap,
+                                  limit=task.val_limit)
             rec["val"].pop("iou_per_class", None)
         state.epoch = epoch + 1
         state.history.append(rec)
-        if save is not None and rank == 0:
-            save(state, opt)
+        if hooks.save is not None and rank == 0:
+            hooks.save(state, opt)
         if world > 1:
             dist.barrier()
-    set_eval(model)
+    hooks.set_eval(model)
     return state
+
+
+def _epoch(model, forward, loader, opt, cfg: TrainConfig, task: FitTask, hooks: FitHooks, state: TrainState,
+           epoch: int, progress) -> dict:
+    """One epoch of steps; the epoch's record (mean losses, images per second)."""
+    rank, world = dist_info()
+    total = cfg.epochs * len(loader)
+    bar = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader) * cfg.batch_size * world,
+                            info="") if progress and rank == 0 else None
+    t0, seen, sums = time.perf_counter(), 0, {}
+    for batch in loader:
+        f = lr_factor(cfg, state.step, total)
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * f
+        x = batch["image"].contiguous(memory_format=torch.channels_last) if task.channels_last else batch["image"]
+        outs = forward(x)
+        loss, parts = multitask_loss(outs, batch, task.tasks, cfg.lam, cfg.normals_weight)
+        if hooks.extra_loss is not None:
+            xl, xparts = hooks.extra_loss(batch, outs)
+            loss = loss + xl
+            parts.update(xparts)
+        if not torch.isfinite(loss):
+            raise EdgeHydraError(f"training diverged: loss is {float(loss)} at epoch {epoch + 1}, step {state.step} "
+                                 "(the last good checkpoint is kept; lower --lr)")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state.step += 1
+        n = len(batch["image"])
+        seen += n
+        for k, v in {"loss": float(loss.detach()), **parts}.items():
+            sums[k] = sums.get(k, 0.0) + v * n
+        if bar is not None:
+            ips = seen * world / max(time.perf_counter() - t0, 1e-9)
+            progress.update(bar, advance=n * world, info=f"loss {float(loss.detach()):.3f} seg {parts['seg']:.3f} "
+                                                          f"depth {parts['depth']:.3f} {ips:.1f} img/s")
+    return {"epoch": epoch + 1, **{k: v / max(seen, 1) for k, v in sums.items()},
+            "images_per_s": seen * world / max(time.perf_counter() - t0, 1e-9)}
 
 
 def config_dict(cfg) -> dict:

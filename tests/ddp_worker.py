@@ -5,7 +5,7 @@ import torch
 
 from edgehydra import create_model
 from edgehydra.data import SynthRoom, TrainAugment
-from edgehydra.train import EpochAugmented, TrainConfig, dist_info, fit, init_distributed
+from edgehydra.train import EpochAugmented, FitTask, TrainConfig, dist_info, fit, init_distributed
 
 out, batch = sys.argv[1], int(sys.argv[2])
 init_distributed()
@@ -19,6 +19,6 @@ if rank == 0:
 ds = EpochAugmented(SynthRoom(16, size=size, seed=1), TrainAugment(size), seed=0)
 # SGD: its update is proportional to the gradient, so DDP vs one process compares gradients (Adam's
 # first steps are ~lr*sign(g), which amplifies tiny differences)
-fit(m, ds, TrainConfig(epochs=1, batch_size=batch, lr_encoder=1e-2, lr_decoder=1e-2, optimizer="sgd"), tasks=m.config.tasks,
-    num_classes=40, depth_cap=10, out_dir=None, drop_last=True)
+fit(m, ds, TrainConfig(epochs=1, batch_size=batch, lr_encoder=1e-2, lr_decoder=1e-2, optimizer="sgd"),
+    FitTask(m.config.tasks, 40, 10, drop_last=True))
 torch.save(m.state_dict(), f"{out}/rank{rank}_of{world}.pt")

@@ -20,13 +20,13 @@ def data():
 def trained_tiny(data):
     """A tiny model trained briefly, so its outputs carry signal (quantisation error is measurable)."""
     from edgehydra import create_model
-    from edgehydra.train import TrainConfig, fit
+    from edgehydra.train import FitTask, TrainConfig, fit
 
     torch.manual_seed(0)
     m = create_model("hydranet_tiny", input_size=SIZE)
     # ~100 steps: enough that depth is better than a constant (abs rel ~0.28 vs ~0.35), ~40 s on 2 cores
-    fit(m, data[0], TrainConfig(epochs=12, batch_size=4, lr_encoder=5e-3, lr_decoder=5e-3), tasks=m.config.tasks,
-        num_classes=40, depth_cap=10, out_dir=None, drop_last=True)
+    fit(m, data[0], TrainConfig(epochs=12, batch_size=4, lr_encoder=5e-3, lr_decoder=5e-3),
+        FitTask(m.config.tasks, 40, 10, drop_last=True))
     return m.eval()
 
 
@@ -144,7 +144,7 @@ def test_qat_steps_then_convert_matches_fake_quant(data, trained_tiny):
 
     from edgehydra.calibration.qat import QATController, prepare_qat
     from edgehydra.calibration.ptq import convert_stage
-    from edgehydra.train import TrainConfig, fit
+    from edgehydra.train import FitHooks, FitTask, TrainConfig, fit
 
     train, val = data
     recipe = PRESETS["w8a8"].replace(qat=PRESETS["w8a8"].qat.__class__(freeze_bn_epoch=1, freeze_observer_epoch=1))
@@ -153,9 +153,8 @@ def test_qat_steps_then_convert_matches_fake_quant(data, trained_tiny):
     ctl.calibrate(train, select_calibration(train, 8))
     # lr 1e-4: QAT's own default. At 1e-3 the tiny model drifts far enough in two epochs that the converted
     # program's depth moved a median 2 output steps from fake-quant on one thread (1 step on two, AMD EPYC)
-    fit(gm, train, TrainConfig(epochs=2, batch_size=5, lr_encoder=1e-4, lr_decoder=1e-4), tasks=("segm", "depth"),
-        num_classes=40, depth_cap=10, out_dir=None, set_train=ctl.set_train, set_eval=ctl.set_eval,
-        epoch_hook=ctl.epoch_hook)  # 32 frames / batch 5: the last batch is partial (dynamic batch)
+    fit(gm, train, TrainConfig(epochs=2, batch_size=5, lr_encoder=1e-4, lr_decoder=1e-4), FitTask(("segm", "depth"), 40, 10),
+        FitHooks(set_train=ctl.set_train, set_eval=ctl.set_eval, epoch_hook=ctl.epoch_hook))  # last batch partial
     assert ctl.events == ["activation ranges calibrated on 8 frames and frozen", "epoch 2: batch-norm statistics frozen",
                           "epoch 2: observers frozen"]
     ctl.set_eval(gm)
