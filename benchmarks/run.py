@@ -161,7 +161,7 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
 
-    from edgehydra.calibration.quant_stages import ptq_run
+    from edgehydra.calibration.quant_stages import QuantJob, ptq_run
     from edgehydra.checkpoint import load_checkpoint, save_checkpoint
     from edgehydra.devices.estimate import estimate
     from edgehydra.devices.profile import load_profile
@@ -205,7 +205,7 @@ def main():
         d.mkdir()
         dr = Run(d)
         shutil_copy(ckpt, dr.fp32)
-        rep = ptq_run(dr.fp32, dr, "w8a8", size=(h, w), calib_frames=16, val_limit=8)
+        rep = ptq_run(dr.fp32, dr, QuantJob("w8a8", size=(h, w), calib_frames=16, val_limit=8))
         results = export_run(dr.export_dir, ["executorch", "tflite", "onnx"], ["fp32", "int8"], run=d, size=(h, w),
                              eval_frames=4)
         export_s = {f"{r.target}_{r.precision}": r.manifest.get("export_seconds") for r in results}

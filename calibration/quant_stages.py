@@ -9,7 +9,7 @@ Both take the run folder and ask :class:`edgehydra.run.Run` for every path in it
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -44,76 +44,82 @@ def _eval(fwd, val, cfg, limit=None, progress=None):
     return m
 
 
-def ptq_run(checkpoint: Path, run: Run | Path, recipe_spec=None, dataset: str | None = None, size=None,
-            calib_frames: int = 200, seed: int = 0, progress=None, val_limit: int | None = None,
-            variant: str | None = None) -> dict:
+@dataclass(frozen=True)
+class QuantJob:
+    """What a PTQ or QAT stage runs: the recipe (preset name or file), data overrides (None: the run's record),
+    calibration frames and seed (QAT calibrates with its TrainConfig's seed), validation frames scored, the
+    first ``frames`` training frames (QAT), distillation from the FP32 teacher, resuming a QAT run, the PTQ
+    report QAT compares against, and the program ``variant`` (an applied mixed recipe, ``mixed-<device>``)."""
+
+    recipe: str | None = None
+    dataset: str | None = None
+    size: tuple[int, int] | None = None
+    calib_frames: int = 200
+    seed: int = 0
+    val_limit: int | None = None
+    frames: int | None = None
+    distill: bool = True
+    resume: bool = False
+    ptq_report: Path | None = None
+    variant: str | None = None
+
+    def __post_init__(self):
+        if self.calib_frames < 1:
+            raise ValueError(f"calib_frames={self.calib_frames}: at least 1")
+        for k in ("val_limit", "frames"):
+            if getattr(self, k) is not None and getattr(self, k) < 1:
+                raise ValueError(f"{k}={getattr(self, k)}: at least 1, or None for all")
+
+
+def ptq_run(checkpoint: Path, run: Run | Path, job: QuantJob = QuantJob(), progress=None) -> dict:
     """PTQ into the run folder ``run``: its program and report go where the run record says (RUN/ptq/, or
     RUN/ptq/<variant>/ for a variant such as an applied mixed-precision recipe, which never replaces the run's
     program). The report's ``program`` is the path to hand the next stage."""
     run = run if isinstance(run, Run) else Run(run)
-    recipe = load_recipe(recipe_spec)
+    recipe = load_recipe(job.recipe)
     model, info = load_checkpoint(checkpoint)
     check_layers(recipe, model)
-    ds, size, train, val = _datasets(Path(checkpoint), dataset, size, run)
+    ds, size, train, val = _datasets(Path(checkpoint), job.dataset, job.size, run)
     run.note_source(checkpoint, info["sha256"], ds)
     t0 = time.perf_counter()
-    calib = select_calibration(train, calib_frames, seed)
+    calib = select_calibration(train, job.calib_frames, job.seed)
     converted, tr = quantize_ptq(model, recipe, train, calib, size, progress=progress)
     q_layers, f_layers = quantized_layer_names(converted)
-    meta = {"stage": "ptq", "variant": variant, "source_checkpoint": str(checkpoint), "source_sha256": info["sha256"],
-            "calibration": calib.to_dict(), "translation": tr.to_dict(), "data": ds,
+    meta = {"stage": "ptq", "variant": job.variant, "source_checkpoint": str(checkpoint),
+            "source_sha256": info["sha256"], "calibration": calib.to_dict(), "translation": tr.to_dict(), "data": ds,
             "quantized_layers": len(q_layers), "float_layers": f_layers}
-    prog_path = save_program(converted, run.program_path("ptq", variant), model.config, recipe, size, meta)
-    run.note_program("ptq", prog_path, model.config.to_dict(), recipe.name, size, variant)
-    fp32 = _eval(model, val, model.config, val_limit, progress)
-    ptq = _eval(converted, val, model.config, val_limit, progress)
+    prog_path = save_program(converted, run.program_path("ptq", job.variant), model.config, recipe, size, meta)
+    run.note_program("ptq", prog_path, model.config.to_dict(), recipe.name, size, job.variant)
+    fp32 = _eval(model, val, model.config, job.val_limit, progress)
+    ptq = _eval(converted, val, model.config, job.val_limit, progress)
     report = {"recipe": recipe.to_dict(), "translation": tr.to_dict(), "calibration": {
         k: v for k, v in calib.to_dict().items() if k not in ("indices",)}, "float_layers": f_layers,
         "metrics": {"fp32": fp32, "ptq": ptq}, "program": str(prog_path), "program_sha256": sha256_path(prog_path),
         "seconds": time.perf_counter() - t0, "data": ds}
-    atomic_write_json(run.stage_report("ptq", variant), report)
+    atomic_write_json(run.stage_report("ptq", job.variant), report)
     return report
 
 
-def qat_run(checkpoint: Path, run: Run | Path, cfg: TrainConfig, recipe_spec=None, dataset: str | None = None, size=None,
-            distill: bool = True, resume: bool = False, ptq_report: Path | None = None, progress=None,
-            val_limit: int | None = None, frames: int | None = None, calib_frames: int = 200,
-            variant: str | None = None) -> dict:
+def qat_run(checkpoint: Path, run: Run | Path, cfg: TrainConfig, job: QuantJob = QuantJob(), progress=None) -> dict:
     """QAT into the run folder ``run`` (RUN/qat/: program, report, resume state; RUN/qat/<variant>/ for a
     variant, which never replaces the run's program)."""
-    run = run if isinstance(run, Run) else Run(run)
-    recipe = load_recipe(recipe_spec)
-    fp32_model, info = load_checkpoint(checkpoint)
-    check_layers(recipe, fp32_model)
-    ds, size, resized, val = _datasets(Path(checkpoint), dataset, size, run)
-    if is_main():
-        run.note_source(checkpoint, info["sha256"], ds)
     from edgehydra.data import TrainAugment
 
+    run = run if isinstance(run, Run) else Run(run)
+    recipe = load_recipe(job.recipe)
+    fp32_model, info = load_checkpoint(checkpoint)
+    check_layers(recipe, fp32_model)
+    ds, size, resized, val = _datasets(Path(checkpoint), job.dataset, job.size, run)
+    if is_main():
+        run.note_source(checkpoint, info["sha256"], ds)
     base = open_split(ds, "train")
-    if frames is not None and frames < len(base):
-        base = torch.utils.data.Subset(base, range(frames))
+    if job.frames is not None and job.frames < len(base):
+        base = torch.utils.data.Subset(base, range(job.frames))
     train = EpochAugmented(base, TrainAugment(size), seed=cfg.seed)
-    student, _ = load_checkpoint(checkpoint)
-    gm, tr = prepare_qat(student, recipe, size)
+    gm, tr = prepare_qat(load_checkpoint(checkpoint)[0], recipe, size)
     ctl = QATController(gm, recipe)
-    state_path = run.qat_state_of(variant)
-    resume_state = None
-    if resume:
-        if not state_path.is_file():
-            raise BadInputError(f"--resume: no QAT state at {state_path}; run without --resume to start")
-        raw = torch.load(state_path, map_location="cpu", weights_only=True)
-        if raw.get("config") != asdict(cfg) or raw.get("recipe") != recipe.to_dict():
-            raise BadInputError(f"--resume: {state_path} was written with other settings; use the same options")
-        gm.load_state_dict(raw["model"])
-        resume_state = {"optimizer": raw["optimizer"], "epoch": raw["epoch"], "step": raw["step"],
-                        "history": raw["history"]}
-        for e in range(raw["epoch"]):  # replay the freeze schedule up to where the run stopped
-            ctl.epoch_hook(e)
-        calib = None
-    else:
-        calib = select_calibration(resized, calib_frames, cfg.seed)
-        ctl.calibrate(resized, calib, progress=progress)
+    state_path = run.qat_state_of(job.variant)
+    resume_state, calib = _qat_start(gm, ctl, cfg, recipe, job, state_path, resized, progress)
 
     def save(state, opt):
         import io
@@ -124,11 +130,10 @@ def qat_run(checkpoint: Path, run: Run | Path, cfg: TrainConfig, recipe_spec=Non
         with atomic_path(state_path) as tmp:
             tmp.write_bytes(buf.getvalue())
 
-    teacher = fp32_model.eval()
-    extra = distill_loss(teacher, fp32_model.config.tasks) if distill else None
+    extra = distill_loss(fp32_model.eval(), fp32_model.config.tasks) if job.distill else None
     t0 = time.perf_counter()
     task = FitTask(fp32_model.config.tasks, fp32_model.config.num_classes,
-                   getattr(val, "depth_cap", fp32_model.config.depth_cap), val_limit=val_limit)
+                   getattr(val, "depth_cap", fp32_model.config.depth_cap), val_limit=job.val_limit)
     hooks = FitHooks(save=save, set_train=ctl.set_train, set_eval=ctl.set_eval, epoch_hook=ctl.epoch_hook,
                      extra_loss=extra)
     state = fit(gm, train, cfg, task, hooks, val_ds=val, resume=resume_state, progress=progress)
@@ -136,31 +141,51 @@ def qat_run(checkpoint: Path, run: Run | Path, cfg: TrainConfig, recipe_spec=Non
     ranks = _rank_fingerprints(gm)
     ctl.set_eval(gm)
     with torch.no_grad():
-        fq = _eval(gm, val, fp32_model.config, val_limit, progress)
+        fq = _eval(gm, val, fp32_model.config, job.val_limit, progress)
     from .ptq import convert_stage
 
     converted = convert_stage(gm, recipe=recipe)
     q_layers, f_layers = quantized_layer_names(converted)
-    meta = {"stage": "qat", "variant": variant, "source_checkpoint": str(checkpoint), "source_sha256": info["sha256"],
-            "translation": tr.to_dict(), "data": ds, "qat_events": ctl.events, "distill": distill,
-            "train_config": asdict(cfg), "quantized_layers": len(q_layers), "float_layers": f_layers}
-    prog_path = save_program(converted, run.program_path("qat", variant), fp32_model.config, recipe, size, meta) if is_main() else None
+    meta = {"stage": "qat", "variant": job.variant, "source_checkpoint": str(checkpoint),
+            "source_sha256": info["sha256"], "translation": tr.to_dict(), "data": ds, "qat_events": ctl.events,
+            "distill": job.distill, "train_config": asdict(cfg), "quantized_layers": len(q_layers),
+            "float_layers": f_layers}
+    prog_path = save_program(converted, run.program_path("qat", job.variant), fp32_model.config, recipe, size,
+                             meta) if is_main() else None
     if prog_path is not None:
-        run.note_program("qat", prog_path, fp32_model.config.to_dict(), recipe.name, size, variant)
-    metrics = {"fp32": _eval(fp32_model, val, fp32_model.config, val_limit, progress)}
-    ptq_path = Path(ptq_report) if ptq_report else run.stage_report("ptq", variant)
+        run.note_program("qat", prog_path, fp32_model.config.to_dict(), recipe.name, size, job.variant)
+    metrics = {"fp32": _eval(fp32_model, val, fp32_model.config, job.val_limit, progress)}
+    ptq_path = Path(job.ptq_report) if job.ptq_report else run.stage_report("ptq", job.variant)
     if ptq_path.is_file():
         metrics["ptq"] = read_json(ptq_path)["metrics"]["ptq"]
     metrics["qat_fake_quant"] = fq
-    metrics["qat"] = _eval(converted, val, fp32_model.config, val_limit, progress)
+    metrics["qat"] = _eval(converted, val, fp32_model.config, job.val_limit, progress)
     report = {"recipe": recipe.to_dict(), "translation": tr.to_dict(), "events": ctl.events, "history": state.history,
-              "metrics": metrics, "program": str(prog_path), "train_seconds": train_s, "distill": distill,
-              "data": ds, "train_config": asdict(cfg), "frames": frames, "rank_weights_sha256": ranks,
+              "metrics": metrics, "program": str(prog_path), "train_seconds": train_s, "distill": job.distill,
+              "data": ds, "train_config": asdict(cfg), "frames": job.frames, "rank_weights_sha256": ranks,
               "calibration": {k: v for k, v in calib.to_dict().items() if k != "indices"} if calib else None,
               "program_sha256": sha256_path(prog_path) if prog_path else None}
     if is_main():
-        atomic_write_json(run.stage_report("qat", variant), report)
+        atomic_write_json(run.stage_report("qat", job.variant), report)
     return report
+
+
+def _qat_start(gm, ctl, cfg: TrainConfig, recipe, job: QuantJob, state_path: Path, resized, progress):
+    """Where QAT starts: a resumed state (its weights loaded, the freeze schedule replayed), or activation ranges
+    calibrated on the run's frames. Returns (resume state or None, calibration set or None)."""
+    if not job.resume:
+        calib = select_calibration(resized, job.calib_frames, cfg.seed)
+        ctl.calibrate(resized, calib, progress=progress)
+        return None, calib
+    if not state_path.is_file():
+        raise BadInputError(f"--resume: no QAT state at {state_path}; run without --resume to start")
+    raw = torch.load(state_path, map_location="cpu", weights_only=True)
+    if raw.get("config") != asdict(cfg) or raw.get("recipe") != recipe.to_dict():
+        raise BadInputError(f"--resume: {state_path} was written with other settings; use the same options")
+    gm.load_state_dict(raw["model"])
+    for e in range(raw["epoch"]):  # replay the freeze schedule up to where the run stopped
+        ctl.epoch_hook(e)
+    return {"optimizer": raw["optimizer"], "epoch": raw["epoch"], "step": raw["step"], "history": raw["history"]}, None
 
 
 def weights_sha256(model: torch.nn.Module) -> str:

@@ -288,6 +288,38 @@ def fp16_of(target: str) -> tuple[bool, str]:
     return (f.fp16_islands, "" if f.fp16_islands else f.fp16_note) if f else (False, "")
 
 
+def _litert_recipe(recipe: Recipe, issues: list, notes: list):
+    """The recipe as ai-edge-quantizer's static-range (or weight-only) recipe, and what it cannot honour."""
+    # litert-torch's PT2EQuantizer cannot prepare HydraNet: its annotations share an observer
+    # with a node it never observes at the 3-input add of decoder stage 2 (prepare_pt2e asserts
+    # "'conv2d_29' not in ..."). LiteRT's own post-conversion quantizer (ai-edge-quantizer, on the
+    # fp32 .tflite with the same calibration frames) is used instead: the recipe is translated
+    # into its static-range recipe.
+    require("ai_edge_quantizer", "tflite", "LiteRT int8 quantisation")
+    from ai_edge_quantizer import qtyping, recipe_manager
+
+    rm = recipe_manager.RecipeManager()
+    gran = (qtyping.QuantGranularity.CHANNELWISE if recipe.weight_granularity == "per_channel"
+            else qtyping.QuantGranularity.TENSORWISE)
+    if recipe.weight_only:
+        rm.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=8)
+    else:
+        rm.add_static_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                             activation_num_bits=8 if recipe.act_dtype == "int8" else 16, weight_num_bits=8,
+                             weight_granularity=gran)
+    inner = rm
+    notes.append("LiteRT: ai-edge-quantizer static-range recipe on the fp32 .tflite (litert-torch's "
+                 "PT2EQuantizer fails to prepare HydraNet's 3-input decoder add)")
+    if recipe.observer != "minmax" and not recipe.weight_only:
+        issues.append(f"observer={recipe.observer!r}: ai-edge-quantizer calibrates with min/max ranges")
+    if recipe.act_symmetric:
+        issues.append("act_symmetric=True: ai-edge-quantizer uses asymmetric int8 activations")
+    if recipe.float_layers:
+        issues.append(f"keep_float={list(recipe.float_layers)}: TFLite tensor names do not carry module paths; "
+                      "every supported op is quantised")
+    return inner, issues, notes
+
+
 def translate(recipe: Recipe, backend: str = "xnnpack", is_qat: bool = False, target: str | None = None) -> Translation:
     """Build the backend's quantizer for ``recipe``. ``target`` (executorch, coreml, onnx, tflite)
     adds that format's own limits to the issues."""
@@ -303,56 +335,29 @@ def translate(recipe: Recipe, backend: str = "xnnpack", is_qat: bool = False, ta
     if is_qat and not recipe.weight_only:
         notes.append(f"QAT: activation ranges from the recipe's {recipe.observer!r} observer on the calibration "
                      "set, then frozen; weights fake-quantised with moving-average per-channel min/max")
-    if backend == "xnnpack":
-        require("executorch", "executorch", "the XNNPACK quantizer")
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import QuantizationConfig
+    if backend != "xnnpack":
+        return Translation(backend, recipe, *_litert_recipe(recipe, issues, notes))
+    # the XNNPACK quantizer, with the recipe's per-layer choices wrapped around it below
+    require("executorch", "executorch", "the XNNPACK quantizer")
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import QuantizationConfig
 
-        act, weight = _specs(recipe, is_qat)
-        config = QuantizationConfig(act, act, weight, None, is_qat)
-        inner = XNNPACKQuantizer().set_global(config)
-        if not recipe.weight_only:
-            inner = _relu6_fusing_quantizer(inner, config, Quantizer)
-            notes.append("conv+ReLU6 and add+ReLU6 quantised as units (XNNPACKQuantizer fuses only ReLU); "
-                         "XNNPACK runs each clamp inside the int8 conv, and each add's in its output range "
-                         "(the ExecuTorch exporter drops the then-redundant clamp)")
-        if recipe.act_dtype == "int16" and target is not None and w8a16_of(target)[1]:
-            ops, note = w8a16_of(target)
-            (notes if ops == ("conv", "add", "upsample", "max_pool") else issues).append(f"act_dtype=int16: {note}")
-        if target == "onnx" and recipe.act_dtype == "int16":
-            notes.append("int16 QDQ needs ONNX opset >= 21 (the exporter picks 21)")
-        if target == "coreml" and not recipe.weight_only:
-            notes.append("Core ML consumes signed int8 activations (a quint8 configuration fails to convert at the "
-                         "CRP residual adds), which is what this quantizer produces")
-    else:
-        # litert-torch's PT2EQuantizer cannot prepare HydraNet: its annotations share an observer
-        # with a node it never observes at the 3-input add of decoder stage 2 (prepare_pt2e asserts
-        # "'conv2d_29' not in ..."). LiteRT's own post-conversion quantizer (ai-edge-quantizer, on the
-        # fp32 .tflite with the same calibration frames) is used instead: the recipe is translated
-        # into its static-range recipe.
-        require("ai_edge_quantizer", "tflite", "LiteRT int8 quantisation")
-        from ai_edge_quantizer import qtyping, recipe_manager
-
-        rm = recipe_manager.RecipeManager()
-        gran = (qtyping.QuantGranularity.CHANNELWISE if recipe.weight_granularity == "per_channel"
-                else qtyping.QuantGranularity.TENSORWISE)
-        if recipe.weight_only:
-            rm.add_weight_only_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED, num_bits=8)
-        else:
-            rm.add_static_config(regex=".*", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
-                                 activation_num_bits=8 if recipe.act_dtype == "int8" else 16, weight_num_bits=8,
-                                 weight_granularity=gran)
-        inner = rm
-        notes.append("LiteRT: ai-edge-quantizer static-range recipe on the fp32 .tflite (litert-torch's "
-                     "PT2EQuantizer fails to prepare HydraNet's 3-input decoder add)")
-        if recipe.observer != "minmax" and not recipe.weight_only:
-            issues.append(f"observer={recipe.observer!r}: ai-edge-quantizer calibrates with min/max ranges")
-        if recipe.act_symmetric:
-            issues.append("act_symmetric=True: ai-edge-quantizer uses asymmetric int8 activations")
-        if recipe.float_layers:
-            issues.append(f"keep_float={list(recipe.float_layers)}: TFLite tensor names do not carry module paths; "
-                          "every supported op is quantised")
-        return Translation(backend, recipe, inner, issues, notes)
+    act, weight = _specs(recipe, is_qat)
+    config = QuantizationConfig(act, act, weight, None, is_qat)
+    inner = XNNPACKQuantizer().set_global(config)
+    if not recipe.weight_only:
+        inner = _relu6_fusing_quantizer(inner, config, Quantizer)
+        notes.append("conv+ReLU6 and add+ReLU6 quantised as units (XNNPACKQuantizer fuses only ReLU); "
+                     "XNNPACK runs each clamp inside the int8 conv, and each add's in its output range "
+                     "(the ExecuTorch exporter drops the then-redundant clamp)")
+    if recipe.act_dtype == "int16" and target is not None and w8a16_of(target)[1]:
+        ops, note = w8a16_of(target)
+        (notes if ops == ("conv", "add", "upsample", "max_pool") else issues).append(f"act_dtype=int16: {note}")
+    if target == "onnx" and recipe.act_dtype == "int16":
+        notes.append("int16 QDQ needs ONNX opset >= 21 (the exporter picks 21)")
+    if target == "coreml" and not recipe.weight_only:
+        notes.append("Core ML consumes signed int8 activations (a quint8 configuration fails to convert at the "
+                     "CRP residual adds), which is what this quantizer produces")
     if recipe.int16_layers:
         act16, _ = _specs(recipe.replace(act_dtype="int16", int16_layers=()), is_qat)
         inner = _int16_quantizer(inner, recipe.int16_layers, act16, Quantizer)

@@ -42,11 +42,11 @@ def _print_issues(tr: dict):
 @click.option("--seed", type=int, default=0, show_default=True)
 def ptq(checkpoint, dataset, recipe, out, size, calib_frames, seed):
     """Calibrate and post-training quantise: saves OUT/ptq/program.pt2 and report.json (FP32 vs PTQ)."""
-    from edgehydra.calibration.quant_stages import ptq_run
+    from edgehydra.calibration.quant_stages import QuantJob, ptq_run
 
     ckpt = _checkpoint(checkpoint, out)
     with progress_bar(transient=True) as p:
-        rep = ptq_run(ckpt, Path(out), recipe, dataset, size, calib_frames, seed, progress=p)
+        rep = ptq_run(ckpt, Path(out), QuantJob(recipe, dataset, size, calib_frames, seed), progress=p)
     _print_issues(rep["translation"])
     console().print(metrics_table(f"PTQ ({rep['recipe']['name']})", rep["metrics"]))
     click.echo(f"program: {rep['program']}")
@@ -68,7 +68,7 @@ def ptq(checkpoint, dataset, recipe, out, size, calib_frames, seed):
 @click.option("--seed", type=int, default=0, show_default=True)
 def qat(dataset, checkpoint, out, epochs, lr, batch_size, recipe, size, distill, resume, seed):
     """Quantisation-aware fine-tuning; saves OUT/qat/program.pt2 and FP32 / PTQ / QAT metrics."""
-    from edgehydra.calibration.quant_stages import qat_run
+    from edgehydra.calibration.quant_stages import QuantJob, qat_run
     from edgehydra.train import TrainConfig, init_distributed, is_main
 
     init_distributed()
@@ -78,7 +78,7 @@ def qat(dataset, checkpoint, out, epochs, lr, batch_size, recipe, size, distill,
     except ValueError as e:
         raise click.UsageError(str(e))
     with progress_bar() as p:
-        rep = qat_run(ckpt, Path(out), cfg, recipe, dataset, size, distill, resume,
+        rep = qat_run(ckpt, Path(out), cfg, QuantJob(recipe, dataset, size, distill=distill, resume=resume),
                       progress=p if is_main() else None)
     if is_main():
         _print_issues(rep["translation"])

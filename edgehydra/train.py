@@ -303,7 +303,7 @@ def fit(model: torch.nn.Module, train_ds, cfg: TrainConfig, task: FitTask, hooks
         if hooks.epoch_hook:
             hooks.epoch_hook(epoch)
         hooks.set_train(model)
-        rec = _epoch(model, forward, loader, opt, cfg, task, hooks, state, epoch, progress)
+        rec = _epoch(_Loop(model, forward, loader, opt, cfg, task, hooks), state, epoch, progress)
         if world > 1:
             sync_buffers(model)
         if val_ds is not None:
@@ -321,9 +321,22 @@ def fit(model: torch.nn.Module, train_ds, cfg: TrainConfig, task: FitTask, hooks
     return state
 
 
-def _epoch(model, forward, loader, opt, cfg: TrainConfig, task: FitTask, hooks: FitHooks, state: TrainState,
-           epoch: int, progress) -> dict:
+@dataclass(frozen=True)
+class _Loop:
+    """What every step of a fit uses."""
+
+    model: torch.nn.Module
+    forward: Callable
+    loader: object
+    opt: torch.optim.Optimizer
+    cfg: TrainConfig
+    task: FitTask
+    hooks: FitHooks
+
+
+def _epoch(loop: _Loop, state: TrainState, epoch: int, progress) -> dict:
     """One epoch of steps; the epoch's record (mean losses, images per second)."""
+    forward, loader, opt, cfg, task, hooks = loop.forward, loop.loader, loop.opt, loop.cfg, loop.task, loop.hooks
     rank, world = dist_info()
     total = cfg.epochs * len(loader)
     bar = progress.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader) * cfg.batch_size * world,

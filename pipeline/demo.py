@@ -173,21 +173,22 @@ class DemoRun:
                                      val_frames=cfg.val_frames, progress=p)["metrics"]}
 
     def ptq_stage(self, p) -> dict:
-        from edgehydra.calibration.quant_stages import ptq_run
+        from edgehydra.calibration.quant_stages import QuantJob, ptq_run
 
-        return {"metrics": ptq_run(self.ckpt, self.out, "w8a8", size=self.deploy, calib_frames=self.cfg.calib_frames,
+        return {"metrics": ptq_run(self.ckpt, self.out, QuantJob("w8a8", size=self.deploy,
+                                                                  calib_frames=self.cfg.calib_frames),
                                    progress=p)["metrics"]}
 
     def qat_stage(self, p) -> dict:
-        from edgehydra.calibration.quant_stages import qat_run
+        from edgehydra.calibration.quant_stages import QuantJob, qat_run
         from edgehydra.train import TrainConfig
 
         cfg = self.cfg
         qcfg = TrainConfig(epochs=cfg.qat_epochs, batch_size=cfg.batch_size, lr_encoder=1e-4, lr_decoder=1e-4,
                            seed=cfg.seed, schedule="cosine")
         # QAT fine-tunes on the first qat_frames training frames: a short schedule is what QAT needs.
-        rep = qat_run(self.ckpt, self.out, qcfg, "w8a8", size=self.deploy, progress=p, frames=cfg.qat_frames,
-                      calib_frames=cfg.calib_frames)
+        rep = qat_run(self.ckpt, self.out, qcfg, QuantJob("w8a8", size=self.deploy, frames=cfg.qat_frames,
+                                                          calib_frames=cfg.calib_frames), progress=p)
         return {"metrics": rep["metrics"], "train_seconds": rep["train_seconds"]}
 
     def sens_stage(self) -> dict:

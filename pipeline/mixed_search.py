@@ -415,7 +415,7 @@ def apply(run: Run | Path, device: str, recipe_file: Path, *, qat: bool = False,
     RUN/<stage>/mixed-<device>/program.pt2), export exactly that program for the device's format (its own
     artifact, hydranet_int8-mixed-<device>_<H>x<W><suffix>, beside the run's all-int8 one), and check that
     artifact. Nothing here looks up "the run's program": each stage is handed what the one before made."""
-    from edgehydra.calibration.quant_stages import ptq_run, qat_run
+    from edgehydra.calibration.quant_stages import QuantJob, ptq_run, qat_run
     from edgehydra.devices.check import check_device
     from edgehydra.devices.profile import load_profile
     from edgehydra.exporters.export_stage import export_run, summary_rows
@@ -430,10 +430,11 @@ def apply(run: Run | Path, device: str, recipe_file: Path, *, qat: bool = False,
         from edgehydra.train import TrainConfig
 
         cfg = TrainConfig(epochs=qat_epochs, lr_encoder=1e-4, lr_decoder=1e-4, schedule="cosine")
-        q = qat_run(ckpt, run, cfg, str(recipe_file), None, size, progress=progress, calib_frames=calib_frames,
-                    val_limit=eval_frames, frames=qat_frames, variant=variant)
+        q = qat_run(ckpt, run, cfg, QuantJob(str(recipe_file), size=size, calib_frames=calib_frames, val_limit=eval_frames,
+                                             frames=qat_frames, variant=variant), progress=progress)
     else:
-        q = ptq_run(ckpt, run, str(recipe_file), None, size, calib_frames, progress=progress, variant=variant)
+        q = ptq_run(ckpt, run, QuantJob(str(recipe_file), size=size, calib_frames=calib_frames, variant=variant),
+                    progress=progress)
     res = export_run(run.export_dir, [profile.format], ["int8"], run=run.root, program=Path(q["program"]), size=size,
                      eval_frames=eval_frames, progress=progress)
     shipped = next((r for r in res if r.ok and r.path is not None), None)

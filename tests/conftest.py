@@ -64,7 +64,7 @@ max_abs_rel = 100.0
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A whole small run: tiny model trained on synthroom, PTQ program. Shared by the slower tests."""
-    from edgehydra.calibration.quant_stages import ptq_run
+    from edgehydra.calibration.quant_stages import QuantJob, ptq_run
     from edgehydra.fp32_stage import train_run
     from edgehydra.train import TrainConfig
 
@@ -72,7 +72,7 @@ def tiny_run(tmp_path_factory):
     torch.manual_seed(0)
     train_run(out, "synthroom", "hydranet_tiny", TrainConfig(epochs=2, batch_size=8), size=TINY_SIZE, frames=32,
               val_frames=8)
-    ptq_run(out / "fp32.pt", out, "w8a8", calib_frames=8)
+    ptq_run(out / "fp32.pt", out, QuantJob("w8a8", calib_frames=8))
     return out
 
 

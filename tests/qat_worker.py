@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from edgehydra.calibration.quant_stages import qat_run
+from edgehydra.calibration.quant_stages import QuantJob, qat_run
 from edgehydra.train import TrainConfig, init_distributed
 
 src, out, batch = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
@@ -18,4 +18,4 @@ if not (out / "run.json").exists() and (src / "run.json").exists():
 # SGD: its update is proportional to the gradient, so 2 ranks vs one process compares gradients (Adam's
 # first steps are ~lr*sign(g), which amplifies tiny differences); see tests/test_distributed.py
 cfg = TrainConfig(epochs=1, batch_size=batch, lr_encoder=1e-2, lr_decoder=1e-2, optimizer="sgd", seed=0)
-qat_run(src / "fp32.pt", out, cfg, "w8a8", distill=False, calib_frames=8, val_limit=4, frames=16)
+qat_run(src / "fp32.pt", out, cfg, QuantJob("w8a8", distill=False, calib_frames=8, val_limit=4, frames=16))

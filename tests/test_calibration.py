@@ -167,11 +167,15 @@ def test_qat_steps_then_convert_matches_fake_quant(data, trained_tiny):
     # Both outputs end on the same int8 grid (the output fake-quant and the converted program's last
     # dequantize share a scale), so each difference is a whole number of steps. Convert folds batch norm into
     # the weights where QAT divided it out after the fake-quantised conv, so single steps flip upstream and
-    # spread; what must hold is that the typical output stays within one step of what QAT trained.
+    # spread: each requantisation on the way to an output can round one step the other way, and on the depth head's
+    # path those add (the median was 1 step on Intel and Zen 5 at 2 threads, 2 on AMD EPYC at 1 thread and on a Zen
+    # machine at 2: kernels' summation order decides which way a tie rounds). A convert that went wrong (a scale
+    # taken from the wrong observer, batch norm folded twice or not at all) moves the typical output by tens of
+    # steps and the mean error past the 5 % below; the bound is set between the two: a few steps, not one.
     for i in range(2):
         d = (fq[i] - q[i]).abs() / _output_step(conv, i)
         assert torch.allclose(d, d.round(), atol=1e-3), f"output {i} is not on the fake-quant's grid"
-        assert d.round().median() <= 1, f"output {i}: median {d.median():.0f} steps from fake-quant"
+        assert d.round().median() <= 3, f"output {i}: median {d.median():.0f} steps from fake-quant"
     scale = fq[1].abs().mean()
     assert (fq[1] - q[1]).abs().mean() < 0.05 * scale
 

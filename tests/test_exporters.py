@@ -91,7 +91,7 @@ def test_precision_map_names_each_kept_float_layer_and_why(tiny_run, tmp_path):
     lists those layers as float (Core ML: fp16) with the recipe pattern as the reason, the rest int8, read
     back from the artifact itself where the format allows (the .tflite's operator dtypes)."""
     from edgehydra.calibration.recipe import PRESETS
-    from edgehydra.calibration.quant_stages import ptq_run
+    from edgehydra.calibration.quant_stages import QuantJob, ptq_run
     from edgehydra.run import Run
 
     run = Run(tmp_path / "run")
@@ -101,7 +101,7 @@ def test_precision_map_names_each_kept_float_layer_and_why(tiny_run, tmp_path):
     recipe = PRESETS["w8a8"].replace(name="mixed", keep_float=("segm", "crp1.*", "fuse3", "up4"))
     rpath = tmp_path / "mixed.json"
     rpath.write_text(recipe.to_json())
-    ptq_run(run.fp32, run, str(rpath), calib_frames=4, val_limit=2)
+    ptq_run(run.fp32, run, QuantJob(str(rpath), calib_frames=4, val_limit=2))
     targets = [t for t in ("executorch", "tflite", "onnx", "coreml") if t in installed_targets()]
     res = export_run(run.export_dir, targets, ["int8"], run=run.root, eval_frames=2, strict_missing=False)
     assert {r.target for r in res} == set(targets)
@@ -395,7 +395,7 @@ def test_w8a16_layers_ship_where_the_format_computes_them(tiny_run, tmp_path):
     onnxruntime; LiteRT, ExecuTorch (XNNPACK) and Core ML fail in one line naming the layers and why, and
     leave nothing on disk; the other targets of the same export are not stopped."""
     from edgehydra.calibration.recipe import PRESETS
-    from edgehydra.calibration.quant_stages import ptq_run
+    from edgehydra.calibration.quant_stages import QuantJob, ptq_run
     from edgehydra.run import Run
 
     run = Run(tmp_path / "run")
@@ -407,7 +407,7 @@ def test_w8a16_layers_ship_where_the_format_computes_them(tiny_run, tmp_path):
         shutil.copy(Run(tiny_run).fp32, run.fp32)
         rpath = run.root / "w16.json"
         rpath.write_text(PRESETS["w8a8"].replace(name="w16", int16_layers=layers).to_json())
-        ptq_run(run.fp32, run, str(rpath), calib_frames=4, val_limit=2)
+        ptq_run(run.fp32, run, QuantJob(str(rpath), calib_frames=4, val_limit=2))
         targets = [t for t in targets if t in installed_targets()]
         res = export_run(run.export_dir, targets, ["int8"], run=run.root, eval_frames=2, strict_missing=False)
         return run, {r.target: r for r in res}
