@@ -169,9 +169,9 @@ def test_qat_steps_then_convert_matches_fake_quant(data, trained_tiny):
     # the weights where QAT divided it out after the fake-quantised conv, so single steps flip upstream and
     # spread: each requantisation on the way to an output can round one step the other way, and on the depth head's
     # path those add (the median was 1 step on Intel and Zen 5 at 2 threads, 2 on AMD EPYC at 1 thread and on a Zen
-    # machine at 2: kernels' summation order decides which way a tie rounds). A convert that went wrong (a scale
-    # taken from the wrong observer, batch norm folded twice or not at all) moves the typical output by tens of
-    # steps and the mean error past the 5 % below; the bound is set between the two: a few steps, not one.
+    # machine at 2, with this session's code and the round's starting code alike: kernels' summation order decides
+    # which way a tie rounds). So the bound is a few steps, not one; a systematic convert error (a wrong scale,
+    # batch norm folded twice) is what the grid check above and the 5 % mean error below are there to catch.
     for i in range(2):
         d = (fq[i] - q[i]).abs() / _output_step(conv, i)
         assert torch.allclose(d, d.round(), atol=1e-3), f"output {i} is not on the fake-quant's grid"
