@@ -113,7 +113,7 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, search: Searc
               progress=None) -> dict:
     """The search for ``device`` under ``budgets``: RUN/mixed/<device>/ front.json, front.png and recipe.json."""
     return _Search(run if isinstance(run, Run) else Run(run), device, budgets, search or SearchConfig(),
-                   progress).run()
+                   progress).search()
 
 
 class _Search:
@@ -149,7 +149,7 @@ class _Search:
             self.kept[(tuple(keep), tuple(int16), tuple(fp16))] = q
         return _metrics(q, self.val, self.model.config, self.cfg.frames)
 
-    def run(self) -> dict:
+    def search(self) -> dict:
         from edgehydra.train import dist_info
 
         profile, names = self.profile, self.names

@@ -476,3 +476,25 @@ def test_scale_augmentation_divides_depth_by_the_scale_factor():
     span2 = int((aug["segm"][60] == cls).sum())
     assert span2 == 2 * span
     assert aug["depth"][0, 60, 80] * span2 == pytest.approx(float(s["depth"][0, 30, 40]) * span, rel=1e-5)
+
+
+def test_normals_weight_is_a_training_option_with_the_authors_default():
+    """loss = CE + lambda * berHu + w * (1 - cos): w is TrainConfig.normals_weight, 10 by default (the authors'
+    0.5 / 0.5 / 5.0 weighs normals 10x the cross-entropy), refused when negative."""
+    from edgehydra.losses import multitask_loss, normals_loss
+    from edgehydra.train import TrainConfig
+
+    torch.manual_seed(0)
+    seg, dep, nor = torch.randn(2, 5, 8, 8), torch.rand(2, 1, 8, 8) * 3, torch.randn(2, 3, 8, 8)
+    batch = {"segm": torch.randint(0, 5, (2, 8, 8)), "depth": torch.rand(2, 1, 8, 8) * 3 + 0.1,
+             "normals": F.normalize(torch.randn(2, 3, 8, 8), dim=1), "has_segm": torch.ones(2),
+             "has_depth": torch.ones(2), "has_normals": torch.ones(2)}
+    tasks = ("segm", "depth", "normals")
+    assert TrainConfig().normals_weight == 10.0
+    base, _ = multitask_loss((seg, dep), {k: v for k, v in batch.items() if "normals" not in k}, tasks[:2])
+    ln = float(normals_loss(nor, batch["normals"], batch["has_normals"]))
+    for w in (10.0, 0.5):
+        total, parts = multitask_loss((seg, dep, nor), batch, tasks, normals_weight=w)
+        assert math.isclose(float(total), float(base) + w * ln, rel_tol=1e-6) and parts["normals"] == pytest.approx(ln)
+    with pytest.raises(ValueError, match="normals_weight=-1"):
+        TrainConfig(normals_weight=-1.0)
