@@ -28,7 +28,7 @@ def demo(out, fast, epochs):
     res = run_demo(Path(out), cfg, console=c, progress_factory=lambda: progress_bar(transient=True))
     print_answer(Path(out), c)
     stages = ", ".join(f"{s['stage']} {s['seconds']:.0f} s" for s in res["stages"] if s["status"] != "reused")
-    c.print(f"[dim]stages ({res['total_seconds'] / 60:.1f} min): {stages or 'all reused'}[/]")
+    c.print(f"[dim]stages ({res['total_seconds'] / 60:.1f} min): {stages or 'all reused'}[/]", soft_wrap=True)
     c.print(f"report: {Path(out) / 'report' / 'report.html'}")
 
 

@@ -184,16 +184,22 @@ def named_artifact(run: Run, arts: list[dict], artifact) -> dict:
 def pick_artifact(run: Run, profile: Profile, arts: list[dict], artifact=None) -> tuple[dict | None, str]:
     """What this device is judged on, and why that one: the artifact the caller names (a search's, the user's),
     else the run's uniform artifact in the profile's format at the budget's size (its preferred precision first;
-    a program variant, such as an applied mixed recipe, only when it is named)."""
+    a program variant, such as an applied mixed recipe, where it is named or the run has no uniform one)."""
     size = tuple(profile.budgets.input_size)
     if artifact is not None:
         a = named_artifact(run, arts, artifact)
         if a["target"] != profile.format:
             raise BadInputError(f"{artifact} is a {a['target']} artifact; {profile.name} ships {profile.format}")
         return (a, "named") if tuple(a["size"]) == size else (None, "named")
-    at_size = [a for a in arts if a["target"] == profile.format and tuple(a["size"]) == size and not a.get("variant")]
-    at_size.sort(key=lambda a: (a["precision"] != profile.precision, ORDER.get(a["precision"], 9)))
-    return (at_size[0], f"the run's {at_size[0]['precision']} artifact at the budget's size") if at_size else (None, "")
+    at_size = [a for a in arts if a["target"] == profile.format and tuple(a["size"]) == size]
+    # the uniform artifacts first; a program variant (an applied mixed recipe) only where the run has no uniform one
+    at_size.sort(key=lambda a: (bool(a.get("variant")), a["precision"] != profile.precision,
+                                ORDER.get(a["precision"], 9)))
+    if not at_size:
+        return None, ""
+    a = at_size[0]
+    return a, (f"the run's {a['variant']} {a['precision']} artifact at the budget's size (it has no uniform one)"
+               if a.get("variant") else f"the run's {a['precision']} artifact at the budget's size")
 
 
 def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None = None, fit_to_run: bool = True,
