@@ -19,7 +19,7 @@ from edgehydra.checkpoint import load_checkpoint
 from edgehydra.data import Resize
 from edgehydra.errors import BadInputError
 from edgehydra.run import Run
-from edgehydra.dataspec import open_split, run_data_settings
+from edgehydra.dataspec import open_eval_split, open_split, run_data_settings
 from edgehydra._io import read_json
 from edgehydra.train import EpochAugmented, FitHooks, FitTask, TrainConfig, evaluate, fit, is_main
 
@@ -31,15 +31,22 @@ from .recipe import check_layers, load_recipe
 
 
 def _datasets(checkpoint: Path, dataset: str | None, size, run: Run | None = None):
-    """Data settings: the run's record (what an earlier stage of it used), else the checkpoint's."""
+    """Data settings (the run's record, else the checkpoint's), the calibration/training split at the program's
+    size, and the validation split as eval scores it twice: for the FP32 model (any size: native datasets padded
+    to a multiple of 32) and for the program (traced at ``size``: native datasets padded to it), so the FP32
+    figures in a stage's report are the ones `eval` prints and neither is stretched."""
     ds = run_data_settings(checkpoint, dataset, size, base=run.record().get("data") if run else None)
     size = tuple(ds["size"])
-    return ds, size, open_split(ds, "train", transform=Resize(size)), open_split(ds, "val", transform=Resize(size))
+    model_val = open_eval_split(ds, size, fixed=False)
+    prog_val = open_eval_split(ds, size, fixed=True)
+    return ds, size, open_split(ds, "train", transform=Resize(size)), model_val, prog_val
 
 
-def _eval(fwd, val, cfg, limit=None, progress=None):
+def _eval(fwd, scored, cfg, limit=None, progress=None):
+    """``scored``: (split, EvalView) from _datasets; the metrics, with the protocol they were taken on."""
+    val, view = scored
     m = evaluate(fwd, val, cfg.tasks, cfg.num_classes, getattr(val, "depth_cap", cfg.depth_cap), limit=limit,
-                 progress=progress)
+                 progress=progress, padded=view.padded, batch_size=1 if view.padded else 8)
     m.pop("iou_per_class", None)
     return m
 
@@ -79,7 +86,7 @@ def ptq_run(checkpoint: Path, run: Run | Path, job: QuantJob = QuantJob(), progr
     recipe = load_recipe(job.recipe)
     model, info = load_checkpoint(checkpoint)
     check_layers(recipe, model)
-    ds, size, train, val = _datasets(Path(checkpoint), job.dataset, job.size, run)
+    ds, size, train, model_val, prog_val = _datasets(Path(checkpoint), job.dataset, job.size, run)
     run.note_source(checkpoint, info["sha256"], ds)
     t0 = time.perf_counter()
     calib = select_calibration(train, job.calib_frames, job.seed)
@@ -90,12 +97,13 @@ def ptq_run(checkpoint: Path, run: Run | Path, job: QuantJob = QuantJob(), progr
             "quantized_layers": len(q_layers), "float_layers": f_layers}
     prog_path = save_program(converted, run.program_path("ptq", job.variant), model.config, recipe, size, meta)
     run.note_program("ptq", prog_path, model.config.to_dict(), recipe.name, size, job.variant)
-    fp32 = _eval(model, val, model.config, job.val_limit, progress)
-    ptq = _eval(converted, val, model.config, job.val_limit, progress)
+    fp32 = _eval(model, model_val, model.config, job.val_limit, progress)
+    ptq = _eval(converted, prog_val, model.config, job.val_limit, progress)
     report = {"recipe": recipe.to_dict(), "translation": tr.to_dict(), "calibration": {
         k: v for k, v in calib.to_dict().items() if k not in ("indices",)}, "float_layers": f_layers,
         "metrics": {"fp32": fp32, "ptq": ptq}, "program": str(prog_path), "program_sha256": sha256_path(prog_path),
-        "seconds": time.perf_counter() - t0, "data": ds}
+        "seconds": time.perf_counter() - t0, "data": ds,
+        "protocol": {"fp32": model_val[1].protocol, "program": prog_val[1].protocol}}
     atomic_write_json(run.stage_report("ptq", job.variant), report)
     return report
 
@@ -109,7 +117,8 @@ def qat_run(checkpoint: Path, run: Run | Path, cfg: TrainConfig, job: QuantJob =
     recipe = load_recipe(job.recipe)
     fp32_model, info = load_checkpoint(checkpoint)
     check_layers(recipe, fp32_model)
-    ds, size, resized, val = _datasets(Path(checkpoint), job.dataset, job.size, run)
+    ds, size, resized, model_val, prog_val = _datasets(Path(checkpoint), job.dataset, job.size, run)
+    val = prog_val[0]
     if is_main():
         run.note_source(checkpoint, info["sha256"], ds)
     base = open_split(ds, "train")
@@ -133,7 +142,8 @@ def qat_run(checkpoint: Path, run: Run | Path, cfg: TrainConfig, job: QuantJob =
     extra = distill_loss(fp32_model.eval(), fp32_model.config.tasks) if job.distill else None
     t0 = time.perf_counter()
     task = FitTask(fp32_model.config.tasks, fp32_model.config.num_classes,
-                   getattr(val, "depth_cap", fp32_model.config.depth_cap), val_limit=job.val_limit)
+                   getattr(val, "depth_cap", fp32_model.config.depth_cap), val_limit=job.val_limit,
+                   val_padded=prog_val[1].padded)
     hooks = FitHooks(save=save, set_train=ctl.set_train, set_eval=ctl.set_eval, epoch_hook=ctl.epoch_hook,
                      extra_loss=extra)
     state = fit(gm, train, cfg, task, hooks, val_ds=val, resume=resume_state, progress=progress)
@@ -141,7 +151,7 @@ def qat_run(checkpoint: Path, run: Run | Path, cfg: TrainConfig, job: QuantJob =
     ranks = _rank_fingerprints(gm)
     ctl.set_eval(gm)
     with torch.no_grad():
-        fq = _eval(gm, val, fp32_model.config, job.val_limit, progress)
+        fq = _eval(gm, prog_val, fp32_model.config, job.val_limit, progress)
     from .ptq import convert_stage
 
     converted = convert_stage(gm, recipe=recipe)
@@ -154,17 +164,18 @@ def qat_run(checkpoint: Path, run: Run | Path, cfg: TrainConfig, job: QuantJob =
                              meta) if is_main() else None
     if prog_path is not None:
         run.note_program("qat", prog_path, fp32_model.config.to_dict(), recipe.name, size, job.variant)
-    metrics = {"fp32": _eval(fp32_model, val, fp32_model.config, job.val_limit, progress)}
+    metrics = {"fp32": _eval(fp32_model, model_val, fp32_model.config, job.val_limit, progress)}
     ptq_path = Path(job.ptq_report) if job.ptq_report else run.stage_report("ptq", job.variant)
     if ptq_path.is_file():
         metrics["ptq"] = read_json(ptq_path)["metrics"]["ptq"]
     metrics["qat_fake_quant"] = fq
-    metrics["qat"] = _eval(converted, val, fp32_model.config, job.val_limit, progress)
+    metrics["qat"] = _eval(converted, prog_val, fp32_model.config, job.val_limit, progress)
     report = {"recipe": recipe.to_dict(), "translation": tr.to_dict(), "events": ctl.events, "history": state.history,
               "metrics": metrics, "program": str(prog_path), "train_seconds": train_s, "distill": job.distill,
               "data": ds, "train_config": asdict(cfg), "frames": job.frames, "rank_weights_sha256": ranks,
               "calibration": {k: v for k, v in calib.to_dict().items() if k != "indices"} if calib else None,
-              "program_sha256": sha256_path(prog_path) if prog_path else None}
+              "program_sha256": sha256_path(prog_path) if prog_path else None,
+              "protocol": {"fp32": model_val[1].protocol, "program": prog_val[1].protocol}}
     if is_main():
         atomic_write_json(run.stage_report("qat", job.variant), report)
     return report

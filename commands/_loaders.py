@@ -11,7 +11,8 @@ def load_any(path) -> tuple:
         from edgehydra.calibration.program import load_program
 
         prog = load_program(path)
-        return prog.module, {"config": prog.config, "size": prog.size, "kind": "quantised"}
+        # a program carries the data settings it was quantised with (a .pt2 is no torch.load checkpoint to read them from)
+        return prog.module, {"config": prog.config, "size": prog.size, "kind": "quantised", "data": prog.meta.get("data")}
     from edgehydra.checkpoint import load_checkpoint
 
     model, info = load_checkpoint(path)

@@ -118,7 +118,7 @@ def evaluate(checkpoint, dataset, split, size, limit, resolution, crop, class_sl
              normals_mask, json_out):
     """Evaluate a checkpoint: mIoU, pixel accuracy, RMSE, abs rel, log10, deltas (and normals' angular errors)."""
     from edgehydra._io import atomic_write_json
-    from edgehydra.data import PadToMultiple, Resize
+    from edgehydra.data import PadTo, PadToMultiple, Resize
     from edgehydra.errors import BadInputError
     from edgehydra.dataspec import open_split, run_data_settings
     from edgehydra.train import evaluate as run_eval
@@ -128,16 +128,14 @@ def evaluate(checkpoint, dataset, split, size, limit, resolution, crop, class_sl
     sl = _class_slice(class_slice)
     model, meta = load_any(checkpoint)
     cfg = meta["config"]
-    ds = run_data_settings(Path(checkpoint), dataset, size)
+    ds = run_data_settings(Path(checkpoint), dataset, size, base=meta.get("data"))
     in_size = tuple(size or meta.get("size") or ds["size"])
     probe = open_split(ds, split)
     recorded = getattr(getattr(probe, "info", None), "eval_resolution", "model")
     native = resolution == "native" or (resolution == "auto" and recorded == "native")
-    if native and meta["kind"] == "quantised":
-        if resolution == "native":
-            raise BadInputError(f"{checkpoint} is a program traced at {in_size[0]}x{in_size[1]}: it has one input size; "
-                                "evaluate the FP32 checkpoint at native resolution, or pass --resolution model")
-        native = False
+    # a program has one input size: natively, each frame is padded to it and the outputs cropped back (the same
+    # path the ptq, qat and export stages score on, dataspec.eval_view)
+    fixed = meta["kind"] == "quantised"
     name = getattr(probe, "name", ds["dataset"])  # a prepared folder says which dataset it is (dataset.json)
     paper_depth = PAPER_DEPTH.get(name, {}) if protocol == "paper" else {}
     if paper_depth and (crop not in (None, paper_depth["crop"]) or aggregation not in (None, paper_depth["aggregation"])):
@@ -146,7 +144,8 @@ def evaluate(checkpoint, dataset, split, size, limit, resolution, crop, class_sl
                                  "--protocol paper", param_hint="--protocol")
     crop = crop or paper_depth.get("crop")
     aggregation = aggregation or paper_depth.get("aggregation") or "pooled"
-    data = open_split(ds, split, transform=PadToMultiple(32) if native else Resize(in_size), normals_mask=normals_mask)
+    transform = (PadTo(in_size) if fixed else PadToMultiple(32)) if native else Resize(in_size)
+    data = open_split(ds, split, transform=transform, normals_mask=normals_mask)
     n_classes = (sl[1] - sl[0]) if sl else cfg.num_classes
     if sl and sl[1] > cfg.num_classes:
         raise BadInputError(f"--classes {class_slice}: the model has {cfg.num_classes} classes")
@@ -165,7 +164,9 @@ def evaluate(checkpoint, dataset, split, size, limit, resolution, crop, class_sl
         m = run_eval(fwd, data, cfg.tasks, n_classes, paper_depth.get("cap") or getattr(data, "depth_cap", cfg.depth_cap),
                      progress=p, limit=limit, depth_crop=crop, padded=native, batch_size=1 if native else 8,
                      aggregation=aggregation)
-    how = {"resolution": "native (padded to a multiple of 32, cropped back)" if native else f"resized to {in_size[0]}x{in_size[1]}",
+    how = {"resolution": (f"native (padded to {in_size[0]}x{in_size[1]}, cropped back)" if fixed else
+                          "native (padded to a multiple of 32, cropped back)") if native
+           else f"resized to {in_size[0]}x{in_size[1]}",
            "depth_crop": crop or "none (every valid pixel)", "depth_aggregation": aggregation + (
                " (each image's errors, then the mean over images)" if aggregation == "per_image" else
                " (every valid pixel of the set together)"),

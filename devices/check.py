@@ -227,6 +227,8 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
     # a mixed-precision artifact is estimated as it ships: each layer at the precision its map says
     est = estimate_assigned(model, cal, est_prec, size, mixed) if mixed else estimate(model, cal, est_prec, size)
     metrics, msrc = _metrics_for(a, run)
+    if str(metrics.get("protocol", "")).startswith("native"):  # frames scored at their own size, padded into the input
+        msrc += f", each frame {metrics['protocol']},"
     hw = f"{size[0]}x{size[1]}"
     src, lat, lat90, peak = _latency_source(meas, est, used, profile, hw, est_prec if mixed else None)
     rows = [

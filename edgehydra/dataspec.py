@@ -118,3 +118,37 @@ def open_split(ds: dict, split: str, transform=None, normals_mask: str = "depth"
     frames = ds["frames"] if split == "train" else ds.get("val_frames")
     return open_dataset(ds["dataset"], split, size=tuple(ds["size"]), frames=frames, seed=ds.get("seed", 0),
                         transform=transform, normals_mask=normals_mask)
+
+
+@dataclass(frozen=True)
+class EvalView:
+    """How a stage scores a model on a split: the transform, whether outputs are cropped back to the labels
+    (``padded``), and the protocol in words for the stage's report."""
+
+    transform: object
+    padded: bool
+    protocol: str
+
+
+def eval_view(val, size, fixed: bool) -> EvalView:
+    """The one evaluation path. A dataset that records native-resolution evaluation (KITTI's dataset.json:
+    frames of several sizes) is scored at each frame's own size, never stretched: padded to a multiple of 32 for
+    a model that takes any size, padded to ``size`` for a program or artifact traced at it (``fixed``); the
+    outputs are cropped back to the frame. Any other dataset is resized to ``size`` (labels stay at their own
+    size, outputs are upsampled to them). ``eval`` runs the same path."""
+    from .data import PadTo, PadToMultiple, Resize
+
+    native = getattr(getattr(val, "info", None), "eval_resolution", "model") == "native"
+    if native and not fixed:
+        return EvalView(PadToMultiple(32), True, "native (padded to a multiple of 32, cropped back)")
+    if native:
+        return EvalView(PadTo(size), True, f"native (padded to {size[0]}x{size[1]}, cropped back)")
+    return EvalView(Resize(size), False, f"resized to {size[0]}x{size[1]}")
+
+
+def open_eval_split(ds: dict, size, fixed: bool, normals_mask: str = "depth"):
+    """The validation split as ``eval_view`` scores it: (dataset with its transform set, EvalView)."""
+    val = open_split(ds, "val", normals_mask=normals_mask)
+    view = eval_view(val, tuple(size), fixed)
+    val.transform = view.transform
+    return val, view

@@ -15,8 +15,8 @@ import torch
 from . import __version__
 from ._io import atomic_write_json
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import Resize, TrainAugment
-from .dataspec import DEFAULT_MODEL, data_settings, open_split
+from .data import TrainAugment
+from .dataspec import DEFAULT_MODEL, data_settings, open_eval_split, open_split
 from .errors import BadInputError
 from .run import Run
 from .registry import create_model
@@ -59,7 +59,7 @@ def train_run(out: Path, dataset: str, model_name: str | None, cfg: TrainConfig,
                           f"{len(pretrained['unused_in_file'])} unused key(s) in the file")
     train_ds = open_split(ds, "train")
     train_ds = EpochAugmented(train_ds, TrainAugment(tuple(ds["size"])), seed=cfg.seed)
-    val_ds = open_split(ds, "val", transform=Resize(tuple(ds["size"])))
+    val_ds, view = open_eval_split(ds, ds["size"], fixed=False)  # the model takes any size: eval's path
     num_classes = model.config.num_classes
     if getattr(val_ds, "num_classes", num_classes) != num_classes:
         raise BadInputError(f"dataset {dataset} has {val_ds.num_classes} classes, model {model_name} has {num_classes}")
@@ -76,8 +76,9 @@ def train_run(out: Path, dataset: str, model_name: str | None, cfg: TrainConfig,
 
     state = fit(model, train_ds, cfg, FitTask(model.config.tasks, num_classes, cap, drop_last=True, channels_last=True),
                 FitHooks(save=save), resume=resume_state, progress=progress)
-    metrics = evaluate(lambda x: model(x), val_ds, model.config.tasks, num_classes, cap, progress=progress)
+    metrics = evaluate(lambda x: model(x), val_ds, model.config.tasks, num_classes, cap, progress=progress,
+                       padded=view.padded, batch_size=1 if view.padded else 8)
     if is_main():
         atomic_write_json(Run(out).fp32_metrics, {"dataset": ds, "split": "val", "frames": len(val_ds),
-                                                      "metrics": metrics})
+                                                      "protocol": view.protocol, "metrics": metrics})
     return {"metrics": metrics, "epochs": state.epoch, "history": state.history, "checkpoint": str(ckpt_path)}

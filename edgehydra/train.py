@@ -256,6 +256,7 @@ class FitTask:
     drop_last: bool = False
     val_limit: int | None = None
     channels_last: bool = False
+    val_padded: bool = False  # the validation frames are padded (native-resolution datasets): crop outputs back
 
 
 @dataclass(frozen=True)
@@ -309,7 +310,7 @@ def fit(model: torch.nn.Module, train_ds, cfg: TrainConfig, task: FitTask, hooks
         if val_ds is not None:
             hooks.set_eval(model)
             rec["val"] = evaluate(lambda x: model(x), val_ds, task.tasks, task.num_classes, task.depth_cap,
-                                  limit=task.val_limit)
+                                  limit=task.val_limit, padded=task.val_padded, batch_size=1 if task.val_padded else 8)
             rec["val"].pop("iou_per_class", None)
         state.epoch = epoch + 1
         state.history.append(rec)

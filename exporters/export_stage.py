@@ -18,7 +18,7 @@ from edgehydra.checkpoint import load_checkpoint
 from edgehydra.data import Resize
 from edgehydra.errors import BadInputError, EdgeHydraError, MissingBackendError
 from edgehydra.metrics import Metrics
-from edgehydra.dataspec import open_split, run_data_settings
+from edgehydra.dataspec import open_eval_split, open_split, run_data_settings
 
 from . import get_target, installed_targets, list_targets
 from .parity import Tolerance
@@ -60,17 +60,25 @@ def parity_frames(val, n: int = PARITY_FRAMES) -> np.ndarray:
     return torch.stack([val[i]["image"] for i in range(k)]).numpy().astype(np.float32)
 
 
-def eval_runner(val, cfg, limit: int):
+def eval_runner(val, cfg, limit: int, view=None):
+    """Task metrics of an artifact on the validation frames, as `eval` scores them (``view``: dataspec.EvalView;
+    a native-resolution dataset's frames are padded to the artifact's input and its outputs cropped back)."""
+    from edgehydra.train import _crop_to_labels
+
     def run(runner):
         m = Metrics(cfg.num_classes, getattr(val, "depth_cap", cfg.depth_cap))
         for i in range(min(limit, len(val))):
             s = val[i]
-            outs = runner(s["image"][None].numpy())
+            outs = [torch.from_numpy(np.asarray(o, np.float32)) for o in runner(s["image"][None].numpy())]
+            if view is not None and view.padded:
+                outs = _crop_to_labels(outs, s["image"].shape[-2:], s["segm"].shape[-2:])
             batch = {k: v[None] if torch.is_tensor(v) else v for k, v in s.items()}
-            m.update({n: torch.from_numpy(np.asarray(o, np.float32)) for n, o in zip(cfg.tasks, outs)}, batch)
+            m.update(dict(zip(cfg.tasks, outs)), batch)
         r = m.compute()
         r.pop("iou_per_class", None)
         r["frames"] = min(limit, len(val))
+        if view is not None:
+            r["protocol"] = view.protocol
         return r
 
     return run
@@ -114,7 +122,7 @@ def export_run(out: Path, targets: list[str], precisions: list[str] | None = Non
     variant = (prog.meta.get("variant") or "") if prog is not None else ""
     size = tuple(size or (prog.size if prog else ds["size"]))
     ds = dict(ds, size=list(size))  # synthroom renders its frames at the size asked for; real data is resized
-    val = open_split(ds, "val", transform=Resize(size))
+    val, view = open_eval_split(ds, size, fixed=True)  # an artifact has one input size: eval's path for it
     calib_ds = open_split(ds, "train", transform=Resize(size)) if prog is not None else None
     source = Source(model, model.config, info["sha256"], prog, calib_ds)
     frames = parity_frames(val)
@@ -138,7 +146,7 @@ def export_run(out: Path, targets: list[str], precisions: list[str] | None = Non
         tol = (tolerances or {}).get(p)
         req = ExportRequest(t, p, size, options=dict(options or {}), tolerance=tol, variant=variant if p == "int8" else "")
         try:
-            r = export_one(tgt, source, req, Path(out) / t, frames, eval_runner(val, model.config, eval_frames))
+            r = export_one(tgt, source, req, Path(out) / t, frames, eval_runner(val, model.config, eval_frames, view))
         except (BadInputError, MissingBackendError):
             raise
         except EdgeHydraError as e:

@@ -2,6 +2,7 @@
 encoder, multi-dataset class slices. Small files built in the real layouts; hand computations."""
 import json
 import math
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -498,3 +499,39 @@ def test_normals_weight_is_a_training_option_with_the_authors_default():
         assert math.isclose(float(total), float(base) + w * ln, rel_tol=1e-6) and parts["normals"] == pytest.approx(ln)
     with pytest.raises(ValueError, match="normals_weight=-1"):
         TrainConfig(normals_weight=-1.0)
+
+
+def test_every_stage_scores_kitti_natively_as_eval_does(tmp_path):
+    """Frames of three sizes, none the program's: ptq's report scores the FP32 model as `eval` does (each frame
+    padded to a multiple of 32, cropped back) and the program as `eval` of that program does (each frame padded to
+    its 96x256 input, cropped back); export's artifact metrics the same way, and every one says so."""
+    sizes = [(70, 230), (66, 224), (75, 241), (70, 230)]
+    src = _kitti_src(tmp_path, sizes)
+    (tmp_path / "val.txt").write_text("000000\n000001\n000002\n")
+    prepare_kitti(src, tmp_path / "kitti", val_list=tmp_path / "val.txt")
+    from edgehydra import create_model
+    from edgehydra.calibration.quant_stages import QuantJob, ptq_run
+    from edgehydra.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    ck = save_checkpoint(create_model("hydranet_tiny", num_classes=6).eval(), tmp_path / "m.pt",
+                         provenance={"data": {"dataset": str(tmp_path / "kitti"), "size": [96, 256]}})
+    rep = ptq_run(ck, tmp_path / "run", QuantJob("w8a8", calib_frames=1))
+    assert rep["protocol"] == {"fp32": "native (padded to a multiple of 32, cropped back)",
+                               "program": "native (padded to 96x256, cropped back)"}
+    got = {}
+    for name, what in (("fp32", ck), ("ptq", Path(rep["program"]))):
+        r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(what), "--json", str(tmp_path / f"{name}.json")])
+        assert r.exit_code == 0, r.output
+        got[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert got["ptq"]["protocol"]["resolution"] == "native (padded to 96x256, cropped back)"
+    for name in ("fp32", "ptq"):
+        for k in ("miou", "rmse", "abs_rel"):
+            assert rep["metrics"][name][k] == pytest.approx(got[name]["metrics"][k], rel=1e-6), (name, k)
+    from edgehydra.exporters.export_stage import export_run
+
+    res = export_run(tmp_path / "run" / "export", ["onnx"], ["int8"], run=tmp_path / "run", eval_frames=3)
+    m = res[0].manifest["metrics"]
+    assert m["protocol"] == "native (padded to 96x256, cropped back)" and m["frames"] == 3
+    # the artifact runs the program's integer maths: its scores sit on the program's, not on a stretched frame's
+    assert m["miou"] == pytest.approx(rep["metrics"]["ptq"]["miou"], abs=2.0)

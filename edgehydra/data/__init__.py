@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from ..errors import BadInputError
-from .datasets import FolderDataset, PadToMultiple, Resize, SynthRoom, TrainAugment, collate_by_size  # noqa: F401
+from .datasets import FolderDataset, PadTo, PadToMultiple, Resize, SynthRoom, TrainAugment, collate_by_size  # noqa: F401
 
 # synthroom's validation frames come from another seed, so they are never training frames.
 SYNTH_VAL_SEED_OFFSET = 1_000_003

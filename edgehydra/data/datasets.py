@@ -206,6 +206,25 @@ class PadToMultiple:
         return {**s, "image": F.pad(s["image"], (0, pw, 0, ph), value=0.0)}
 
 
+class PadTo:
+    """Native-resolution evaluation of a program or artifact with one input size: pad each frame (bottom and right,
+    with 0 = the normalised mean colour) to that size; labels stay unpadded and the evaluation crops the output
+    back to them. A frame larger than the input is refused: it cannot be scored without stretching it."""
+
+    def __init__(self, size):
+        self.size = tuple(size)
+
+    def __call__(self, s):
+        h, w = s["image"].shape[1:]
+        H, W = self.size
+        if h > H or w > W:
+            raise BadInputError(f"{s.get('name', 'a frame')} is {h}x{w}, larger than the {H}x{W} input it is scored at "
+                                f"natively: quantise and export at a size that holds every frame (KITTI: 384x1248)")
+        if (h, w) == (H, W):
+            return s
+        return {**s, "image": F.pad(s["image"], (0, W - w, 0, H - h), value=0.0)}
+
+
 def collate_by_size(samples: list[dict]) -> list[dict]:
     """Batches whose frames differ in size (real KITTI): one stacked sub-batch per distinct size, in order."""
     from torch.utils.data import default_collate
