@@ -45,7 +45,9 @@ def lint(verbose: bool = False, extra: dict[str, str] | None = None) -> subproce
             Path(d, rel).write_text(text)
         shutil.copy2(ROOT / "pyproject.toml", Path(d) / "pyproject.toml")
         env = dict(os.environ, PYTHONPATH=d)
-        exe = shutil.which("lint-imports") or "lint-imports"
+        # the script pip installed beside this interpreter (a pyenv shim for it exists only after a rehash)
+        exe = Path(sys.executable).with_name("lint-imports")
+        exe = str(exe) if exe.is_file() else (shutil.which("lint-imports") or "lint-imports")
         return subprocess.run([exe, "--no-cache"] + (["--verbose"] if verbose else []), cwd=d, env=env,
                               capture_output=True, text=True)
 
