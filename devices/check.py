@@ -181,25 +181,27 @@ def named_artifact(run: Run, arts: list[dict], artifact) -> dict:
     raise BadInputError(f"{artifact} is not a verified artifact of {run.export_manifest}")
 
 
-def pick_artifact(run: Run, profile: Profile, arts: list[dict], artifact=None) -> tuple[dict | None, str]:
+def pick_artifact(run: Run, profile: Profile, arts: list[dict], artifact=None) -> tuple[dict | None, str, list[dict]]:
     """What this device is judged on, and why that one: the artifact the caller names (a search's, the user's),
     else the run's uniform artifact in the profile's format at the budget's size (its preferred precision first;
-    a program variant, such as an applied mixed recipe, where it is named or the run has no uniform one)."""
+    a program variant, such as an applied mixed recipe, where it is named or the run has no uniform one). The third
+    item: the candidates in the profile's format, which a NOT JUDGED verdict lists when none is at the size."""
     size = tuple(profile.budgets.input_size)
     if artifact is not None:
         a = named_artifact(run, arts, artifact)
         if a["target"] != profile.format:
             raise BadInputError(f"{artifact} is a {a['target']} artifact; {profile.name} ships {profile.format}")
-        return (a, "named") if tuple(a["size"]) == size else (None, "named")
-    at_size = [a for a in arts if a["target"] == profile.format and tuple(a["size"]) == size]
+        return (a, "named", [a]) if tuple(a["size"]) == size else (None, "named", [a])
+    fmt = [a for a in arts if a["target"] == profile.format]
+    at_size = [a for a in fmt if tuple(a["size"]) == size]
     # the uniform artifacts first; a program variant (an applied mixed recipe) only where the run has no uniform one
     at_size.sort(key=lambda a: (bool(a.get("variant")), a["precision"] != profile.precision,
                                 ORDER.get(a["precision"], 9)))
     if not at_size:
-        return None, ""
+        return None, "", fmt
     a = at_size[0]
     return a, (f"the run's {a['variant']} {a['precision']} artifact at the budget's size (it has no uniform one)"
-               if a.get("variant") else f"the run's {a['precision']} artifact at the budget's size")
+               if a.get("variant") else f"the run's {a['precision']} artifact at the budget's size"), fmt
 
 
 def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None = None, fit_to_run: bool = True,
@@ -210,10 +212,9 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
     b = profile.budgets
     size = tuple(b.input_size)
     arts = artifacts(run) if arts is None else arts
-    a, chosen_by = pick_artifact(run, profile, arts, artifact)
+    a, chosen_by, near = pick_artifact(run, profile, arts, artifact)
     if a is None:
-        fmt = [x for x in arts if x["target"] == profile.format and (artifact is None or x["path"] ==
-                                                                    named_artifact(run, arts, artifact)["path"])]
+        fmt = near
         return _not_judged(run, profile, fmt)
     if model is None:
         model, _ = load_checkpoint(run.checkpoint())

@@ -25,7 +25,6 @@ from pathlib import Path
 
 from .errors import BadInputError
 
-SCHEMA = 1
 DEFAULT_MODEL = {"synthroom": "hydranet_small", "nyud": "hydranet_nyud", "kitti": "hydranet_kitti"}
 DEFAULT_SIZE = {"synthroom": (120, 160), "nyud": (480, 640), "kitti": (352, 1216)}
 FALLBACK_SIZE = (240, 320)  # a dataset folder of the user's own, when nothing else names a size
