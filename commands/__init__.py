@@ -32,6 +32,8 @@ COMMANDS = {
     "devices": "edgehydra.commands.devices:devices",
     "profile": "edgehydra.commands.devices:profile",
     "check": "edgehydra.commands.devices:check",
+    "stream": "edgehydra.commands.robot:stream",
+    "stability": "edgehydra.commands.robot:stability",
     "demo": "edgehydra.commands.demo:demo",
     "report": "edgehydra.commands.demo:report",
 }
@@ -55,6 +57,8 @@ HELP = {
     "devices": "List the device profiles.",
     "profile": "Analytical per-layer latency estimate on a device.",
     "check": "Check a run's artifacts against device budgets.",
+    "stream": "Run an artifact on a video, bag or sequence at a camera's rate; record ROS 2 messages (MCAP).",
+    "stability": "Flicker of FP32 and each artifact on one sequence, and parity in robot units.",
     "demo": "The whole pipeline on the embedded synthroom data.",
     "report": "Write report.html and report.md for a run.",
 }

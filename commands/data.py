@@ -20,8 +20,23 @@ def data():
 @click.option("--val-frames", type=click.IntRange(1), default=None, help="Validation frames (default frames/8).")
 @click.option("--size", type=SIZE, default="240x320", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def synth(out, frames, val_frames, size, seed):
-    """Write synthroom frames in the shared layout (rgb/, masks/, depth/, normals/, train.txt, val.txt)."""
+@click.option("--sequence", type=click.IntRange(2), default=None,
+              help="Instead: one camera moving through one room, this many frames, with poses (sequence.json).")
+@click.option("--fps", type=click.FloatRange(0, min_open=True), default=30.0, show_default=True,
+              help="A sequence's frame rate (its time stamps and how far the camera moves per frame).")
+def synth(out, frames, val_frames, size, seed, sequence, fps):
+    """Write synthroom frames in the shared layout (rgb/, masks/, depth/, normals/, train.txt, val.txt).
+
+    With --sequence N: a moving camera's N frames with their poses, intrinsics and time stamps (sequence.json),
+    what `edgehydra stream --source` and `edgehydra stability --source` read.
+    """
+    if sequence is not None:
+        from edgehydra.data.sequence import SequenceConfig, write_sequence
+
+        with progress_bar() as p:
+            write_sequence(Path(out), SequenceConfig(frames=sequence, fps=fps, size=size, seed=seed), progress=p)
+        click.echo(f"wrote a {sequence}-frame sequence ({fps:g} fps, {size[0]}x{size[1]}) with poses to {out}")
+        return
     from edgehydra.data.synthroom_io import write_synthroom
 
     with progress_bar() as p:

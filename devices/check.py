@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edgehydra._io import read_json
 from edgehydra.accounting import count_layers, summarize
 from edgehydra.checkpoint import load_checkpoint
 from edgehydra.errors import BadInputError
@@ -251,6 +252,8 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
                         note=(f"{sus['sustained']['duration_s']:.0f} s on {sus['device']} by {sus['runner']} at {hw}"
                               if sus else f"no sustained measurement: edgehydra bench --artifact "
                                           f"{run.export_dir / a['path']} --duration 60s")))
+    if b.max_flicker_rise is not None:
+        rows.append(_flicker_row(run, b.max_flicker_rise, a, hw))
     if b.max_normals_median_deg is not None:
         has = "normals" in model.config.tasks
         rows.append(row("normals median angle", b.max_normals_median_deg, metrics.get("normals_median_angle"), "deg",
@@ -270,6 +273,22 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
             "int8_vs_fp16": {"int8_ms": e8, "fp16_ms": e16, "int8_faster": e8 < e16,
                              "speedup": e16 / e8 if e8 else None},
             "recommendation": rec if acc_ok else f"{rec} (but the accuracy budgets fail at this model quality)"}
+
+
+def _flicker_row(run: Run, limit: float, a: dict, hw: str) -> dict:
+    """The artifact's segmentation flicker above the FP32 model's on the same sequence, from the run's stability
+    record (`edgehydra stability`), matched by the artifact's sha256 so a re-exported file is never judged on an
+    old measurement."""
+    rec = read_json(run.stability_record) if run.stability_record.is_file() else {}
+    m = next((m for m in rec.get("models", []) if a.get("sha256") and m.get("sha256") == a["sha256"]), None)
+    if m is None or m["temporal"].get("flicker_rise") is None:
+        return row("flicker rise vs FP32", limit, None, "pp",
+                   note=f"not measured for this file: edgehydra stability --run {run.root} --artifact "
+                        f"{run.export_dir / a['path']}")
+    t = m["temporal"]
+    return row("flicker rise vs FP32", limit, t["flicker_rise"] * 100, "pp",
+               note=f"{t['flicker'] * 100:.2f} % of matched pixels change label between frames; {rec['frames']} frames "
+                    f"of {rec.get('source', 'a sequence')} at {hw}, matched by {rec.get('matched_by')}")
 
 
 def _latency_source(meas: dict | None, est: dict, used: list[dict], profile: Profile, hw: str,

@@ -186,3 +186,8 @@ def detect_host(p, cpu: CpuInfo | None = None, cores: int | None = None):
     return replace(p, threads=cores, fp32_tflops=pk["fp32_tflops"], fp16_tflops=pk["fp32_tflops"],
                    int8_tops=pk["int8_tops"], description=describe(cpu, cores))
 
+
+
+def this_host() -> str:
+    """This machine in one line (CPU model, microarchitecture, cores), what every measurement record names."""
+    return describe(read_cpuinfo(), os.cpu_count() or 1)

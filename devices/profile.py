@@ -33,6 +33,9 @@ class Budgets:
     max_normals_median_deg: float | None = None
     # optional: frames per second held over a sustained run (`bench --duration 60s`), not the best burst
     min_sustained_fps: float | None = None
+    # optional: how much more the artifact's segmentation may flicker than the FP32 model's on the same sequence
+    # (percentage points of matched pixels whose label changes between frames; `edgehydra stability`)
+    max_flicker_rise: float | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,8 @@ _BUDGET_NUM = {
     "latency_p50_ms": "ms", "latency_p90_ms": "ms", "max_gmacs": "GMACs", "max_artifact_mb": "MB",
     "max_peak_memory_mb": "MB", "min_miou": "mIoU %", "max_depth_rmse": "m", "max_abs_rel": "ratio",
 }
-_BUDGET_OPT = {"max_normals_median_deg": "degrees", "min_sustained_fps": "frames per second"}
+_BUDGET_OPT = {"max_normals_median_deg": "degrees", "min_sustained_fps": "frames per second",
+               "max_flicker_rise": "percentage points"}
 _STR = {"name", "description", "kind", "format", "precision", "compute_unit"}
 
 

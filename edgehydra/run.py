@@ -106,6 +106,15 @@ class Run:
         return self.root / "stages" / f"{name}.json"
 
     @property
+    def robot_dir(self) -> Path:
+        """`edgehydra stream` recordings and `edgehydra stability` records."""
+        return self.root / "robot"
+
+    @property
+    def stability_record(self) -> Path:
+        return self.robot_dir / "stability.json"
+
+    @property
     def check_record(self) -> Path:
         return self.root / "check.json"
 

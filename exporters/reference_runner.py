@@ -64,12 +64,17 @@ def tflite_runner(path, nhwc=None, threads=2):
     return run
 
 
-def onnx_runner(path, threads=2):
+def onnx_runner(path, threads=2, spin=True):
+    """``spin``: ONNX Runtime's intra-op threads busy-wait after each call (its default). Right for a benchmark
+    of back-to-back calls; wrong for a node sharing its cores with a camera thread: on 2 cores it made numpy
+    work right after a call take 99 ms instead of 55 (median of 20, AMD EPYC Zen 3)."""
     import numpy as np
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
 

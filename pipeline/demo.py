@@ -41,6 +41,10 @@ class DemoConfig:
     mixed_max_rmse_rise: float = 0.02
     mixed_trials: int = 6  # candidates checked by PTQ + evaluation (and timed on this host)
     sustained_s: float = 60.0  # the ExecuTorch int8 artifact under sustained load (latency over time)
+    # on the robot: the ExecuTorch int8 artifact streamed over a synthroom sequence at 30 fps (recorded as MCAP),
+    # and FP32 vs every artifact on one sequence for flicker (what raspberrypi5's max_flicker_rise judges)
+    stream_frames: int = 90
+    stability_frames: int = 32
     devices: tuple[str, ...] = ("host_cpu", "raspberrypi5", "snapdragon8gen3_hexagon")
     precisions: tuple[str, ...] | None = None  # None: every precision each target supports
     bench_runs: int = 20
@@ -51,7 +55,8 @@ class DemoConfig:
         """The tiny model on a few frames: the whole pipeline in a few minutes (what the tests run)."""
         return cls(model="hydranet_tiny", size=(64, 96), frames=32, val_frames=8, epochs=1, batch_size=8,
                    qat_epochs=1, qat_frames=16, calib_frames=8, sensitivity_layers="segm", bench_runs=5,
-                   mixed_layers="segm,depth", mixed_trials=2, sustained_s=3.0,
+                   mixed_layers="segm,depth", mixed_trials=2, sustained_s=3.0, stream_frames=30,
+                   stability_frames=12,
                    # the two budgets at 240x320 only: the full demo's 480x640 TFLite export for the Snapdragon
                    # budget took 90 of the fast demo's 770 s (an export at a second size: tests/test_runs.py)
                    devices=("host_cpu", "raspberrypi5"), precisions=("fp32", "int8"))
@@ -144,7 +149,11 @@ class DemoRun:
         bench_res = st.run("bench", {"export": _sha(run.export_manifest), "runs": cfg.bench_runs,
                                      "sustained_s": cfg.sustained_s}, self.bench_stage)
         cal = st.run("calibrate", {"bench": bench_res}, lambda: self.calibrate_stage(bench_res))
-        st.run("check", {"export": exp, "cal": cal}, self.check_stage, [run.check_record])
+        with self.pf() as p:
+            rob = st.run("robot", {"export": _sha(run.export_manifest), "stream": cfg.stream_frames,
+                                   "stability": cfg.stability_frames}, lambda: self.robot_stage(p),
+                         [run.stability_record])
+        st.run("check", {"export": exp, "cal": cal, "robot": rob}, self.check_stage, [run.check_record])
         summary = {"config": self.base, "stages": st.log, "total_seconds": time.perf_counter() - t_start}
         atomic_write_json(run.demo_summary, summary)
         st.run("report", {"t": time.time()}, self.report_stage)
@@ -281,6 +290,29 @@ class DemoRun:
         fitted, rep = fit_efficiencies(model, load_profile("host_cpu"), meas)
         atomic_write_bytes(self.run.calibrated_profile("host_cpu"), to_toml(fitted).encode())
         return {"report": rep}
+
+    def robot_stage(self, p) -> dict:
+        """The shipped int8 .pte streamed at 30 fps over a synthroom sequence (recording, timeline), then FP32 and
+        every artifact at the deploy size on one sequence (flicker, consistency, parity in robot units)."""
+        from edgehydra.robot.stability_stage import stability_run
+        from edgehydra.robot.stream import StreamConfig
+        from edgehydra.robot.stream_stage import stream_artifact
+
+        cfg, run = self.cfg, self.run
+        man = json.loads(run.export_manifest.read_text())
+        et = _uniform_int8_pte(man, self.deploy, verified=True)
+        res = {}
+        if et is not None and cfg.stream_frames:
+            rec, _ = stream_artifact(run.export_dir / et["path"], f"synthroom:frames={cfg.stream_frames}",
+                                     StreamConfig(fps=30.0), None, progress=p)
+            res["stream"] = {k: rec[k] for k in ("artifact", "processed", "dropped", "deadline_misses", "e2e_ms",
+                                                 "achieved_fps", "recording", "topics")}
+        if cfg.stability_frames:
+            st, _ = stability_run(self.out, [], self.deploy, f"synthroom:frames={cfg.stability_frames}", p)
+            res["stability"] = {m.get("artifact") or m["name"]: m["temporal"].get("flicker") for m in st["models"]}
+        if not res:
+            raise _Skip("no stream or stability frames asked for")
+        return res
 
     def check_stage(self) -> dict:
         from edgehydra.devices.check import check_run

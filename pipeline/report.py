@@ -227,6 +227,52 @@ def _sustained_section(d: dict, out: Path, section, image) -> None:
     section("Sustained load", [line, ""] + im, f"<p>{html.escape(line)}</p>{ih}")
 
 
+def _robot_section(run: Path, out: Path, doc) -> None:
+    """On the robot: the stream timeline of each recorded stream, the stability table and its figure."""
+    from edgehydra.run import Run
+
+    r = Run(run)
+    md, h = [], ""
+    for rec_path in sorted(r.robot_dir.glob("*.stream.json")):
+        rec = _load(rec_path)
+        if not rec or not rec.get("processed"):
+            continue
+        e = rec["e2e_ms"]
+        rate = f"at {rec['target_fps']:g} fps" if rec.get("target_fps") else "every frame"
+        recording = (f"; recording {Path(rec['recording']).name} ({sum((rec.get('topics') or {}).values())} ROS 2 "
+                     f"messages)" if rec.get("recording") else "")
+        line = (f"{Path(rec['artifact']).name} on {rec['source']} {rate}: {rec['processed']} frames, end to end p50 "
+                f"{e['p50']:.1f} / p95 {e['p95']:.1f} / p99 {e['p99']:.1f} ms, {rec['dropped']} dropped, "
+                f"{rec.get('deadline_misses') or 0} missed the deadline{recording}")
+        md += [line, ""]
+        h += f"<p>{html.escape(line)}</p>"
+        png = rec_path.with_name(rec_path.name.removesuffix(".json") + ".png")
+        if png.is_file():
+            a, b = doc.image(shutil.copy(png, out / png.name), "stream timeline")
+            md += a + [""]
+            h += b
+    st = _load(r.stability_record) if r.stability_record.is_file() else None
+    if st:
+        def pc(v, k=100.0, f=".2f"):
+            return "-" if v is None else format(v * k, f)
+
+        rows = [[m.get("artifact") or m["name"], pc(m["temporal"].get("flicker")), pc(m["temporal"].get("flicker_rise")),
+                 pc(m["temporal"].get("depth_temporal_error")), pc((m.get("accuracy") or {}).get("miou"), 1, ".1f"),
+                 pc((m.get("vs_reference") or {}).get("chamfer_m"), 100)] for m in st["models"]]
+        a, b = doc.table(["model", "flicker %", "rise vs FP32 pp", "depth temporal %", "mIoU %", "Chamfer vs FP32 cm"],
+                         rows)
+        line = (f"Temporal stability on {st.get('source', 'a sequence')}, {st['frames']} frames at "
+                f"{st['size'][0]}x{st['size'][1]}, pixels matched by {st['matched_by']}.")
+        md += [line, ""] + a + [""]
+        h += f"<p>{html.escape(line)}</p>" + b
+        if (r.robot_dir / "stability.png").is_file():
+            a, b = doc.image(shutil.copy(r.robot_dir / "stability.png", out / "stability.png"), "flicker per frame")
+            md += a
+            h += b
+    if md:
+        doc.section("On the robot", md, h)
+
+
 class _Doc:
     """The report as it is written: each section once, in Markdown and in HTML."""
 
@@ -267,6 +313,7 @@ def write_report(run: Path) -> list[Path]:
     _mixed_section(run, out, doc.section, doc.table, doc.image)
     _opprofile_section(run, out, doc.section, doc.table, doc.image)
     _sustained_section(d, out, doc.section, doc.image)
+    _robot_section(run, out, doc)
     _figure_sections(run, out, d, doc)
     _pipeline_section(d, doc)
     md_text = "# edgehydra report\n" + "\n".join(doc.md) + "\n"

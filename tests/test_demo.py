@@ -1,9 +1,11 @@
 """The end-to-end demo on the tiny model, the report it writes, and a browser check of the HTML."""
+import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -20,8 +22,8 @@ def demo_run(tmp_path_factory):
 
 def test_demo_fast_end_to_end(demo_run):
     out, output = demo_run
-    for stage in ("data", "train", "ptq", "qat", "sensitivity", "mixed", "export", "bench", "calibrate", "check",
-                  "report"):
+    for stage in ("data", "train", "ptq", "qat", "sensitivity", "mixed", "export", "bench", "calibrate", "robot",
+                  "check", "report"):
         assert re.search(rf"{stage}: (done|skipped|reused)", output), stage
     assert (out / "fp32.pt").is_file() and (out / "qat" / "program.pt2").is_file()
     assert (out / "export" / "manifest.json").is_file() and (out / "check.json").is_file()
@@ -33,8 +35,6 @@ def test_demo_fast_end_to_end(demo_run):
     assert "devices: verdict and the budget that decided it" in answer
     assert all(d in answer for d in ("host_cpu", "raspberrypi5")) and ("PASS" in answer or "FAIL" in answer)
     # check judged only what the demo shipped, at each budget's size, and every latency row names its source
-    import json
-
     for dev in json.loads((out / "check.json").read_text()):
         if dev["verdict"] == "NOT JUDGED":
             assert not dev.get("rows"), dev
@@ -80,6 +80,116 @@ def test_demo_rerun_reuses_stages(demo_run):
     assert r.exit_code == 0
     for stage in ("train", "ptq", "qat", "export"):
         assert f"{stage}: reused" in r.output
+
+
+# ------------------------------------------------------------------------------------------ on the robot
+PER_FRAME = ("/camera/image_raw", "/camera/camera_info", "/hydranet/depth", "/hydranet/segmentation",
+             "/hydranet/confidence", "/hydranet/points")
+
+
+def test_stream_records_what_each_runtime_computed(demo_run, tmp_path):
+    """Each runtime's int8 artifact of the demo's run streamed over a synthroom sequence: every frame's messages
+    are in the recording, and what is recorded is what the artifact computes on that frame in its own runtime
+    (labels exactly; the cloud's z is the depth message)."""
+    from edgehydra.data.sequence import SequenceConfig, synth_sequence
+    from edgehydra.exporters.runtime import open_artifact
+    from edgehydra.robot.predictor import Predictor
+    from edgehydra.robot.ros2 import read_messages, read_topics
+
+    out, _ = demo_run
+    arts = sorted(p for p in (out / "export").rglob("hydranet_int8_240x320.*") if p.suffix in (".pte", ".tflite", ".onnx"))
+    assert [p.suffix for p in arts] == [".onnx", ".pte", ".tflite"], arts
+    frame = list(synth_sequence(SequenceConfig(frames=3, size=(240, 320))))[2]
+    for a in arts:
+        rec = tmp_path / f"{a.suffix[1:]}.mcap"
+        r = CliRunner().invoke(cli, ["stream", "--artifact", str(a), "--source", "synthroom:frames=3", "--fps", "0",
+                                     "--out", str(rec)], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        assert read_topics(rec) == {"/hydranet/label_info": 1, **{t: 3 for t in PER_FRAME}}, a
+        msgs = {t: m for t, m, ts in read_messages(rec) if ts == frame["stamp_ns"]}
+        seg = np.frombuffer(bytes(msgs["/hydranet/segmentation"].data), np.uint8).reshape(240, 320)
+        want = Predictor.of_artifact(open_artifact(a))(frame["rgb"])
+        assert np.array_equal(seg, want["segm"]), a
+        depth = np.frombuffer(bytes(msgs["/hydranet/depth"].data), "<f4").reshape(240, 320)
+        cloud = np.frombuffer(bytes(msgs["/hydranet/points"].data), "<f4").reshape(240, 320, 6)
+        ok = np.isfinite(depth)
+        assert ok.mean() > 0.5 and np.array_equal(cloud[..., 2][ok], depth[ok])
+        rec_json = json.loads(rec.with_suffix(".stream.json").read_text())
+        assert rec_json["artifact_sha256"] == json.loads(Path(str(a) + ".manifest.json").read_text())["sha256"]
+
+
+def test_stream_at_a_camera_rate_accounts_for_every_frame(demo_run, tmp_path):
+    out, _ = demo_run
+    a = out / "export" / "executorch" / "hydranet_int8_240x320.pte"
+    r = CliRunner().invoke(cli, ["stream", "--artifact", str(a), "--source", "synthroom:frames=24", "--fps", "30",
+                                 "--no-record", "--out", str(tmp_path / "s.mcap")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "s.stream.json").read_text())
+    assert rec["processed"] + rec["dropped"] == 24 and rec["processed"] == len(rec["frames"])
+    assert 0 <= rec["deadline_misses"] <= rec["processed"] and not (tmp_path / "s.mcap").exists()
+    e = rec["e2e_ms"]
+    assert e["p50"] <= e["p95"] <= e["p99"] <= e["max"]
+    # end to end covers the steps after arrival, and a frame is late exactly when it took longer than 1/30 s
+    for f in rec["frames"]:
+        assert f["e2e_ms"] >= f["preprocess_ms"] + f["inference_ms"] + f["postprocess_ms"] + f["write_ms"] - 1e-6
+        assert f["miss"] == (f["e2e_ms"] > 1000 / 30)
+    assert (tmp_path / "s.stream.png").stat().st_size > 5000
+    assert "dropped" in r.output and "end to end p50" in r.output
+
+
+def test_ctrl_c_leaves_a_closed_recording(demo_run, tmp_path):
+    """A real SIGINT to a running `edgehydra stream`: exit 130, the recording finished and readable, every frame
+    in it whole (all its topics), nothing .partial left."""
+    import signal
+    import sys
+    import time
+
+    from edgehydra.robot.ros2 import read_topics
+
+    out, _ = demo_run
+    a = out / "export" / "tflite" / "hydranet_int8_240x320.tflite"
+    rec = tmp_path / "cut.mcap"
+    p = subprocess.Popen([sys.executable, "-m", "edgehydra.commands", "stream", "--artifact", str(a), "--source",
+                          "synthroom:frames=100000", "--fps", "0", "--out", str(rec)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    partial = rec.with_name("cut.mcap.partial")
+    t0 = time.time()
+    while time.time() - t0 < 300 and not (partial.is_file() and partial.stat().st_size > 2_000_000):
+        time.sleep(0.5)  # two chunks of frames on disk: the stream is well under way
+    p.send_signal(signal.SIGINT)
+    output, _ = p.communicate(timeout=120)
+    assert p.returncode == 130, output[-2000:]
+    assert rec.is_file() and not partial.exists()
+    counts = read_topics(rec)
+    n = counts["/hydranet/segmentation"]
+    assert n >= 2 and all(counts[t] == n for t in PER_FRAME), counts
+    meta = json.loads(rec.with_suffix(".stream.json").read_text())
+    assert meta["interrupted"] and meta["processed"] == n
+    assert "interrupted" in output
+
+
+def test_stability_on_the_demo_run_and_the_flicker_budget(demo_run):
+    """The demo's robot stage measured FP32 and every artifact at 240x320 on one sequence, and check judged the
+    Raspberry Pi's flicker budget on the artifact it checks, from that record (matched by sha256)."""
+    out, _ = demo_run
+    st = json.loads((out / "robot" / "stability.json").read_text())
+    assert st["matched_by"].startswith("known camera motion") and st["size"] == [240, 320]
+    names = [m.get("artifact") for m in st["models"][1:]]
+    assert {"executorch/hydranet_int8_240x320.pte", "tflite/hydranet_int8_240x320.tflite",
+            "onnx/hydranet_int8_240x320.onnx"} <= set(names), names
+    for m in st["models"]:
+        t = m["temporal"]
+        assert 0 <= t["flicker"] <= 1 and len(t["flicker_per_pair"]) == st["frames"] - 1
+        assert m["accuracy"]["miou"] >= 0 and m["accuracy"]["rmse"] > 0
+    for m in st["models"][1:]:
+        assert m["temporal"]["flicker_rise"] == pytest.approx(m["temporal"]["flicker"] - st["models"][0]["temporal"]["flicker"])
+        assert m["vs_reference"]["chamfer_m"] is not None
+    check = {d["device"]: d for d in json.loads((out / "check.json").read_text())}
+    row = next(r for r in check["raspberrypi5"]["rows"] if r["budget"] == "flicker rise vs FP32")
+    judged = next(m for m in st["models"] if m.get("sha256") == check["raspberrypi5"]["artifact_sha256"])
+    assert row["value"] == pytest.approx(judged["temporal"]["flicker_rise"] * 100) and "matched by" in row["note"]
+    md = (out / "report" / "report.md").read_text()
+    assert "## On the robot" in md and "stability.png" in md and (out / "report" / "stability.png").is_file()
 
 
 def test_report_renders_in_chromium(demo_run, tmp_path):

@@ -246,10 +246,13 @@ def _screen_rects(scene, R, intr, size):
     return out
 
 
-def render(scene, cfg: SynthConfig, rng: np.random.Generator):
-    """One frame of ``scene``: rgb, segmentation, depth (noisy and clean) and camera-frame normals."""
+def render(scene, cfg: SynthConfig, rng: np.random.Generator, texture_rng: np.random.Generator | None = None):
+    """One frame of ``scene``: rgb, segmentation, depth (noisy and clean) and camera-frame normals.
+
+    ``texture_rng`` draws the per-instance texture jitter (default: ``rng``); a sequence hands a fresh
+    generator of one seed to every frame, so a surface keeps its texture while the camera moves."""
     t, mat, face, d, R, o, room = _trace(scene, cfg)
-    return _shade(scene, cfg, rng, (t, mat, face, d, R, o, room))
+    return _shade(scene, cfg, rng, (t, mat, face, d, R, o, room), texture_rng or rng)
 
 
 def _trace(scene, cfg: SynthConfig):
@@ -297,7 +300,7 @@ def _trace(scene, cfg: SynthConfig):
     return t, mat, face, d, R, o, room
 
 
-def _shade(scene, cfg: SynthConfig, rng: np.random.Generator, traced):
+def _shade(scene, cfg: SynthConfig, rng: np.random.Generator, traced, texture_rng: np.random.Generator):
     """Labels, texture, Lambertian shading and sensor noise for the traced hits."""
     h, w = cfg.size
     t, mat, face, d, R, o, room = traced
@@ -310,8 +313,8 @@ def _shade(scene, cfg: SynthConfig, rng: np.random.Generator, traced):
     for k, (_lo, _hi, cls, col) in enumerate(scene["boxes"]):
         cls_t[3 + k], alb_t[3 + k] = cls, col
     # Texture per class (world-space frequency along x, y, z and amplitude), jittered per instance.
-    freq = (_TEX_FREQ[cls_t] * rng.uniform(0.8, 1.25, (n_mat, 1))).astype(np.float32)
-    amp = (_TEX_AMP[cls_t] * rng.uniform(0.7, 1.3, n_mat)).astype(np.float32)
+    freq = (_TEX_FREQ[cls_t] * texture_rng.uniform(0.8, 1.25, (n_mat, 1))).astype(np.float32)
+    amp = (_TEX_AMP[cls_t] * texture_rng.uniform(0.7, 1.3, n_mat)).astype(np.float32)
 
     mat = mat.astype(np.intp)  # np.take is fastest with native indices
     segm = np.take(cls_t, mat)
