@@ -76,14 +76,20 @@ def sweep(names: list[str], fn, progress=None, label: str = "sensitivity") -> di
     return {n: part[n] for n in names}
 
 
-def _metrics(fwd, val, cfg, limit):
+def _metrics(fwd, val, cfg, limit, sequence=None):
+    """Per-task metrics on ``limit`` validation frames; with ``sequence`` (synthroom frames with poses) also the
+    segmentation flicker in percent (edgehydra.temporal.sequence_flicker)."""
     # shard=False: under torchrun each rank scores a different assignment; sharding the frames and
     # all-reducing would sum two models' confusion matrices (the first 2-rank test caught exactly that).
     m = evaluate(fwd, val, cfg.tasks, cfg.num_classes, getattr(val, "depth_cap", cfg.depth_cap), limit=limit,
                  shard=False)
     out = {k: m.get(k, float("nan")) for k in ("miou", "rmse", "abs_rel")}
     if "normals" in cfg.tasks:
-        out["normals_median_deg"] = m.get("normals_median_angle", float("nan"))
+        out["normals_median_angle"] = m.get("normals_median_angle", float("nan"))
+    if sequence is not None and "segm" in cfg.tasks:
+        from edgehydra.temporal import sequence_flicker
+
+        out["flicker"] = sequence_flicker(fwd, cfg, sequence)
     return out
 
 

@@ -106,6 +106,9 @@ def qat(dataset, checkpoint, out, epochs, lr, batch_size, recipe, size, distill,
 @click.option("--max-absrel-rise", type=float, default=None, help="Budget: abs rel increase vs FP32.")
 @click.option("--max-normals-rise", type=float, default=None,
               help="Budget: median normals angle increase vs FP32 (degrees; three-task models).")
+@click.option("--max-flicker-rise", type=float, default=None,
+              help="Budget: segmentation flicker rise vs FP32 on a synthroom sequence (percentage points; default: the "
+                   "profile's max_flicker_rise with --profile-floors).")
 @click.option("--latency-budget-ms", type=float, default=None, help="Latency budget (default: the profile's p50 budget).")
 @click.option("--profile-floors/--no-profile-floors", default=True, show_default=True,
               help="Also hold the profile's absolute task floors (min mIoU, max RMSE, max abs rel) and size budget.")
@@ -114,15 +117,21 @@ def qat(dataset, checkpoint, out, epochs, lr, batch_size, recipe, size, distill,
 @click.option("--apply", "do_apply", is_flag=True, help="PTQ with the chosen recipe, export for the device, check.")
 @click.option("--qat", is_flag=True, help="With --apply: QAT instead of PTQ.")
 def sensitivity(checkpoint, run_dir, device, dataset, out, layers, recipe, size, frames, calib_frames, max_miou_drop,
-                max_rmse_rise, max_absrel_rise, max_normals_rise, latency_budget_ms, profile_floors, max_trials, do_apply,
-                qat):
+                max_rmse_rise, max_absrel_rise, max_normals_rise, max_flicker_rise, latency_budget_ms, profile_floors,
+                max_trials, do_apply, qat):
     """Per-layer, per-task sensitivity. With --device: the mixed-precision Pareto front under that device's
     joint budgets and the fastest assignment that meets them (a recipe); --apply hands it on."""
     if device:
-        return _mixed(run_dir, device, layers, recipe, size, frames, calib_frames, max_miou_drop, max_rmse_rise,
-                      max_absrel_rise, max_normals_rise, latency_budget_ms, profile_floors, max_trials, do_apply, qat)
-    if do_apply or qat or max_rmse_rise is not None or max_normals_rise is not None or latency_budget_ms is not None:
-        raise click.UsageError("--apply, --qat, --max-rmse-rise, --max-normals-rise and --latency-budget-ms need --device")
+        flags = dict(max_miou_drop=max_miou_drop, max_rmse_rise=max_rmse_rise, max_absrel_rise=max_absrel_rise,
+                     max_normals_rise=max_normals_rise, max_flicker_rise=max_flicker_rise,
+                     latency_budget_ms=latency_budget_ms, profile_floors=profile_floors)
+        search = dict(layers=layers, recipe=recipe, size=tuple(size) if size else None, frames=frames,
+                      calib_frames=calib_frames, max_trials=max_trials)
+        return _mixed(run_dir, device, flags, search, do_apply, qat)
+    if do_apply or qat or any(v is not None for v in (max_rmse_rise, max_normals_rise, max_flicker_rise,
+                                                       latency_budget_ms)):
+        raise click.UsageError("--apply, --qat, --max-rmse-rise, --max-normals-rise, --max-flicker-rise and "
+                               "--latency-budget-ms need --device")
     from edgehydra.calibration.sensitivity import sensitivity_run
 
     if checkpoint is None and run_dir is None:
@@ -149,8 +158,8 @@ def sensitivity(checkpoint, run_dir, device, dataset, out, layers, recipe, size,
     click.echo(f"chart: {rep['chart']}")
 
 
-def _mixed(run_dir, device, layers, recipe, size, frames, calib_frames, max_miou_drop, max_rmse_rise, max_absrel_rise,
-           max_normals_rise, latency_budget_ms, profile_floors, max_trials, do_apply, qat):
+def _mixed(run_dir, device, flags: dict, search: dict, do_apply, qat):
+    """The search for ``device``: ``flags`` the budget options, ``search`` the SearchConfig's."""
     from edgehydra.calibration.mixed import MixedBudgets
     from edgehydra.pipeline.mixed_search import SearchConfig, apply, mixed_run
     from edgehydra.devices.profile import load_profile
@@ -162,18 +171,19 @@ def _mixed(run_dir, device, layers, recipe, size, frames, calib_frames, max_miou
     run = Run(run_dir)
     cal = run.calibrated_profile(device)
     b = load_profile(str(cal) if cal.is_file() else device).budgets
+    floors = flags["profile_floors"]
     budgets = MixedBudgets(
-        max_miou_drop=max_miou_drop, max_rmse_rise=max_rmse_rise, max_absrel_rise=max_absrel_rise,
-        min_miou=b.min_miou if profile_floors else None, max_rmse=b.max_depth_rmse if profile_floors else None,
-        max_abs_rel=b.max_abs_rel if profile_floors else None,
-        latency_ms=latency_budget_ms if latency_budget_ms is not None else b.latency_p50_ms,
-        size_mb=b.max_artifact_mb if profile_floors else None, max_normals_rise=max_normals_rise,
-        max_normals_median=b.max_normals_median_deg if profile_floors else None)
+        max_miou_drop=flags["max_miou_drop"], max_rmse_rise=flags["max_rmse_rise"],
+        max_absrel_rise=flags["max_absrel_rise"], min_miou=b.min_miou if floors else None,
+        max_rmse=b.max_depth_rmse if floors else None, max_abs_rel=b.max_abs_rel if floors else None,
+        latency_ms=flags["latency_budget_ms"] if flags["latency_budget_ms"] is not None else b.latency_p50_ms,
+        size_mb=b.max_artifact_mb if floors else None, max_normals_rise=flags["max_normals_rise"],
+        max_normals_median=b.max_normals_median_deg if floors else None,
+        max_flicker_rise=flags["max_flicker_rise"] if flags["max_flicker_rise"] is not None else (
+            b.max_flicker_rise if floors else None))
     init_distributed()
     with progress_bar(transient=True) as p:
-        search = SearchConfig(layers=layers, recipe=recipe, size=tuple(size) if size else None, frames=frames,
-                              calib_frames=calib_frames, max_trials=max_trials)
-        rep = mixed_run(run, device, budgets, search, progress=p if is_main() else None)
+        rep = mixed_run(run, device, budgets, SearchConfig(**search), progress=p if is_main() else None)
     if not is_main():
         return
     _mixed_table(rep)
@@ -185,7 +195,8 @@ def _mixed(run_dir, device, layers, recipe, size, frames, calib_frames, max_miou
     click.echo(f"front: {rep['chart']}")
     if do_apply:
         with progress_bar(transient=True) as p:
-            res = apply(run, device, Path(rep["recipe_file"]), qat=qat, size=size, calib_frames=calib_frames, progress=p)
+            res = apply(run, device, Path(rep["recipe_file"]), qat=qat, size=search["size"],
+                        calib_frames=search["calib_frames"], progress=p)
         v = res["check"]
         shipped = ", ".join(f"{r['path']} ({r['status']})" for r in res["export"])
         click.echo(f"applied: {res['quantised']} -> {shipped}; "
@@ -198,8 +209,9 @@ def _mixed_table(rep: dict):
     from rich.table import Table
 
     t = Table(title=f"{rep['device']} at {rep['size'][0]}x{rep['size'][1]}: latency {rep['latency_source']}")
-    for col in ("assignment", "float layers", "fp16 layers", "W8A16 layers", "mIoU", "RMSE", "abs rel", "latency ms",
-                "size MB"):
+    flick = "flicker" in rep["fp32"]  # a flicker budget: every program also ran a synthroom sequence
+    for col in ("assignment", "float layers", "fp16 layers", "W8A16 layers", "mIoU", "RMSE", "abs rel") + (
+            ("flicker %",) if flick else ()) + ("latency ms", "size MB"):
         t.add_column(col, justify="left" if col == "assignment" else "right")
     ht = rep.get("host_timing") or {}
     rows = [("FP32", "all", "0", "0", rep["fp32"], ht.get("fp32", rep["float_total_ms"]), None),
@@ -209,8 +221,8 @@ def _mixed_table(rep: dict):
                  str(len(c.get("int16_layers") or [])), c["measured"], c["measured_latency_ms"] or c["latency_ms"],
                  c["size_mb"]))
     for name, nf, nh, n16, m, lat, mb in rows:
-        t.add_row(name, nf, nh, n16, f"{m['miou']:.2f}", f"{m['rmse']:.4f}", f"{m['abs_rel']:.4f}", f"{lat:.2f}",
-                  "" if mb is None else f"{mb:.2f}")
+        t.add_row(name, nf, nh, n16, f"{m['miou']:.2f}", f"{m['rmse']:.4f}", f"{m['abs_rel']:.4f}",
+                  *((f"{m['flicker']:.2f}",) if flick else ()), f"{lat:.2f}", "" if mb is None else f"{mb:.2f}")
     show(t)
     for n in rep.get("notes", []):
         click.echo(f"note: {n}")

@@ -142,3 +142,27 @@ def summarise(pairs: list[dict]) -> dict:
         out[f"{k}_per_pair"] = [None if not np.isfinite(v) else float(v) for v in vals]
     out["pairs"] = len(pairs)
     return out
+
+
+def sequence_flicker(forward, config, frames: list[dict]) -> float:
+    """Mean segmentation flicker (percent of matched pixels) of ``forward`` (a model or quantised program:
+    normalised (1, 3, H, W) -> one output per task) over a synthroom sequence (``synth_sequence`` frames, at the
+    input size), pixels matched by the known motion: the figure a mixed-precision search holds as a task budget."""
+    import torch
+    import torch.nn.functional as F
+
+    from .model import normalize
+
+    labels = []
+    with torch.no_grad():
+        for f in frames:
+            x = normalize(torch.from_numpy(f["rgb"]).permute(2, 0, 1)[None], config)
+            seg = forward(x)[list(config.tasks).index("segm")]
+            seg = F.interpolate(torch.as_tensor(seg).float(), size=f["rgb"].shape[:2], mode="bilinear",
+                                align_corners=False)
+            labels.append(seg.argmax(1)[0].numpy())
+    vals = []
+    for a, b, la, lb in zip(frames, frames[1:], labels, labels[1:]):
+        c = match_by_motion(b["depth_clean"], a["pose"], b["pose"], b["intrinsics"], a["depth_clean"])
+        vals.append(segm_flicker(la, lb, c))
+    return float(np.nanmean(vals) * 100)

@@ -116,6 +116,10 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, search: Searc
                    progress).search()
 
 
+# frames of the sequence a flicker budget is searched on: 11 consecutive pairs, ~0.5 s per PTQ program at 240x320
+FLICKER_FRAMES = 12
+
+
 class _Search:
     """The search's steps: per-unit accuracy sweeps, per-unit latency (measured here or estimated), candidates
     from the predicted space, trials by real PTQ + evaluation (timed on this host), the report."""
@@ -132,6 +136,12 @@ class _Search:
         ds = run_data_settings(run.checkpoint(), None, self.size, base=run.record().get("data"))
         self.train, self.val = open_split(ds, "train", Resize(self.size)), open_split(ds, "val", Resize(self.size))
         self.calib = select_calibration(self.train, search.calib_frames)
+        # flicker is a task budget: every PTQ of the sweep and every trial also runs a short synthroom sequence
+        self.sequence = None
+        if budgets.max_flicker_rise is not None:
+            from edgehydra.data.sequence import SequenceConfig, synth_sequence
+
+            self.sequence = list(synth_sequence(SequenceConfig(frames=FLICKER_FRAMES, size=self.size)))
         self.names = select_layers(self.model, search.layers, ops=True)  # convs and the decoder's adds / upsamplings
         self.notes = []
         self.kept = {}
@@ -147,7 +157,7 @@ class _Search:
             self.kept["int8"] = q  # the all-int8 program: also what the host's per-layer latency is profiled on
         elif keep_program:  # a trial's program, built and timed on this host after the trials
             self.kept[(tuple(keep), tuple(int16), tuple(fp16))] = q
-        return _metrics(q, self.val, self.model.config, self.cfg.frames)
+        return _metrics(q, self.val, self.model.config, self.cfg.frames, self.sequence)
 
     def search(self) -> dict:
         from edgehydra.train import dist_info
@@ -164,7 +174,7 @@ class _Search:
             self.notes.append(f"{profile.format} builds no W8A16 layer here ({self.w16_note}): each layer is int8 or "
                               "float")
         self.f16_fmt, self.f16_note = fp16_of(profile.format)  # fp16 a precision of its own where the format has it
-        self.fp32 = _metrics(self.model, self.val, self.model.config, self.cfg.frames)
+        self.fp32 = _metrics(self.model, self.val, self.model.config, self.cfg.frames, self.sequence)
         t0 = time.perf_counter()
         self.all_q = self.measure(())
         self.announce(time.perf_counter() - t0)

@@ -116,6 +116,39 @@ def test_stream_records_what_each_runtime_computed(demo_run, tmp_path):
         assert ok.mean() > 0.5 and np.array_equal(cloud[..., 2][ok], depth[ok])
         rec_json = json.loads(rec.with_suffix(".stream.json").read_text())
         assert rec_json["artifact_sha256"] == json.loads(Path(str(a) + ".manifest.json").read_text())["sha256"]
+    _every_message_well_formed(rec, (240, 320))
+
+
+# what each topic carries: encoding and bytes per pixel (ros2.py's table)
+IMAGE_TOPICS = {"/camera/image_raw": ("rgb8", 3), "/hydranet/depth": ("32FC1", 4),
+                "/hydranet/segmentation": ("mono8", 1), "/hydranet/confidence": ("32FC1", 4)}
+
+
+def _every_message_well_formed(path, size):
+    """Decode every message of a recording with mcap-ros2-support's own decoder and check its fields."""
+    from edgehydra.robot.ros2 import read_messages
+    from edgehydra.registry import NYUD40_CLASSES
+
+    h, w = size
+    seen = set()
+    for topic, m, ts in read_messages(path):
+        seen.add(topic)
+        if topic in IMAGE_TOPICS:
+            enc, bpp = IMAGE_TOPICS[topic]
+            assert (m.encoding, m.height, m.width, m.step, len(m.data)) == (enc, h, w, w * bpp, h * w * bpp), topic
+            assert m.header.frame_id == "camera_optical_frame" and m.header.stamp.sec * 10**9 + m.header.stamp.nanosec == ts
+        elif topic == "/camera/camera_info":
+            assert (m.height, m.width, len(m.k), len(m.p), m.distortion_model) == (h, w, 9, 12, "plumb_bob")
+            assert m.k[0] == pytest.approx(518.8 * w / 640) and m.k[2] == pytest.approx(325.6 * w / 640 - 0.5)
+        elif topic == "/hydranet/points":
+            assert [(f.name, f.offset, f.datatype) for f in m.fields] == [
+                ("x", 0, 7), ("y", 4, 7), ("z", 8, 7), ("rgb", 12, 7), ("label", 16, 6), ("confidence", 20, 7)]
+            assert (m.height, m.width, m.point_step, m.row_step, len(m.data)) == (h, w, 24, 24 * w, 24 * h * w)
+        elif topic == "/hydranet/label_info":
+            assert [c.class_name for c in m.class_map] == list(NYUD40_CLASSES)
+        else:
+            raise AssertionError(f"unexpected topic {topic}")
+    assert seen == set(PER_FRAME) | {"/hydranet/label_info"}
 
 
 def test_stream_at_a_camera_rate_accounts_for_every_frame(demo_run, tmp_path):

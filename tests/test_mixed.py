@@ -206,6 +206,23 @@ def test_normals_budgets_count_only_where_the_model_predicts_normals():
         MixedBudgets(max_normals_rise=-1)
 
 
+def test_flicker_is_a_task_budget_of_the_search(harmful_run):
+    """--max-flicker-rise: every program of the search also runs a synthroom sequence, its flicker (percent of
+    matched pixels changing label between frames) is a task metric, and the chosen assignment holds the budget."""
+    from edgehydra.calibration.mixed import MixedBudgets
+
+    fp32 = {"miou": 40.0, "rmse": 1.0, "abs_rel": 0.2, "flicker": 3.0}
+    b = MixedBudgets(max_flicker_rise=0.5)
+    assert b.misses(dict(fp32, flicker=4.0), fp32, None, None) == {"max_flicker_rise": pytest.approx(0.5)}
+    assert b.misses(dict(fp32, flicker=3.4), fp32, None, None) == {}
+    run, profile = harmful_run
+    rep = _search(run, profile, "--max-flicker-rise", "5", "--max-trials", "2")
+    assert rep["budgets"]["max_flicker_rise"] == 5.0
+    for m in (rep["fp32"], rep["all_int8"], rep["chosen"]["measured"]):
+        assert 0.0 <= m["flicker"] <= 100.0, m
+    assert rep["chosen"]["measured"]["flicker"] - rep["fp32"]["flicker"] <= 5.0
+
+
 def test_remote_search_reads_the_devices_stored_op_profile(harmful_run, tmp_path):
     """The device's own per-op profile kept in the run (what `bench --ops --ops-from/--device --profile` stores)
     says its int8 adds take 40x the roofline's estimate. The search's per-layer table takes that class scale
