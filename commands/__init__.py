@@ -34,6 +34,7 @@ COMMANDS = {
     "check": "edgehydra.commands.devices:check",
     "stream": "edgehydra.commands.robot:stream",
     "stability": "edgehydra.commands.robot:stability",
+    "arm": "edgehydra.commands.arm:arm",
     "demo": "edgehydra.commands.demo:demo",
     "report": "edgehydra.commands.demo:report",
 }
@@ -59,6 +60,7 @@ HELP = {
     "check": "Check a run's artifacts against device budgets.",
     "stream": "Run an artifact on a video, bag or sequence at a camera's rate; record ROS 2 messages (MCAP).",
     "stability": "Flicker of FP32 and each artifact on one sequence, and parity in robot units.",
+    "arm": "Build the emulated aarch64 runtimes that check artifacts on ARM kernels.",
     "demo": "The whole pipeline on the embedded synthroom data.",
     "report": "Write report.html and report.md for a run.",
 }

@@ -199,6 +199,8 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
 def _print_bench(res: dict, ingest) -> None:
     from rich.table import Table
 
+    if res.get("emulated"):
+        return _print_emulated(res)
     # the artifact's path goes above the table: as its title, rich would cut it to the table's width
     console().print(f"[bold]{res.get('artifact', ingest)}[/] on {res.get('device')}")
     t = Table("metric", "value")
@@ -228,6 +230,27 @@ def _print_bench(res: dict, ingest) -> None:
         click.echo(f"measurement record: {res['record']}")
     if res.get("record_skipped"):
         console().print(f"[yellow]note:[/] {res['record_skipped']}")
+
+
+def _print_emulated(res: dict) -> None:
+    """`bench --bundle --device qemu:CPU`: parity on the emulated ARM kernels, against x86 and the reference."""
+    bp = res["bundle_parity"]
+    c = console()
+    c.print(f"[bold]{res['artifact']}[/] on {res['device']}: {res['accelerator']}", soft_wrap=True)
+    k = bp.get("kernels") or {}
+    if not k.get("named"):
+        c.print(f"  kernels: not named ({k.get('why')})", soft_wrap=True)
+    for t, v in bp["vs_x86"].items():
+        extra = f", argmax agreement {v['argmax_agreement']:.4f}" if "argmax_agreement" in v else ""
+        c.print(f"  {t} vs x86: " + ("bit-identical" if v["bit_identical"] else
+                                     f"max |diff| {v['max_abs']:.4g}, mean {v['mean_abs']:.3g}{extra}"), soft_wrap=True)
+    c.print(f"reference I/O ({bp['cases']} frames) on the ARM kernels: "
+            f"{'PASS' if bp['pass'] else 'FAIL: ' + '; '.join(bp['failures'])}", soft_wrap=True)
+    c.print("no latency: emulated time is not a device's time", soft_wrap=True)
+    if res.get("record"):
+        c.print(f"measurement record: {res['record']}", soft_wrap=True)
+    if not bp["pass"]:
+        raise SystemExit(1)
 
 
 def _op_profile(artifact: Path, device: str, req, ops_from: str | None) -> None:

@@ -229,7 +229,7 @@ def record_measurement(path: Path, res: dict) -> Path | None:
     rec = {k: res.get(k) for k in ("device", "profile", "runner", "sha256", "size", "precision", "threads", "p50_ms",
                                    "p90_ms", "p99_ms", "min_ms", "mean_ms", "runs", "warmup", "peak_memory_mb",
                                    "artifact", "host", "machine", "tool", "command", "verification",
-                                   "bundle_parity", "accelerator", "delegate")}  # what the device ran it on
+                                   "bundle_parity", "accelerator", "delegate", "emulated")}  # what it ran on
     if res.get("duration_s"):  # a sustained run: its summary travels with the record (the timeline stays beside)
         rec["sustained"] = {k: res.get(k) for k in ("duration_s", "throughput_fps", "throttle_ratio", "window_s",
                                                     "first_window_p50_ms", "last_window_p50_ms", "target_fps",

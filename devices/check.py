@@ -79,9 +79,22 @@ def _on_device(run: Run, profile: Profile, a: dict | None = None) -> list[dict]:
 
     dev = host_device(profile)
     return [m for m in run.measurements()
-            if (m.get("profile") == profile.name or (dev is not None and m.get("device") == dev))
+            if not m.get("emulated")  # parity on emulated ARM kernels: evidence, never a latency (arm_evidence)
+            and (m.get("profile") == profile.name or (dev is not None and m.get("device") == dev))
             and target_for_suffix(Path(m.get("artifact") or "").suffix) == profile.format
             and (a is None or (m.get("sha256") == a.get("sha256") and list(m.get("size") or []) == list(a["size"])))]
+
+
+def arm_evidence(run: Run, a: dict) -> list[dict]:
+    """The latest emulated ARM check (`bench --bundle --device qemu:CPU`) per CPU of this artifact (sha256)."""
+    latest = {}
+    for m in run.measurements():
+        if m.get("emulated") and a.get("sha256") and m.get("sha256") == a["sha256"]:
+            if m["device"] not in latest or m.get("recorded", "") > latest[m["device"]].get("recorded", ""):
+                latest[m["device"]] = m
+    return [{"device": d, "accelerator": m.get("accelerator"), "pass": (m.get("bundle_parity") or {}).get("pass"),
+             "vs_x86": (m.get("bundle_parity") or {}).get("vs_x86"), "record": m.get("record")}
+            for d, m in sorted(latest.items())]
 
 
 def measurement_for(run: Run, profile: Profile, a: dict) -> dict | None:
@@ -269,6 +282,7 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
             "verdict": "PASS" if all(r["pass"] for r in rows) else "FAIL",
             "latency_source": "measured" if meas else "estimated", "measurement": meas.get("record") if meas else None,
             "estimated_ms": est["total_ms"], "measured_ms": meas["p50_ms"] if meas else None,
+            "arm_kernels": arm_evidence(run, a),
             "estimate_fitted_to": [m.get("record") for m in used],
             "int8_vs_fp16": {"int8_ms": e8, "fp16_ms": e16, "int8_faster": e8 < e16,
                              "speedup": e16 / e8 if e8 else None},

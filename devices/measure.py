@@ -52,7 +52,31 @@ def measure(artifact: Path, device: str, req: BenchRequest, host_profile: bool =
         return host_bench(artifact, req.warmup, req.runs, req.threads, req.provider, verify=req.verify,
                           duration_s=req.duration_s, fps=req.fps, timeout=max(1800, 3 * (req.duration_s or 0)),
                           bundle=req.bundle)
+    if device.startswith("qemu:"):
+        return _measure_emulated(artifact, device, req)
     return _measure_remote(artifact, device, req)
+
+
+def _measure_emulated(artifact: Path, device: str, req: BenchRequest) -> dict:
+    """`bench --bundle --device qemu:CPU`: the reference I/O on the emulated CPU's ARM kernels. A record of parity
+    with no latency in it (emulated time is never a latency), which `check` cites as ARM evidence."""
+    from .arm import QemuTransport, emulated_parity, kernel_evidence
+    from .remote import artifact_facts
+
+    if not req.bundle or req.duration_s:
+        raise BadInputError(f"--device {device}: an emulated CPU checks parity, it times nothing; use --bundle "
+                            "(and no --duration)")
+    t = QemuTransport(device.split(":", 1)[1])
+    par = emulated_parity(artifact, t)
+    par["kernels"] = kernel_evidence(artifact, t)
+    k = par["kernels"]
+    acc = (f"emulated {t.cpu}: XNNPACK int8 GEMM {', '.join(k['int8_gemm'])} ({k['family']} kernels, seen)"
+           if k.get("named") and k.get("int8_gemm") else t.accelerator)
+    res = dict(artifact_facts(artifact), artifact=str(artifact), device=device, accelerator=acc, runner=par["runner"],
+               profile=req.profile, bundle_parity=par, emulated=True)
+    atomic_write_json(Path(f"{artifact}.{device.replace(':', '_')}.bench.json"), res)
+    record_measurement(artifact, res)
+    return res
 
 
 def _measure_remote(artifact: Path, device: str, req: BenchRequest) -> dict:

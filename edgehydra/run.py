@@ -222,7 +222,11 @@ class Run:
 
     # ----------------------------------------------------------------------------------- measurements
     def add_measurement(self, rec: dict) -> Path:
-        for k in ("device", "runner", "sha256", "size", "precision", "p50_ms"):
+        """A measurement of a shipped artifact: a latency (p50_ms), or for an emulated CPU (``emulated``) a parity
+        check with no latency, which is never read as one."""
+        need = ("device", "runner", "sha256", "size", "precision") + (("bundle_parity",) if rec.get("emulated")
+                                                                       else ("p50_ms",))
+        for k in need:
             if rec.get(k) is None:
                 raise BadInputError(f"a measurement needs {k!r}; got {sorted(rec)}")
         rec = dict(rec, recorded=rec.get("recorded") or time.strftime("%Y-%m-%dT%H:%M:%S"))

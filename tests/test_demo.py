@@ -98,7 +98,7 @@ def test_stream_records_what_each_runtime_computed(demo_run, tmp_path):
 
     out, _ = demo_run
     arts = sorted(p for p in (out / "export").rglob("hydranet_int8_240x320.*") if p.suffix in (".pte", ".tflite", ".onnx"))
-    assert [p.suffix for p in arts] == [".onnx", ".pte", ".tflite"], arts
+    assert sorted(p.suffix for p in arts) == [".onnx", ".pte", ".tflite"], arts
     frame = list(synth_sequence(SequenceConfig(frames=3, size=(240, 320))))[2]
     for a in arts:
         rec = tmp_path / f"{a.suffix[1:]}.mcap"
