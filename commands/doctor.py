@@ -69,7 +69,7 @@ def doctor(as_json):
     rows = backend_status()
     if as_json:
         click.echo(json.dumps({"python": platform.python_version(), "platform": platform.platform(), "backends": rows,
-                               "targets": target_status()}, indent=2))
+                               "targets": target_status(), "arm": _arm_status()}, indent=2))
         return
     t = Table(title=f"edgehydra doctor: Python {platform.python_version()} on {platform.system()} {platform.machine()}")
     for c in ("package", "version", "enables"):
@@ -91,3 +91,17 @@ def doctor(as_json):
             else f"[red]missing[/] (pip install 'edgehydra[{r['extra']}]')"
         tt.add_row(r["target"], r["suffix"], ", ".join(r["precisions"]), r["runtime"], status)
     show(tt)
+    arm = _arm_status()
+    click.echo(f"ARM kernels (emulated): {arm['line']}")
+
+
+def _arm_status() -> dict:
+    from edgehydra.devices.arm import CPUS, default_dir, state
+
+    st = state()
+    if st is None:
+        return {"ready": False, "dir": str(default_dir()),
+                "line": f"not set up ({default_dir()}); `edgehydra arm setup` builds it once (no root needed)"}
+    return {"ready": True, "dir": st["dir"], "qemu": st["qemu_version"],
+            "line": f"ready in {st['dir']} ({st['qemu_version'].split(' (')[0]}): --device "
+                    + ", ".join(f"qemu:{c}" for c in CPUS)}

@@ -74,8 +74,8 @@ def _measure_emulated(artifact: Path, device: str, req: BenchRequest) -> dict:
            if k.get("named") and k.get("int8_gemm") else t.accelerator)
     res = dict(artifact_facts(artifact), artifact=str(artifact), device=device, accelerator=acc, runner=par["runner"],
                profile=req.profile, bundle_parity=par, emulated=True)
-    atomic_write_json(Path(f"{artifact}.{device.replace(':', '_')}.bench.json"), res)
     record_measurement(artifact, res)
+    atomic_write_json(Path(f"{artifact}.{device.replace(':', '_')}.bench.json"), res)
     return res
 
 
