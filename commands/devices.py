@@ -190,7 +190,7 @@ def bench(artifact, device, binary, runs, warmup, threads, provider, apple_scrip
             if hint is None:
                 raise
             raise click.BadParameter(str(e), param_hint=hint) from None
-        if device != "host" and not req.profile:
+        if device != "host" and not device.startswith("qemu:") and not req.profile:
             console().print("[yellow]note:[/] no --profile given: `check` cannot tell which device profile "
                             "this measurement stands for and will keep estimating it")
     _print_bench(res, ingest)
@@ -343,6 +343,11 @@ def check(run_dir, devices_, artifact, as_json):
                 c.print(r["provenance"])
             if r.get("reason"):
                 c.print(r["reason"])
+            for ev in r.get("arm_kernels") or []:  # parity on emulated ARM kernels: evidence, not a budget
+                same = all(v.get("bit_identical") for v in (ev.get("vs_x86") or {}).values())
+                c.print(f"ARM kernels: {ev['device']} {'PASS' if ev['pass'] else 'FAIL'} "
+                        f"({'bit-identical to x86' if same else 'differs from x86'}): {ev['accelerator']}",
+                        soft_wrap=True)
             if "int8_vs_fp16" in r:
                 iv = r["int8_vs_fp16"]
                 c.print(f"int8 {iv['int8_ms']:.1f} ms vs fp16 {iv['fp16_ms']:.1f} ms (estimated): "

@@ -124,9 +124,15 @@ def run_artifact(artifact, out, images):
 
 @click.command()
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True)
-def verify(run_dir):
+@click.option("--device", default=None,
+              help="qemu:CPU (cortex-a72, -a55, -a76, -a710, max): run each .tflite / .onnx artifact's reference I/O on "
+                   "that emulated CPU's ARM kernels instead (`edgehydra arm setup` first).")
+def verify(run_dir, device):
     """Re-check every artifact's sha256 against its manifest and re-run parity; exit 1 on any mismatch."""
     from edgehydra.exporters.runtime import verify_run
+
+    if device is not None:
+        return _verify_emulated(Path(run_dir), device)
 
     rows = verify_run(Path(run_dir))
     from rich.table import Table
@@ -140,6 +146,36 @@ def verify(run_dir):
         t.add_row(r["artifact"], "ok" if r["hash_ok"] else "[red]MISMATCH[/red]",
                   {True: "ok", False: "[red]FAIL[/red]", None: "skipped"}[r["parity_ok"]], r["detail"])
     show(t)
+    if bad:
+        raise SystemExit(1)
+
+
+def _verify_emulated(run_dir: Path, device: str) -> None:
+    """`verify --device qemu:CPU`: `bench --bundle --device qemu:CPU` for every .tflite and .onnx of the run."""
+    import json
+
+    from edgehydra.devices.measure import BenchRequest, measure
+    from edgehydra.errors import BadInputError
+    from edgehydra.run import Run
+
+    if not device.startswith("qemu:"):
+        raise click.BadParameter("verify runs here, or on an emulated ARM CPU: qemu:CPU", param_hint="--device")
+    run = Run(run_dir)
+    if not run.export_manifest.is_file():
+        raise BadInputError(f"no export manifest at {run.export_manifest}: run `edgehydra export --run {run_dir}` first")
+    arts = [run.export_dir / a["path"] for a in json.loads(run.export_manifest.read_text())["artifacts"]
+            if a.get("path") and Path(a["path"]).suffix in (".tflite", ".onnx")]
+    if not arts:
+        raise BadInputError(f"{run_dir} has no .tflite or .onnx artifact to run on {device}")
+    c = console()
+    bad = False
+    for a in arts:
+        res = measure(a, device, BenchRequest(bundle=True))
+        bp = res["bundle_parity"]
+        same = all(v["bit_identical"] for v in bp["vs_x86"].values())
+        bad |= not bp["pass"]
+        c.print(f"{a.relative_to(run.export_dir)} on {device}: {'PASS' if bp['pass'] else 'FAIL: ' + '; '.join(bp['failures'])}"
+                f", {'bit-identical to' if same else 'differs from'} x86; {res['accelerator']}", soft_wrap=True)
     if bad:
         raise SystemExit(1)
 

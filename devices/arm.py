@@ -304,7 +304,7 @@ LITERT_LIB = "libpywrap_litert_common.so"  # LiteRT's aarch64 wheel keeps XNNPAC
 
 def _kernel_family(names: list[str]) -> str:
     tags = [("i8mm", "i8mm (smmla)"), ("neondot", "dot product (sdot)"), ("sme", "SME (KleidiAI)"),
-            ("mlal", "NEON multiply-accumulate (mlal)")]
+            ("mlal", "NEON multiply-accumulate (mlal)"), ("fma", "NEON fp32 FMA"), ("neon", "NEON")]
     for tag, what in tags:
         if any(tag in n for n in names):
             return what
@@ -352,7 +352,8 @@ def kernel_evidence(artifact: Path, transport: QemuTransport) -> dict:
         if j >= 0 and a < syms[j][0] + max(syms[j][1], 1):
             ran.add(syms[j][2])
     kernels = sorted(n for n in ran if n.startswith("xnn_") and "ukernel" in n)
-    gemm = [n for n in kernels if re.match(r"xnn_p?qs8_qc8w_(i?gemm)_minmax_(fp32_)?ukernel_[^_]+__[a-z0-9_]+$", n)]
-    return {"named": True, "int8_gemm": gemm, "int8_dwconv": [n for n in kernels if "dwconv" in n and "qs8" in n],
+    # the convolutions' GEMM / IGEMM micro-kernels: int8 (qs8_qc8w) in an int8 file, f32 in a float one
+    gemm = [n for n in kernels if re.match(r"xnn_(p?qs8_qc8w|p?f32)_i?gemm_", n) and not n.endswith(("_get_mr", "_get_nr"))]
+    return {"named": True, "int8_gemm": [n for n in gemm if "qs8" in n], "gemm": gemm, "int8_dwconv": [n for n in kernels if "dwconv" in n and "qs8" in n],
             "kernels": kernels, "family": _kernel_family(gemm), "blocks": len(starts),
             "how": "QEMU -d in_asm, block addresses mapped to " + LITERT_LIB + "'s symbols"}

@@ -70,8 +70,8 @@ def _measure_emulated(artifact: Path, device: str, req: BenchRequest) -> dict:
     par = emulated_parity(artifact, t)
     par["kernels"] = kernel_evidence(artifact, t)
     k = par["kernels"]
-    acc = (f"emulated {t.cpu}: XNNPACK int8 GEMM {', '.join(k['int8_gemm'])} ({k['family']} kernels, seen)"
-           if k.get("named") and k.get("int8_gemm") else t.accelerator)
+    acc = (f"emulated {t.cpu}: XNNPACK GEMM {', '.join(k['gemm'])} ({k['family']} kernels, seen)"
+           if k.get("named") and k.get("gemm") else t.accelerator)
     res = dict(artifact_facts(artifact), artifact=str(artifact), device=device, accelerator=acc, runner=par["runner"],
                profile=req.profile, bundle_parity=par, emulated=True)
     record_measurement(artifact, res)

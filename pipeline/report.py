@@ -273,6 +273,27 @@ def _robot_section(run: Path, out: Path, doc) -> None:
         doc.section("On the robot", md, h)
 
 
+def _arm_section(run: Path, doc) -> None:
+    """The run's artifacts checked on emulated ARM CPUs (`bench --bundle --device qemu:CPU`): parity, not latency."""
+    from edgehydra.run import Run
+
+    recs = [m for m in Run(run).measurements() if m.get("emulated")]
+    if not recs:
+        return
+    rows = []
+    for m in sorted(recs, key=lambda m: (m.get("artifact", ""), m["device"])):
+        bp = m.get("bundle_parity") or {}
+        vs = bp.get("vs_x86") or {}
+        same = "bit-identical" if vs and all(v.get("bit_identical") for v in vs.values()) else \
+            ", ".join(f"{t} max {v['max_abs']:.3g}" for t, v in vs.items())
+        k = bp.get("kernels") or {}
+        rows.append([Path(m.get("artifact", "")).name, m["device"], "PASS" if bp.get("pass") else "FAIL", same,
+                     f"{k.get('family')}: {', '.join(k.get('gemm') or [])}" if k.get("named") else "not named"])
+    a, b = doc.table(["artifact", "emulated CPU", "reference I/O", "vs x86", "GEMM kernels seen"], rows)
+    line = "Artifacts run on emulated ARM CPUs (QEMU user mode): parity evidence, never a latency."
+    doc.section("ARM kernels (emulated)", [line, ""] + a, f"<p>{html.escape(line)}</p>" + b)
+
+
 class _Doc:
     """The report as it is written: each section once, in Markdown and in HTML."""
 
@@ -314,6 +335,7 @@ def write_report(run: Path) -> list[Path]:
     _opprofile_section(run, out, doc.section, doc.table, doc.image)
     _sustained_section(d, out, doc.section, doc.image)
     _robot_section(run, out, doc)
+    _arm_section(run, doc)
     _figure_sections(run, out, d, doc)
     _pipeline_section(d, doc)
     md_text = "# edgehydra report\n" + "\n".join(doc.md) + "\n"

@@ -45,7 +45,7 @@ def stream_timeline(rec: dict, out: Path, title: str = "") -> Path:
     return save_figure(fig, out, dpi=90)
 
 
-def stability_figure(rec: dict, cloud: np.ndarray | None, out: Path, class_names=()) -> Path:
+def stability_figure(rec: dict, cloud: np.ndarray | None, out: Path, title: str = "") -> Path:
     """Flicker per consecutive pair for each model, and one frame's semantic cloud seen from above the camera."""
     from edgehydra.visualize import palette
 
@@ -69,6 +69,6 @@ def stability_figure(rec: dict, cloud: np.ndarray | None, out: Path, class_names
         ax3.set_ylabel("z (m)")
         ax3.set_zlabel("up (m)")
         ax3.view_init(elev=25, azim=-70)
-        ax3.set_title(f"{rec['models'][-1]['name']}: semantic point cloud, first frame", fontsize=8)
+        ax3.set_title(f"{title or 'semantic point cloud'}, first frame", fontsize=8)
     fig.tight_layout()
     return save_figure(fig, out, dpi=90)

@@ -78,9 +78,9 @@ def stability_run(run_dir: Path, artifacts: list[Path], size, source: str, progr
     rec.update(source=src.name, size_from=size_from, notes=notes, host=this_host())
     run.robot_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run.stability_record, rec)
-    last = preds[-1]
-    res = last(frames[0].rgb)
+    shown = next((p for p in preds if p.precision == "int8"), preds[-1])  # the cloud of an int8 artifact if any
+    res = shown(frames[0].rgb)
     cloud = organized_cloud(res["depth"], frames[0].rgb, res["segm"], res["confidence"], intr) \
         if intr is not None and "depth" in res and "segm" in res else None
-    fig = stability_figure(rec, cloud, run.robot_dir / "stability.png")
+    fig = stability_figure(rec, cloud, run.robot_dir / "stability.png", title=f"{shown.name}: semantic point cloud")
     return rec, [run.stability_record, fig]

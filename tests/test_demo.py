@@ -201,6 +201,28 @@ def test_ctrl_c_leaves_a_closed_recording(demo_run, tmp_path):
     assert "interrupted" in output
 
 
+def test_stream_bad_input_is_one_line_and_the_recording_stays_readable(demo_run, tmp_path):
+    from edgehydra.robot.ros2 import Recorder, camera_info_msg, read_topics
+
+    out, _ = demo_run
+    a = out / "export" / "tflite" / "hydranet_int8_240x320.tflite"
+    # intrinsics of another image size (NYUDv2's Kinect is 480x640, the sequence 240x320): refused at the first
+    # frame, and the recording it had opened is closed and readable
+    rec = tmp_path / "k.mcap"
+    r = CliRunner().invoke(cli, ["stream", "--artifact", str(a), "--source", "synthroom:frames=3", "--intrinsics", "nyud",
+                                 "--out", str(rec)])
+    assert r.exit_code == 2 and "intrinsics nyud are for 480x640 images" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and read_topics(rec) == {"/hydranet/label_info": 1}
+    bag = tmp_path / "info.mcap"
+    with Recorder(bag) as w:
+        from edgehydra.data.sequence import synth_intrinsics
+
+        w.write("/cam/info", "sensor_msgs/msg/CameraInfo", camera_info_msg(synth_intrinsics((240, 320)), 0), 0)
+    r = CliRunner().invoke(cli, ["stream", "--artifact", str(a), "--source", str(bag), "--out", str(tmp_path / "x.mcap")])
+    assert r.exit_code == 2 and "no sensor_msgs/Image topic" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "x.mcap").exists()  # refused before anything was opened
+
+
 def test_stability_on_the_demo_run_and_the_flicker_budget(demo_run):
     """The demo's robot stage measured FP32 and every artifact at 240x320 on one sequence, and check judged the
     Raspberry Pi's flicker budget on the artifact it checks, from that record (matched by sha256)."""
