@@ -79,6 +79,20 @@ class MixedBudgets:
             if v is not None and (not isinstance(v, (int, float)) or v < 0 or not math.isfinite(v)):
                 raise BadInputError(f"budget {k}={v!r}: a finite number >= 0")
 
+    @classmethod
+    def for_profile(cls, b, *, floors: bool = True, latency_ms: float | None = None,
+                    max_flicker_rise: float | None = None, **relative) -> "MixedBudgets":
+        """Relative budgets (``relative``: max_miou_drop, max_rmse_rise, max_absrel_rise, max_normals_rise) with a
+        device profile's budgets ``b``: its absolute task floors and size where ``floors``, its latency unless
+        ``latency_ms`` is named, its flicker budget unless ``max_flicker_rise`` is named (and only with ``floors``)."""
+        return cls(**relative, min_miou=b.min_miou if floors else None,
+                   max_rmse=b.max_depth_rmse if floors else None, max_abs_rel=b.max_abs_rel if floors else None,
+                   latency_ms=latency_ms if latency_ms is not None else b.latency_p50_ms,
+                   size_mb=b.max_artifact_mb if floors else None,
+                   max_normals_median=b.max_normals_median_deg if floors else None,
+                   max_flicker_rise=max_flicker_rise if max_flicker_rise is not None else (
+                       b.max_flicker_rise if floors else None))
+
     def misses(self, m: dict, fp32: dict, latency_ms: float | None, size_mb: float | None) -> dict:
         """{budget: excess} for every budget ``m`` misses (excess > 0, in the budget's unit)."""
         def over(value, limit):

@@ -24,7 +24,8 @@ def demo(out, fast, epochs):
         cfg = replace(cfg, epochs=epochs)
     c = console()
     c.print(f"[bold]edgehydra demo[/] -> {out} ({'fast' if fast else 'default'}: {cfg.model} at "
-            f"{cfg.size[0]}x{cfg.size[1]}, {cfg.frames} frames, {cfg.epochs} epochs)")
+            f"{cfg.size[0]}x{cfg.size[1]}{f' (trained on {cfg.crop[0]}x{cfg.crop[1]} crops)' if cfg.crop else ''}, "
+            f"{cfg.frames} frames, {cfg.epochs} epochs)")
     res = run_demo(Path(out), cfg, console=c, progress_factory=lambda: progress_bar(transient=True))
     print_answer(Path(out), c)
     stages = ", ".join(f"{s['stage']} {s['seconds']:.0f} s" for s in res["stages"] if s["status"] != "reused")

@@ -116,9 +116,11 @@ def qat(dataset, checkpoint, out, epochs, lr, batch_size, recipe, size, distill,
               help="Candidates checked by real PTQ + evaluation, fastest predicted first.")
 @click.option("--apply", "do_apply", is_flag=True, help="PTQ with the chosen recipe, export for the device, check.")
 @click.option("--qat", is_flag=True, help="With --apply: QAT instead of PTQ.")
+@click.option("--fresh", is_flag=True, help="With --device: search again even where RUN/mixed/DEVICE/front.json holds a "
+                                           "search of the same checkpoint, budgets, settings and measurements.")
 def sensitivity(checkpoint, run_dir, device, dataset, out, layers, recipe, size, frames, calib_frames, max_miou_drop,
                 max_rmse_rise, max_absrel_rise, max_normals_rise, max_flicker_rise, latency_budget_ms, profile_floors,
-                max_trials, do_apply, qat):
+                max_trials, do_apply, qat, fresh):
     """Per-layer, per-task sensitivity. With --device: the mixed-precision Pareto front under that device's
     joint budgets and the fastest assignment that meets them (a recipe); --apply hands it on."""
     if device:
@@ -127,7 +129,7 @@ def sensitivity(checkpoint, run_dir, device, dataset, out, layers, recipe, size,
                      latency_budget_ms=latency_budget_ms, profile_floors=profile_floors)
         search = dict(layers=layers, recipe=recipe, size=tuple(size) if size else None, frames=frames,
                       calib_frames=calib_frames, max_trials=max_trials)
-        return _mixed(run_dir, device, flags, search, do_apply, qat)
+        return _mixed(run_dir, device, flags, search, do_apply, qat, fresh)
     if do_apply or qat or any(v is not None for v in (max_rmse_rise, max_normals_rise, max_flicker_rise,
                                                        latency_budget_ms)):
         raise click.UsageError("--apply, --qat, --max-rmse-rise, --max-normals-rise, --max-flicker-rise and "
@@ -158,7 +160,7 @@ def sensitivity(checkpoint, run_dir, device, dataset, out, layers, recipe, size,
     click.echo(f"chart: {rep['chart']}")
 
 
-def _mixed(run_dir, device, flags: dict, search: dict, do_apply, qat):
+def _mixed(run_dir, device, flags: dict, search: dict, do_apply, qat, fresh=False):
     """The search for ``device``: ``flags`` the budget options, ``search`` the SearchConfig's."""
     from edgehydra.calibration.mixed import MixedBudgets
     from edgehydra.pipeline.mixed_search import SearchConfig, apply, mixed_run
@@ -171,19 +173,15 @@ def _mixed(run_dir, device, flags: dict, search: dict, do_apply, qat):
     run = Run(run_dir)
     cal = run.calibrated_profile(device)
     b = load_profile(str(cal) if cal.is_file() else device).budgets
-    floors = flags["profile_floors"]
-    budgets = MixedBudgets(
-        max_miou_drop=flags["max_miou_drop"], max_rmse_rise=flags["max_rmse_rise"],
-        max_absrel_rise=flags["max_absrel_rise"], min_miou=b.min_miou if floors else None,
-        max_rmse=b.max_depth_rmse if floors else None, max_abs_rel=b.max_abs_rel if floors else None,
-        latency_ms=flags["latency_budget_ms"] if flags["latency_budget_ms"] is not None else b.latency_p50_ms,
-        size_mb=b.max_artifact_mb if floors else None, max_normals_rise=flags["max_normals_rise"],
-        max_normals_median=b.max_normals_median_deg if floors else None,
-        max_flicker_rise=flags["max_flicker_rise"] if flags["max_flicker_rise"] is not None else (
-            b.max_flicker_rise if floors else None))
+    budgets = MixedBudgets.for_profile(
+        b, floors=flags["profile_floors"], latency_ms=flags["latency_budget_ms"],
+        max_flicker_rise=flags["max_flicker_rise"], max_miou_drop=flags["max_miou_drop"],
+        max_rmse_rise=flags["max_rmse_rise"], max_absrel_rise=flags["max_absrel_rise"],
+        max_normals_rise=flags["max_normals_rise"])
     init_distributed()
     with progress_bar(transient=True) as p:
-        rep = mixed_run(run, device, budgets, SearchConfig(**search), progress=p if is_main() else None)
+        rep = mixed_run(run, device, budgets, SearchConfig(**search), progress=p if is_main() else None,
+                        reuse=not fresh)
     if not is_main():
         return
     _mixed_table(rep)

@@ -29,7 +29,10 @@ def metrics_table(title: str, columns: dict[str, dict]):
 @click.option("--dataset", default="synthroom", show_default=True, help="synthroom, nyud, kitti, or a folder in the shared layout.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder (e.g. runs/NAME).")
 @click.option("--model", "model_name", default=None, help="Registered variant; default per dataset (synthroom: hydranet_small).")
-@click.option("--size", type=SIZE, default=None, help="Training crop HxW (synthroom default 120x160).")
+@click.option("--size", type=SIZE, default=None, help="Frame HxW the model is trained and evaluated at (synthroom default 120x160).")
+@click.option("--crop", type=SIZE, default=None,
+              help="Train on random HxW crops of the --size frames (the authors' way: objects keep the scale they have "
+                   "at --size, a step costs what a small input costs). Default: crops of the frame's size.")
 @click.option("--frames", type=click.IntRange(1), default=None, help="synthroom training frames (default 1000).")
 @click.option("--val-frames", type=click.IntRange(1), default=None, help="synthroom validation frames (default 100).")
 @click.option("--epochs", type=click.IntRange(1), default=16, show_default=True)
@@ -48,7 +51,7 @@ def metrics_table(title: str, columns: dict[str, dict]):
 @click.option("--encoder-weights", type=click.Path(dir_okay=False), default=None,
               help="ImageNet MobileNet-v2 state dict (torchvision or timm keys) to start the encoder from.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/fp32.pt.")
-def train(dataset, out, model_name, size, frames, val_frames, epochs, batch_size, lr, lr_encoder, lr_decoder,
+def train(dataset, out, model_name, size, crop, frames, val_frames, epochs, batch_size, lr, lr_encoder, lr_decoder,
           schedule, optimizer, seed, lam, normals_weight, encoder_weights, resume):
     """Train an FP32 HydraNet; writes OUT/fp32.pt every epoch and OUT/fp32_metrics.json at the end."""
     from edgehydra.fp32_stage import train_run
@@ -57,7 +60,7 @@ def train(dataset, out, model_name, size, frames, val_frames, epochs, batch_size
     init_distributed()
     try:
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr_encoder=lr or lr_encoder, lr_decoder=lr or lr_decoder,
-                          schedule=schedule, optimizer=optimizer, seed=seed, lam=lam, normals_weight=normals_weight)
+                          schedule=schedule, optimizer=optimizer, seed=seed, lam=lam, normals_weight=normals_weight, crop=crop)
     except ValueError as e:
         raise click.UsageError(str(e))
     c = console()

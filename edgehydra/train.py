@@ -49,8 +49,23 @@ class TrainConfig:
     seed: int = 0
     workers: int = 0
     log_every: int = 10
+    # Train on random HxW crops of frames at the data's size (None: crops of the data's own size). The authors
+    # train on crops and evaluate whole frames (DenseTorch: 400x400 crops of NYUDv2's 640x480 frames); a crop keeps
+    # the scale objects have at the evaluated size and costs what a small input costs.
+    crop: tuple[int, int] | None = None
+    # random scale of a frame before the crop (light-weight-refinenet's config: 0.5-2.0 with 500x500 crops)
+    scale: tuple[float, float] = (0.75, 1.5)
 
     def __post_init__(self):
+        lo, hi = (float(v) for v in self.scale)
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale={self.scale}: give LO,HI with 0 < LO <= HI")
+        object.__setattr__(self, "scale", (lo, hi))
+        if self.crop is not None:
+            crop = tuple(int(v) for v in self.crop)
+            if len(crop) != 2 or min(crop) < 8:
+                raise ValueError(f"crop={self.crop}: give HxW, each side >= 8 pixels")
+            object.__setattr__(self, "crop", crop)
         if self.epochs < 1:
             raise ValueError(f"epochs={self.epochs}: must be >= 1")
         if self.batch_size < 1:

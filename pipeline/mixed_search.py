@@ -12,6 +12,8 @@ device's input size, and `check` of what ships. See calibration/mixed.py for the
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import tempfile
 import time
@@ -110,10 +112,43 @@ class SearchConfig:
 
 
 def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, search: SearchConfig | None = None,
-              progress=None) -> dict:
-    """The search for ``device`` under ``budgets``: RUN/mixed/<device>/ front.json, front.png and recipe.json."""
-    return _Search(run if isinstance(run, Run) else Run(run), device, budgets, search or SearchConfig(),
-                   progress).search()
+              progress=None, reuse: bool = True) -> dict:
+    """The search for ``device`` under ``budgets``: RUN/mixed/<device>/ front.json, front.png and recipe.json.
+
+    With ``reuse``, a front.json written by a search of the same checkpoint, budgets, settings and run measurements
+    is returned as it is (``--apply --qat`` after a PTQ search, a rerun) instead of repeating tens of PTQs."""
+    run = run if isinstance(run, Run) else Run(run)
+    search = search or SearchConfig()
+    key = search_key(run, device, budgets, search)
+    front = run.mixed_dir(device) / "front.json"
+    if reuse and front.is_file():
+        try:
+            prev = json.loads(front.read_text())
+        except (OSError, ValueError):
+            prev = {}
+        if prev.get("search_key") == key and Path(prev.get("chart", "")).is_file():
+            if progress is not None and hasattr(progress, "log"):
+                progress.log(f"mixed search on {device}: reused {front} (same checkpoint, budgets, settings and "
+                             "measurements; --fresh searches again)")
+            if not prev.get("meets_budgets"):
+                raise BudgetsNotMet(_miss_text(prev))
+            return prev
+    return _Search(run, device, budgets, search, progress, key).search()
+
+
+def search_key(run: Run, device: str, budgets: MixedBudgets, search: SearchConfig) -> str:
+    """What a search's result depends on: the checkpoint, the device's (calibrated) profile, the budgets, the
+    search's settings and the run's measurements (the roofline is fitted to them)."""
+    from dataclasses import asdict
+
+    from edgehydra._io import sha256_path
+
+    cal = run.calibrated_profile(device)
+    meas = sorted(p.name for p in run.measurements_dir.glob("*.json")) if run.measurements_dir.is_dir() else []
+    what = {"checkpoint": sha256_path(run.checkpoint()), "device": device,
+            "profile": sha256_path(cal) if cal.is_file() else None, "budgets": asdict(budgets),
+            "search": asdict(search), "measurements": meas}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # frames of the sequence a flicker budget is searched on: 11 consecutive pairs, ~0.5 s per PTQ program at 240x320
@@ -124,10 +159,10 @@ class _Search:
     """The search's steps: per-unit accuracy sweeps, per-unit latency (measured here or estimated), candidates
     from the predicted space, trials by real PTQ + evaluation (timed on this host), the report."""
 
-    def __init__(self, run: Run, device: str, budgets: MixedBudgets, search: SearchConfig, progress):
+    def __init__(self, run: Run, device: str, budgets: MixedBudgets, search: SearchConfig, progress, key: str):
         from edgehydra.devices.profile import load_profile
 
-        self.run, self.budgets, self.cfg, self.progress = run, budgets, search, progress
+        self.run, self.budgets, self.cfg, self.progress, self.key = run, budgets, search, progress, key
         cal = run.calibrated_profile(device)
         self.profile = load_profile(str(cal) if cal.is_file() else device)
         self.size = tuple(search.size or self.profile.budgets.input_size)
@@ -353,6 +388,7 @@ class _Search:
             "front": [c.to_dict() for c in front], "trials": [c.to_dict() for c in trials],
             "chosen": chosen.to_dict() if chosen else None, "meets_budgets": chosen is not None,
             "host_timing": timing, "notes": self.notes, "calibration_sha256": self.calib.sha256,
+            "search_key": self.key,
         }
         if chosen:
             rec = base.replace(name=f"{base.name}-mixed-{profile.name}", keep_float=chosen.keep_float,

@@ -1,4 +1,5 @@
 import math
+import json
 from pathlib import Path
 
 import h5py
@@ -285,3 +286,37 @@ def test_predict_writes_a_panel_with_ground_truth(tmp_path):
     from PIL import Image
 
     assert Image.open(png).size[1] > Image.open(png).size[0] / 3  # two rows: ground truth and prediction
+
+
+def test_train_on_crops_of_frames_at_the_evaluated_size(tmp_path, monkeypatch):
+    """`train --size 64x96 --crop 32x64`: frames render at 64x96, every training sample is a 32x64 crop of one,
+    the validation runs whole 64x96 frames, and the checkpoint records the crop; a crop larger than the frames
+    is one line."""
+    from click.testing import CliRunner
+
+    from edgehydra import fp32_stage
+    from edgehydra.checkpoint import load_checkpoint
+    from edgehydra.commands import cli
+
+    seen = {}
+    real_fit = fp32_stage.fit
+
+    def spy(model, train_ds, cfg, *a, **k):
+        seen["train"] = {tuple(train_ds[i]["image"].shape[-2:]) for i in range(3)}
+        return real_fit(model, train_ds, cfg, *a, **k)
+
+    monkeypatch.setattr(fp32_stage, "fit", spy)
+    args = ["train", "--model", "hydranet_tiny", "--size", "64x96", "--frames", "8", "--val-frames", "2",
+            "--epochs", "1", "--batch-size", "4", "--out", str(tmp_path)]
+    r = CliRunner().invoke(cli, args + ["--crop", "32x64"])
+    assert r.exit_code == 0, r.output
+    assert seen["train"] == {(32, 64)}
+    metrics = json.loads((tmp_path / "fp32_metrics.json").read_text())
+    assert metrics["protocol"] == "resized to 64x96"  # whole frames at --size
+    raw = torch.load(tmp_path / "fp32.pt", map_location="cpu", weights_only=True)
+    assert tuple(raw["train"]["config"]["crop"]) == (32, 64) and list(raw["train"]["data"]["size"]) == [64, 96]
+    model, _ = load_checkpoint(tmp_path / "fp32.pt")
+    assert tuple(model.config.input_size) == (64, 96)  # what its programs and artifacts are traced at
+    r = CliRunner().invoke(cli, args[:-2] + ["--out", str(tmp_path / "b"), "--crop", "96x128"])
+    assert r.exit_code != 0 and "--crop 96x128 is larger than the frames (64x96)" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "b" / "fp32.pt").exists()

@@ -118,6 +118,8 @@ def test_applied_assignment_ships_as_chosen(harmful_run):
 
     out = _cli("sensitivity", "--run", run, "--device", profile, "--layers", LAYERS, "--frames", "8",
                "--calib-frames", "8", "--max-miou-drop", "2", "--max-rmse-rise", str(RMSE_BUDGET), "--apply", "--qat")
+    # the same checkpoint, budgets, settings and measurements: the search above is reused, not repeated
+    assert "mixed search on edge_npu_test: reused" in out and "per-layer accuracy: 1/6" not in out, out
     assert f"check edge_npu_test on executorch/{mixed.name}: PASS" in out, out
     prog = load_program(shipped("qat"))
     ran = {r["layer"]: r["precision"] for r in profile_pte(mixed, prog.module, TINY_SIZE, runs=2)["rows"]
