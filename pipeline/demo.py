@@ -45,8 +45,9 @@ class DemoConfig:
     # the chosen assignment applied: its own program and artifact, which `check` judges for that device
     mixed_device: str = "raspberrypi5"
     mixed_layers: str = "pre_*,segm,depth"
-    # tighter than what all-int8 loses on the default run (0.4 points, 0.017 m), so that a float island is searched for
-    mixed_max_miou_drop: float = 0.25
+    # tighter than what all-int8 lost on the default run's 32 search frames (0.20 points, 0.008 m, flicker +0.74 pp):
+    # the search then looks for a float island and the demo ships it (the segmentation head in float recovered 0.06)
+    mixed_max_miou_drop: float = 0.15
     mixed_max_rmse_rise: float = 0.01
     mixed_trials: int = 3  # candidates checked by PTQ + evaluation (and timed on this host)
     sustained_s: float = 15.0  # the ExecuTorch int8 artifact under sustained load (latency over time)

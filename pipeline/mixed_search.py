@@ -119,8 +119,11 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, search: Searc
     is returned as it is (``--apply --qat`` after a PTQ search, a rerun) instead of repeating tens of PTQs."""
     run = run if isinstance(run, Run) else Run(run)
     search = search or SearchConfig()
+    from edgehydra.devices.profile import load_profile
+
     key = search_key(run, device, budgets, search)
-    front = run.mixed_dir(device) / "front.json"
+    name = load_profile(device).name  # a profile given as a file: its fronts live under its name
+    front = run.mixed_dir(name) / "front.json"
     if reuse and front.is_file():
         try:
             prev = json.loads(front.read_text())
@@ -128,7 +131,7 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, search: Searc
             prev = {}
         if prev.get("search_key") == key and Path(prev.get("chart", "")).is_file():
             if progress is not None and hasattr(progress, "log"):
-                progress.log(f"mixed search on {device}: reused {front} (same checkpoint, budgets, settings and "
+                progress.log(f"mixed search on {name}: reused {front} (same checkpoint, budgets, settings and "
                              "measurements; --fresh searches again)")
             if not prev.get("meets_budgets"):
                 raise BudgetsNotMet(_miss_text(prev))
@@ -144,10 +147,13 @@ def search_key(run: Run, device: str, budgets: MixedBudgets, search: SearchConfi
     from edgehydra._io import sha256_path
 
     cal = run.calibrated_profile(device)
-    meas = sorted(p.name for p in run.measurements_dir.glob("*.json")) if run.measurements_dir.is_dir() else []
-    what = {"checkpoint": sha256_path(run.checkpoint()), "device": device,
+    md = run.measurements_dir  # latency records and, under ops/, devices' per-op profiles: the roofline fits both
+    meas = sorted((str(p.relative_to(md)), sha256_path(p)) for p in md.rglob("*.json")) if md.is_dir() else []
+    files = {k: sha256_path(Path(v)) for k, v in (("device_file", device), ("recipe_file", search.recipe))
+             if v and Path(v).is_file()}
+    what = {"checkpoint": sha256_path(run.checkpoint()), "device": device, "files": files,
             "profile": sha256_path(cal) if cal.is_file() else None, "budgets": asdict(budgets),
-            "search": asdict(search), "measurements": meas}
+            "search": asdict(search), "measurements": meas, "data": run.record().get("data")}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

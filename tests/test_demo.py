@@ -22,7 +22,7 @@ def demo_run(tmp_path_factory):
 
 def test_demo_fast_end_to_end(demo_run):
     out, output = demo_run
-    for stage in ("data", "train", "ptq", "qat", "sensitivity", "mixed", "export", "bench", "calibrate", "robot",
+    for stage in ("data", "train", "ptq", "qat", "sensitivity", "mixed", "export", "apply", "bench", "calibrate", "robot",
                   "check", "report"):
         assert re.search(rf"{stage}: (done|skipped|reused)", output), stage
     assert (out / "fp32.pt").is_file() and (out / "qat" / "program.pt2").is_file()
