@@ -28,6 +28,10 @@ def train_run(out: Path, dataset: str, model_name: str | None, cfg: TrainConfig,
     out = Path(out)
     ckpt_path = Run(out).fp32
     ds = data_settings(dataset, size, frames, val_frames, cfg.seed)
+    crop = cfg.crop or tuple(ds["size"])  # refused before any work: a crop is a part of a frame
+    if crop[0] > ds["size"][0] or crop[1] > ds["size"][1]:
+        raise BadInputError(f"--crop {crop[0]}x{crop[1]} is larger than the frames ({ds['size'][0]}x{ds['size'][1]}); "
+                            "a crop is a part of a frame at --size")
     model_name = model_name or DEFAULT_MODEL.get(dataset, "hydranet_nyud")
     resume_state = None
     if resume:
@@ -58,10 +62,6 @@ def train_run(out: Path, dataset: str, model_name: str | None, cfg: TrainConfig,
                           f"tensors matched, {len(pretrained['identity_expand_convs'])} expand conv(s) set to identity, "
                           f"{len(pretrained['unused_in_file'])} unused key(s) in the file")
     train_ds = open_split(ds, "train")
-    crop = cfg.crop or tuple(ds["size"])
-    if crop[0] > ds["size"][0] or crop[1] > ds["size"][1]:
-        raise BadInputError(f"--crop {crop[0]}x{crop[1]} is larger than the frames ({ds['size'][0]}x{ds['size'][1]}); "
-                            "a crop is a part of a frame at --size")
     train_ds = EpochAugmented(train_ds, TrainAugment(crop, scale=cfg.scale), seed=cfg.seed)
     val_ds, view = open_eval_split(ds, ds["size"], fixed=False)  # the model takes any size: eval's path
     num_classes = model.config.num_classes

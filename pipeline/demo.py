@@ -156,13 +156,12 @@ class DemoRun:
         st.run("sensitivity", {"layers": cfg.sensitivity_layers, "ckpt": _sha(self.ckpt),
                                "calib_frames": min(32, cfg.calib_frames)}, self.sens_stage,
                [run.sensitivity_dir / "sensitivity.png"])
-        st.run("mixed", {"device": cfg.mixed_device, "layers": cfg.mixed_layers, "ckpt": _sha(self.ckpt),
+        mixed = st.run("mixed", {"device": cfg.mixed_device, "layers": cfg.mixed_layers, "ckpt": _sha(self.ckpt),
                          "trials": cfg.mixed_trials, "budgets": [cfg.mixed_max_miou_drop, cfg.mixed_max_rmse_rise]},
                self.mixed_stage, [run.mixed_dir(cfg.mixed_device) / "front.json"])
         exp = st.run("export", {"ckpt": _sha(self.ckpt), "qat": _sha(self.shipped_program), "sizes": self.budget_sizes,
                                 "precisions": cfg.precisions}, self.export_stage, [run.export_manifest])
-        front = run.mixed_dir(cfg.mixed_device) / "front.json"
-        self.applied = st.run("apply", {"front": _sha(front), "export": _sha(run.export_manifest)}, self.apply_stage)
+        applied = st.run("apply", {"mixed": mixed, "export": _sha(run.export_manifest)}, lambda: self.apply_stage(mixed))
         bench_res = st.run("bench", {"export": _sha(run.export_manifest), "runs": cfg.bench_runs,
                                      "sustained_s": cfg.sustained_s}, self.bench_stage)
         cal = st.run("calibrate", {"bench": bench_res}, lambda: self.calibrate_stage(bench_res))
@@ -170,7 +169,8 @@ class DemoRun:
             rob = st.run("robot", {"export": _sha(run.export_manifest), "stream": cfg.stream_frames,
                                    "stability": cfg.stability_frames}, lambda: self.robot_stage(p),
                          [run.stability_record])
-        st.run("check", {"export": exp, "cal": cal, "robot": rob, "applied": self.applied}, self.check_stage, [run.check_record])
+        st.run("check", {"export": exp, "cal": cal, "robot": rob, "applied": applied},
+               lambda: self.check_stage(applied), [run.check_record])
         summary = {"config": self.base, "stages": st.log, "total_seconds": time.perf_counter() - t_start}
         atomic_write_json(run.demo_summary, summary)
         st.run("report", {"t": time.time()}, self.report_stage)
@@ -253,13 +253,12 @@ class DemoRun:
                 "fp16": c.get("fp16_layers") or [], "int16": c.get("int16_layers") or [],
                 "recipe": rep["recipe_file"], "timing": rep.get("host_timing"), "chart": rep["chart"]}
 
-    def apply_stage(self) -> dict:
-        """The search's chosen assignment as its own program and artifact (hydranet_int8-mixed-<device>_HxW), which the
-        check stage judges for that device; nothing to apply where all-int8 was chosen or no assignment met the
-        budgets."""
+    def apply_stage(self, m: dict) -> dict:
+        """The mixed stage's chosen assignment ``m`` as its own program and artifact (hydranet_int8-mixed-<device>_HxW),
+        which the check stage judges for that device; nothing to apply where all-int8 was chosen or no assignment met
+        the budgets."""
         from .mixed_search import apply
 
-        m = json.loads(self.run.stage_record("mixed").read_text())["result"]
         if not m.get("meets_budgets"):
             raise _Skip("no assignment met the budgets: nothing to apply")
         if not (m["keep_float"] or m["fp16"] or m["int16"]):
@@ -358,13 +357,13 @@ class DemoRun:
             raise _Skip("no stream or stability frames asked for")
         return res
 
-    def check_stage(self) -> dict:
+    def check_stage(self, applied: dict) -> dict:
         from edgehydra.devices.check import check_run
 
-        # each device judged on its format's uniform artifact; the searched device on the artifact applied for it
-        mixed = (self.applied or {}).get("artifact") if (self.applied or {}).get("device") in self.cfg.devices else None
-        res = [r for d in self.cfg.devices  # check_run picks up the host profile calibrated above
-               for r in check_run(self.out, [d], artifact=Path(mixed) if mixed and d == self.applied["device"] else None)]
+        res = []
+        for d in self.cfg.devices:  # check_run picks up the host profile calibrated above
+            # the searched device is judged on the artifact applied for it, every other on its format's uniform one
+            res += check_run(self.out, [d], artifact=Path(applied["artifact"]) if applied.get("device") == d else None)
         atomic_write_json(self.run.check_record, res)
         return {"verdicts": {r["device"]: r["verdict"] for r in res}}
 

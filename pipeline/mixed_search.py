@@ -39,6 +39,7 @@ from edgehydra.calibration.quantizers import fp16_of, w8a16_of
 from edgehydra.calibration.recipe import load_recipe
 from edgehydra.calibration.sensitivity import _delta, _metrics, select_layers, sweep
 from edgehydra.devices.estimate import estimated_layer_latency
+from edgehydra.devices.profile import load_profile
 from edgehydra.devices.host_measure import layer_latency, measured_here, time_candidates
 
 # What each format does with a layer kept float (the recipe's keep_float), for the report and for
@@ -119,8 +120,6 @@ def mixed_run(run: Run | Path, device: str, budgets: MixedBudgets, search: Searc
     is returned as it is (``--apply --qat`` after a PTQ search, a rerun) instead of repeating tens of PTQs."""
     run = run if isinstance(run, Run) else Run(run)
     search = search or SearchConfig()
-    from edgehydra.devices.profile import load_profile
-
     key = search_key(run, device, budgets, search)
     name = load_profile(device).name  # a profile given as a file: its fronts live under its name
     front = run.mixed_dir(name) / "front.json"
@@ -166,8 +165,6 @@ class _Search:
     from the predicted space, trials by real PTQ + evaluation (timed on this host), the report."""
 
     def __init__(self, run: Run, device: str, budgets: MixedBudgets, search: SearchConfig, progress, key: str):
-        from edgehydra.devices.profile import load_profile
-
         self.run, self.budgets, self.cfg, self.progress, self.key = run, budgets, search, progress, key
         cal = run.calibrated_profile(device)
         self.profile = load_profile(str(cal) if cal.is_file() else device)
@@ -469,7 +466,6 @@ def apply(run: Run | Path, device: str, recipe_file: Path, *, qat: bool = False,
     artifact. Nothing here looks up "the run's program": each stage is handed what the one before made."""
     from edgehydra.calibration.quant_stages import QuantJob, ptq_run, qat_run
     from edgehydra.devices.check import check_device
-    from edgehydra.devices.profile import load_profile
     from edgehydra.exporters.export_stage import export_run, summary_rows
 
     run = run if isinstance(run, Run) else Run(run)
