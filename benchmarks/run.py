@@ -166,7 +166,7 @@ def main():
     from edgehydra.devices.estimate import estimate
     from edgehydra.devices.profile import load_profile
     from edgehydra.exporters.executorch import runtime as executorch_runtime
-    from edgehydra.exporters.export_stage import export_run
+    from edgehydra.exporters.export_stage import ExportSettings, ExportSource, export_run
 
     from edgehydra.run import Run
 
@@ -206,8 +206,8 @@ def main():
         dr = Run(d)
         shutil_copy(ckpt, dr.fp32)
         rep = ptq_run(dr.fp32, dr, QuantJob("w8a8", size=(h, w), calib_frames=16, val_limit=8))
-        results = export_run(dr.export_dir, ["executorch", "tflite", "onnx"], ["fp32", "int8"], run=d, size=(h, w),
-                             eval_frames=4)
+        results = export_run(dr.export_dir, ["executorch", "tflite", "onnx"], ["fp32", "int8"], source=ExportSource(run=d),
+                             settings=ExportSettings(size=(h, w), eval_frames=4))
         export_s = {f"{r.target}_{r.precision}": r.manifest.get("export_seconds") for r in results}
         gc.collect()  # the verification's runtimes go before anything is timed
         x = torch.randn(1, 3, h, w)

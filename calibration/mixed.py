@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -233,6 +233,7 @@ class Candidate:
                 "measured_latency_ms": self.measured_latency_ms}
 
 
+@dataclass(frozen=True)
 class Space:
     """Predicted accuracy, latency and size of any keep-float set, from the per-layer tables.
 
@@ -245,28 +246,31 @@ class Space:
     ate the gain.
     """
 
-    def __init__(self, all_q: dict, gains: dict[str, dict], lat: dict, sizes: dict, base_size_bytes: int,
-                 order: list[str] | None = None, out_elems: dict[str, int] | None = None,
-                 convert_ms_per_elem: float = 0.0, gains16: dict[str, dict] | None = None,
-                 gains_f16: dict[str, dict] | None = None, sizes16: dict | None = None):
-        self.all_q, self.gains, self.lat, self.sizes, self.base = all_q, gains, lat, sizes, base_size_bytes
-        self.order, self.out_elems, self.c = order or [], out_elems or {}, convert_ms_per_elem
-        self.gains16 = gains16 or {}  # layer -> what W8A16 there recovers, for the layers the format offers it
-        # layer -> what fp16 there recovers, for the layers the format computes in fp16 and where it is faster
-        # than fp32 (elsewhere fp16 is no more accurate and slower: never worth it); their fp16 weight bytes
-        self.gains_f16, self.sizes16 = gains_f16 or {}, sizes16 or {}
+    all_q: dict  # the all-int8 program's metrics
+    gains: dict  # layer -> what keeping it float recovers
+    lat: dict  # the per-layer latency table (layer_latency)
+    sizes: dict  # layer -> its float weight bytes
+    base: int  # the all-int8 artifact's bytes
+    order: list = field(default_factory=list)
+    out_elems: dict = field(default_factory=dict)
+    convert_ms_per_elem: float = 0.0
+    gains16: dict = field(default_factory=dict)  # layer -> what W8A16 there recovers, where the format offers it
+    # layer -> what fp16 there recovers, for the layers the format computes in fp16 and where it is faster than
+    # fp32 (elsewhere fp16 is no more accurate and slower: never worth it); their fp16 weight bytes
+    gains_f16: dict = field(default_factory=dict)
+    sizes16: dict = field(default_factory=dict)
 
     def boundary_ms(self, keep) -> float:
-        if not self.c or not self.order:
+        if not self.convert_ms_per_elem or not self.order:
             return 0.0
         ks, ms, n = set(keep), 0.0, len(self.order)
         for i, name in enumerate(self.order):
             if name not in ks:
                 continue
             if i > 0 and self.order[i - 1] not in ks:  # an island starts: dequantize its input
-                ms += self.c * self.out_elems.get(self.order[i - 1], 0)
+                ms += self.convert_ms_per_elem * self.out_elems.get(self.order[i - 1], 0)
             if i < n - 1 and self.order[i + 1] not in ks:  # it ends: quantize its output
-                ms += self.c * self.out_elems.get(name, 0)
+                ms += self.convert_ms_per_elem * self.out_elems.get(name, 0)
         return ms
 
     def lat_gain(self, n: str) -> float:

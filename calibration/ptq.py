@@ -47,18 +47,18 @@ def convert_stage(prepared, fold: bool = True, recipe: Recipe | None = None):
     return converted
 
 
-def quantize_ptq(model: torch.nn.Module, recipe: Recipe, dataset, calib: CalibrationSet, size, backend: str = "xnnpack",
-                 target: str | None = None, progress=None, fold: bool = True, graph=None):
+def quantize_ptq(model: torch.nn.Module, recipe: Recipe, dataset, calib: CalibrationSet, size, *,
+                 backend: str = "xnnpack", progress=None, graph=None):
     """All four stages. ``dataset[i]['image']`` must already be at ``size``. ``graph``: ``export_stage(model,
     size)`` made once by a caller that quantises the same model many times (a sweep): each call prepares a
     copy of it (prepare_pt2e rewrites the graph it is given) instead of exporting again (about a third of a
-    tiny-model PTQ)."""
+    tiny-model PTQ). A format's own limits are judged where it is exported (``translate(..., target=)``)."""
     if len(calib.indices) == 0:
         raise BadInputError("calibration set is empty")
-    tr = translate(recipe, backend, is_qat=False, target=target)
+    tr = translate(recipe, backend, is_qat=False)
     prepared = prepare_stage(copy.deepcopy(graph) if graph is not None else export_stage(model, size), tr)
     calibrate_stage(prepared, dataset, calib, progress=progress)
-    return convert_stage(prepared, fold=fold, recipe=recipe), tr
+    return convert_stage(prepared, recipe=recipe), tr
 
 
 def quantized_layer_names(converted) -> tuple[list[str], list[str]]:

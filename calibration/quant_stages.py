@@ -21,6 +21,7 @@ from edgehydra.errors import BadInputError
 from edgehydra.run import Run
 from edgehydra.dataspec import open_eval_split, open_split, run_data_settings
 from edgehydra._io import read_json
+from edgehydra.metrics import Scoring
 from edgehydra.train import EpochAugmented, FitHooks, FitTask, TrainConfig, evaluate, fit, is_main
 
 from .calibset import select_calibration
@@ -45,8 +46,8 @@ def _datasets(checkpoint: Path, dataset: str | None, size, run: Run | None = Non
 def _eval(fwd, scored, cfg, limit=None, progress=None):
     """``scored``: (split, EvalView) from _datasets; the metrics, with the protocol they were taken on."""
     val, view = scored
-    m = evaluate(fwd, val, cfg.tasks, cfg.num_classes, getattr(val, "depth_cap", cfg.depth_cap), limit=limit,
-                 progress=progress, padded=view.padded, batch_size=1 if view.padded else 8)
+    m = evaluate(fwd, val, Scoring(cfg.tasks, cfg.num_classes, getattr(val, "depth_cap", cfg.depth_cap), padded=view.padded),
+                 limit=limit, progress=progress)
     m.pop("iou_per_class", None)
     return m
 

@@ -9,6 +9,7 @@ PTQ model meets every budget; the result is a recipe file the other commands acc
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from edgehydra.checkpoint import load_checkpoint
 from edgehydra.errors import BadInputError
 from edgehydra.data import Resize
 from edgehydra.dataspec import open_split, run_data_settings
+from edgehydra.metrics import Scoring
 from edgehydra.train import evaluate
 
 from .calibset import select_calibration
@@ -81,7 +83,7 @@ def _metrics(fwd, val, cfg, limit, sequence=None):
     segmentation flicker in percent (edgehydra.temporal.sequence_flicker)."""
     # shard=False: under torchrun each rank scores a different assignment; sharding the frames and
     # all-reducing would sum two models' confusion matrices (the first 2-rank test caught exactly that).
-    m = evaluate(fwd, val, cfg.tasks, cfg.num_classes, getattr(val, "depth_cap", cfg.depth_cap), limit=limit,
+    m = evaluate(fwd, val, Scoring(cfg.tasks, cfg.num_classes, getattr(val, "depth_cap", cfg.depth_cap)), limit=limit,
                  shard=False)
     out = {k: m.get(k, float("nan")) for k in ("miou", "rmse", "abs_rel")}
     if "normals" in cfg.tasks:
@@ -97,30 +99,60 @@ def _delta(m, ref):
     return {k: m[k] - ref[k] for k in ref}
 
 
-def measure(model, recipe, train, val, calib, size, keep_float, limit, graph=None):
-    q, _ = quantize_ptq(model, recipe.replace(keep_float=tuple(keep_float)), train, calib, size, graph=graph)
-    return _metrics(q, val, model.config, limit)
+@dataclass(frozen=True)
+class SensitivityConfig:
+    """What `edgehydra sensitivity` sweeps: ``frames`` validation frames per trial, ``calib_frames`` per PTQ, the
+    budgets that make it propose a keep-float set, the base recipe and the layers (``select_layers`` patterns)."""
+    frames: int = 50
+    calib_frames: int = 32
+    max_miou_drop: float | None = None
+    max_absrel_rise: float | None = None
+    recipe_spec: str | None = None
+    layers: str | None = None
+
+    def __post_init__(self):
+        if self.frames < 1 or self.calib_frames < 1:
+            raise BadInputError(f"sensitivity: frames ({self.frames}) and calib_frames ({self.calib_frames}) must be >= 1")
 
 
-def sensitivity_run(checkpoint: Path, out: Path, dataset=None, frames: int = 50, calib_frames: int = 32,
-                    max_miou_drop=None, max_absrel_rise=None, recipe_spec=None, layers: str | None = None,
-                    model=None, progress=None) -> dict:
-    base = load_recipe(recipe_spec)
+@dataclass(frozen=True)
+class Sweep:
+    """What every trial of a sweep shares: the model, its base recipe, the splits, the calibration set, the input
+    size, the frames scored and (optionally) the model exported once, copied for each PTQ."""
+    model: torch.nn.Module
+    recipe: object
+    train: object
+    val: object
+    calib: object
+    size: tuple
+    frames: int
+    graph: object = None
+
+    def measure(self, keep_float, graph: bool = True) -> dict:
+        q, _ = quantize_ptq(self.model, self.recipe.replace(keep_float=tuple(keep_float)), self.train, self.calib,
+                            self.size, graph=self.graph if graph else None)
+        return _metrics(q, self.val, self.model.config, self.frames)
+
+
+def sensitivity_run(checkpoint: Path, out: Path, cfg: SensitivityConfig, dataset=None, model=None,
+                    progress=None) -> dict:
+    base = load_recipe(cfg.recipe_spec)
     if model is None:
         model, _ = load_checkpoint(checkpoint)
     ds = run_data_settings(Path(checkpoint), dataset)
     size = tuple(ds["size"])
     train, val = open_split(ds, "train", Resize(size)), open_split(ds, "val", Resize(size))
-    calib = select_calibration(train, calib_frames)
-    names = select_layers(model, layers)
-    fp32 = _metrics(model, val, model.config, frames)
-    graph = export_stage(model, size)  # exported once, copied for each PTQ of the sweep
-    all_q = measure(model, base, train, val, calib, size, (), frames, graph)
+    calib = select_calibration(train, cfg.calib_frames)
+    names = select_layers(model, cfg.layers)
+    fp32 = _metrics(model, val, model.config, cfg.frames)
+    # exported once, copied for each PTQ of the sweep
+    sw = Sweep(model, base, train, val, calib, size, cfg.frames, export_stage(model, size))
+    all_q = sw.measure(())
 
     def one(n):
-        float_one = measure(model, base, train, val, calib, size, (n,), frames, graph)
+        float_one = sw.measure((n,))
         others = tuple(x for x in conv_layers(model) if x != n)
-        quant_one = measure(model, base, train, val, calib, size, others, frames, graph)
+        quant_one = sw.measure(others)
         return {"layer": n, "float_one": _delta(float_one, fp32), "quant_one": _delta(quant_one, fp32),
                 "recovers": _delta(float_one, all_q)}
 
@@ -131,11 +163,10 @@ def sensitivity_run(checkpoint: Path, out: Path, dataset=None, frames: int = 50,
         r["damage"] = damage(r["quant_one"], fp32)
     rows.sort(key=lambda r: -r["damage"])
     out.mkdir(parents=True, exist_ok=True)
-    report = {"fp32": fp32, "all_quantised": all_q, "layers": rows, "frames": frames,
+    report = {"fp32": fp32, "all_quantised": all_q, "layers": rows, "frames": cfg.frames,
               "calibration_sha256": calib.sha256, "recipe": base.to_dict()}
-    if max_miou_drop is not None or max_absrel_rise is not None:
-        report["proposal"] = propose(model, base, train, val, calib, size, frames, fp32, all_q, rows, max_miou_drop,
-                                     max_absrel_rise, out)
+    if cfg.max_miou_drop is not None or cfg.max_absrel_rise is not None:
+        report["proposal"] = propose(sw, fp32, all_q, rows, cfg, out)
     report["chart"] = str(chart(rows, out / "sensitivity.png"))
     atomic_write_json(out / "sensitivity.json", report)
     return report
@@ -159,17 +190,18 @@ def meets(m, fp32, max_miou_drop, max_absrel_rise) -> bool:
     return bool(ok)
 
 
-def propose(model, base, train, val, calib, size, frames, fp32, all_q, rows, max_miou_drop, max_absrel_rise, out):
+def propose(sw: Sweep, fp32: dict, all_q: dict, rows: list, cfg: SensitivityConfig, out: Path) -> dict:
+    """Layers to float greedily in ``rows``' rank order until the PTQ model meets ``cfg``'s budgets; a recipe file."""
     keep: list[str] = []
     m = all_q
-    while not meets(m, fp32, max_miou_drop, max_absrel_rise) and len(keep) < len(rows):
+    while not meets(m, fp32, cfg.max_miou_drop, cfg.max_absrel_rise) and len(keep) < len(rows):
         keep.append(rows[len(keep)]["layer"])
-        m = measure(model, base, train, val, calib, size, keep, frames)
-    recipe = base.replace(name=f"{base.name}-sensitivity", keep_float=tuple(keep))
+        m = sw.measure(keep, graph=False)
+    recipe = sw.recipe.replace(name=f"{sw.recipe.name}-sensitivity", keep_float=tuple(keep))
     f = out / "recipe.json"
     atomic_write_json(f, recipe.to_dict())
-    return {"keep_float": keep, "metrics": m, "meets_budgets": meets(m, fp32, max_miou_drop, max_absrel_rise),
-            "recipe_file": str(f), "budgets": {"max_miou_drop": max_miou_drop, "max_absrel_rise": max_absrel_rise}}
+    return {"keep_float": keep, "metrics": m, "meets_budgets": meets(m, fp32, cfg.max_miou_drop, cfg.max_absrel_rise),
+            "recipe_file": str(f), "budgets": {"max_miou_drop": cfg.max_miou_drop, "max_absrel_rise": cfg.max_absrel_rise}}
 
 
 def chart(rows, path: Path) -> Path:

@@ -21,12 +21,15 @@ def arm():
 @click.option("--force", is_flag=True, help="Build again even if a complete one with the same versions is there.")
 def setup(d, force):
     """Build the emulated root once: QEMU 10 (static), Debian's arm64 Python 3.11, the aarch64 wheels of this host's
-    onnxruntime / LiteRT / numpy. No root, binfmt_misc or chroot; apt runs with a private configuration.
+    onnxruntime / LiteRT / numpy, and of ExecuTorch with torch (its CUDA libraries stubbed) where the host has it.
+    No root, binfmt_misc or chroot; apt runs with a private configuration.
 
-    Then: `edgehydra bench --artifact A.tflite --bundle --device qemu:cortex-a76` (cortex-a72, -a55, -a76, -a710,
-    max): the artifact's reference I/O on that CPU's kernels, judged with the export's tolerance.
+    Then: `edgehydra bench --artifact A.pte --bundle --device qemu:cortex-a76` (a .pte, .tflite or .onnx; CPUs
+    cortex-a72, -a55, -a76, -a710, max): the artifact's reference I/O on that CPU's kernels, judged with the
+    export's tolerance.
     """
-    from edgehydra.devices.arm import CPUS, setup as run_setup
+    from edgehydra.devices.arm import CPUS
+    from edgehydra.devices.arm_setup import setup as run_setup
 
     t = time.perf_counter()
     with progress_bar() as p:

@@ -96,7 +96,8 @@ def doctor(as_json):
 
 
 def _arm_status() -> dict:
-    from edgehydra.devices.arm import CPUS, default_dir, state
+    from edgehydra.devices.arm import CPUS
+    from edgehydra.devices.arm_setup import default_dir, state
 
     st = state()
     if st is None:

@@ -81,7 +81,7 @@ def export(targets, precisions, run_dir, checkpoint, program, out, size, delegat
 
     Exit code 1 if any artifact fails verification (its report is kept).
     """
-    from edgehydra.exporters.export_stage import export_run, parse_tolerances, summary_rows
+    from edgehydra.exporters.export_stage import ExportSettings, ExportSource, export_run, parse_tolerances, summary_rows
     from edgehydra.run import Run
 
     if not (run_dir or checkpoint or program):
@@ -92,9 +92,10 @@ def export(targets, precisions, run_dir, checkpoint, program, out, size, delegat
             "deployment_target": deployment_target, "io_dtype": io_dtype, "layout": layout, "opset": opset,
             "qdq": qdq}
     with progress_bar(transient=True) as p:
-        res = export_run(out, targets, list(precisions) or None, run=Path(run_dir) if run_dir else None,
-                         checkpoint=Path(checkpoint) if checkpoint else None, program=Path(program) if program else None,
-                         dataset=dataset, size=size, options=opts, tolerances=parse_tolerances(tol), progress=p)
+        src = ExportSource(run=Path(run_dir) if run_dir else None, checkpoint=Path(checkpoint) if checkpoint else None,
+                           program=Path(program) if program else None, dataset=dataset)
+        res = export_run(out, targets, list(precisions) or None, source=src,
+                         settings=ExportSettings(size=size, options=opts, tolerances=parse_tolerances(tol)), progress=p)
     rows = summary_rows(res)
     c = console()
     show(summary_table(rows), c)
@@ -125,8 +126,8 @@ def run_artifact(artifact, out, images):
 @click.command()
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True)
 @click.option("--device", default=None,
-              help="qemu:CPU (cortex-a72, -a55, -a76, -a710, max): run each .tflite / .onnx artifact's reference I/O on "
-                   "that emulated CPU's ARM kernels instead (`edgehydra arm setup` first).")
+              help="qemu:CPU (cortex-a72, -a55, -a76, -a710, max): run each .pte / .tflite / .onnx artifact's reference "
+                   "I/O on that emulated CPU's ARM kernels instead (`edgehydra arm setup` first).")
 def verify(run_dir, device):
     """Re-check every artifact's sha256 against its manifest and re-run parity; exit 1 on any mismatch."""
     from edgehydra.exporters.runtime import verify_run
@@ -152,8 +153,8 @@ def verify(run_dir, device):
 
 def _verify_emulated(run_dir: Path, device: str) -> None:
     """`verify --device qemu:CPU`: `bench --bundle --device qemu:CPU` for every .tflite and .onnx of the run."""
-    import json
 
+    from edgehydra.devices.arm_setup import has_executorch, state
     from edgehydra.devices.measure import BenchRequest, measure
     from edgehydra.errors import BadInputError
     from edgehydra.run import Run
@@ -163,11 +164,17 @@ def _verify_emulated(run_dir: Path, device: str) -> None:
     run = Run(run_dir)
     if not run.export_manifest.is_file():
         raise BadInputError(f"no export manifest at {run.export_manifest}: run `edgehydra export --run {run_dir}` first")
-    arts = [run.export_dir / a["path"] for a in json.loads(run.export_manifest.read_text())["artifacts"]
-            if a.get("path") and Path(a["path"]).suffix in (".tflite", ".onnx")]
+    arts = [run.export_dir / a["path"] for a in run.export_record()["artifacts"]
+            if a.get("path") and Path(a["path"]).suffix in (".pte", ".tflite", ".onnx")]
     if not arts:
-        raise BadInputError(f"{run_dir} has no .tflite or .onnx artifact to run on {device}")
+        raise BadInputError(f"{run_dir} has no .pte, .tflite or .onnx artifact to run on {device}")
     c = console()
+    st = state()
+    if st is not None and not has_executorch(st):  # said, not skipped silently
+        for a in (a for a in arts if a.suffix == ".pte"):
+            c.print(f"{a.relative_to(run.export_dir)}: not checked, the emulated root has no ExecuTorch (`edgehydra "
+                    f"arm setup` adds it where this host has ExecuTorch)", soft_wrap=True)
+        arts = [a for a in arts if a.suffix != ".pte"]
     bad = False
     for a in arts:
         res = measure(a, device, BenchRequest(bundle=True))

@@ -134,7 +134,7 @@ def sensitivity(checkpoint, run_dir, device, dataset, out, layers, recipe, size,
                                                        latency_budget_ms)):
         raise click.UsageError("--apply, --qat, --max-rmse-rise, --max-normals-rise, --max-flicker-rise and "
                                "--latency-budget-ms need --device")
-    from edgehydra.calibration.sensitivity import sensitivity_run
+    from edgehydra.calibration.sensitivity import SensitivityConfig, sensitivity_run
 
     if checkpoint is None and run_dir is None:
         raise click.UsageError("pass --run RUN or --checkpoint FILE")
@@ -144,8 +144,9 @@ def sensitivity(checkpoint, run_dir, device, dataset, out, layers, recipe, size,
         checkpoint = Run(run_dir).checkpoint()
     out = Path(out) if out else Path(checkpoint).parent / "sensitivity"
     with progress_bar(transient=True) as p:
-        rep = sensitivity_run(Path(checkpoint), out, dataset, frames, calib_frames, max_miou_drop, max_absrel_rise,
-                              recipe_spec=recipe, layers=layers, progress=p)
+        rep = sensitivity_run(Path(checkpoint), out, SensitivityConfig(frames, calib_frames, max_miou_drop, max_absrel_rise,
+                                                                       recipe_spec=recipe, layers=layers),
+                              dataset=dataset, progress=p)
     from rich.table import Table
 
     t = Table(title="per-layer sensitivity (only this layer in float / only this layer quantised)")
@@ -163,7 +164,8 @@ def sensitivity(checkpoint, run_dir, device, dataset, out, layers, recipe, size,
 def _mixed(run_dir, device, flags: dict, search: dict, do_apply, qat, fresh=False):
     """The search for ``device``: ``flags`` the budget options, ``search`` the SearchConfig's."""
     from edgehydra.calibration.mixed import MixedBudgets
-    from edgehydra.pipeline.mixed_search import SearchConfig, apply, mixed_run
+    from edgehydra.pipeline.mixed_apply import ApplyConfig, apply
+    from edgehydra.pipeline.mixed_search import SearchConfig, mixed_run
     from edgehydra.devices.profile import load_profile
     from edgehydra.run import Run
     from edgehydra.train import init_distributed, is_main
@@ -193,8 +195,8 @@ def _mixed(run_dir, device, flags: dict, search: dict, do_apply, qat, fresh=Fals
     click.echo(f"front: {rep['chart']}")
     if do_apply:
         with progress_bar(transient=True) as p:
-            res = apply(run, device, Path(rep["recipe_file"]), qat=qat, size=search["size"],
-                        calib_frames=search["calib_frames"], progress=p)
+            res = apply(run, device, Path(rep["recipe_file"]),
+                        ApplyConfig(qat=qat, size=search["size"], calib_frames=search["calib_frames"]), progress=p)
         v = res["check"]
         shipped = ", ".join(f"{r['path']} ({r['status']})" for r in res["export"])
         click.echo(f"applied: {res['quantised']} -> {shipped}; "

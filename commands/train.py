@@ -54,6 +54,7 @@ def metrics_table(title: str, columns: dict[str, dict]):
 def train(dataset, out, model_name, size, crop, frames, val_frames, epochs, batch_size, lr, lr_encoder, lr_decoder,
           schedule, optimizer, seed, lam, normals_weight, encoder_weights, resume):
     """Train an FP32 HydraNet; writes OUT/fp32.pt every epoch and OUT/fp32_metrics.json at the end."""
+    from edgehydra.dataspec import data_settings
     from edgehydra.fp32_stage import train_run
     from edgehydra.train import TrainConfig, init_distributed, is_main
 
@@ -65,8 +66,8 @@ def train(dataset, out, model_name, size, crop, frames, val_frames, epochs, batc
         raise click.UsageError(str(e))
     c = console()
     with progress_bar() as p:
-        res = train_run(Path(out), dataset, model_name, cfg, size=size, frames=frames, val_frames=val_frames,
-                        resume=resume, progress=p if is_main() else None, console=c, encoder_weights=encoder_weights)
+        res = train_run(Path(out), data_settings(dataset, size, frames, val_frames, cfg.seed), model_name, cfg,
+                        resume=resume, encoder_weights=encoder_weights, progress=p if is_main() else None, console=c)
     if is_main():
         c.print(metrics_table(f"FP32 on {dataset} (val)", {"fp32": res["metrics"]}))
         c.print(f"checkpoint: {res['checkpoint']}")
@@ -124,6 +125,7 @@ def evaluate(checkpoint, dataset, split, size, limit, resolution, crop, class_sl
     from edgehydra.data import PadTo, PadToMultiple, Resize
     from edgehydra.errors import BadInputError
     from edgehydra.dataspec import open_split, run_data_settings
+    from edgehydra.metrics import Scoring
     from edgehydra.train import evaluate as run_eval
 
     from ._loaders import load_any
@@ -164,9 +166,8 @@ def evaluate(checkpoint, dataset, split, size, limit, resolution, crop, class_sl
             outs[seg_i] = outs[seg_i][:, sl[0]:sl[1]]
             return tuple(outs)
     with progress_bar(transient=True) as p:
-        m = run_eval(fwd, data, cfg.tasks, n_classes, paper_depth.get("cap") or getattr(data, "depth_cap", cfg.depth_cap),
-                     progress=p, limit=limit, depth_crop=crop, padded=native, batch_size=1 if native else 8,
-                     aggregation=aggregation)
+        m = run_eval(fwd, data, Scoring(cfg.tasks, n_classes, paper_depth.get("cap") or getattr(data, "depth_cap", cfg.depth_cap),
+                                        depth_crop=crop, padded=native, aggregation=aggregation), progress=p, limit=limit)
     how = {"resolution": (f"native (padded to {in_size[0]}x{in_size[1]}, cropped back)" if fixed else
                           "native (padded to a multiple of 32, cropped back)") if native
            else f"resized to {in_size[0]}x{in_size[1]}",

@@ -1,32 +1,19 @@
-"""ARM (aarch64) kernels checked without an ARM device: the runtimes' aarch64 wheels under QEMU user-mode emulation.
+"""ARM (aarch64) kernels checked without an ARM device: an emulated CPU as a device (``--device qemu:CPU``).
 
-``edgehydra arm setup`` builds, in one folder and without root, binfmt_misc or chroot:
-
-- QEMU 10's static ``qemu-aarch64`` from Debian bookworm-backports (bookworm's QEMU 7.2 does not emulate
-  /proc/cpuinfo for aarch64, and every runtime's cpuinfo then segfaults: ../shared/reference/TOOLCHAIN.md);
-- an arm64 Python 3.11 from Debian bookworm's arm64 packages, unpacked (``dpkg-deb -x``), never installed:
-  ``qemu-aarch64 -L ROOT ROOT/usr/bin/python3.11`` runs it with ROOT as its library prefix;
-- the host's runtime versions as aarch64 wheels (numpy, onnxruntime, ai-edge-litert and what they import),
-  fetched by the host's pip (pip inside the emulated root cannot reach the index) into ROOT/opt/sp.
-
-apt runs with a private configuration (its own sources list, lists, cache and dpkg status in the folder), so
-nothing of the machine's own configuration changes. ``QEMU_CPU`` picks the kernels each runtime dispatches to.
-Emulated time is never a latency: a check here records parity, not milliseconds.
+The emulated root is built by ``edgehydra arm setup`` (devices/arm_setup.py). ``QEMU_CPU`` picks the kernels
+each runtime dispatches to; the artifact's reference I/O runs through the same self-contained runner an ssh
+device gets. Emulated time is never a latency: a check here records parity, not milliseconds.
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
 import shutil
 import subprocess
-import sys
-from importlib import metadata
 from pathlib import Path
 
-from edgehydra._io import atomic_write_json
 from edgehydra.errors import BadInputError, EdgeHydraError
 
+from .arm_setup import default_dir, has_executorch, state
 from .remote import Result, Transport
 
 # QEMU_CPU -> the int8 kernel family the runtimes pick on it (TOOLCHAIN.md: seen in QEMU's translated-block log
@@ -38,171 +25,6 @@ CPUS = {
     "cortex-a710": "i8mm kernels (Armv9 phones)",
     "max": "every extension QEMU has, SME included",
 }
-SCHEMA = 1
-DEBIAN = "http://deb.debian.org/debian"
-KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-ROOT_PACKAGES = ("python3.11", "libatomic1", "libstdc++6", "libgomp1")
-# what the runners import, at the host's versions where the host has them (the same runtime on both sides)
-WHEELS = ("numpy", "onnxruntime", "ai-edge-litert", "flatbuffers", "protobuf", "ml_dtypes", "backports.strenum",
-          "tqdm", "typing-extensions", "packaging")
-PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_27_aarch64", "manylinux_2_28_aarch64")
-
-
-def default_dir() -> Path:
-    return Path(os.environ.get("EDGEHYDRA_ARM_DIR") or Path.home() / ".cache" / "edgehydra" / "arm")
-
-
-class ArmSetupError(EdgeHydraError):
-    exit_code = 1
-
-
-def _wanted() -> dict:
-    out = {}
-    for name in WHEELS:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None  # the newest aarch64 wheel
-    return {"schema": SCHEMA, "packages": list(ROOT_PACKAGES), "wheels": out}
-
-
-def state(d: Path | None = None) -> dict | None:
-    """The setup's record (versions, sizes, when) if the emulated root is complete, else None."""
-    f = Path(d or default_dir()) / "state.json"
-    if not f.is_file():
-        return None
-    try:
-        s = json.loads(f.read_text())
-    except json.JSONDecodeError:
-        return None
-    return s if s.get("complete") and Path(s.get("qemu", "")).is_file() else None
-
-
-def _run(argv: list[str], what: str, timeout: float = 900) -> str:
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    except FileNotFoundError:
-        raise ArmSetupError(f"arm setup: {argv[0]} not found (it needs apt-get and dpkg-deb: a Debian or Ubuntu host)") from None
-    except subprocess.TimeoutExpired:
-        raise ArmSetupError(f"arm setup: {what} timed out after {timeout:.0f} s") from None
-    if p.returncode != 0:
-        last = (p.stderr or p.stdout).strip().splitlines()
-        raise ArmSetupError(f"arm setup: {what} failed: {last[-1] if last else f'exit {p.returncode}'}")
-    return p.stdout
-
-
-def _apt(d: Path, arch: str, suite: str) -> list[str]:
-    """apt-get with its whole state in ``d``: the machine's sources, lists, cache and dpkg status are untouched."""
-    for sub in ("lists/partial", "cache/archives/partial"):
-        (d / sub).mkdir(parents=True, exist_ok=True)
-    (d / "sources.list").write_text(f"deb [arch={arch} signed-by={KEYRING}] {DEBIAN} {suite} main\n")
-    (d / "status").touch()
-    opts = [f"Dir::Etc::SourceList={d / 'sources.list'}", "Dir::Etc::SourceParts=/nonexistent",
-            f"Dir::State::Lists={d / 'lists'}", f"Dir::Cache={d / 'cache'}", f"Dir::State::status={d / 'status'}",
-            f"APT::Architecture={arch}", f"APT::Architectures::={arch}", "Debug::NoLocking=1"]
-    if os.geteuid() == 0:
-        opts.append("APT::Sandbox::User=root")  # as root apt would drop to _apt, who cannot write the folder
-    return ["apt-get", "-q", "-y"] + [a for o in opts for a in ("-o", o)]
-
-
-def setup(d: Path | None = None, progress=None, force: bool = False) -> dict:
-    """Build (or find complete) the emulated aarch64 Python in ``d``; returns its state record."""
-    d = Path(d or default_dir())
-    want = _wanted()
-    have = state(d)
-    if have and not force and {k: have.get(k) for k in want} == want:
-        return dict(have, reused=True)
-    if platform.machine() != "x86_64":
-        raise ArmSetupError(f"arm setup: this host is {platform.machine()}; the emulated root is built for x86-64 hosts")
-    if not Path(KEYRING).is_file():
-        raise ArmSetupError(f"arm setup: Debian's archive keyring is missing ({KEYRING}); install debian-archive-keyring")
-    steps = ("qemu", "arm64 python", "wheels", "self-check")
-    task = progress.add_task("arm setup", total=len(steps)) if progress else None
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "state.json").unlink(missing_ok=True)  # incomplete until the self-check passes
-
-    def done(info=""):
-        if progress:
-            progress.update(task, advance=1, info=info)
-
-    qemu = _qemu(d)
-    done(_run([str(qemu), "--version"], "qemu --version").splitlines()[0])
-    root = _root(d)
-    done(f"{root}")
-    sp = _wheels(d, root, want["wheels"])
-    done(f"{len(list((d / 'wheels').glob('*.whl')))} wheels")
-    check = _run([str(qemu), "-L", str(root), "-E", f"PYTHONPATH={sp}", str(root / "usr/bin/python3.11"), "-c",
-                  "import numpy, onnxruntime, ai_edge_litert.interpreter, platform; print(platform.machine(), "
-                  "onnxruntime.__version__, numpy.__version__)"], "self-check (import the runtimes emulated)")
-    done(check.strip())
-    rec = dict(want, complete=True, dir=str(d), qemu=str(qemu), root=str(root), site_packages=str(sp),
-               qemu_version=_run([str(qemu), "--version"], "qemu --version").splitlines()[0],
-               self_check=check.strip(), disk_mb=round(_du(d) / 2**20, 1))
-    atomic_write_json(d / "state.json", rec)
-    return rec
-
-
-def _du(p: Path) -> int:
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and not f.is_symlink())
-
-
-def _qemu(d: Path) -> Path:
-    out = d / "qemu-aarch64"
-    if out.is_file():
-        return out
-    apt = _apt(d / "apt-amd64", "amd64", "bookworm-backports")
-    _run(apt + ["update"], "apt-get update (bookworm-backports)")
-    deb_dir = d / "apt-amd64" / "debs"
-    deb_dir.mkdir(exist_ok=True)
-    _run(apt + ["-o", f"Dir::Cache::Archives={deb_dir}", "install", "--download-only", "--no-install-recommends",
-                "qemu-user/bookworm-backports"], "downloading qemu-user from bookworm-backports")
-    debs = sorted(deb_dir.glob("qemu-user_*.deb"))
-    if not debs:
-        raise ArmSetupError("arm setup: apt downloaded no qemu-user package from bookworm-backports")
-    tmp = d / "qemu-extract"
-    shutil.rmtree(tmp, ignore_errors=True)
-    _run(["dpkg-deb", "-x", str(debs[-1]), str(tmp)], "unpacking qemu-user")
-    shutil.move(str(tmp / "usr/bin/qemu-aarch64"), out.with_suffix(".part"))
-    out.with_suffix(".part").replace(out)
-    shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def _root(d: Path) -> Path:
-    root = d / "root"
-    if (root / "usr/bin/python3.11").is_file():
-        return root
-    apt = _apt(d / "apt-arm64", "arm64", "bookworm")
-    _run(apt + ["update"], "apt-get update (bookworm arm64)")
-    deb_dir = d / "apt-arm64" / "debs"
-    deb_dir.mkdir(exist_ok=True)
-    _run(apt + ["-o", f"Dir::Cache::Archives={deb_dir}", "install", "--download-only", "--no-install-recommends",
-                *ROOT_PACKAGES], "downloading the arm64 Python packages")
-    tmp = d / "root.part"
-    shutil.rmtree(tmp, ignore_errors=True)
-    for deb in sorted(deb_dir.glob("*.deb")):
-        _run(["dpkg-deb", "-x", str(deb), str(tmp)], f"unpacking {deb.name}")
-    if not (tmp / "usr/bin/python3.11").is_file():
-        raise ArmSetupError("arm setup: the arm64 packages hold no usr/bin/python3.11")
-    tmp.replace(root)
-    return root
-
-
-def _wheels(d: Path, root: Path, versions: dict) -> Path:
-    sp = root / "opt" / "sp"
-    wd = d / "wheels"
-    wd.mkdir(exist_ok=True)
-    plat = ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp"] + [
-        a for p in PLATFORMS + ("any",) for a in ("--platform", p)]
-    reqs = [f"{n}=={v}" if v else n for n, v in versions.items()]
-    _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", *plat, "-d", str(wd), *reqs],
-         "downloading the aarch64 wheels (host pip)")
-    shutil.rmtree(sp, ignore_errors=True)
-    _run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", *plat, "--target", str(sp),
-          *[str(w) for w in sorted(wd.glob("*.whl"))]], "installing the aarch64 wheels into the root")
-    return sp
-
-
 # ------------------------------------------------------------------------------------------ the device
 class QemuTransport(Transport):
     """An emulated aarch64 CPU as a device: files go to a work folder here, ``python3`` is the emulated one."""
@@ -244,30 +66,25 @@ class QemuTransport(Transport):
 
 # ------------------------------------------------------------------------------------------ the check
 def emulated_parity(artifact: Path, transport: QemuTransport) -> dict:
-    """An artifact's reference I/O (.reference.npz) run on the emulated CPU's aarch64 kernels by the same
-    self-contained runner an ssh device gets, judged per task with the export's tolerance; and the same frames
-    through the x86 kernels here, compared output by output (bit-identical, max and mean difference, argmax)."""
+    """An artifact's reference I/O run on the emulated CPU's aarch64 kernels by the same self-contained runner an
+    ssh device gets (.pte: its bundled program through ExecuTorch's runtime; .tflite / .onnx: the .reference.npz
+    through LiteRT / onnxruntime), judged per task with the export's tolerance; and the same frames through the
+    x86 kernels here, compared output by output (bit-identical, max and mean difference, argmax)."""
     import numpy as np
 
-    from edgehydra.exporters import reference_runner
     from edgehydra.exporters.parity import Tolerance, parity, within
-    from edgehydra.exporters.reference_io import decode, read_expected, reference_path, run_runner_remote
     from edgehydra.exporters.runtime import read_manifest
 
     artifact = Path(artifact)
-    if artifact.suffix not in (".tflite", ".onnx"):
-        raise BadInputError(f"{artifact.name}: the emulated root holds LiteRT and onnxruntime; a .pte needs "
-                            f"ExecuTorch's aarch64 build, which links torch's (a CUDA build on the index): check the "
-                            f"run's .tflite / .onnx, whose XNNPACK and MLAS kernels are the ARM paths")
+    if artifact.suffix not in (".pte", ".tflite", ".onnx"):
+        raise BadInputError(f"{artifact.name}: an emulated CPU checks .pte, .tflite and .onnx artifacts")
+    if artifact.suffix == ".pte" and not has_executorch(transport.st):
+        raise BadInputError(f"{artifact.name}: the emulated root in {transport.st['dir']} has no ExecuTorch "
+                            f"runtime (built before it was added, or on a host without ExecuTorch); `edgehydra arm setup` adds "
+                            f"it when the host has ExecuTorch")
     man = read_manifest(artifact)
-    ref = reference_path(artifact)
-    if not ref.is_file():
-        raise BadInputError(f"{artifact.name} has no reference I/O ({ref.name}); export it again")
     tasks = tuple(man["outputs"])
-    arm = decode(run_runner_remote(transport, reference_runner, [artifact, ref], "python3",
-                                   "the emulated root's onnxruntime / ai-edge-litert"))
-    x86 = reference_runner.run_reference(str(artifact), str(ref))
-    expected = read_expected(ref)
+    arm, x86, expected, runner = _both_sides(artifact, transport, len(tasks))
 
     def cat(got):
         return [np.concatenate([np.asarray(r[k], np.float32).reshape(expected[k][i:i + 1].shape)
@@ -284,7 +101,40 @@ def emulated_parity(artifact: Path, transport: QemuTransport) -> dict:
             vs[t]["argmax_agreement"] = float((a[k].argmax(1) == x[k].argmax(1)).mean())
     return {"device": transport.name, "accelerator": transport.accelerator, "cases": len(expected[0]), "parity": par,
             "tolerance": man["verification"]["tolerance"], "failures": fails, "pass": not fails, "vs_x86": vs,
-            "runner": "exporters/reference_runner.py under QEMU user mode", "qemu": transport.st.get("qemu_version")}
+            "runner": f"{runner} under QEMU user mode", "qemu": transport.st.get("qemu_version")}
+
+
+def _both_sides(artifact: Path, transport: QemuTransport, n_out: int):
+    """(outputs on the emulated CPU, outputs on this x86 host, the expected outputs per task, the runner)."""
+    import numpy as np
+
+    from edgehydra.exporters.reference_io import run_runner_remote
+
+    if artifact.suffix == ".pte":
+        from edgehydra.exporters import bundle_runner
+        from edgehydra.exporters._et_runtime import runtime
+        from edgehydra.exporters.bundle import bundle_path, read_expected as read_bundle
+
+        bpte = bundle_path(artifact)
+        if not bpte.is_file():
+            raise BadInputError(f"{artifact.name} has no bundled program ({bpte.name}); export it again")
+        cases = read_bundle(bpte)
+        arm = bundle_runner.decode(run_runner_remote(transport, bundle_runner, [bpte], "python3",
+                                                     "the emulated root's executorch", args=(len(cases),)))
+        runtime()  # the host's threadpool started quietly
+        x86 = bundle_runner.run_cases(str(bpte), len(cases))
+        expected = [np.concatenate([np.asarray(e[k], np.float32) for _, e in cases]) for k in range(n_out)]
+        return arm, x86, expected, "exporters/bundle_runner.py (ExecuTorch's bundled program)"
+    from edgehydra.exporters import reference_runner
+    from edgehydra.exporters.reference_io import decode, read_expected, reference_path
+
+    ref = reference_path(artifact)
+    if not ref.is_file():
+        raise BadInputError(f"{artifact.name} has no reference I/O ({ref.name}); export it again")
+    arm = decode(run_runner_remote(transport, reference_runner, [artifact, ref], "python3",
+                                   "the emulated root's onnxruntime / ai-edge-litert"))
+    return arm, reference_runner.run_reference(str(artifact), str(ref)), read_expected(ref), \
+        "exporters/reference_runner.py"
 
 
 # ------------------------------------------------------------------------------------- kernel evidence
@@ -323,7 +173,8 @@ def kernel_evidence(artifact: Path, transport: QemuTransport) -> dict:
     artifact = Path(artifact)
     if artifact.suffix != ".tflite":
         return {"named": False, "why": f"{artifact.suffix}: its runtime's aarch64 library has no symbol table here "
-                                       f"(onnxruntime is stripped); kernels named for .tflite (LiteRT's XNNPACK) only"}
+                                       f"(onnxruntime's and ExecuTorch's XNNPACK backend are stripped); kernels are "
+                                       f"named for .tflite (LiteRT's XNNPACK, the same micro-kernels) only"}
     st = transport.st
     lib = Path(st["site_packages"]) / "ai_edge_litert" / LITERT_LIB
     with tempfile.TemporaryDirectory(dir=transport.tmp_root) as tmp:

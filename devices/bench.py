@@ -13,6 +13,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -157,18 +158,45 @@ def bench_in_process(path: Path, warmup: int = 5, runs: int = 30, threads: int =
     return res
 
 
-def bench(path: Path, warmup: int = 5, runs: int = 30, threads: int = 2, provider: str | None = None,
-          write: bool = True, timeout: float = 1800, size=None, verify: bool = False, duration_s: float | None = None,
-          fps: float | None = None, bundle: bool = False) -> dict:
-    """Benchmark in a fresh subprocess and write ``<artifact>.bench.json`` beside it. ``verify``: also re-run
-    the artifact's parity check against its reference (exporters.runtime.verify_run, the routine export uses)
-    before the measurement enters its run. ``bundle``: also run the reference I/O beside it here
-    (reference_parity), so the one record the run keeps carries that verdict."""
+@dataclass(frozen=True)
+class BenchRequest:
+    """How to time an artifact. ``profile``: the device profile the measurement stands for (its name);
+    ``duration_s``: a sustained run; ``fps``: pace a sustained run on this host like a camera."""
+
+    runs: int = 50
+    warmup: int = 5
+    threads: int = 2
+    binary: str | None = None
+    provider: str | None = None
+    duration_s: float | None = None
+    fps: float | None = None
+    verify: bool = False
+    bundle: bool = False
+    python: str = "python3"
+    profile: str | None = None
+
+    def __post_init__(self):
+        if self.runs < 1 or self.warmup < 0 or self.threads < 1:
+            raise ValueError(f"runs={self.runs}, warmup={self.warmup}, threads={self.threads}: runs and threads >= 1, "
+                             "warmup >= 0")
+        if self.fps is not None and self.duration_s is None:
+            raise ValueError("fps paces a sustained run: give a duration too")
+
+
+def bench(path: Path, req: BenchRequest = BenchRequest(), *, write: bool = True, size=None,
+          timeout: float | None = None) -> dict:
+    """Benchmark on this host in a fresh subprocess as ``req`` says and write ``<artifact>.bench.json`` beside it.
+    ``req.verify``: also re-run the artifact's parity check against its reference (exporters.runtime.verify_run,
+    the routine export uses) before the measurement enters its run. ``req.bundle``: also run the reference I/O
+    beside it here (reference_parity), so the one record the run keeps carries that verdict. ``size``: the input
+    of an FP32 checkpoint (an artifact has its own). ``timeout``: default 30 min, or 3x a sustained run."""
     path = Path(path)
-    if bundle:
+    warmup, runs, threads, duration_s, fps = req.warmup, req.runs, req.threads, req.duration_s, req.fps
+    timeout = timeout or max(1800, 3 * (duration_s or 0))
+    if req.bundle:
         reference_check(path)  # before minutes of timing: an artifact without reference I/O fails now
     args = [sys.executable, "-m", "edgehydra.devices.bench", str(path), str(warmup), str(runs), str(threads),
-            provider or "", "x".join(map(str, size)) if size else "", str(duration_s or ""), str(fps or "")]
+            req.provider or "", "x".join(map(str, size)) if size else "", str(duration_s or ""), str(fps or "")]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     try:
         p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
@@ -178,7 +206,7 @@ def bench(path: Path, warmup: int = 5, runs: int = 30, threads: int = 2, provide
         last = (p.stderr.strip().splitlines() or ["no output"])[-1]
         raise EdgeHydraError(f"benchmark of {path} failed: {last}")
     res = json.loads(p.stdout.strip().splitlines()[-1])
-    if verify:
+    if req.verify:
         from edgehydra.run import run_of_artifact
 
         run = run_of_artifact(path)
@@ -189,7 +217,7 @@ def bench(path: Path, warmup: int = 5, runs: int = 30, threads: int = 2, provide
         row = verify_run(run.root, only=path)[0]
         res["verification"] = {k: row.get(k) for k in ("hash_ok", "parity_ok", "reference_kind", "detail")}
         res["verification"]["when"] = "re-run by bench"
-    if bundle:
+    if req.bundle:
         res["bundle_parity"] = reference_parity(path)
     if write:
         out = Path(str(path) + (".sustained.json" if duration_s else ".bench.json"))
@@ -207,7 +235,7 @@ def bench(path: Path, warmup: int = 5, runs: int = 30, threads: int = 2, provide
 def shipped_entry(run, path: Path, sha256: str | None) -> dict | None:
     """The run's export-manifest entry for the artifact at ``path`` if it is that file (same sha256), else None:
     only what ships is measured into the run."""
-    entry = next((e for e in json.loads(run.export_manifest.read_text()).get("artifacts", [])
+    entry = next((e for e in run.export_record().get("artifacts", [])
                   if e.get("path") and (run.export_dir / e["path"]).resolve() == Path(path).resolve()), None)
     return entry if entry is not None and entry.get("sha256") == sha256 else None
 

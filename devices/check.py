@@ -18,6 +18,7 @@ from pathlib import Path
 from edgehydra._io import read_json
 from edgehydra.accounting import count_layers, summarize
 from edgehydra.checkpoint import load_checkpoint
+from edgehydra.records import schema
 from edgehydra.errors import BadInputError
 from edgehydra.run import Run
 
@@ -39,7 +40,7 @@ def artifacts(run: Run) -> list[dict]:
     if not run.export_manifest.is_file():
         raise BadInputError(f"no export manifest at {run.export_manifest}: run "
                             f"`edgehydra export --run {run.root} --target all` first")
-    d = json.loads(run.export_manifest.read_text())
+    d = run.export_record()
     out = []
     for a in d["artifacts"]:
         if not a.get("path") or a["status"] not in ("verified", "exported"):
@@ -157,7 +158,7 @@ def _not_judged(run: Run, profile: Profile, have: list[dict]) -> dict:
     cmd = f"edgehydra export --run {run.root} --target {profile.format} --size {h}x{w}"
     if profile.precision == "int8":
         cmd = (f"edgehydra ptq --out {run.root} --size {h}x{w} (an int8 program is traced at one size), then " + cmd)
-    return {"device": profile.name, "verdict": NOT_JUDGED, "rows": [], "size": [h, w],
+    return {"schema": schema("verdict"), "device": profile.name, "verdict": NOT_JUDGED, "rows": [], "size": [h, w],
             "reason": f"{profile.name} budgets {h}x{w} input and {what}: not judged. Make one: {cmd}"}
 
 
@@ -276,7 +277,8 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
     acc_ok = all(r["pass"] for r in rows if r["budget"] in ("mIoU", "depth RMSE", "depth abs rel", "normals median angle"))
     rec = "int8" if e8 < e16 else "fp16"
     provenance = _provenance(a)
-    return {"device": profile.name, "description": profile.description, "artifact": a["path"], "chosen_by": chosen_by,
+    return {"schema": schema("verdict"), "device": profile.name, "description": profile.description, "artifact": a["path"],
+            "chosen_by": chosen_by,
             "provenance": provenance,
             "artifact_sha256": a.get("sha256"), "precision": a["precision"], "size": list(size), "rows": rows,
             "verdict": "PASS" if all(r["pass"] for r in rows) else "FAIL",

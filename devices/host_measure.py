@@ -17,6 +17,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -117,10 +118,22 @@ def time_artifacts(paths: dict[str, Path], size, rounds: int, threads: int) -> d
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def time_candidates(model, fmt: str, cands, programs: dict, size, rounds: int, threads: int, built: Path,
+@dataclass(frozen=True)
+class Timing:
+    """How artifacts are timed against each other here: ``rounds`` interleaved calls of each on ``threads``."""
+    rounds: int = 5
+    threads: int = 2
+
+    def __post_init__(self):
+        if self.rounds < 1 or self.threads < 1:
+            raise ValueError(f"rounds={self.rounds}, threads={self.threads}: both at least 1")
+
+
+def time_candidates(model, fmt: str, cands, programs: dict, size, built: Path, timing: Timing,
                     recipe=None) -> dict:
     """fp32, all-int8 (the artifacts ``layer_latency`` kept in ``built``) and each candidate's artifact (from
     its trial's program in ``programs``, keyed by ``Candidate.key``), timed interleaved in one run here."""
+    rounds, threads = timing.rounds, timing.threads
     suffix = _suffix(fmt)
     own = [c for c in cands if c.mixed]  # all-int8 is the int8 file already there
     with tempfile.TemporaryDirectory() as d:

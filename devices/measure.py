@@ -4,39 +4,13 @@ parses the options into a ``BenchRequest`` and prints what comes back.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from edgehydra._io import atomic_write_json
 from edgehydra.errors import BadInputError
 
+from .bench import BenchRequest, record_measurement, reference_check, reference_parity, shipped_entry
 from .bench import bench as host_bench
-from .bench import record_measurement, reference_check, reference_parity, shipped_entry
-
-
-@dataclass(frozen=True)
-class BenchRequest:
-    """How to time an artifact. ``profile``: the device profile the measurement stands for (its name);
-    ``duration_s``: a sustained run; ``fps``: pace a sustained run on this host like a camera."""
-
-    runs: int = 50
-    warmup: int = 5
-    threads: int = 2
-    binary: str | None = None
-    provider: str | None = None
-    duration_s: float | None = None
-    fps: float | None = None
-    verify: bool = False
-    bundle: bool = False
-    python: str = "python3"
-    profile: str | None = None
-
-    def __post_init__(self):
-        if self.runs < 1 or self.warmup < 0 or self.threads < 1:
-            raise ValueError(f"runs={self.runs}, warmup={self.warmup}, threads={self.threads}: runs and threads >= 1, "
-                             "warmup >= 0")
-        if self.fps is not None and self.duration_s is None:
-            raise ValueError("fps paces a sustained run: give a duration too")
 
 
 def measure(artifact: Path, device: str, req: BenchRequest, host_profile: bool = True) -> dict:
@@ -49,9 +23,7 @@ def measure(artifact: Path, device: str, req: BenchRequest, host_profile: bool =
                                 f"host_cpu_onnxruntime, host_cpu_litert), not {req.profile}")
         if req.bundle:
             reference_check(artifact)  # refused before any timing when there is no reference I/O
-        return host_bench(artifact, req.warmup, req.runs, req.threads, req.provider, verify=req.verify,
-                          duration_s=req.duration_s, fps=req.fps, timeout=max(1800, 3 * (req.duration_s or 0)),
-                          bundle=req.bundle)
+        return host_bench(artifact, req)
     if device.startswith("qemu:"):
         return _measure_emulated(artifact, device, req)
     return _measure_remote(artifact, device, req)
@@ -92,11 +64,9 @@ def _measure_remote(artifact: Path, device: str, req: BenchRequest) -> dict:
     transport = remote.parse_device(device)
     man = read_manifest(artifact)
     if req.duration_s:
-        res = remote.remote_sustained(transport, artifact, req.duration_s, req.binary, req.threads,
-                                      window_runs=req.runs, warmup=req.warmup, manifest=man, profile=prof)
+        res = remote.remote_sustained(transport, artifact, req, manifest=man, profile=prof)
     else:
-        res = remote.remote_bench(transport, artifact, req.binary, req.runs, req.warmup, req.threads, manifest=man,
-                                  profile=prof)
+        res = remote.remote_bench(transport, artifact, req, manifest=man, profile=prof)
     res.update(remote.artifact_facts(artifact), runner=res.get("tool"), profile=req.profile)
     if req.bundle:
         reference_check(artifact)
@@ -182,8 +152,7 @@ def _device_op_profile(artifact, device, req, ops_from, tasks, lowered, man) -> 
                                           device=None if device == "host" else device)
     from . import remote
 
-    got = remote.remote_bench(remote.parse_device(device), artifact, req.binary, req.runs, req.warmup, req.threads,
-                              manifest=man, op_profile=True)
+    got = remote.remote_bench(remote.parse_device(device), artifact, req, manifest=man, op_profile=True)
     prof = toolprofile.profile_from_rows(artifact, got["tool"], got["rows"], tasks, device=device)
     prof.update(command=got["command"], accelerator=got["accelerator"])
     return prof

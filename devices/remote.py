@@ -19,6 +19,8 @@ from pathlib import Path
 
 from edgehydra.errors import BadInputError, EdgeHydraError
 
+from .bench import BenchRequest
+
 
 class DeviceGone(EdgeHydraError):
     """The device stopped answering (unplugged, rebooted, network down)."""
@@ -316,11 +318,16 @@ def _pushed(transport: Transport, artifact: Path, plan: dict, binary: str | None
         yield remote_art, exe
 
 
-def remote_bench(transport: Transport, artifact: Path, binary: str | None = None, runs: int = 50, warmup: int = 5,
-                 threads: int = 4, timeout: float = 900, manifest: dict | None = None, profile=None,
-                 op_profile: bool = False) -> dict:
-    """Run the artifact's tool on the device and parse its latency (``op_profile``: its per-operator table
-    instead, as rows for devices/toolprofile.py; a profiling run is not a latency measurement)."""
+# A device's tool by default: 50 calls after 5 warm-up ones on 4 threads (the big cores of a phone or a Jetson)
+DEVICE_RUN = BenchRequest(runs=50, warmup=5, threads=4)
+
+
+def remote_bench(transport: Transport, artifact: Path, req: BenchRequest = DEVICE_RUN, *, manifest: dict | None = None,
+                 profile=None, op_profile: bool = False, timeout: float = 900) -> dict:
+    """Run the artifact's tool on the device as ``req`` says (its binary, runs, warmup, threads) and parse its
+    latency (``op_profile``: its per-operator table instead, as rows for devices/toolprofile.py; a profiling run
+    is not a latency measurement)."""
+    binary, runs, warmup, threads = req.binary, req.runs, req.warmup, req.threads
     artifact = Path(artifact)
     if not artifact.exists():
         raise BadInputError(f"artifact not found: {artifact}")
@@ -360,14 +367,16 @@ def parse_trtexec_windows(text: str) -> list[dict]:
     return out
 
 
-def remote_sustained(transport: Transport, artifact: Path, duration_s: float, binary: str | None = None,
-                     threads: int = 4, window_runs: int = 20, warmup: int = 5, manifest: dict | None = None,
+def remote_sustained(transport: Transport, artifact: Path, req: BenchRequest, *, manifest: dict | None = None,
                      profile=None, clock=time.monotonic) -> dict:
-    """Run the artifact on the device for ``duration_s`` seconds and report it over time: trtexec in one call
+    """Run the artifact on the device for ``req.duration_s`` seconds and report it over time: trtexec in one call
     (its --duration, its running averages as windows, its summary over every call for the percentiles); the
-    other tools back to back, ``window_runs`` calls per invocation, one window each (devices/sustained.py)."""
+    other tools back to back, ``req.runs`` calls per invocation, one window each (devices/sustained.py)."""
     from .sustained import from_windows
 
+    if not req.duration_s:
+        raise BadInputError("a sustained run needs a duration")
+    duration_s, binary, threads, window_runs, warmup = req.duration_s, req.binary, req.threads, req.runs, req.warmup
     artifact = Path(artifact)
     if not artifact.exists():
         raise BadInputError(f"artifact not found: {artifact}")

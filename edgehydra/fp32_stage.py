@@ -16,18 +16,20 @@ from . import __version__
 from ._io import atomic_write_json
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import TrainAugment
-from .dataspec import DEFAULT_MODEL, data_settings, open_eval_split, open_split
+from .dataspec import DEFAULT_MODEL, open_eval_split, open_split
 from .errors import BadInputError
 from .run import Run
 from .registry import create_model
+from .metrics import Scoring
 from .train import EpochAugmented, FitHooks, FitTask, TrainConfig, evaluate, fit, is_main
 
-def train_run(out: Path, dataset: str, model_name: str | None, cfg: TrainConfig, size=None, frames=None,
-              val_frames=None, resume: bool = False, progress=None, console=None,
-              encoder_weights: Path | None = None) -> dict:
+def train_run(out: Path, ds: dict, model_name: str | None, cfg: TrainConfig, *, resume: bool = False,
+              encoder_weights: Path | None = None, progress=None, console=None) -> dict:
+    """The FP32 stage: train ``model_name`` on the data spec ``ds`` (``data_settings``: dataset, size, frames,
+    seed, as the command line resolved it) with ``cfg``; OUT/fp32.pt every epoch, OUT/fp32_metrics.json at the end."""
     out = Path(out)
     ckpt_path = Run(out).fp32
-    ds = data_settings(dataset, size, frames, val_frames, cfg.seed)
+    dataset = ds["dataset"]
     crop = cfg.crop or tuple(ds["size"])  # refused before any work: a crop is a part of a frame
     if crop[0] > ds["size"][0] or crop[1] > ds["size"][1]:
         raise BadInputError(f"--crop {crop[0]}x{crop[1]} is larger than the frames ({ds['size'][0]}x{ds['size'][1]}); "
@@ -80,8 +82,8 @@ def train_run(out: Path, dataset: str, model_name: str | None, cfg: TrainConfig,
 
     state = fit(model, train_ds, cfg, FitTask(model.config.tasks, num_classes, cap, drop_last=True, channels_last=True),
                 FitHooks(save=save), resume=resume_state, progress=progress)
-    metrics = evaluate(lambda x: model(x), val_ds, model.config.tasks, num_classes, cap, progress=progress,
-                       padded=view.padded, batch_size=1 if view.padded else 8)
+    metrics = evaluate(lambda x: model(x), val_ds, Scoring(model.config.tasks, num_classes, cap, padded=view.padded),
+                       progress=progress)
     if is_main():
         atomic_write_json(Run(out).fp32_metrics, {"dataset": ds, "split": "val", "frames": len(val_ds),
                                                       "protocol": view.protocol, "metrics": metrics})

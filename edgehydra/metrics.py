@@ -14,6 +14,8 @@ Eigen & Fergus 2015 that the paper's normals extension reports).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,30 @@ CROPS = {"garg": (0.40810811, 0.99189189, 0.03594771, 0.96405229),
 MIN_DEPTH = 1e-3  # the benchmark's floor (monodepth evaluate_kitti.py --min_depth 1e-3): scored where min < gt < cap
 AGGREGATIONS = ("pooled", "per_image")
 _PER_IMAGE = ("rmse", "rmse_log", "abs_rel", "sq_rel", "log10", "delta1", "delta2", "delta3")
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a model's outputs are scored: which tasks it returns (in order), the classes, the depth cap, crop and
+    aggregation, and whether frames come padded (native resolution: each output is cropped back to the frame,
+    and frames of different sizes go one at a time)."""
+    tasks: tuple
+    num_classes: int
+    depth_cap: float = 10.0
+    depth_crop: str | None = None
+    padded: bool = False
+    aggregation: str = "pooled"
+
+    def __post_init__(self):
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        Metrics(self.num_classes, self.depth_cap, self.depth_crop, self.aggregation)  # validates crop and aggregation
+
+    @property
+    def batch_size(self) -> int:
+        return 1 if self.padded else 8
+
+    def metrics(self) -> "Metrics":
+        return Metrics(self.num_classes, self.depth_cap, self.depth_crop, self.aggregation)
 
 
 class Metrics:

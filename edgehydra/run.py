@@ -26,6 +26,7 @@ from pathlib import Path
 from ._io import atomic_write_json, sha256_path
 from .dataspec import DataSpec, recorded_data
 from .errors import BadInputError
+from .records import stamp, validate
 
 RECORD = "run.json"
 STAGES = ("qat", "ptq")  # quantised programs, preferred in this order
@@ -220,6 +221,12 @@ class Run:
                 return self.program_path(s)
         return None
 
+    def export_record(self) -> dict:
+        """RUN/export/manifest.json, validated (every artifact export wrote into the run)."""
+        if not self.export_manifest.is_file():
+            raise BadInputError(f"no export manifest at {self.export_manifest}: run `edgehydra export --run {self.root}` first")
+        return _read(self.export_manifest, "export")
+
     # ----------------------------------------------------------------------------------- measurements
     def add_measurement(self, rec: dict) -> Path:
         """A measurement of a shipped artifact: a latency (p50_ms), or for an emulated CPU (``emulated``) a parity
@@ -229,7 +236,7 @@ class Run:
         for k in need:
             if rec.get(k) is None:
                 raise BadInputError(f"a measurement needs {k!r}; got {sorted(rec)}")
-        rec = dict(rec, recorded=rec.get("recorded") or time.strftime("%Y-%m-%dT%H:%M:%S"))
+        rec = stamp("measurement", dict(rec, recorded=rec.get("recorded") or time.strftime("%Y-%m-%dT%H:%M:%S")))
         kind = "_sustained" if rec.get("sustained") else ""  # a sustained run is kept beside the burst one
         name = (f"{rec['sha256'][:12]}_{rec['size'][0]}x{rec['size'][1]}_{_slug(rec['device'])}_{_slug(rec['runner'])}"
                 f"{kind}.json")
@@ -244,7 +251,7 @@ class Run:
         for k in ("profile", "sha256", "size", "precision", "by_class"):
             if rec.get(k) is None:
                 raise BadInputError(f"an op profile record needs {k!r}; got {sorted(rec)}")
-        rec = dict(rec, recorded=rec.get("recorded") or time.strftime("%Y-%m-%dT%H:%M:%S"))
+        rec = stamp("op_profile", dict(rec, recorded=rec.get("recorded") or time.strftime("%Y-%m-%dT%H:%M:%S")))
         path = self.measurements_dir / "ops" / (f"{rec['sha256'][:12]}_{rec['size'][0]}x{rec['size'][1]}_"
                                                 f"{_slug(rec['profile'])}.json")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,10 +262,7 @@ class Run:
         d = self.measurements_dir / "ops"
         out = []
         for p in sorted(d.glob("*.json")) if d.is_dir() else []:
-            try:
-                rec = json.loads(p.read_text())
-            except json.JSONDecodeError:
-                continue
+            rec = _read(p, "op_profile")
             if profile is None or rec.get("profile") == profile:
                 out.append(dict(rec, record=str(p)))
         return out
@@ -266,13 +270,16 @@ class Run:
     def measurements(self) -> list[dict]:
         if not self.measurements_dir.is_dir():
             return []
-        out = []
-        for p in sorted(self.measurements_dir.glob("*.json")):
-            try:
-                out.append(dict(json.loads(p.read_text()), record=str(p)))
-            except json.JSONDecodeError:
-                continue  # a half-written file cannot exist (atomic writes); a hand-edited one is skipped
-        return out
+        # a half-written file cannot exist (atomic writes); a damaged or foreign one is refused, naming it
+        return [dict(_read(p, "measurement"), record=str(p)) for p in sorted(self.measurements_dir.glob("*.json"))]
+
+
+def _read(path: Path, kind: str) -> dict:
+    try:
+        rec = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise BadInputError(f"{path}: damaged {kind} record ({e.msg} at line {e.lineno}); remove it or measure again") from None
+    return validate(kind, rec, path)
 
 
 def _slug(s: str) -> str:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .errors import BadInputError, EdgeHydraError
 from .losses import multitask_loss
-from .metrics import Metrics
+from .metrics import Scoring
 
 ENCODER_PREFIXES = tuple(f"layer{i}." for i in range(1, 9))
 
@@ -212,34 +212,33 @@ def _crop_to_labels(outs, image_hw, label_hw):
     return res
 
 
-def evaluate(forward: Callable, dataset, tasks, num_classes: int, depth_cap: float, batch_size: int = 8,
-             progress=None, limit: int | None = None, depth_crop: str | None = None, padded: bool = False,
-             aggregation: str = "pooled",
+def evaluate(forward: Callable, dataset, scoring: Scoring, *, progress=None, limit: int | None = None,
              shard: bool = True) -> dict:
-    """Metrics of any callable ``forward(images) -> tuple of outputs`` over a dataset (or its first ``limit``).
+    """Metrics of any callable ``forward(images) -> tuple of outputs`` over a dataset (or its first ``limit``),
+    scored as ``scoring`` says (edgehydra.metrics.Scoring).
 
-    Frames of different sizes are batched by size. ``padded``: the dataset pads each frame (PadToMultiple), so
-    outputs are upsampled to the padded input and cropped back to the frame before scoring. Under torchrun
+    Frames of different sizes are batched by size. ``scoring.padded``: the dataset pads each frame (PadToMultiple),
+    so outputs are upsampled to the padded input and cropped back to the frame before scoring. Under torchrun
     the frames are split over ranks and the metric sums all-reduced (``shard``); a rank scoring a model
     of its own (the per-layer sweep, where each rank quantises other layers) passes ``shard=False``."""
     from .data.datasets import collate_by_size
 
-    m = Metrics(num_classes, depth_cap, depth_crop, aggregation)
+    m = scoring.metrics()
     n = len(dataset) if limit is None else min(limit, len(dataset))
     if n == 0:
         raise BadInputError("evaluation dataset is empty")
     rank, world = dist_info() if shard else (0, 1)
     idx = list(range(rank, n, world))
     subset = torch.utils.data.Subset(dataset, idx)
-    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collate_by_size)
+    loader = DataLoader(subset, batch_size=scoring.batch_size, shuffle=False, collate_fn=collate_by_size)
     task = progress.add_task("evaluate", total=len(idx)) if progress else None
     for groups in loader:
         for batch in groups:
             with torch.no_grad():  # scoring only: no graph (a float() of a tensor that requires grad warns)
                 outs = forward(batch["image"])
-            if padded:
+            if scoring.padded:
                 outs = _crop_to_labels(outs, batch["image"].shape[-2:], batch["segm"].shape[-2:])
-            m.update(dict(zip(tasks, outs)), batch)
+            m.update(dict(zip(scoring.tasks, outs)), batch)
             if progress:
                 progress.advance(task, len(batch["image"]))
     if world > 1:
@@ -324,8 +323,8 @@ def fit(model: torch.nn.Module, train_ds, cfg: TrainConfig, task: FitTask, hooks
             sync_buffers(model)
         if val_ds is not None:
             hooks.set_eval(model)
-            rec["val"] = evaluate(lambda x: model(x), val_ds, task.tasks, task.num_classes, task.depth_cap,
-                                  limit=task.val_limit, padded=task.val_padded, batch_size=1 if task.val_padded else 8)
+            rec["val"] = evaluate(lambda x: model(x), val_ds, Scoring(task.tasks, task.num_classes, task.depth_cap,
+                                                                      padded=task.val_padded), limit=task.val_limit)
             rec["val"].pop("iou_per_class", None)
         state.epoch = epoch + 1
         state.history.append(rec)

@@ -75,7 +75,8 @@ def run_bundle(bpte: Path, tasks, tol, transport=None, python: str = "python3") 
     else:
         from .reference_io import run_runner_remote
 
-        out = run_runner_remote(transport, bundle_runner, [Path(bpte)], python, "the executorch package")
+        out = run_runner_remote(transport, bundle_runner, [Path(bpte)], python, "the executorch package",
+                                args=(len(cases),))
         got, where = bundle_runner.decode(out), transport.name
     if len(got) != len(cases):
         raise RuntimeError(f"{where}: the bundle ran {len(got)} cases, it holds {len(cases)}")

@@ -1,8 +1,9 @@
 """Run every test case of an ExecuTorch BundledProgram (.bpte) and print the outputs (base64 .npz).
 
 Self-contained: this file is pushed to a device that has the ExecuTorch Python runtime (a Jetson, a
-Linux board) and run there as ``python3 bundle_runner.py MODEL.bpte``; on this host edgehydra imports
-it. The judging (per-task parity against the bundle's expected outputs, with the export's tolerance)
+Linux board) and run there as ``python3 bundle_runner.py MODEL.bpte [CASES]``; on this host edgehydra
+imports it. CASES (the host read the bundle already) spares the device reading the bundle back, which
+imports ExecuTorch's devtools and with them pandas, which a device runtime need not have. The judging (per-task parity against the bundle's expected outputs, with the export's tolerance)
 happens on the host, in exporters/bundle.py, by the export's own parity routine.
 """
 import base64
@@ -56,5 +57,5 @@ def decode(text: str, begin: str = BEGIN, end: str = END) -> list:
 
 if __name__ == "__main__":
     print(BEGIN)
-    print(encode(run_cases(sys.argv[1])))
+    print(encode(run_cases(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else None)))
     print(END)

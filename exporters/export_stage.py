@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from edgehydra._io import atomic_write_json
 from edgehydra.checkpoint import load_checkpoint
 from edgehydra.data import Resize
+from edgehydra.records import stamp
 from edgehydra.errors import BadInputError, EdgeHydraError, MissingBackendError
 from edgehydra.metrics import Metrics
 from edgehydra.dataspec import open_eval_split, open_split, run_data_settings
@@ -25,6 +27,41 @@ from .parity import Tolerance
 from .target import ExportRequest, ExportResult, Source, export_one
 
 PARITY_FRAMES = 8
+
+
+@dataclass(frozen=True)
+class ExportSource:
+    """What is exported: a run (its checkpoint, data and, for int8, its program: QAT before PTQ), or a checkpoint
+    and / or a quantised program named directly; ``program`` beside ``run`` ships that program instead of the
+    run's (the mixed-precision ``apply`` hands its own). ``dataset``: the frames for parity and metrics."""
+    run: Path | None = None
+    checkpoint: Path | None = None
+    program: Path | None = None
+    dataset: str | None = None
+
+    def __post_init__(self):
+        if self.run is None and self.checkpoint is None and self.program is None:
+            raise BadInputError("export: pass --run DIR, --checkpoint FILE or --program FILE")
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """How it is exported: the input size (None: the program's, else the data spec's), each target's options,
+    parity tolerances per precision, validation frames for the artifact's metrics, and whether a target whose
+    backend is not installed fails the export (True) or is reported as skipped."""
+    size: tuple | None = None
+    options: dict = field(default_factory=dict)
+    tolerances: dict = field(default_factory=dict)
+    eval_frames: int = 32
+    strict_missing: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "options", dict(self.options or {}))
+        object.__setattr__(self, "tolerances", dict(self.tolerances or {}))
+        if self.size is not None:
+            object.__setattr__(self, "size", tuple(self.size))
+        if self.eval_frames < 1:
+            raise BadInputError(f"export: eval_frames must be >= 1, not {self.eval_frames}")
 
 
 def open_source(run: Path | None, checkpoint: Path | None, program: Path | None, dataset: str | None,
@@ -111,20 +148,18 @@ def dropped_int8(targets: list[str], precisions: list[str] | None, have_program:
     return [t for t in names if "int8" in get_target(t).precisions]
 
 
-def export_run(out: Path, targets: list[str], precisions: list[str] | None = None, *, run: Path | None = None,
-               checkpoint: Path | None = None, program: Path | None = None, dataset: str | None = None, size=None,
-               options: dict | None = None, tolerances: dict | None = None, eval_frames: int = 32,
-               progress=None, strict_missing: bool = True) -> list[ExportResult]:
-    """Export each (target, precision) pair. ``program``: the quantised program to ship as int8; without it the
-    run's own (QAT before PTQ). A program variant (``meta["variant"]``, an applied mixed recipe) names its int8
-    artifacts for itself, beside the run's uniform ones."""
-    model, info, prog, ds = open_source(run, checkpoint, program, dataset)
+def export_run(out: Path, targets: list[str], precisions: list[str] | None = None, *, source: ExportSource,
+               settings: ExportSettings = ExportSettings(), progress=None) -> list[ExportResult]:
+    """Export each (target, precision) pair of ``source`` as ``settings`` say. ``source.program``: the quantised
+    program to ship as int8; without it the run's own (QAT before PTQ). A program variant (``meta["variant"]``,
+    an applied mixed recipe) names its int8 artifacts for itself, beside the run's uniform ones."""
+    model, info, prog, ds = open_source(source.run, source.checkpoint, source.program, source.dataset)
     variant = (prog.meta.get("variant") or "") if prog is not None else ""
-    size = tuple(size or (prog.size if prog else ds["size"]))
+    size = tuple(settings.size or (prog.size if prog else ds["size"]))
     ds = dict(ds, size=list(size))  # synthroom renders its frames at the size asked for; real data is resized
     val, view = open_eval_split(ds, size, fixed=True)  # an artifact has one input size: eval's path for it
     calib_ds = open_split(ds, "train", transform=Resize(size)) if prog is not None else None
-    source = Source(model, model.config, info["sha256"], prog, calib_ds)
+    src = Source(model, model.config, info["sha256"], prog, calib_ds)
     frames = parity_frames(val)
     pairs = plan(targets, precisions, prog is not None)
     results: list[ExportResult] = [
@@ -139,14 +174,14 @@ def export_run(out: Path, targets: list[str], precisions: list[str] | None = Non
         try:
             tgt.require()
         except MissingBackendError as e:
-            if strict_missing and targets != ["all"]:
+            if settings.strict_missing and targets != ["all"]:
                 raise
             results.append(ExportResult(t, p, "skipped", None, {}, str(e)))
             continue
-        tol = (tolerances or {}).get(p)
-        req = ExportRequest(t, p, size, options=dict(options or {}), tolerance=tol, variant=variant if p == "int8" else "")
+        tol = settings.tolerances.get(p)
+        req = ExportRequest(t, p, size, options=dict(settings.options), tolerance=tol, variant=variant if p == "int8" else "")
         try:
-            r = export_one(tgt, source, req, Path(out) / t, frames, eval_runner(val, model.config, eval_frames, view))
+            r = export_one(tgt, src, req, Path(out) / t, frames, eval_runner(val, model.config, settings.eval_frames, view))
         except (BadInputError, MissingBackendError):
             raise
         except EdgeHydraError as e:
@@ -190,8 +225,8 @@ def write_manifest(out: Path, results: list[ExportResult], ds: dict, size) -> No
             prev = []
         entries += [e for e in prev if e.get("size") and e.get("path") and (out / e["path"]).exists()
                     and key(e) not in keys]
-    atomic_write_json(out / "manifest.json", {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "data": ds,
-                                              "artifacts": entries})
+    atomic_write_json(out / "manifest.json", stamp("export", {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "data": ds,
+                                                              "artifacts": entries}))
 
 
 def summary_rows(results: list[ExportResult]) -> list[dict]:

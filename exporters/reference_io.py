@@ -66,17 +66,18 @@ def run_reference(artifact: Path, tasks, tol, transport=None, python: str = "pyt
             "runner": "exporters/reference_runner.py (the format's Python runtime)"}
 
 
-def run_runner_remote(transport, runner, files: list[Path], python: str, needs: str) -> str:
+def run_runner_remote(transport, runner, files: list[Path], python: str, needs: str, args: tuple = ()) -> str:
     """Push ``files`` and the self-contained ``runner`` module (reference_runner, bundle_runner) into a fresh work
-    folder on the device (``transport``: devices/remote.py), run ``python runner.py FILE...`` there and return
-    what it printed; the folder goes afterwards. ``needs``: what the device must have, for the error."""
+    folder on the device (``transport``: devices/remote.py), run ``python runner.py FILE... ARG...`` there and
+    return what it printed; the folder goes afterwards. ``needs``: what the device must have, for the error."""
     from edgehydra.errors import EdgeHydraError
 
     with transport.workdir() as work:
         for f in files:
             transport.push(Path(f), f"{work}/{Path(f).name}")
         transport.push(Path(runner.__file__), f"{work}/{Path(runner.__file__).name}")
-        r = transport.shell([python, f"{work}/{Path(runner.__file__).name}"] + [f"{work}/{Path(f).name}" for f in files])
+        r = transport.shell([python, f"{work}/{Path(runner.__file__).name}"] + [f"{work}/{Path(f).name}" for f in files]
+                            + [str(a) for a in args])
     if r.rc != 0 or runner.BEGIN not in r.out:
         raise EdgeHydraError(f"{transport.name}: {Path(runner.__file__).stem} exited {r.rc}: "
                              f"{(r.err or r.out).strip()[-300:]} (it needs {python} with {needs} on the device)")

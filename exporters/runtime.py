@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from edgehydra.records import validate
 from edgehydra._io import sha256_path
 from edgehydra.errors import BadInputError, EdgeHydraError
 from edgehydra.model import HydraConfig
@@ -37,9 +38,10 @@ def read_manifest(path: Path) -> dict:
     if not m.is_file():
         raise BadInputError(f"no manifest beside {path} (expected {m.name}); export it with `edgehydra export`")
     try:
-        return json.loads(m.read_text())
+        rec = json.loads(m.read_text())
     except json.JSONDecodeError as e:
         raise BadInputError(f"{m}: invalid JSON ({e})") from None
+    return validate("artifact", rec, m)
 
 
 def open_artifact(path: Path, check_hash: bool = True) -> Artifact:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from edgehydra import __version__
+from edgehydra.records import schema
 from edgehydra._io import atomic_path, atomic_write_json, path_size, sha256_path
 from edgehydra.errors import BadInputError, EdgeHydraError, MissingBackendError
 from edgehydra.model import HydraConfig
@@ -254,7 +255,7 @@ def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir
     if changed:  # read back from the artifact: the converter did not keep the program's precision there
         facts.setdefault("translation", {}).setdefault("issues", []).append(
             f"{target.name} converter changed the precision of {', '.join(changed)} (see precision_map)")
-    manifest = {"artifact": final.name, "target": target.name, "precision": req.precision, "variant": req.variant or None,
+    manifest = {"schema": schema("artifact"), "artifact": final.name, "target": target.name, "precision": req.precision, "variant": req.variant or None,
                 "input": {"name": "image", "shape": [req.batch, 3, *req.size], "layout": facts.get("layout", "NCHW"),
                           "dtype": facts.get("input_dtype", "float32"),
                           "normalisation": {"mean": list(source.config.mean), "std": list(source.config.std)}},

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -190,13 +190,14 @@ class DemoRun:
                 "val_frames": self.cfg.val_frames, "_note": "synthroom is generated in memory; nothing to download"}
 
     def train_stage(self, p) -> dict:
+        from edgehydra.dataspec import data_settings
         from edgehydra.fp32_stage import train_run
         from edgehydra.train import TrainConfig
 
         cfg = self.cfg
         tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, crop=cfg.crop)
-        return {"metrics": train_run(self.out, "synthroom", cfg.model, tcfg, size=cfg.size, frames=cfg.frames,
-                                     val_frames=cfg.val_frames, progress=p)["metrics"]}
+        ds = data_settings("synthroom", cfg.size, cfg.frames, cfg.val_frames, cfg.seed)
+        return {"metrics": train_run(self.out, ds, cfg.model, tcfg, progress=p)["metrics"]}
 
     def ptq_stage(self, p) -> dict:
         from edgehydra.calibration.quant_stages import QuantJob, ptq_run
@@ -218,14 +219,15 @@ class DemoRun:
         return {"metrics": rep["metrics"], "train_seconds": rep["train_seconds"]}
 
     def sens_stage(self) -> dict:
-        from edgehydra.calibration.sensitivity import sensitivity_run
+        from edgehydra.calibration.sensitivity import SensitivityConfig, sensitivity_run
 
         if not self.cfg.sensitivity_layers:
             raise _Skip("the mixed-precision search sweeps its layers per task; `edgehydra sensitivity --run RUN` "
                         "gives the device-free table")
         # 32 calibration frames per PTQ, as the mixed search: five PTQs at 240x320 on 64 frames took 107 s
-        rep = sensitivity_run(self.ckpt, self.run.sensitivity_dir, frames=min(32, self.cfg.val_frames),
-                              calib_frames=min(32, self.cfg.calib_frames), layers=self.cfg.sensitivity_layers)
+        rep = sensitivity_run(self.ckpt, self.run.sensitivity_dir,
+                              SensitivityConfig(frames=min(32, self.cfg.val_frames), calib_frames=min(32, self.cfg.calib_frames),
+                                                layers=self.cfg.sensitivity_layers))
         return {"layers": len(rep["layers"]), "chart": rep["chart"]}
 
     def mixed_stage(self) -> dict:
@@ -257,63 +259,68 @@ class DemoRun:
         """The mixed stage's chosen assignment ``m`` as its own program and artifact (hydranet_int8-mixed-<device>_HxW),
         which the check stage judges for that device; nothing to apply where all-int8 was chosen or no assignment met
         the budgets."""
-        from .mixed_search import apply
+        from .mixed_apply import ApplyConfig, apply
 
         if not m.get("meets_budgets"):
             raise _Skip("no assignment met the budgets: nothing to apply")
         if not (m["keep_float"] or m["fp16"] or m["int16"]):
             raise _Skip("the search chose int8 everywhere: the uniform int8 artifact is the one to ship")
         with self.pf() as p:
-            res = apply(self.run, self.cfg.mixed_device, Path(m["recipe"]), size=self.deploy,
-                        calib_frames=min(32, self.cfg.calib_frames), eval_frames=min(32, self.cfg.val_frames), progress=p)
+            res = apply(self.run, self.cfg.mixed_device, Path(m["recipe"]),
+                        ApplyConfig(size=self.deploy, calib_frames=min(32, self.cfg.calib_frames),
+                                    eval_frames=min(32, self.cfg.val_frames)), progress=p)
         return {"device": self.cfg.mixed_device, "artifact": res["artifact"], "program": res["quantised"],
                 "verdict": res["check"]["verdict"]}
 
     def export_stage(self) -> dict:
         from edgehydra.devices.profile import load_profile
         from edgehydra.exporters import get_target, installed_targets, list_targets
-        from edgehydra.exporters.export_stage import export_run, summary_rows
+        from edgehydra.exporters.export_stage import ExportSettings, ExportSource, export_run, summary_rows
 
         cfg, run = self.cfg, self.run
         missing = [t for t in list_targets() if t not in installed_targets()]
-        kw = {"run": self.out, "program": self.shipped_program, "eval_frames": cfg.val_frames, "strict_missing": False}
+        src = ExportSource(run=self.out, program=self.shipped_program)
+        st = ExportSettings(eval_frames=cfg.val_frames, strict_missing=False)
         with self.pf() as p:
             if cfg.precisions:  # each installed target in the asked precisions it has (Core ML has no fp32)
                 res = []
                 for t in installed_targets():
                     prec = [x for x in cfg.precisions if x in get_target(t).precisions]
-                    res += export_run(run.export_dir, [t], prec, progress=p, **kw) if prec else []
+                    res += export_run(run.export_dir, [t], prec, source=src, settings=st, progress=p) if prec else []
             else:
-                res = export_run(run.export_dir, ["all"], progress=p, **kw)
+                res = export_run(run.export_dir, ["all"], source=src, settings=st, progress=p)
             for d, size in self.budget_sizes.items():  # a device budgeting another size gets its format at that size
                 fmt = load_profile(d).format
                 if size != self.deploy and fmt in installed_targets():
-                    res += export_run(run.export_dir, [fmt], size=size, progress=p, **kw)
+                    res += export_run(run.export_dir, [fmt], source=src, settings=replace(st, size=size),
+                                      progress=p)
         note = f"not installed: {', '.join(missing)}" if missing else ""
         return {"rows": summary_rows(res), "_note": note}
 
     def bench_stage(self) -> dict:
-        from edgehydra.devices.bench import bench
+        from edgehydra.devices.bench import BenchRequest, bench
         from edgehydra.exporters.runtime import read_manifest
 
         cfg, run = self.cfg, self.run
         rows = []
-        man = json.loads(run.export_manifest.read_text())
+        man = run.export_record()
         for a in man["artifacts"]:
             if not a.get("path") or a["status"] not in ("verified",):
                 continue
             path = run.export_dir / a["path"]
             # recorded in the run once, with its reference I/O run where it is benchmarked where it has one
-            r = bench(path, warmup=3, runs=cfg.bench_runs, threads=2, bundle=bool(read_manifest(path).get("sidecars")))
+            r = bench(path, BenchRequest(warmup=3, runs=cfg.bench_runs, threads=2,
+                                         bundle=bool(read_manifest(path).get("sidecars"))))
             r.update(target=a["target"])
             rows.append(r)
-        eager = bench(self.ckpt, warmup=2, runs=max(3, cfg.bench_runs // 2), threads=2, write=False, size=self.deploy)
+        eager = bench(self.ckpt, BenchRequest(warmup=2, runs=max(3, cfg.bench_runs // 2), threads=2), write=False,
+                      size=self.deploy)
         eager.update(target="pytorch")
         rows.append(eager)
         sus = None
         et = _uniform_int8_pte(man, self.deploy, verified=True)
         if et is not None and cfg.sustained_s > 0:
-            s_res = bench(run.export_dir / et["path"], warmup=3, runs=1, threads=2, duration_s=cfg.sustained_s)
+            s_res = bench(run.export_dir / et["path"], BenchRequest(warmup=3, runs=1, threads=2, duration_s=cfg.sustained_s))
             sus = {k: s_res.get(k) for k in ("plot", "json", "throughput_fps", "p50_ms", "p99_ms", "throttle_ratio",
                                              "duration_s")}
         return {"rows": rows, "opprofile": _op_profile(run, man, self.deploy, cfg.bench_runs), "sustained": sus}
@@ -342,7 +349,7 @@ class DemoRun:
         from edgehydra.robot.stream_stage import stream_artifact
 
         cfg, run = self.cfg, self.run
-        man = json.loads(run.export_manifest.read_text())
+        man = run.export_record()
         et = _uniform_int8_pte(man, self.deploy, verified=True)
         res = {}
         if et is not None and cfg.stream_frames:

@@ -25,7 +25,6 @@ import torch
 from edgehydra._io import atomic_write_json, save_figure
 from edgehydra.checkpoint import load_checkpoint
 from edgehydra.data import Resize
-from edgehydra.errors import EdgeHydraError
 from edgehydra.dataspec import open_split, run_data_settings
 from edgehydra.run import Run
 from edgehydra.targets import format_facts
@@ -40,7 +39,7 @@ from edgehydra.calibration.recipe import load_recipe
 from edgehydra.calibration.sensitivity import _delta, _metrics, select_layers, sweep
 from edgehydra.devices.estimate import estimated_layer_latency
 from edgehydra.devices.profile import load_profile
-from edgehydra.devices.host_measure import layer_latency, measured_here, time_candidates
+from edgehydra.devices.host_measure import Timing, layer_latency, measured_here, time_candidates
 
 # What each format does with a layer kept float (the recipe's keep_float), for the report and for
 # formats where per-layer float is not what runs.
@@ -342,8 +341,8 @@ class _Search:
         ok_acc = [c for c in trials if not budgets.misses(c.measured, fp32, None, c.size_mb)]
         if not ok_acc:
             return None, None
-        timing = time_candidates(self.model, self.profile.format, ok_acc, self.kept, self.size, self.cfg.rounds,
-                                 self.cfg.threads, Path(self.built.name), recipe=self.base)
+        timing = time_candidates(self.model, self.profile.format, ok_acc, self.kept, self.size, Path(self.built.name),
+                                 Timing(self.cfg.rounds, self.cfg.threads), recipe=self.base)
         for c in ok_acc:
             c.measured_latency_ms = timing["candidates"][c.name]
         met = [c for c in ok_acc if not budgets.misses(c.measured, fp32, c.measured_latency_ms, c.size_mb)]
@@ -456,38 +455,3 @@ def chart(report: dict, path: Path) -> Path:
     fig.tight_layout()
     save_figure(fig, path, dpi=80)
     return path
-
-
-def apply(run: Run | Path, device: str, recipe_file: Path, *, qat: bool = False, size=None, calib_frames: int = 32,
-          qat_epochs: int = 1, qat_frames: int | None = None, eval_frames: int = 32, progress=None) -> dict:
-    """Hand the chosen recipe on: PTQ (or QAT) into the run as the variant ``mixed-<device>`` (its own program,
-    RUN/<stage>/mixed-<device>/program.pt2), export exactly that program for the device's format (its own
-    artifact, hydranet_int8-mixed-<device>_<H>x<W><suffix>, beside the run's all-int8 one), and check that
-    artifact. Nothing here looks up "the run's program": each stage is handed what the one before made."""
-    from edgehydra.calibration.quant_stages import QuantJob, ptq_run, qat_run
-    from edgehydra.devices.check import check_device
-    from edgehydra.exporters.export_stage import export_run, summary_rows
-
-    run = run if isinstance(run, Run) else Run(run)
-    cal = run.calibrated_profile(device)
-    profile = load_profile(str(cal) if cal.is_file() else device)
-    size = tuple(size or profile.budgets.input_size)  # the device's budget size unless the caller names one
-    variant = f"mixed-{profile.name}"
-    ckpt = run.checkpoint()
-    if qat:
-        from edgehydra.train import TrainConfig
-
-        cfg = TrainConfig(epochs=qat_epochs, lr_encoder=1e-4, lr_decoder=1e-4, schedule="cosine")
-        q = qat_run(ckpt, run, cfg, QuantJob(str(recipe_file), size=size, calib_frames=calib_frames, val_limit=eval_frames,
-                                             frames=qat_frames, variant=variant), progress=progress)
-    else:
-        q = ptq_run(ckpt, run, QuantJob(str(recipe_file), size=size, calib_frames=calib_frames, variant=variant),
-                    progress=progress)
-    res = export_run(run.export_dir, [profile.format], ["int8"], run=run.root, program=Path(q["program"]), size=size,
-                     eval_frames=eval_frames, progress=progress)
-    shipped = next((r for r in res if r.ok and r.path is not None), None)
-    if shipped is None:
-        raise EdgeHydraError(f"the {variant} program did not export for {profile.format}: "
-                             + "; ".join(r.reason for r in res))
-    verdict = check_device(run, profile, artifact=shipped.path)
-    return {"quantised": q["program"], "export": summary_rows(res), "artifact": str(shipped.path), "check": verdict}

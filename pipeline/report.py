@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+from edgehydra.records import validate
 from edgehydra._io import atomic_write_bytes
 
 # in the order they appear: the answer first, stage times and settings last
@@ -143,7 +144,9 @@ def collect(run: Path) -> dict:
                                   ("ptq", r.stage_report("ptq")), ("qat", r.stage_report("qat")),
                                   ("manifest", r.export_manifest), ("sens", r.sensitivity_dir / "sensitivity.json"),
                                   ("cal", r.stage_record("calibrate")), ("bench", r.stage_record("bench")))}
-    d["check"] = _load(r.check_record)
+    d["check"] = [validate("verdict", v, r.check_record) for v in _load(r.check_record) or []] or None
+    if d["manifest"]:
+        validate("export", d["manifest"], r.export_manifest)
     if d["cal"]:
         d["cal"] = d["cal"]["result"]
     return d

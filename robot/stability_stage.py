@@ -23,11 +23,10 @@ from .stability import stability
 
 def run_artifacts(run: Run, size) -> tuple[list[Path], list[str]]:
     """Every artifact the run's export manifest lists at ``size``, and why any was left out."""
-    import json
 
     if not run.export_manifest.is_file():
         return [], [f"no export manifest in {run.root}: only the FP32 model is measured"]
-    rows = json.loads(run.export_manifest.read_text())["artifacts"]
+    rows = run.export_record()["artifacts"]
     keep = [run.export_dir / r["path"] for r in rows if r.get("path") and tuple(r["size"]) == tuple(size)]
     return keep, []
 

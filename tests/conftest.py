@@ -65,13 +65,13 @@ max_abs_rel = 100.0
 def tiny_run(tmp_path_factory):
     """A whole small run: tiny model trained on synthroom, PTQ program. Shared by the slower tests."""
     from edgehydra.calibration.quant_stages import QuantJob, ptq_run
+    from edgehydra.dataspec import data_settings
     from edgehydra.fp32_stage import train_run
     from edgehydra.train import TrainConfig
 
     out = tmp_path_factory.mktemp("run")
     torch.manual_seed(0)
-    train_run(out, "synthroom", "hydranet_tiny", TrainConfig(epochs=2, batch_size=8), size=TINY_SIZE, frames=32,
-              val_frames=8)
+    train_run(out, data_settings("synthroom", TINY_SIZE, 32, 8), "hydranet_tiny", TrainConfig(epochs=2, batch_size=8))
     ptq_run(out / "fp32.pt", out, QuantJob("w8a8", calib_frames=8))
     return out
 

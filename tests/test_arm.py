@@ -1,6 +1,6 @@
 """ARM kernels without an ARM device: the emulated aarch64 root (`edgehydra arm setup`) and `bench --bundle --device
-qemu:CPU` on a run's int8 .tflite and .onnx. The root is built once per machine (about 30 s, ~400 MB, in
-~/.cache/edgehydra/arm or $EDGEHYDRA_ARM_DIR); where it cannot be built (no apt-get/dpkg-deb, not x86-64, no
+qemu:CPU` on a run's int8 .pte, .tflite and .onnx. The root is built once per machine (about 2 min and 2.3 GB with
+ExecuTorch and torch's aarch64 wheels, in ~/.cache/edgehydra/arm or $EDGEHYDRA_ARM_DIR); where it cannot be built (no apt-get/dpkg-deb, not x86-64, no
 Debian mirror) the group is skipped and says why."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.arm
 
 @pytest.fixture(scope="module")
 def arm_root():
-    from edgehydra.devices.arm import ArmSetupError, setup
+    from edgehydra.devices.arm_setup import ArmSetupError, setup
 
     try:
         return setup()
@@ -29,10 +29,10 @@ def arm_root():
 
 @pytest.fixture(scope="module")
 def arm_run(tiny_run, tmp_path_factory):
-    """A copy of the tiny run with its int8 program exported to .tflite and .onnx (with their reference I/O)."""
+    """A copy of the tiny run with its int8 program exported to .pte, .tflite and .onnx (with their reference I/O)."""
     run = tmp_path_factory.mktemp("arm") / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "measurements"))
-    for target in ("tflite", "onnx"):
+    for target in ("executorch", "tflite", "onnx"):
         r = CliRunner().invoke(cli, ["export", "--run", str(run), "--target", target, "--precision", "int8"],
                                catch_exceptions=False)
         assert r.exit_code == 0, r.output
@@ -67,6 +67,19 @@ def test_tflite_on_each_kernel_family(arm_root, arm_run, cpu, family):
     # the run keeps it as parity evidence for check, never as a latency
     m = json.loads(Path(rec["record"]).read_text())
     assert m["device"] == f"qemu:{cpu}" and m["emulated"] and "p50_ms" not in m
+
+
+def test_pte_through_executorch_on_dot_product_kernels(arm_root, arm_run):
+    """The int8 .pte's bundled program through ExecuTorch's aarch64 runtime (XNNPACK), torch's CUDA build loaded on
+    the stub CUDA libraries the setup built: it passes the export's tolerance and is compared with x86 per task."""
+    assert arm_root["cuda_stubs"] and "XnnpackBackend" in arm_root["self_check"] and "cuda False" in arm_root["self_check"]
+    art = next((arm_run / "export" / "executorch").glob("*int8*.pte"))
+    r = _bench(art, "cortex-a76")
+    assert r.exit_code == 0, r.output
+    rec = json.loads(Path(f"{art}.qemu_cortex-a76.bench.json").read_text())
+    bp = rec["bundle_parity"]
+    assert bp["pass"] and "bundle_runner" in bp["runner"] and set(bp["vs_x86"]) == {"segm", "depth"}, bp
+    assert bp["cases"] >= 1 and "p50_ms" not in rec and "dot-product" in rec["accelerator"]
 
 
 def test_onnx_on_dot_product_kernels_and_no_latency_asked(arm_root, arm_run):

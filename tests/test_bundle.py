@@ -16,12 +16,13 @@ REAL = Path(__file__).parent / "fixtures" / "real"
 
 @pytest.fixture(scope="module")
 def pte_run(tiny_run, tmp_path_factory):
-    from edgehydra.exporters.export_stage import export_run
+    from edgehydra.exporters.export_stage import ExportSettings, ExportSource, export_run
     from edgehydra.run import Run
 
     run = tmp_path_factory.mktemp("bundle") / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "measurements", "mixed"))
-    res = export_run(Run(run).export_dir, ["executorch"], ["int8"], run=run, eval_frames=4)
+    res = export_run(Run(run).export_dir, ["executorch"], ["int8"], source=ExportSource(run=run),
+                     settings=ExportSettings(eval_frames=4))
     assert res[0].status == "verified", res[0].reason
     return run, Path(res[0].path)
 
@@ -112,13 +113,13 @@ def test_reference_io_beside_other_formats_runs_here_and_on_a_device(tiny_run, t
     from edgehydra.devices.remote import LocalTransport
     from edgehydra.exporters.parity import Tolerance
     from edgehydra.exporters.reference_io import read_expected, reference_path, run_reference, write_reference
-    from edgehydra.exporters.export_stage import export_run
+    from edgehydra.exporters.export_stage import ExportSettings, ExportSource, export_run
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "measurements", "mixed", "debug"))
     # the ONNX with signed int8 Q/DQ: the kind TensorRT builds (its device profile is read below)
-    res = export_run(run / "export", [target], ["int8"], run=run, eval_frames=1,
-                     options={"qdq": "int8"} if target == "onnx" else None)
+    res = export_run(run / "export", [target], ["int8"], source=ExportSource(run=run),
+                     settings=ExportSettings(eval_frames=1, options={"qdq": "int8"} if target == "onnx" else None))
     assert res[0].status == "verified", res[0].reason
     art = Path(res[0].path)
     man = json.loads(Path(str(art) + ".manifest.json").read_text())
@@ -245,10 +246,11 @@ def _device_op_profile(art: Path, target: str, tmp_path: Path):
     exe = dev / "bin" / tool
     exe.write_text(f"#!/bin/sh\necho \"$@\" > {dev}/args.txt\ncat {dev}/out.txt\n")
     exe.chmod(0o755)
+    from edgehydra.devices.bench import BenchRequest
     from edgehydra.exporters.runtime import read_manifest
 
-    res = remote.remote_bench(remote.LocalTransport(dev), art, binary=str(exe), runs=5, manifest=read_manifest(art),
-                              op_profile=True)
+    res = remote.remote_bench(remote.LocalTransport(dev), art, BenchRequest(binary=str(exe), runs=5, threads=4),
+                              manifest=read_manifest(art), op_profile=True)
     flags = (dev / "args.txt").read_text()
     assert ("--enable_op_profiling=true" if tool == "benchmark_model" else "--dumpProfile") in flags
     dp = profile_from_rows(art, res["tool"], res["rows"], ("segm", "depth"), device=res["device"])

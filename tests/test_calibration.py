@@ -271,8 +271,9 @@ def test_sensitivity_ranks_a_harmful_layer_first(tmp_path, data, trained_tiny):
 
     ckpt = save_checkpoint(m, tmp_path / "m.pt", provenance={"data": {"dataset": "synthroom", "size": list(SIZE),
                                                                       "frames": 32, "val_frames": 8, "seed": 3}})
-    rep = S.sensitivity_run(ckpt, tmp_path / "sens", frames=8, calib_frames=4, layers="segm,depth,pre_depth,conv3",
-                            max_miou_drop=0.5, max_absrel_rise=0.05)
+    rep = S.sensitivity_run(ckpt, tmp_path / "sens", S.SensitivityConfig(frames=8, calib_frames=4, max_miou_drop=0.5,
+                                                                          max_absrel_rise=0.05,
+                                                                          layers="segm,depth,pre_depth,conv3"))
     ranked = [r["layer"] for r in rep["layers"]]
     assert ranked[0] == "depth", ranked
     assert rep["layers"][0]["damage"] > 0.1 and rep["layers"][0]["damage"] > 5 * rep["layers"][1]["damage"]

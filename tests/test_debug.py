@@ -50,13 +50,13 @@ def _negate_layers(module, layers):
 
 @pytest.fixture(scope="module")
 def runs(tiny_run, tmp_path_factory):
-    from edgehydra.exporters.export_stage import export_run
+    from edgehydra.exporters.export_stage import ExportSource, export_run
 
     root = tmp_path_factory.mktemp("debug")
     clean = _copy_run(tiny_run, root / "clean")
-    export_run(clean / "export", ["onnx"], ["int8"], run=clean)
+    export_run(clean / "export", ["onnx"], ["int8"], source=ExportSource(run=clean))
     broken = _copy_run(tiny_run, root / "broken")
-    export_run(broken / "export", ["onnx"], ["int8"], run=broken)
+    export_run(broken / "export", ["onnx"], ["int8"], source=ExportSource(run=broken))
     return clean, broken
 
 
@@ -96,7 +96,7 @@ def test_clean_artifact_stays_within_the_int8_bound(runs):
 def test_executorch_faulty_lowering_is_found_per_task(runs, monkeypatch, tmp_path):
     from edgehydra.exporters import executorch as et
     from edgehydra.exporters.debug import debug_path
-    from edgehydra.exporters.export_stage import export_run
+    from edgehydra.exporters.export_stage import ExportSource, export_run
 
     _, broken = runs
     real = et.lower
@@ -105,7 +105,7 @@ def test_executorch_faulty_lowering_is_found_per_task(runs, monkeypatch, tmp_pat
         return real(_negate_layers(module, set(BROKEN.values())), example, precision, delegate)
 
     monkeypatch.setattr(et, "lower", faulty_lower)
-    res = export_run(broken / "export", ["executorch"], ["int8"], run=broken)
+    res = export_run(broken / "export", ["executorch"], ["int8"], source=ExportSource(run=broken))
     assert res[0].status == "failed"  # verify sees that the outputs are wrong, not where
     rep, _ = debug_path(_artifact(broken, "executorch"), frames=2)
     assert rep["probe_build_vs_shipped_max_abs"] == 0.0

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from edgehydra import create_model
 from edgehydra.commands import cli
 from edgehydra.devices import remote
+from edgehydra.devices.bench import BenchRequest
 from edgehydra.devices.estimate import estimate_rows, fit_efficiencies, layer_rows, mean_abs_rel_err
 from edgehydra.devices.profile import list_profiles, load_profile, load_profile_file, parse_profile, to_toml
 from edgehydra.errors import BadInputError, EdgeHydraError
@@ -131,7 +132,7 @@ def test_remote_orchestration_quotes_and_cleans(tmp_path):
     art = tmp_path / "evil name; touch PWNED.tflite"
     art.write_bytes(b"tflite")
     t = remote.LocalTransport(dev)
-    r = remote.remote_bench(t, art, binary=exe, runs=50, threads=4)
+    r = remote.remote_bench(t, art, BenchRequest(binary=exe, runs=50, threads=4))
     assert r["runs"] == 50 and r["tool"] == "benchmark_model"
     assert not (dev / "PWNED.tflite").exists() and not list(tmp_path.rglob("PWNED*"))
     args = (dev / "args.txt").read_text()
@@ -147,7 +148,7 @@ def test_remote_device_that_disappears_is_reported(tmp_path):
     art.write_bytes(b"pte")
     t = remote.LocalTransport(dev, gone_after=2)
     with pytest.raises(remote.DeviceGone, match="disappeared"):
-        remote.remote_bench(t, art, binary=exe)
+        remote.remote_bench(t, art, BenchRequest(binary=exe, threads=4))
 
 
 def test_remote_timeout_and_missing_binary(tmp_path):
@@ -160,7 +161,7 @@ def test_remote_timeout_and_missing_binary(tmp_path):
     art.write_bytes(b"onnx")
     t = remote.LocalTransport(dev)
     with pytest.raises(EdgeHydraError, match="timed out"):
-        remote.remote_bench(t, art, binary=str(slow), timeout=0.5)
+        remote.remote_bench(t, art, BenchRequest(binary=str(slow), threads=4), timeout=0.5)
     assert not list((dev / "tmp").glob("edgehydra-*"))
     with pytest.raises(EdgeHydraError, match="none of benchmark_model found"):
         remote.remote_bench(remote.LocalTransport(dev), _touch(tmp_path / "x.tflite"))
@@ -181,16 +182,17 @@ def test_adb_and_ssh_quote_their_commands():
 
 def test_host_bench_runs_a_real_artifact(tiny_run, tmp_path):
     from edgehydra.devices.bench import bench
-    from edgehydra.exporters.export_stage import export_run
+    from edgehydra.exporters.export_stage import ExportSettings, ExportSource, export_run
 
-    res = {r.target: r for r in export_run(tmp_path, ["onnx", "executorch"], ["fp32"], run=tiny_run, eval_frames=1)}
-    b = bench(res["onnx"].path, warmup=1, runs=5, threads=1)
+    res = {r.target: r for r in export_run(tmp_path, ["onnx", "executorch"], ["fp32"], source=ExportSource(run=tiny_run),
+                                           settings=ExportSettings(eval_frames=1))}
+    b = bench(res["onnx"].path, BenchRequest(warmup=1, runs=5, threads=1))
     assert b["runs"] == 5 and 0 < b["min_ms"] <= b["p50_ms"] <= b["p90_ms"] <= b["p99_ms"]
     assert b["runtime"].startswith("onnxruntime") and Path(b["json"]).is_file()
     # the runtime gets the threads asked for (ExecuTorch's pool starts with one per core), and torch,
     # which only wraps the tensors, keeps one thread so that its idle workers do not spin beside it
     for threads in (1, 2):
-        b = bench(res["executorch"].path, warmup=1, runs=3, threads=threads, write=False)
+        b = bench(res["executorch"].path, BenchRequest(warmup=1, runs=3, threads=threads), write=False)
         assert b["runtime"] == f"executorch[{threads} threads]" and b["torch_threads"] == 1
     # running a .pte keeps ExecuTorch's threadpool start-up log (cpuinfo, ARM sysfs files) out of stderr
     code = ("import numpy as np; from edgehydra.exporters.runtime import open_artifact; "
@@ -206,9 +208,10 @@ def test_host_bench_runs_a_real_artifact(tiny_run, tmp_path):
 def test_check_exit_codes(tiny_run, tmp_path):
     import shutil
 
-    from edgehydra.exporters.export_stage import export_run
+    from edgehydra.exporters.export_stage import ExportSettings, ExportSource, export_run
 
-    export_run(tiny_run / "export", ["onnx"], ["fp32", "int8"], run=tiny_run, eval_frames=2)
+    export_run(tiny_run / "export", ["onnx"], ["fp32", "int8"], source=ExportSource(run=tiny_run),
+               settings=ExportSettings(eval_frames=2))
     lenient = tmp_path / "lenient.toml"
     import dataclasses
 
@@ -318,11 +321,12 @@ def test_sustained_pacing_counts_dropped_frames_with_a_fake_clock():
 def test_sustained_bench_of_a_real_artifact_enters_the_run_and_check(tiny_run, tmp_path):
     import dataclasses
 
-    from edgehydra.exporters.export_stage import export_run
+    from edgehydra.exporters.export_stage import ExportSettings, ExportSource, export_run
 
     run = tmp_path / "r"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "measurements", "devices"))
-    res = export_run(run / "export", ["onnx"], ["int8"], run=run, eval_frames=1)
+    res = export_run(run / "export", ["onnx"], ["int8"], source=ExportSource(run=run),
+                     settings=ExportSettings(eval_frames=1))
     art = res[0].path
     r = CliRunner().invoke(cli, ["bench", "--artifact", str(art), "--duration", "3s", "--fps", "20", "--warmup", "1"])
     assert r.exit_code == 0, r.output
@@ -352,16 +356,17 @@ def test_device_measurements_enter_the_run_and_check_judges_with_them(tiny_run, 
 
     from edgehydra.devices.bench import record_measurement
     from edgehydra.exporters.runtime import read_manifest
-    from edgehydra.exporters.export_stage import export_run
+    from edgehydra.exporters.export_stage import ExportSettings, ExportSource, export_run
 
     run = tmp_path / "r"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "measurements", "devices", "debug"))
-    art = export_run(run / "export", ["onnx"], ["int8"], run=run, eval_frames=1, options={"qdq": "int8"})[0].path
+    art = export_run(run / "export", ["onnx"], ["int8"], source=ExportSource(run=run),
+                     settings=ExportSettings(eval_frames=1, options={"qdq": "int8"}))[0].path
     dev = tmp_path / "device"
     exe = _fake_device(dev, "trtexec", "trtexec_orin.txt")
     nano = load_profile("jetson_orin_nano_8gb")
-    res = remote.remote_bench(remote.LocalTransport(dev), art, binary=exe, runs=20, manifest=read_manifest(art),
-                              profile=nano)
+    res = remote.remote_bench(remote.LocalTransport(dev), art, BenchRequest(binary=exe, runs=20, threads=4),
+                              manifest=read_manifest(art), profile=nano)
     res.update(remote.artifact_facts(art), runner=res["tool"], profile=nano.name)
     assert record_measurement(art, res) is not None
 
@@ -392,8 +397,9 @@ def test_device_measurements_enter_the_run_and_check_judges_with_them(tiny_run, 
 
     orin = tmp_path / "orin"
     exe = _fake_device(orin, "trtexec", "real/trtexec_0.txt")  # jetson-agx-orin-devkit, JetPack 6
-    sus = remote.remote_sustained(remote.LocalTransport(orin), art, 60, binary=exe, manifest=read_manifest(art),
-                                  profile=nano)
+    sus = remote.remote_sustained(remote.LocalTransport(orin), art,
+                                  BenchRequest(binary=exe, duration_s=60, runs=20, threads=4),
+                                  manifest=read_manifest(art), profile=nano)
     assert "--duration=60" in (orin / "args.txt").read_text()
     assert sus["windows"] == 4 and sus["p50_ms"] == pytest.approx(4.83752) and sus["p99_ms"] == pytest.approx(4.85547)
     host_ms = (4.83948, 4.83599, 4.83513, 4.8364)  # its four "Average on 10 runs" lines
@@ -403,7 +409,7 @@ def test_device_measurements_enter_the_run_and_check_judges_with_them(tiny_run, 
     got = sustained_for(Run(run), nano, {"sha256": sus["sha256"], "size": sus["size"]})
     assert got and got["sustained"]["throughput_fps"] == pytest.approx(sus["throughput_fps"])
     # an artifact never measured on the device is estimated from the profile fitted to what the run did measure
-    export_run(run / "export", ["onnx"], ["fp32"], run=run, eval_frames=1)
+    export_run(run / "export", ["onnx"], ["fp32"], source=ExportSource(run=run), settings=ExportSettings(eval_frames=1))
     fp32_nano = dataclasses.replace(nano, precision="fp32")
     row = judged(fp32_nano)
     assert row["note"].startswith("estimated at 64x96") and f"fitted to 1 measurement(s) of this run on local:{dev}" \
@@ -507,7 +513,8 @@ def test_sustained_run_on_a_device_tool_started_per_window(tmp_path):
     art = tmp_path / "m.tflite"
     art.write_bytes(b"tflite")
     ticks = iter(range(0, 1000, 3))  # each look at the clock: 3 s later
-    res = remote.remote_sustained(remote.LocalTransport(dev), art, 30, binary=str(exe), window_runs=20,
+    res = remote.remote_sustained(remote.LocalTransport(dev), art,
+                                  BenchRequest(binary=str(exe), duration_s=30, runs=20, threads=4),
                                   clock=lambda: float(next(ticks)))
     # windows start at 3, 6, ..., 27 s; the run ends at 33 s; first window: t < 10 s, last: t >= 23 s
     assert res["windows"] == 9 and res["calls"] == 180 and res["duration_s"] == 33

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from edgehydra.commands import cli
 from edgehydra.errors import MissingBackendError
 from edgehydra.exporters import get_target, installed_targets, list_targets
-from edgehydra.exporters.export_stage import export_run
+from edgehydra.exporters.export_stage import ExportSettings, ExportSource, export_run
 from tests.conftest import TINY_SIZE
 
 PAIRS = [(t, p) for t in list_targets() for p in get_target(t).precisions]
@@ -20,7 +20,8 @@ PAIRS = [(t, p) for t in list_targets() for p in get_target(t).precisions]
 @pytest.fixture(scope="module")
 def exported(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
-    res = export_run(out, ["all"], run=tiny_run, eval_frames=4, strict_missing=False)
+    res = export_run(out, ["all"], source=ExportSource(run=tiny_run),
+                     settings=ExportSettings(eval_frames=4, strict_missing=False))
     return out, {(r.target, r.precision): r for r in res}
 
 
@@ -103,7 +104,8 @@ def test_precision_map_names_each_kept_float_layer_and_why(tiny_run, tmp_path):
     rpath.write_text(recipe.to_json())
     ptq_run(run.fp32, run, QuantJob(str(rpath), calib_frames=4, val_limit=2))
     targets = [t for t in ("executorch", "tflite", "onnx", "coreml") if t in installed_targets()]
-    res = export_run(run.export_dir, targets, ["int8"], run=run.root, eval_frames=2, strict_missing=False)
+    res = export_run(run.export_dir, targets, ["int8"], source=ExportSource(run=run.root),
+                     settings=ExportSettings(eval_frames=2, strict_missing=False))
     assert {r.target for r in res} == set(targets)
     for r in res:
         rows = {(x["layer"], x["op"], x["precision"]): x for x in r.manifest["precision_map"]["layers"]}
@@ -148,8 +150,8 @@ def test_precision_map_names_each_kept_float_layer_and_why(tiny_run, tmp_path):
 def test_tflite_float_io_and_nhwc(tiny_run, tmp_path):
     if "tflite" not in installed_targets():
         pytest.skip("tflite backend not installed")
-    res = export_run(tmp_path, ["tflite"], ["int8"], run=tiny_run, options={"io_dtype": "float", "layout": "NHWC"},
-                     eval_frames=2)
+    res = export_run(tmp_path, ["tflite"], ["int8"], source=ExportSource(run=tiny_run),
+                     settings=ExportSettings(options={"io_dtype": "float", "layout": "NHWC"}, eval_frames=2))
     r = res[0]
     assert r.status == "verified", r.reason
     assert r.manifest["facts"]["layout"] == "NHWC" and r.manifest["input"]["dtype"] == "float32"
@@ -174,7 +176,7 @@ def test_export_is_atomic_under_failure(tiny_run, tmp_path, monkeypatch):
 
     broken = dataclasses.replace(onnx_mod.TARGET, build=boom)
     monkeypatch.setattr(onnx_mod, "TARGET", broken)
-    res = export_run(tmp_path, ["onnx"], ["fp32"], run=tiny_run)
+    res = export_run(tmp_path, ["onnx"], ["fp32"], source=ExportSource(run=tiny_run))
     assert res[0].status == "failed" and "disk full" in res[0].reason
     assert not (tmp_path / "onnx" / "hydranet_fp32_64x96.onnx").exists()
     assert not [p for p in (tmp_path / "onnx").iterdir() if ".part" in p.name]
@@ -186,7 +188,7 @@ def test_missing_backend_names_the_extra(tiny_run, tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "coremltools" else real(n, *a))
     with pytest.raises(MissingBackendError, match=r"pip install 'edgehydra\[coreml\]'"):
-        export_run(tmp_path, ["coreml"], ["fp16"], run=tiny_run)
+        export_run(tmp_path, ["coreml"], ["fp16"], source=ExportSource(run=tiny_run))
     r = CliRunner().invoke(cli, ["export", "--run", str(tiny_run), "--target", "coreml", "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and "edgehydra[coreml]" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "x" / "coreml").exists()
@@ -356,7 +358,8 @@ def test_onnx_int8_is_exact_uint8_and_within_an_output_step_of_its_program(tiny_
 
     paths = {}
     for qdq in ("int8", "uint8"):
-        res = export_run(tmp_path / qdq, ["onnx"], ["int8"], run=tiny_run, options={"qdq": qdq}, eval_frames=2)
+        res = export_run(tmp_path / qdq, ["onnx"], ["int8"], source=ExportSource(run=tiny_run),
+                         settings=ExportSettings(options={"qdq": qdq}, eval_frames=2))
         assert res[0].manifest["facts"]["qdq_dtype"] == qdq
         paths[qdq] = res[0].path
         assert qdq_dtype(onnx.load(str(res[0].path))) == qdq
@@ -409,7 +412,8 @@ def test_w8a16_layers_ship_where_the_format_computes_them(tiny_run, tmp_path):
         rpath.write_text(PRESETS["w8a8"].replace(name="w16", int16_layers=layers).to_json())
         ptq_run(run.fp32, run, QuantJob(str(rpath), calib_frames=4, val_limit=2))
         targets = [t for t in targets if t in installed_targets()]
-        res = export_run(run.export_dir, targets, ["int8"], run=run.root, eval_frames=2, strict_missing=False)
+        res = export_run(run.export_dir, targets, ["int8"], source=ExportSource(run=run.root),
+                         settings=ExportSettings(eval_frames=2, strict_missing=False))
         return run, {r.target: r for r in res}
 
     def int16_rows(r, want):

@@ -69,14 +69,15 @@ def test_applied_assignment_ships_as_chosen(harmful_run):
     from edgehydra.calibration.program import load_program
     from edgehydra.calibration.quant_stages import QuantJob, ptq_run, qat_run
     from edgehydra.devices.opprofile import profile_pte
-    from edgehydra.exporters.export_stage import export_run
+    from edgehydra.exporters.export_stage import ExportSettings, ExportSource, export_run
     from edgehydra.train import TrainConfig
 
     run, profile = harmful_run
     ptq_run(run / "fp32.pt", run, QuantJob("w8a8", calib_frames=8))
     qat_run(run / "fp32.pt", run, TrainConfig(epochs=1, batch_size=8), QuantJob("w8a8", frames=16, calib_frames=8,
                                                                                 val_limit=8))
-    uniform = export_run(run / "export", ["executorch"], ["int8"], run=run, eval_frames=8)[0]
+    uniform = export_run(run / "export", ["executorch"], ["int8"], source=ExportSource(run=run),
+                         settings=ExportSettings(eval_frames=8))[0]
     assert uniform.path.name == "hydranet_int8_64x96.pte" and uniform.manifest["source_program"]["stage"] == "qat"
     before = {f: sha256_path(f) for f in (uniform.path, run / "ptq" / "program.pt2", run / "qat" / "program.pt2")}
 

@@ -92,7 +92,7 @@ def test_litert_host_latency_is_measured_per_module_and_candidates_as_tflite_fil
     timed beside them."""
     import torch
     from edgehydra.calibration.calibset import select_calibration
-    from edgehydra.devices.host_measure import layer_latency, time_candidates
+    from edgehydra.devices.host_measure import Timing, layer_latency, time_candidates
     from edgehydra.calibration.mixed import Candidate
     from edgehydra.calibration.program import load_program
     from edgehydra.calibration.ptq import quantize_ptq
@@ -117,5 +117,5 @@ def test_litert_host_latency_is_measured_per_module_and_candidates_as_tflite_fil
     q, _ = quantize_ptq(model, load_recipe(None).replace(keep_float=("segm",)), train, select_calibration(train, 8),
                         TINY_SIZE)
     cand = Candidate("segm float", ("segm",), {}, 0.0, 0.0)
-    t = time_candidates(model, "tflite", [cand], {cand.key: q}, TINY_SIZE, rounds=3, threads=1, built=tmp_path)
+    t = time_candidates(model, "tflite", [cand], {cand.key: q}, TINY_SIZE, tmp_path, Timing(rounds=3, threads=1))
     assert t["runtime"] == "tflite" and t["candidates"]["segm float"] > 0 and t["fp32"] > 0 and t["int8"] > 0, t

@@ -528,9 +528,10 @@ def test_every_stage_scores_kitti_natively_as_eval_does(tmp_path):
     for name in ("fp32", "ptq"):
         for k in ("miou", "rmse", "abs_rel"):
             assert rep["metrics"][name][k] == pytest.approx(got[name]["metrics"][k], rel=1e-6), (name, k)
-    from edgehydra.exporters.export_stage import export_run
+    from edgehydra.exporters.export_stage import ExportSettings, ExportSource, export_run
 
-    res = export_run(tmp_path / "run" / "export", ["onnx"], ["int8"], run=tmp_path / "run", eval_frames=3)
+    res = export_run(tmp_path / "run" / "export", ["onnx"], ["int8"], source=ExportSource(run=tmp_path / "run"),
+                     settings=ExportSettings(eval_frames=3))
     m = res[0].manifest["metrics"]
     assert m["protocol"] == "native (padded to 96x256, cropped back)" and m["frames"] == 3
     # the artifact runs the program's integer maths: its scores sit on the program's, not on a stretched frame's

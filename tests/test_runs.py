@@ -99,11 +99,12 @@ def test_run_started_from_a_brought_checkpoint(tiny_run, tmp_path):
 
 
 def test_export_at_a_second_size_adds_to_the_run(tiny_run, tmp_path):
-    from edgehydra.exporters.export_stage import export_run
+    from edgehydra.exporters.export_stage import ExportSettings, ExportSource, export_run
 
     out = tmp_path / "export"
-    export_run(out, ["onnx"], ["fp32"], run=tiny_run, eval_frames=2)
-    export_run(out, ["onnx"], ["fp32"], run=tiny_run, size=(96, 128), eval_frames=2)
+    export_run(out, ["onnx"], ["fp32"], source=ExportSource(run=tiny_run), settings=ExportSettings(eval_frames=2))
+    export_run(out, ["onnx"], ["fp32"], source=ExportSource(run=tiny_run),
+               settings=ExportSettings(size=(96, 128), eval_frames=2))
     man = json.loads((out / "manifest.json").read_text())
     assert sorted(a["path"] for a in man["artifacts"]) == ["onnx/hydranet_fp32_64x96.onnx", "onnx/hydranet_fp32_96x128.onnx"]
     a = {tuple(x["size"]): x for x in man["artifacts"]}
@@ -111,12 +112,13 @@ def test_export_at_a_second_size_adds_to_the_run(tiny_run, tmp_path):
 
 
 def test_default_export_without_a_program_says_which_int8_rows_it_left_out(tiny_run, tmp_path):
-    from edgehydra.exporters.export_stage import export_run
+    from edgehydra.exporters.export_stage import ExportSettings, ExportSource, export_run
 
     run = tmp_path / "r"
     run.mkdir()
     shutil.copy(tiny_run / "fp32.pt", run / "fp32.pt")  # trained, never quantised
-    res = {(r.target, r.precision): r for r in export_run(run / "export", ["onnx"], run=run, eval_frames=2)}
+    res = {(r.target, r.precision): r for r in export_run(run / "export", ["onnx"], source=ExportSource(run=run),
+                                                          settings=ExportSettings(eval_frames=2))}
     assert res[("onnx", "fp32")].status == "verified"
     assert res[("onnx", "int8")].status == "skipped" and "edgehydra ptq" in res[("onnx", "int8")].reason
     man = json.loads((run / "export" / "manifest.json").read_text())
