@@ -94,3 +94,28 @@ def select_calibration(dataset, n: int = 200, seed: int = 0) -> CalibrationSet:
     rng_of = lambda a: (float(a.min()), float(a.max())) if a.size else (float("nan"), float("nan"))  # noqa: E731
     return CalibrationSet(tuple(chosen), chosen_ids, hashlib.sha256("\n".join(chosen_ids).encode()).hexdigest(),
                           len(sel_cls), len(all_cls), rng_of(sel_meds), rng_of(meds[finite]), seed)
+
+
+@dataclass(frozen=True)
+class SweepData:
+    """What a sweep of PTQs at one size works on: the data spec, the size, the training split (calibration
+    frames come from it), the validation split, both resized to the size, and the calibration set."""
+    ds: dict
+    size: tuple
+    train: object
+    val: object
+    calib: CalibrationSet
+
+
+def open_sweep_data(checkpoint, dataset: str | None, size, calib_frames: int, base: dict | None = None) -> SweepData:
+    """The one preamble of a PTQ sweep (the sensitivity table, the mixed-precision search): the data spec from the
+    run record ``base`` (else the checkpoint's), then ``dataset`` / ``size``; both splits resized to the size."""
+    from pathlib import Path
+
+    from edgehydra.data import Resize
+    from edgehydra.dataspec import open_split, run_data_settings
+
+    ds = run_data_settings(Path(checkpoint), dataset, size, base=base)
+    size = tuple(ds["size"])
+    train = open_split(ds, "train", Resize(size))
+    return SweepData(ds, size, train, open_split(ds, "val", Resize(size)), select_calibration(train, calib_frames))

@@ -17,12 +17,10 @@ import torch
 from edgehydra._io import atomic_write_json, save_figure
 from edgehydra.checkpoint import load_checkpoint
 from edgehydra.errors import BadInputError
-from edgehydra.data import Resize
-from edgehydra.dataspec import open_split, run_data_settings
 from edgehydra.metrics import Scoring
 from edgehydra.train import evaluate
 
-from .calibset import select_calibration
+from .calibset import open_sweep_data
 from .ptq import export_stage, quantize_ptq
 from .recipe import load_recipe
 
@@ -139,10 +137,8 @@ def sensitivity_run(checkpoint: Path, out: Path, cfg: SensitivityConfig, dataset
     base = load_recipe(cfg.recipe_spec)
     if model is None:
         model, _ = load_checkpoint(checkpoint)
-    ds = run_data_settings(Path(checkpoint), dataset)
-    size = tuple(ds["size"])
-    train, val = open_split(ds, "train", Resize(size)), open_split(ds, "val", Resize(size))
-    calib = select_calibration(train, cfg.calib_frames)
+    data = open_sweep_data(checkpoint, dataset, None, cfg.calib_frames)
+    size, train, val, calib = data.size, data.train, data.val, data.calib
     names = select_layers(model, cfg.layers)
     fp32 = _metrics(model, val, model.config, cfg.frames)
     # exported once, copied for each PTQ of the sweep

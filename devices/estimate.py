@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from edgehydra.accounting import BYTES, count_layers
+from edgehydra.graph import runtime_class
 
 from .profile import Profile
 
@@ -47,14 +48,10 @@ def layer_rows(model, size, precision):
     return rows
 
 
-# accounting kinds -> the operator classes of the per-op profiles (devices/opprofile.py)
-_KIND_CLASS = {"Add": "add", "MaxPool2d": "max-pool", "Upsample": "upsample"}
-
-
 def op_class_of(kind: str, depthwise: bool = False) -> str:
     if kind == "Conv2d":
         return "depthwise conv" if depthwise else "conv"
-    return _KIND_CLASS.get(kind, kind.lower())
+    return runtime_class("module", kind)
 
 
 def estimate_rows(rows, profile: Profile, precision: str) -> dict:

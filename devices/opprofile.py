@@ -27,29 +27,15 @@ import numpy as np
 import torch
 
 from edgehydra._io import save_figure
-from edgehydra.graph import UNIT_OPS, graph_convs, graph_unit_ops, node_module, node_module_path, stage_of  # noqa: F401
+from edgehydra.graph import (UNIT_OPS, graph_convs, graph_unit_ops, node_module, node_module_path,  # noqa: F401
+                             runtime_class, stage_of, xnnpack_class)
 
 CONV_OPS = ("Convolution", "Fully Connected")
 
 
 def op_class(event: str) -> str:
-    """'Convolution (NHWC, QC8) DWConv #9' -> 'depthwise conv'; precision read from the kernel tag."""
-    e = event
-    if e.startswith("Convolution"):
-        kind = "depthwise conv" if "DWConv" in e else "conv"
-    elif e.startswith("Fully Connected"):
-        kind = "1x1 conv"
-    elif e.startswith("Add"):
-        kind = "add"
-    elif e.startswith("Max Pooling"):
-        kind = "max-pool"
-    elif e.startswith("Resize"):
-        kind = "upsample"
-    elif e.startswith("Convert"):
-        return "convert (quantise/dequantise)"
-    else:
-        kind = re.sub(r"\s*\(.*", "", e).lower()
-    return kind
+    """'Convolution (NHWC, QC8) DWConv #9' -> 'depthwise conv' (the graph vocabulary, edgehydra/graph.py)."""
+    return xnnpack_class(event)
 
 
 def op_precision(event: str) -> str:
@@ -227,12 +213,6 @@ def profile_here(artifact: str | Path, size, runs: int = 20, tasks=("segm", "dep
     return profile_pte(artifact, lowered_module, size, runs=runs, tasks=tasks, threads=threads)
 
 
-# onnxruntime operator types -> the classes the ExecuTorch profile uses
-_ORT_CLASS = {"Conv": "conv", "QLinearConv": "conv", "ConvInteger": "conv", "Add": "add", "QLinearAdd": "add",
-              "MaxPool": "max-pool", "NhwcMaxPool": "max-pool", "Resize": "upsample",
-              "QuantizeLinear": "convert (quantise/dequantise)", "DequantizeLinear": "convert (quantise/dequantise)",
-              "Clip": "clamp", "Relu": "clamp", "Transpose": "transpose (layout)",
-              "ReorderInput": "transpose (layout)", "ReorderOutput": "transpose (layout)", "Mul": "mul", "Concat": "concat"}
 
 
 def onnx_nodes(path: Path) -> dict[str, dict]:
@@ -311,7 +291,7 @@ def profile_onnx(path: str | Path, size, runs: int = 20, tasks=("segm", "depth",
         kind = kinds[name]
         node = node_of(name, kind)
         layer = (node or {}).get("layer") or layer
-        cls = _ORT_CLASS.get(kind, kind.lower())
+        cls = runtime_class("onnx", kind)
         if cls == "conv" and node and node["dw"]:
             cls = "depthwise conv"
         prec = "int8" if kind.startswith("QLinear") or kind == "ConvInteger" else (

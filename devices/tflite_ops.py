@@ -23,12 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-# TFLite builtin operators -> the classes the other profiles use (devices/opprofile.py)
-TFL_CLASS = {"CONV_2D": "conv", "DEPTHWISE_CONV_2D": "depthwise conv", "FULLY_CONNECTED": "1x1 conv",
-             "ADD": "add", "MAX_POOL_2D": "max-pool", "RESIZE_BILINEAR": "upsample",
-             "RESIZE_NEAREST_NEIGHBOR": "upsample", "QUANTIZE": "convert (quantise/dequantise)",
-             "DEQUANTIZE": "convert (quantise/dequantise)", "TRANSPOSE": "transpose (layout)", "PAD": "pad",
-             "RESHAPE": "reshape", "RELU6": "clamp", "RELU": "clamp", "CONCATENATION": "concat", "MUL": "mul"}
 CONV_TFL = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
@@ -133,7 +127,7 @@ def profile_tflite(path: str | Path, size, runs: int = 20, tasks=("segm", "depth
                    warmup: int = 3) -> dict:
     """Each operator of the .tflite timed alone (see the module docstring), by layer, class and stage: the rows
     and their whole-call check; devices/opprofile.py profile_here adds the sums every profile carries."""
-    from edgehydra.graph import stage_of
+    from edgehydra.graph import runtime_class, stage_of
 
     path = Path(path)
     layers = op_layers(path)
@@ -142,7 +136,7 @@ def profile_tflite(path: str | Path, size, runs: int = 20, tasks=("segm", "depth
         info = layers[group[-1]]
         ms = _time(content, None, threads, runs, warmup)
         rows.append({"event": " + ".join(f"{layers[k]['op']} #{k}" for k in group), "ms": ms, "layer": info["layer"],
-                     "op_class": TFL_CLASS.get(info["op"], info["op"].lower()), "precision": info["precision"],
+                     "op_class": runtime_class("tflite", info["op"]), "precision": info["precision"],
                      "stage": stage_of(info["layer"], tasks)})
     whole = _time(None, path, threads, runs, warmup)
     convs = [r for r in rows if r["op_class"].endswith("conv")]

@@ -23,7 +23,9 @@ from pathlib import Path
 
 from edgehydra.errors import BadInputError
 
-from .opprofile import CONV_OPS, _ORT_CLASS, op_class, op_precision, stage_of, summarize
+from edgehydra.graph import runtime_class
+
+from .opprofile import CONV_OPS, op_class, op_precision, stage_of, summarize
 
 # ------------------------------------------------------------------------------------------ parsers
 
@@ -158,7 +160,7 @@ def map_trtexec(rows: list[dict], onnx_path: Path, tasks) -> dict:
         elif conv:
             cls = "depthwise conv" if conv["dw"] else "conv"
         elif found:
-            cls = _ORT_CLASS.get(found[0]["op_type"], found[0]["op_type"].lower())
+            cls = runtime_class("onnx", found[0]["op_type"])
         elif name.startswith("PWN("):
             cls = "pointwise (fused)"
         else:
@@ -175,7 +177,7 @@ def map_trtexec(rows: list[dict], onnx_path: Path, tasks) -> dict:
 
 def map_benchmark_model(rows: list[dict], tflite_path: Path, tasks) -> dict:
     """CPU nodes by their node index, XNNPACK operators inside the delegate by convolution order."""
-    from .tflite_ops import CONV_TFL, TFL_CLASS, module_of_tensor, op_layers
+    from .tflite_ops import CONV_TFL, module_of_tensor, op_layers
 
     ops = op_layers(tflite_path)
     tfl_convs = [o for o in ops if o["op"] in CONV_TFL]
@@ -209,7 +211,7 @@ def map_benchmark_model(rows: list[dict], tflite_path: Path, tasks) -> dict:
             else:
                 lay = module_of_tensor(ev.strip("[]").rsplit("]:", 1)[0])
                 layer = lay or layer
-            cls = TFL_CLASS.get(nt.strip(), nt.strip().lower())
+            cls = runtime_class("tflite", nt.strip())
         out.append(dict(r, layer=layer, op_class=cls, precision=prec, stage=stage_of(layer, tasks)))
     conv_rows = [r for r in out if r["op_class"].endswith("conv")]
     mapped = dele_ok and bool(conv_rows) and all(r["layer"] not in ("", "input") for r in conv_rows)

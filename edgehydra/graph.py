@@ -11,8 +11,15 @@ mixed-precision search, fp16 islands) names a node by the same three facts:
 
 and its HydraNet **stage** (``stage_of``): encoder, decoder, a task's head. It sits in the core layer so
 calibration, exporters and devices read the graph alike without importing each other.
+
+The runtimes' own operator names map onto one set of operator classes here too (``runtime_class``,
+``xnnpack_class``): XNNPACK's ETDump events, onnxruntime's and LiteRT's profiles and the estimator's layer kinds
+all say "depthwise conv", "max-pool", "convert (quantise/dequantise)", so per-op tables from any runtime, the
+estimate and `check` compare class by class.
 """
 from __future__ import annotations
+
+import re
 
 import torch
 
@@ -23,6 +30,47 @@ OP_CLASS = {"conv2d": "conv", "convolution": "conv", "linear": "linear", "add": 
 # the decoder's op modules (HydraNet.op_units: fusions, upsamplings, CRP sums) by their aten op
 UNIT_OPS = {"aten.add.Tensor": "add", "aten.upsample_bilinear2d.vec": "upsample",
             "aten.upsample_bilinear2d.default": "upsample"}
+# ------------------------------------------------------------------ operator classes across runtimes
+CONVERT = "convert (quantise/dequantise)"
+LAYOUT = "transpose (layout)"
+RUNTIME_CLASS = {
+    # onnxruntime operator types (its profile's op_name)
+    "onnx": {"Conv": "conv", "QLinearConv": "conv", "ConvInteger": "conv", "Add": "add", "QLinearAdd": "add",
+             "MaxPool": "max-pool", "NhwcMaxPool": "max-pool", "Resize": "upsample", "QuantizeLinear": CONVERT,
+             "DequantizeLinear": CONVERT, "Clip": "clamp", "Relu": "clamp", "Transpose": LAYOUT,
+             "ReorderInput": LAYOUT, "ReorderOutput": LAYOUT, "Mul": "mul", "Concat": "concat"},
+    # TFLite builtin operators (benchmark_model's op profile, the flatbuffer's opcodes)
+    "tflite": {"CONV_2D": "conv", "DEPTHWISE_CONV_2D": "depthwise conv", "FULLY_CONNECTED": "1x1 conv",
+               "ADD": "add", "MAX_POOL_2D": "max-pool", "RESIZE_BILINEAR": "upsample",
+               "RESIZE_NEAREST_NEIGHBOR": "upsample", "QUANTIZE": CONVERT, "DEQUANTIZE": CONVERT, "TRANSPOSE": LAYOUT,
+               "PAD": "pad", "RESHAPE": "reshape", "RELU6": "clamp", "RELU": "clamp", "CONCATENATION": "concat",
+               "MUL": "mul"},
+    # the accounting's layer kinds (devices/estimate.py); Conv2d is conv or depthwise conv by its groups
+    "module": {"Add": "add", "MaxPool2d": "max-pool", "Upsample": "upsample"},
+}
+# XNNPACK's operator events in ExecuTorch's ETDump, by prefix ("Convolution (NHWC, QC8) DWConv #9")
+XNNPACK_PREFIX = (("Fully Connected", "1x1 conv"), ("Add", "add"), ("Max Pooling", "max-pool"),
+                  ("Resize", "upsample"), ("Convert", CONVERT))
+# a quantised program's aten targets as the per-layer debugger names its probes (substring -> class)
+PROBE_CLASS = (("conv", "conv"), ("add", "add"), ("max_pool", "pool"), ("avg_pool", "pool"),
+               ("upsample", "upsample"), ("interpolate", "upsample"), ("cat", "concat"), ("mul", "mul"))
+# the nn.Module class behind an aten op class (a TFLite tensor name carries the module's class)
+LEAF_MODULE = {"conv": "Conv2d", "max_pool": "MaxPool2d", "avg_pool": "AvgPool2d", "linear": "Linear"}
+
+
+def runtime_class(runtime: str, name: str) -> str:
+    """The operator class of ``name`` in ``runtime``'s vocabulary (RUNTIME_CLASS); an unmapped name, lowercased."""
+    return RUNTIME_CLASS[runtime].get(name, name.lower())
+
+
+def xnnpack_class(event: str) -> str:
+    """'Convolution (NHWC, QC8) DWConv #9' -> 'depthwise conv'."""
+    if event.startswith("Convolution"):
+        return "depthwise conv" if "DWConv" in event else "conv"
+    cls = next((c for prefix, c in XNNPACK_PREFIX if event.startswith(prefix)), None)
+    return cls or re.sub(r"\s*\(.*", "", event).lower()
+
+
 _DTYPE_NAME = {torch.int8: "int8", torch.uint8: "int8", torch.int16: "int16"}
 _CLAMPS = ("hardtanh", "relu", "clamp")
 

@@ -38,11 +38,10 @@ import numpy as np
 import torch
 
 from edgehydra.errors import BadInputError, EdgeHydraError
+from edgehydra.graph import PROBE_CLASS
 
 MAX_MEAN_STEPS = 1.0  # see the module docstring: one layer's rounding, in steps of each probe's own grid
 _ACTIVATIONS = ("hardtanh", "relu", "clamp", "relu6")
-_OP_CLASSES = (("conv", "conv"), ("add", "add"), ("max_pool", "pool"), ("avg_pool", "pool"),
-               ("upsample", "upsample"), ("interpolate", "upsample"), ("cat", "concat"), ("mul", "mul"))
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ def _producer(node):
     if n.op == "placeholder":
         return n, "input"
     name = str(n.target)
-    op = next((cls for key, cls in _OP_CLASSES if key in name), name.split(".")[-2] if "." in name else name)
+    op = next((cls for key, cls in PROBE_CLASS if key in name), name.split(".")[-2] if "." in name else name)
     return n, op + act
 
 

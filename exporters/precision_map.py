@@ -22,7 +22,7 @@ from collections import Counter, OrderedDict
 
 import torch
 
-from edgehydra.graph import OP_CLASS, dq_dtype as _dq_dtype, node_module_path, node_precision as _node_precision  # noqa: F401
+from edgehydra.graph import LEAF_MODULE, OP_CLASS, dq_dtype as _dq_dtype, node_module_path, node_precision as _node_precision  # noqa: F401
 from edgehydra.graph import op_class as _op_class, output_quantized as _output_quantized  # noqa: F401
 
 TOP = "(top level)"  # ops of HydraNet.forward itself: the skip additions and upsamplings between CRP blocks
@@ -118,9 +118,6 @@ def tflite_layers(path) -> dict:
     return out
 
 
-_LEAF_CLASS = {"conv": "Conv2d", "max_pool": "MaxPool2d", "avg_pool": "AvgPool2d", "linear": "Linear"}
-
-
 def _tflite_layer(name: str, kind: str) -> str:
     """The module path of the operator behind a tensor name. A fused operator's output is named after every
     op fused into it ("...ReLU6_relu;;...Conv2d_pre_segm;"): the path whose leaf class fits the op kind wins
@@ -131,9 +128,9 @@ def _tflite_layer(name: str, kind: str) -> str:
         segs = stack.split("/")[1:]  # [0] is the root model class
         parts = [seg.rsplit(".", 1)[-1].split("_", 1) for seg in segs]
         cands.append(([p[1] for p in parts if len(p) == 2], parts[-1][0] if parts else ""))
-    leaf = _LEAF_CLASS.get(kind)
+    leaf = LEAF_MODULE.get(kind)
     for path, cls in cands:
-        if (cls == leaf) if leaf else cls not in _LEAF_CLASS.values() and cls not in ("ReLU6", "ReLU"):
+        if (cls == leaf) if leaf else cls not in LEAF_MODULE.values() and cls not in ("ReLU6", "ReLU"):
             return ".".join(path) or TOP
     return TOP
 

@@ -24,12 +24,10 @@ import torch
 
 from edgehydra._io import atomic_write_json, save_figure
 from edgehydra.checkpoint import load_checkpoint
-from edgehydra.data import Resize
-from edgehydra.dataspec import open_split, run_data_settings
 from edgehydra.run import Run
 from edgehydra.targets import format_facts
 
-from edgehydra.calibration.calibset import select_calibration
+from edgehydra.calibration.calibset import open_sweep_data
 from edgehydra.calibration.mixed import (BudgetsNotMet, Candidate, MixedBudgets, Space, conv_output_elems, deficit,
                                          encoder_prefixes, graph_order, greedy_path, group_candidates, groups_of, pareto,
                                          weight_bytes)
@@ -170,9 +168,8 @@ class _Search:
         self.size = tuple(search.size or self.profile.budgets.input_size)
         self.base = load_recipe(search.recipe)
         self.model, _ = load_checkpoint(run.checkpoint())
-        ds = run_data_settings(run.checkpoint(), None, self.size, base=run.record().get("data"))
-        self.train, self.val = open_split(ds, "train", Resize(self.size)), open_split(ds, "val", Resize(self.size))
-        self.calib = select_calibration(self.train, search.calib_frames)
+        data = open_sweep_data(run.checkpoint(), None, self.size, search.calib_frames, base=run.record().get("data"))
+        self.train, self.val, self.calib = data.train, data.val, data.calib
         # flicker is a task budget: every PTQ of the sweep and every trial also runs a short synthroom sequence
         self.sequence = None
         if budgets.max_flicker_rise is not None:
