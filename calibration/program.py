@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from edgehydra.records import stamp, validate
 from edgehydra._io import atomic_path, sha256_path
 from edgehydra.errors import BadInputError
 from edgehydra.model import HydraConfig
@@ -46,7 +47,7 @@ class QuantisedProgram:
 
 def save_program(module, path: str | Path, config: HydraConfig, recipe: Recipe, size, meta: dict) -> Path:
     ep = dynamic_batch_export(module, size)
-    payload = {"config": config.to_dict(), "recipe": recipe.to_dict(), "size": list(size), **meta}
+    payload = stamp("program", {"config": config.to_dict(), "recipe": recipe.to_dict(), "size": list(size), **meta})
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.export.save(ep, str(tmp), extra_files={META: json.dumps(payload, default=str)})
@@ -81,7 +82,11 @@ def load_program(path: str | Path) -> QuantisedProgram:
         export_log.setLevel(level)
     if not extra[META]:
         raise BadInputError(f"{path} has no {META}: not written by edgehydra")
-    meta = json.loads(extra[META])
+    try:
+        meta = validate("program", json.loads(extra[META]), path)
+    except json.JSONDecodeError as e:
+        raise BadInputError(f"{path}: damaged {META} ({e.msg})") from None
+    meta.pop("schema", None)
     cfg = HydraConfig.from_dict(meta.pop("config"))
     recipe = Recipe.from_dict(meta.pop("recipe"))
     size = tuple(meta.pop("size"))

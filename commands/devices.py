@@ -232,6 +232,12 @@ def _print_bench(res: dict, ingest) -> None:
         console().print(f"[yellow]note:[/] {res['record_skipped']}")
 
 
+def _diff_text(v: dict) -> str:
+    steps = f" ({v['max_steps']:.2f} / {v['mean_steps']:.3f} output steps)" if "max_steps" in v else ""
+    arg = f", argmax {v['argmax_agreement']:.4f}" if "argmax_agreement" in v else ""
+    return f"max |diff| {v['max_abs']:.4g}, mean {v['mean_abs']:.3g}{steps}{arg}"
+
+
 def _print_emulated(res: dict) -> None:
     """`bench --bundle --device qemu:CPU`: parity on the emulated ARM kernels, against x86 and the reference."""
     bp = res["bundle_parity"]
@@ -241,9 +247,9 @@ def _print_emulated(res: dict) -> None:
     if not k.get("named"):
         c.print(f"  kernels: not named ({k.get('why')})", soft_wrap=True)
     for t, v in bp["vs_x86"].items():
-        extra = f", argmax agreement {v['argmax_agreement']:.4f}" if "argmax_agreement" in v else ""
-        c.print(f"  {t} vs x86: " + ("bit-identical" if v["bit_identical"] else
-                                     f"max |diff| {v['max_abs']:.4g}, mean {v['mean_abs']:.3g}{extra}"), soft_wrap=True)
+        p = (bp.get("vs_program") or {}).get(t)
+        c.print(f"  {t} vs x86: " + ("bit-identical" if v["bit_identical"] else _diff_text(v))
+                + (f"; vs the program: {_diff_text(p)}" if p else ""), soft_wrap=True)
     c.print(f"reference I/O ({bp['cases']} frames) on the ARM kernels: "
             f"{'PASS' if bp['pass'] else 'FAIL: ' + '; '.join(bp['failures'])}", soft_wrap=True)
     c.print("no latency: emulated time is not a device's time", soft_wrap=True)

@@ -93,15 +93,62 @@ def emulated_parity(artifact: Path, transport: QemuTransport) -> dict:
     a, x = cat(arm), cat(x86)
     par = parity(expected, a, tasks)
     fails = within(par, Tolerance(**man["verification"]["tolerance"]))
-    vs = {}
+    steps, steps_note = _output_steps(artifact, man, tasks)
+    vs, vs_prog = {}, {}
     for k, t in enumerate(tasks):
-        d = np.abs(a[k] - x[k])
-        vs[t] = {"bit_identical": bool(np.array_equal(a[k], x[k])), "max_abs": float(d.max()), "mean_abs": float(d.mean())}
-        if t == "segm":
-            vs[t]["argmax_agreement"] = float((a[k].argmax(1) == x[k].argmax(1)).mean())
+        vs[t] = dict(_difference(a[k], x[k], t, steps.get(t)), bit_identical=bool(np.array_equal(a[k], x[k])))
+        vs_prog[t] = _difference(a[k], np.asarray(expected[k], np.float32), t, steps.get(t))
     return {"device": transport.name, "accelerator": transport.accelerator, "cases": len(expected[0]), "parity": par,
             "tolerance": man["verification"]["tolerance"], "failures": fails, "pass": not fails, "vs_x86": vs,
+            "vs_program": vs_prog, "output_steps": steps, **({"output_steps_note": steps_note} if steps_note else {}),
             "runner": f"{runner} under QEMU user mode", "qemu": transport.st.get("qemu_version")}
+
+
+def _difference(a, b, task: str, step: float | None) -> dict:
+    """Max and mean absolute difference, in output units and (int8 outputs) in output steps; argmax for segm."""
+    import numpy as np
+
+    d = np.abs(a - b)
+    out = {"max_abs": float(d.max()), "mean_abs": float(d.mean())}
+    if step:
+        out.update(max_steps=float(d.max() / step), mean_steps=float(d.mean() / step))
+    if task == "segm":
+        out["argmax_agreement"] = float((a.argmax(1) == b.argmax(1)).mean())
+    return out
+
+
+def _output_steps(artifact: Path, man: dict, tasks) -> tuple[dict, str]:
+    """Each task's int8 output step, read off the quantised program the artifact was exported from (the scale of
+    its last dequantize); empty, with the reason, for a float artifact or one outside a run."""
+    from edgehydra.exporters.runtime import artifact_program
+    from edgehydra.graph import output_steps
+    from edgehydra.run import run_of_artifact
+
+    if man.get("precision") != "int8":
+        return {}, "a float artifact has no output step"
+    run = run_of_artifact(artifact)
+    if run is None:
+        return {}, "not in a run: its quantised program (and so the output steps) is unknown"
+    try:
+        prog = artifact_program(run, man)
+    except BadInputError as e:
+        return {}, str(e)
+    return (output_steps(prog.module, tasks), "") if prog is not None else ({}, "the manifest names no program")
+
+
+def record_in_manifest(artifact: Path, par: dict) -> Path:
+    """The emulated check into the artifact's manifest, beside export's own verification:
+    ``verification.arm[<device>]`` (per task vs x86 and vs the program, in output units and steps)."""
+    from edgehydra._io import atomic_write_json
+    from edgehydra.exporters.runtime import read_manifest
+
+    man = read_manifest(artifact)
+    man.setdefault("verification", {}).setdefault("arm", {})[par["device"]] = {
+        k: par.get(k) for k in ("accelerator", "pass", "failures", "cases", "vs_x86", "vs_program", "output_steps",
+                                "qemu")}
+    path = Path(f"{artifact}.manifest.json")
+    atomic_write_json(path, man)
+    return path
 
 
 def _both_sides(artifact: Path, transport: QemuTransport, n_out: int):

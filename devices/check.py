@@ -94,7 +94,8 @@ def arm_evidence(run: Run, a: dict) -> list[dict]:
             if m["device"] not in latest or m.get("recorded", "") > latest[m["device"]].get("recorded", ""):
                 latest[m["device"]] = m
     return [{"device": d, "accelerator": m.get("accelerator"), "pass": (m.get("bundle_parity") or {}).get("pass"),
-             "vs_x86": (m.get("bundle_parity") or {}).get("vs_x86"), "record": m.get("record")}
+             "vs_x86": (m.get("bundle_parity") or {}).get("vs_x86"),
+             "vs_program": (m.get("bundle_parity") or {}).get("vs_program"), "record": m.get("record")}
             for d, m in sorted(latest.items())]
 
 

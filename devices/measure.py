@@ -32,7 +32,7 @@ def measure(artifact: Path, device: str, req: BenchRequest, host_profile: bool =
 def _measure_emulated(artifact: Path, device: str, req: BenchRequest) -> dict:
     """`bench --bundle --device qemu:CPU`: the reference I/O on the emulated CPU's ARM kernels. A record of parity
     with no latency in it (emulated time is never a latency), which `check` cites as ARM evidence."""
-    from .arm import QemuTransport, emulated_parity, kernel_evidence
+    from .arm import QemuTransport, emulated_parity, kernel_evidence, record_in_manifest
     from .remote import artifact_facts
 
     if not req.bundle or req.duration_s:
@@ -41,6 +41,7 @@ def _measure_emulated(artifact: Path, device: str, req: BenchRequest) -> dict:
     t = QemuTransport(device.split(":", 1)[1])
     par = emulated_parity(artifact, t)
     par["kernels"] = kernel_evidence(artifact, t)
+    record_in_manifest(artifact, par)
     k = par["kernels"]
     acc = (f"emulated {t.cpu}: XNNPACK GEMM {', '.join(k['gemm'])} ({k['family']} kernels, seen)"
            if k.get("named") and k.get("gemm") else t.accelerator)

@@ -123,6 +123,25 @@ def output_quantized(node) -> bool:
     return True
 
 
+def output_steps(gm, tasks) -> dict:
+    """Per task, the int8 step of the program's output (the scale of the last dequantize on its path, looking
+    back through float ops such as the final upsampling); None where the output is not quantised (a head a
+    recipe keeps float). Differences between two runs of the same int8 file are counted in these steps."""
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    args = out.args[0] if isinstance(out.args[0], (tuple, list)) else (out.args[0],)
+    steps = {}
+    for task, node in zip(tasks, args):
+        step = None
+        while isinstance(node, torch.fx.Node) and node.op == "call_function":
+            if "dequantize" in str(node.target):
+                scale = node.args[1] if len(node.args) > 1 else None
+                step = float(scale) if isinstance(scale, (int, float)) else None
+                break
+            node = next((a for a in node.args if isinstance(a, torch.fx.Node)), None)
+        steps[task] = step
+    return steps
+
+
 def node_precision(node) -> str:
     """int8 / int16 (activations and weights through dequantize), w8 (weight only), or fp32."""
     args = [a for a in node.args if isinstance(a, torch.fx.Node)]

@@ -11,6 +11,7 @@ from edgehydra.errors import BadInputError
 
 # kind -> (current version, the keys every reader of it relies on)
 KINDS = {
+    "program": (1, ("config", "recipe", "size")),
     "artifact": (1, ("artifact", "target", "precision", "size", "sha256", "outputs", "model_config")),
     "export": (1, ("artifacts", "data")),
     "measurement": (1, ("device", "runner", "sha256", "size", "precision")),

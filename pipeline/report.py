@@ -290,9 +290,11 @@ def _arm_section(run: Path, doc) -> None:
         same = "bit-identical" if vs and all(v.get("bit_identical") for v in vs.values()) else \
             ", ".join(f"{t} max {v['max_abs']:.3g}" for t, v in vs.items())
         k = bp.get("kernels") or {}
-        rows.append([Path(m.get("artifact", "")).name, m["device"], "PASS" if bp.get("pass") else "FAIL", same,
+        prog = ", ".join(f"{t} max {v['max_steps']:.2f} steps" if "max_steps" in v else f"{t} max {v['max_abs']:.3g}"
+                         for t, v in (bp.get("vs_program") or {}).items()) or "-"
+        rows.append([Path(m.get("artifact", "")).name, m["device"], "PASS" if bp.get("pass") else "FAIL", same, prog,
                      f"{k.get('family')}: {', '.join(k.get('gemm') or [])}" if k.get("named") else "not named"])
-    a, b = doc.table(["artifact", "emulated CPU", "reference I/O", "vs x86", "GEMM kernels seen"], rows)
+    a, b = doc.table(["artifact", "emulated CPU", "reference I/O", "vs x86", "vs the program", "GEMM kernels seen"], rows)
     line = "Artifacts run on emulated ARM CPUs (QEMU user mode): parity evidence, never a latency."
     doc.section("ARM kernels (emulated)", [line, ""] + a, f"<p>{html.escape(line)}</p>" + b)
 

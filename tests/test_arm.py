@@ -80,6 +80,16 @@ def test_pte_through_executorch_on_dot_product_kernels(arm_root, arm_run):
     bp = rec["bundle_parity"]
     assert bp["pass"] and "bundle_runner" in bp["runner"] and set(bp["vs_x86"]) == {"segm", "depth"}, bp
     assert bp["cases"] >= 1 and "p50_ms" not in rec and "dot-product" in rec["accelerator"]
+    # per task against x86 and against the program, in output units and in the program's int8 output steps,
+    # written into the artifact's manifest beside export's own verification
+    man = json.loads(Path(f"{art}.manifest.json").read_text())
+    arm = man["verification"]["arm"]["qemu:cortex-a76"]
+    assert arm["pass"] and set(arm["output_steps"]) == {"segm", "depth"} and all(v > 0 for v in arm["output_steps"].values())
+    for t in ("segm", "depth"):
+        v = arm["vs_program"][t]
+        assert v["max_steps"] == pytest.approx(v["max_abs"] / arm["output_steps"][t])
+    assert 0.0 <= arm["vs_program"]["segm"]["argmax_agreement"] <= 1.0 and "argmax_agreement" not in arm["vs_program"]["depth"]
+    assert "vs the program" in r.output and "output steps" in r.output
 
 
 def test_onnx_on_dot_product_kernels_and_no_latency_asked(arm_root, arm_run):
