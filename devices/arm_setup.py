@@ -135,7 +135,8 @@ def setup(d: Path | None = None, progress=None, force: bool = False) -> dict:
             progress.update(task, advance=1, info=info)
 
     qemu = _qemu(d)
-    done(_run([str(qemu), "--version"], "qemu --version").splitlines()[0])
+    qemu_version = _run([str(qemu), "--version"], "qemu --version").splitlines()[0]
+    done(qemu_version)
     root = _root(d)
     done(f"{root}")
     sp = _wheels(d, root, want["wheels"])
@@ -155,7 +156,7 @@ def setup(d: Path | None = None, progress=None, force: bool = False) -> dict:
     check = " | ".join(ln.strip() for ln in check.strip().splitlines() if ln.startswith(("aarch64", "executorch")))
     done(check)
     rec = dict(want, complete=True, dir=str(d), qemu=str(qemu), root=str(root), site_packages=str(sp),
-               qemu_version=_run([str(qemu), "--version"], "qemu --version").splitlines()[0],
+               qemu_version=qemu_version,
                self_check=check, cuda_stubs=stubs, disk_mb=round(_du(d) / 2**20, 1))
     atomic_write_json(d / "state.json", rec)
     return rec
@@ -229,8 +230,9 @@ def _dynsyms(lib: Path) -> list[list[str]]:
     return [f for f in (ln.split() for ln in out.splitlines()) if len(f) >= 8 and f[0].endswith(":")]
 
 
-def _undefined(lib: Path) -> tuple[set, dict, set]:
-    """(NEEDED sonames, {file: {(symbol, version)}} of versioned undefined symbols, unversioned undefined)."""
+def _undefined(lib: Path) -> tuple[set, dict, set, set]:
+    """(NEEDED sonames, {file: {(symbol, version)}} of versioned undefined symbols, unversioned undefined symbols,
+    the symbols it defines)."""
     import re
 
     dyn = subprocess.run(["readelf", "-dW", str(lib)], capture_output=True, text=True).stdout
@@ -240,9 +242,12 @@ def _undefined(lib: Path) -> tuple[set, dict, set]:
             cur = m.group(1)
         elif (m := re.search(r"Name: (\S+)\s+Flags", line)) and cur:
             ver_file[m.group(1)] = cur
-    versioned, loose = {}, set()
+    versioned, loose, defined = {}, set(), set()
     for f in _dynsyms(lib):
-        if f[6] != "UND" or f[4] == "WEAK":
+        if f[6] != "UND":
+            defined.add(f[7].split("@")[0])
+            continue
+        if f[4] == "WEAK":
             continue
         name, _, ver = f[7].partition("@")
         ver = ver.lstrip("@")
@@ -250,7 +255,7 @@ def _undefined(lib: Path) -> tuple[set, dict, set]:
             versioned.setdefault(ver_file.get(ver, "?"), set()).add((name, ver))
         else:
             loose.add(name)
-    return set(re.findall(r"\(NEEDED\).*\[(.+?)\]", dyn)), versioned, loose
+    return set(re.findall(r"\(NEEDED\).*\[(.+?)\]", dyn)), versioned, loose, defined
 
 
 def cuda_stubs(d: Path, root: Path, sp: Path) -> list[str]:
@@ -265,12 +270,12 @@ def cuda_stubs(d: Path, root: Path, sp: Path) -> list[str]:
             if p.is_file() and not p.is_symlink() and not p.name.startswith(CUDA_SONAMES)]
     needed, versioned, loose, defined = set(), {}, set(), set()
     for lib in libs:
-        n, v, lo = _undefined(lib)
+        n, v, lo, de = _undefined(lib)
         needed |= n
         loose |= lo
+        defined |= de
         for so, syms in v.items():
             versioned.setdefault(so, set()).update(syms)
-        defined |= {f[7].split("@")[0] for f in _dynsyms(lib) if f[6] != "UND"}
     system = {f[7].split("@")[0] for base in ("lib", "usr/lib") for lib in (root / base / "aarch64-linux-gnu").glob("*.so*")
               if lib.is_file() and not lib.is_symlink() for f in _dynsyms(lib) if f[6] != "UND"}
     loose -= defined | system

@@ -34,7 +34,7 @@ def validate(kind: str, rec, where) -> dict:
     naming ``where`` (the file). Never rewrites the record."""
     if not isinstance(rec, dict):
         raise BadInputError(f"{where}: not an edgehydra {kind} record (a JSON object expected)")
-    got = rec.get("schema", schema(kind) if kind in KINDS else None)  # unstamped: written before versions, v1
+    got = rec.get("schema", schema(kind))  # unstamped: written before versions, read as v1
     if got != schema(kind):
         raise BadInputError(f"{where}: schema {got!r}, this edgehydra reads {schema(kind)!r}; re-create it with this "
                             f"version")

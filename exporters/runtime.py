@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from edgehydra.records import validate
-from edgehydra._io import sha256_path
+from edgehydra._io import read_json, sha256_path
 from edgehydra.errors import BadInputError, EdgeHydraError
 from edgehydra.model import HydraConfig
 
@@ -37,11 +37,7 @@ def read_manifest(path: Path) -> dict:
     m = Path(str(path) + ".manifest.json")
     if not m.is_file():
         raise BadInputError(f"no manifest beside {path} (expected {m.name}); export it with `edgehydra export`")
-    try:
-        rec = json.loads(m.read_text())
-    except json.JSONDecodeError as e:
-        raise BadInputError(f"{m}: invalid JSON ({e})") from None
-    return validate("artifact", rec, m)
+    return validate("artifact", read_json(m), m)
 
 
 def open_artifact(path: Path, check_hash: bool = True) -> Artifact:
