@@ -40,6 +40,7 @@ def profile(device, model_spec, size, precision, top, bench_files, as_json):
     """Analytical per-layer latency (roofline) of a model on a device; --calibrate fits it to measurements."""
     from rich.table import Table
 
+    from edgehydra.dataspec import resolve_size
     from edgehydra.devices.estimate import estimate, fit_efficiencies, mean_abs_rel_err
     from edgehydra.devices.profile import load_profile, to_toml, user_dir
 
@@ -75,7 +76,7 @@ def profile(device, model_spec, size, precision, top, bench_files, as_json):
                 f"wrote {out}")
         return
     prec = precision or p.precision
-    size = size or p.budgets.input_size
+    size = resolve_size(cli=size, device=p)
     e = estimate(model, p, prec, size)
     if as_json:
         click.echo(json.dumps(e, indent=2))

@@ -31,9 +31,10 @@ def info(model_name, checkpoint, size, precision, top, as_json):
     from rich.table import Table
 
     from edgehydra.accounting import model_info
+    from edgehydra.dataspec import resolve_size
 
     model = load_model_arg(model_name, checkpoint)
-    size = size or model.config.input_size
+    size = resolve_size(cli=size, variant=model.config)
     s = model_info(model, size, precision)
     if as_json:
         click.echo(json.dumps(s, indent=2))

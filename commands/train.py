@@ -124,7 +124,7 @@ def evaluate(checkpoint, dataset, split, size, limit, resolution, crop, class_sl
     from edgehydra._io import atomic_write_json
     from edgehydra.data import PadTo, PadToMultiple, Resize
     from edgehydra.errors import BadInputError
-    from edgehydra.dataspec import open_split, run_data_settings
+    from edgehydra.dataspec import open_split, resolve_size, run_data_settings
     from edgehydra.metrics import Scoring
     from edgehydra.train import evaluate as run_eval
 
@@ -134,7 +134,7 @@ def evaluate(checkpoint, dataset, split, size, limit, resolution, crop, class_sl
     model, meta = load_any(checkpoint)
     cfg = meta["config"]
     ds = run_data_settings(Path(checkpoint), dataset, size, base=meta.get("data"))
-    in_size = tuple(size or meta.get("size") or ds["size"])
+    in_size = resolve_size(cli=size, program=meta.get("size"), data=ds)
     probe = open_split(ds, split)
     recorded = getattr(getattr(probe, "info", None), "eval_resolution", "model")
     native = resolution == "native" or (resolution == "auto" and recorded == "native")
@@ -196,12 +196,13 @@ def evaluate(checkpoint, dataset, split, size, limit, resolution, crop, class_sl
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def predict(checkpoint, out, size, images):
     """Write a PNG panel per image: input, segmentation, depth with a metre scale (and ground truth where found)."""
+    from edgehydra.dataspec import resolve_size
     from edgehydra.visualize import predict_panels
 
     from ._loaders import load_any
 
     model, meta = load_any(checkpoint)
     paths = predict_panels(lambda x: model(x), meta["config"], [Path(i) for i in images], Path(out),
-                           size or meta.get("size") or meta["config"].input_size, title="FP32")
+                           resolve_size(cli=size, program=meta.get("size"), variant=meta["config"]), title="FP32")
     for p in paths:
         click.echo(f"wrote {p}")

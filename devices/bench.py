@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgehydra._io import atomic_write_json, sha256_path
+from edgehydra.dataspec import resolve_size
 from edgehydra.errors import BadInputError, EdgeHydraError
 
 PYTORCH = (".pt", ".pt2")  # an FP32 checkpoint or a quantised program, timed eagerly; artifacts: the target registry
@@ -53,12 +54,12 @@ def _make_runner(path: Path, threads: int, provider: str | None, size):
             from edgehydra.calibration.program import load_program
 
             prog = load_program(path)
-            model, sz = prog.module, size or prog.size
+            model, sz = prog.module, resolve_size(cli=size, program=prog.size)
         else:
             from edgehydra.checkpoint import load_checkpoint
 
             model, _ = load_checkpoint(path)
-            sz = size or model.config.input_size
+            sz = resolve_size(cli=size, variant=model.config)
         x = torch.randn(1, 3, *sz)
 
         def run():

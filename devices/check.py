@@ -18,6 +18,7 @@ from pathlib import Path
 from edgehydra._io import read_json
 from edgehydra.accounting import count_layers, summarize
 from edgehydra.checkpoint import load_checkpoint
+from edgehydra.dataspec import resolve_size
 from edgehydra.records import schema
 from edgehydra.errors import BadInputError
 from edgehydra.run import Run
@@ -202,7 +203,7 @@ def pick_artifact(run: Run, profile: Profile, arts: list[dict], artifact=None) -
     else the run's uniform artifact in the profile's format at the budget's size (its preferred precision first;
     a program variant, such as an applied mixed recipe, where it is named or the run has no uniform one). The third
     item: the candidates in the profile's format, which a NOT JUDGED verdict lists when none is at the size."""
-    size = tuple(profile.budgets.input_size)
+    size = resolve_size(device=profile)
     if artifact is not None:
         a = named_artifact(run, arts, artifact)
         if a["target"] != profile.format:
@@ -226,7 +227,7 @@ def check_device(run: Run, profile: Profile, model=None, arts: list[dict] | None
     (pick_artifact). ``fit_to_run``: fit the profile's efficiencies to the run's measurements on that device
     first (off for a profile already calibrated on this run, RUN/devices/<name>.toml)."""
     b = profile.budgets
-    size = tuple(b.input_size)
+    size = resolve_size(device=profile)
     arts = artifacts(run) if arts is None else arts
     a, chosen_by, near = pick_artifact(run, profile, arts, artifact)
     if a is None:

@@ -33,11 +33,6 @@ from edgehydra.graph import (UNIT_OPS, graph_convs, graph_unit_ops, node_module,
 CONV_OPS = ("Convolution", "Fully Connected")
 
 
-def op_class(event: str) -> str:
-    """'Convolution (NHWC, QC8) DWConv #9' -> 'depthwise conv' (the graph vocabulary, edgehydra/graph.py)."""
-    return xnnpack_class(event)
-
-
 def op_precision(event: str) -> str:
     tag = re.search(r"\(([^)]*)\)", event)
     t = tag.group(1) if tag else ""
@@ -116,7 +111,7 @@ def map_rows(rows: list[dict], convs: list[tuple[str, bool]], tasks=("segm", "de
         by_class[cls].append(path)
     counts = defaultdict(int)
     for r in rows:
-        counts[op_class(r["event"])] += 1
+        counts[xnnpack_class(r["event"])] += 1
     unit_classes = {c for c, paths in by_class.items() if counts[c] == len(paths)}
     k, layer, seen = 0, "input", defaultdict(int)
     out = []
@@ -124,7 +119,7 @@ def map_rows(rows: list[dict], convs: list[tuple[str, bool]], tasks=("segm", "de
         if mapped and r["event"].startswith(CONV_OPS):
             layer = convs[k][0]
             k += 1
-        cls = op_class(r["event"])
+        cls = xnnpack_class(r["event"])
         r = dict(r, op_class=cls, precision=op_precision(r["event"]))
         if mapped:
             own = by_class[cls][seen[cls]] if cls in unit_classes else ""

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from edgehydra.errors import BadInputError
 
-from edgehydra.graph import runtime_class
+from edgehydra.graph import runtime_class, xnnpack_class
 
-from .opprofile import CONV_OPS, op_class, op_precision, stage_of, summarize
+from .opprofile import CONV_OPS, op_precision, stage_of, summarize
 
 # ------------------------------------------------------------------------------------------ parsers
 
@@ -195,7 +195,7 @@ def map_benchmark_model(rows: list[dict], tflite_path: Path, tasks) -> dict:
         prec = "-"
         if ev.startswith("Delegate/"):
             op = ev[len("Delegate/"):].rsplit(":", 1)[0]
-            cls, prec = op_class(op), op_precision(op)
+            cls, prec = xnnpack_class(op), op_precision(op)
             if dele_ok and op.startswith(CONV_OPS):
                 layer = tfl_convs[k]["layer"]
                 k += 1

@@ -70,8 +70,9 @@ def path_size(path: str | os.PathLike) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
-def read_json(path: Path) -> dict:
-    """A JSON record, or a one-line error naming the file (missing, or not valid JSON)."""
+def read_json(path: Path, kind: str = "") -> dict:
+    """A JSON record, or a one-line error naming the file (missing, or not valid JSON; ``kind`` names the record,
+    e.g. "measurement", in the message for a damaged one)."""
     import json
 
     from .errors import BadInputError
@@ -81,6 +82,9 @@ def read_json(path: Path) -> dict:
     except FileNotFoundError:
         raise BadInputError(f"not found: {path}") from None
     except json.JSONDecodeError as e:
+        if kind:
+            raise BadInputError(f"{path}: damaged {kind} record ({e.msg} at line {e.lineno}); remove it or "
+                                "measure again") from None
         raise BadInputError(f"{path}: invalid JSON ({e})") from None
 
 

@@ -17,6 +17,15 @@ field by field:
 A source that names another dataset than the ones below it keeps their input size (the size changes only
 when asked) but not their frame counts, which counted frames of that other dataset. Every stage that opens
 data asks this module; none re-derives a size.
+
+The input size a stage *runs* at (``resolve_size``) extends the same order with two sources a stage may hold
+beside its data; the first present wins:
+
+    command line  >  program  >  device budget  >  data spec  >  registered variant
+
+- program: a quantised program (or an artifact's source) is traced at one size;
+- device budget: the size a profile's budgets are stated at (``check``, the mixed search, ``apply``);
+- data spec: ``resolve_data_spec``'s size; registered variant: the model's ``input_size``.
 """
 from __future__ import annotations
 
@@ -87,6 +96,23 @@ def resolve_data_spec(*, variant=None, checkpoint: dict | None = None, run: dict
         raise BadInputError(f"{where + ': ' if where else ''}no dataset recorded: pass --dataset")
     spec.setdefault("size", DEFAULT_SIZE.get(spec["dataset"], FALLBACK_SIZE))
     return DataSpec.from_dict(spec, where or "data settings")
+
+
+def resolve_size(*, cli=None, program=None, device=None, data=None, variant=None) -> tuple[int, int]:
+    """The input size a stage runs at: the first of its sources present, in the order of the module docstring
+    (command line > program > device budget > data spec > registered variant). Each source is a size (H, W) or
+    None; ``device`` may be a Profile, ``data`` a data spec dict or DataSpec, ``variant`` a model config."""
+    device = getattr(getattr(device, "budgets", None), "input_size", device)
+    data = data.get("size") if isinstance(data, dict) else getattr(data, "size", data)
+    variant = getattr(variant, "input_size", variant)
+    for name, src in (("command line", cli), ("program", program), ("device budget", device), ("data spec", data),
+                      ("registered variant", variant)):
+        if src is not None and len(src):
+            size = tuple(int(v) for v in src)
+            if len(size) != 2 or min(size) < 32:
+                raise BadInputError(f"input size {src} (from the {name}): two sides of at least 32 pixels, e.g. 240x320")
+            return size
+    raise BadInputError("no input size: pass --size HxW")
 
 
 def recorded_data(checkpoint: Path) -> dict | None:

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._io import atomic_write_json, sha256_path
+from ._io import atomic_write_json, read_json, sha256_path
 from .dataspec import DataSpec, recorded_data
 from .errors import BadInputError
 from .records import stamp, validate
@@ -275,11 +275,7 @@ class Run:
 
 
 def _read(path: Path, kind: str) -> dict:
-    try:
-        rec = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise BadInputError(f"{path}: damaged {kind} record ({e.msg} at line {e.lineno}); remove it or measure again") from None
-    return validate(kind, rec, path)
+    return validate(kind, read_json(path, kind), path)
 
 
 def _slug(s: str) -> str:

@@ -20,7 +20,7 @@ from edgehydra.data import Resize
 from edgehydra.records import stamp
 from edgehydra.errors import BadInputError, EdgeHydraError, MissingBackendError
 from edgehydra.metrics import Metrics
-from edgehydra.dataspec import open_eval_split, open_split, run_data_settings
+from edgehydra.dataspec import open_eval_split, open_split, resolve_size, run_data_settings
 
 from . import get_target, installed_targets, list_targets
 from .parity import Tolerance
@@ -155,7 +155,7 @@ def export_run(out: Path, targets: list[str], precisions: list[str] | None = Non
     an applied mixed recipe) names its int8 artifacts for itself, beside the run's uniform ones."""
     model, info, prog, ds = open_source(source.run, source.checkpoint, source.program, source.dataset)
     variant = (prog.meta.get("variant") or "") if prog is not None else ""
-    size = tuple(settings.size or (prog.size if prog else ds["size"]))
+    size = resolve_size(cli=settings.size, program=prog.size if prog else None, data=ds)
     ds = dict(ds, size=list(size))  # synthroom renders its frames at the size asked for; real data is resized
     val, view = open_eval_split(ds, size, fixed=True)  # an artifact has one input size: eval's path for it
     calib_ds = open_split(ds, "train", transform=Resize(size)) if prog is not None else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgehydra.dataspec import resolve_size
 from edgehydra.devices.profile import load_profile
 from edgehydra.errors import EdgeHydraError
 from edgehydra.run import Run
@@ -35,7 +36,7 @@ def apply(run: Run | Path, device: str, recipe_file: Path, cfg: ApplyConfig = Ap
     run = run if isinstance(run, Run) else Run(run)
     cal = run.calibrated_profile(device)
     profile = load_profile(str(cal) if cal.is_file() else device)
-    size = tuple(cfg.size or profile.budgets.input_size)  # the device's budget size unless the caller names one
+    size = resolve_size(cli=cfg.size, device=profile)  # the device's budget size unless the caller names one
     variant = f"mixed-{profile.name}"
     ckpt = run.checkpoint()
     if cfg.qat:

@@ -24,6 +24,7 @@ import torch
 
 from edgehydra._io import atomic_write_json, save_figure
 from edgehydra.checkpoint import load_checkpoint
+from edgehydra.dataspec import resolve_size
 from edgehydra.run import Run
 from edgehydra.targets import format_facts
 
@@ -165,7 +166,7 @@ class _Search:
         self.run, self.budgets, self.cfg, self.progress, self.key = run, budgets, search, progress, key
         cal = run.calibrated_profile(device)
         self.profile = load_profile(str(cal) if cal.is_file() else device)
-        self.size = tuple(search.size or self.profile.budgets.input_size)
+        self.size = resolve_size(cli=search.size, device=self.profile)
         self.base = load_recipe(search.recipe)
         self.model, _ = load_checkpoint(run.checkpoint())
         data = open_sweep_data(run.checkpoint(), None, self.size, search.calib_frames, base=run.record().get("data"))

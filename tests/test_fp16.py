@@ -89,7 +89,8 @@ def test_search_puts_a_layer_in_fp16_where_the_device_computes_it_faster_and_it_
     from click.testing import CliRunner
 
     from edgehydra.commands import cli
-    from edgehydra.devices.opprofile import etdump_rows, op_class, op_precision
+    from edgehydra.devices.opprofile import etdump_rows, op_precision
+    from edgehydra.graph import xnnpack_class as op_class
 
     run = weight_harmed_run(tiny_run, tmp_path)
     profile = tmp_path / "fp16dev.toml"
