@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgehydra._io import atomic_write_json
+from edgehydra.dataspec import resolve_size
 
 
 @dataclass(frozen=True)
@@ -79,14 +80,18 @@ class Stages:
     def __init__(self, out: Path, console=None):
         self.out, self.console, self.log = Path(out), console, []
 
-    def run(self, name: str, settings: dict, fn: Callable[[], dict], outputs: list[Path] = ()) -> dict:
+    def run(self, name: str, settings: dict, fn: Callable[[], dict], outputs: list[Path] | Callable = ()) -> dict:
+        """``fn``'s result, or the recorded one where ``settings`` are the recorded stage's and its ``outputs`` are
+        still on disk (a list of paths, or a function of the recorded result giving them). A stage's settings name
+        what it was handed (an earlier stage's result), never a file a later stage rewrites."""
         key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
         from edgehydra.run import Run
 
         rec_path = Run(self.out).stage_record(name)
         if rec_path.is_file():
             rec = json.loads(rec_path.read_text())
-            if rec.get("key") == key and all(Path(p).exists() for p in outputs):
+            paths = outputs(rec.get("result") or {}) if callable(outputs) else outputs
+            if rec.get("key") == key and all(Path(p).exists() for p in paths):
                 self.log.append({"stage": name, "status": "reused", "seconds": 0.0, "note": rec.get("note", "")})
                 self._say(f"[dim]{name}: reused (same settings)[/]")
                 return rec["result"]
@@ -135,7 +140,7 @@ class DemoRun:
         # and judged at the input size the checked devices' budgets name, so `check` judges artifacts that exist (an
         # int8 program is traced at one size: PTQ and QAT run at the first device's budget size, other sizes get
         # their own export). The default devices all budget cfg.size.
-        self.budget_sizes = {d: tuple(load_profile(d).budgets.input_size) for d in cfg.devices}
+        self.budget_sizes = {d: resolve_size(device=load_profile(d)) for d in cfg.devices}
         self.deploy = self.budget_sizes[cfg.devices[0]] if cfg.devices else cfg.size
         self.shipped_program = self.run.program_path("qat")  # what the demo ships as int8: the QAT program
 
@@ -161,12 +166,15 @@ class DemoRun:
                self.mixed_stage, [run.mixed_dir(cfg.mixed_device) / "front.json"])
         exp = st.run("export", {"ckpt": _sha(self.ckpt), "qat": _sha(self.shipped_program), "sizes": self.budget_sizes,
                                 "precisions": cfg.precisions}, self.export_stage, [run.export_manifest])
-        applied = st.run("apply", {"mixed": mixed, "export": _sha(run.export_manifest)}, lambda: self.apply_stage(mixed))
-        bench_res = st.run("bench", {"export": _sha(run.export_manifest), "runs": cfg.bench_runs,
+        # keyed on what export and apply returned, not on the export manifest's bytes: apply adds its artifact to
+        # that manifest, so a key on it changed under every rerun and apply, bench, robot and check ran again
+        applied = st.run("apply", {"mixed": mixed, "export": exp}, lambda: self.apply_stage(mixed),
+                         lambda rec: [rec["artifact"]] if rec.get("artifact") else [])
+        bench_res = st.run("bench", {"export": exp, "applied": applied, "runs": cfg.bench_runs,
                                      "sustained_s": cfg.sustained_s}, self.bench_stage)
         cal = st.run("calibrate", {"bench": bench_res}, lambda: self.calibrate_stage(bench_res))
         with self.pf() as p:
-            rob = st.run("robot", {"export": _sha(run.export_manifest), "stream": cfg.stream_frames,
+            rob = st.run("robot", {"export": exp, "applied": applied, "stream": cfg.stream_frames,
                                    "stability": cfg.stability_frames}, lambda: self.robot_stage(p),
                          [run.stability_record])
         st.run("check", {"export": exp, "cal": cal, "robot": rob, "applied": applied},
