@@ -26,7 +26,9 @@ class DemoConfig:
     # Frames at the size the checked devices budget (240x320), trained on random 120x160 crops of them: the model
     # learns objects at the scale it is judged at, for the cost of a 120x160 input (the authors train on crops and
     # evaluate whole frames). Trained on whole 120x160 frames and judged at 240x320 it reached 32.6 % mIoU
-    # (41.1 % at 120x160): the checks then judged the size shortcut, not the toolkit.
+    # (41.1 % at 120x160): the checks then judged the size shortcut, not the toolkit. The crops are drawn after
+    # TrainConfig's random scale of 0.75-1.5x: without it (scale 1.0) 31.0 % at 240x320, with 0.5-1.5x 21.4 %;
+    # batch 8 instead of 16: 25.4 % (docs/RESULTS.md).
     size: tuple[int, int] = (240, 320)
     crop: tuple[int, int] | None = (120, 160)
     frames: int = 1000
