@@ -36,13 +36,13 @@ def stream(artifact, source, topic, fps, max_frames, out, no_record, intrinsics,
     deadline misses and dropped frames at --fps. Ctrl-C stops it and leaves a closed, readable recording.
     """
     from edgehydra.robot.stream import StreamConfig
-    from edgehydra.robot.stream_stage import stream_artifact
+    from edgehydra.robot.stream_stage import StreamIO, stream_artifact
 
     cfg = StreamConfig(fps=fps, max_frames=max_frames, depth_encoding=depth_encoding, ply_every=ply_every)
     notes = []
     with progress_bar() as p:
-        record, paths = stream_artifact(Path(artifact), source, cfg, Path(out) if out else None, not no_record,
-                                        intrinsics, topic, p, notes)
+        record, paths = stream_artifact(Path(artifact), source, cfg, StreamIO(Path(out) if out else None, not no_record,
+                                                                              intrinsics, topic), progress=p, notes=notes)
     c = console()
     for n in notes:
         c.print(f"[yellow]{n}[/]", soft_wrap=True)

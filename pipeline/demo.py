@@ -364,7 +364,7 @@ class DemoRun:
         res = {}
         if et is not None and cfg.stream_frames:
             rec, _ = stream_artifact(run.export_dir / et["path"], f"synthroom:frames={cfg.stream_frames}",
-                                     StreamConfig(fps=30.0), None, progress=p)
+                                     StreamConfig(fps=30.0), progress=p)
             res["stream"] = {k: rec[k] for k in ("artifact", "processed", "dropped", "deadline_misses", "e2e_ms",
                                                  "achieved_fps", "recording", "topics")}
         if cfg.stability_frames:

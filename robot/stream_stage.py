@@ -1,6 +1,7 @@
 """The stream stage: an artifact on a source at a camera's rate, its recording, record and timeline picture."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgehydra._io import atomic_write_json, sha256_path
@@ -24,12 +25,23 @@ def default_recording(artifact: Path) -> Path:
     return (run.robot_dir if run else Path(".")) / f"stream_{Path(artifact).stem}.mcap"
 
 
-def stream_artifact(artifact: Path, source: str, cfg: StreamConfig, out: Path | None, record: bool = True,
-                    intrinsics: str | None = None, topic: str | None = None, progress=None,
+@dataclass(frozen=True)
+class StreamIO:
+    """Where a stream reads and writes beside its source: the recording at ``out`` (None: beside the artifact) unless
+    ``record`` is off, the camera's ``intrinsics`` (a file or a dataset's name; None: the source's own), the image
+    ``topic`` of a bag with several."""
+    out: Path | None = None
+    record: bool = True
+    intrinsics: str | None = None
+    topic: str | None = None
+
+
+def stream_artifact(artifact: Path, source: str, cfg: StreamConfig, io: StreamIO = StreamIO(), *, progress=None,
                     notes: list | None = None) -> tuple[dict, list[Path]]:
-    """Stream ``source`` through ``artifact``; the recording (unless ``record`` is off) at ``out``, the stream record
-    beside it as NAME.stream.json (schema edgehydra.stream/1) and the timeline as NAME.stream.png. ``notes``
+    """Stream ``source`` through ``artifact``; the recording (unless ``io.record`` is off) at ``io.out``, the stream
+    record beside it as NAME.stream.json (schema edgehydra.stream/1) and the timeline as NAME.stream.png. ``notes``
     collects what the caller should say (the source has no intrinsics, no time stamps)."""
+    out, record, intrinsics, topic = io.out, io.record, io.intrinsics, io.topic
     art = open_artifact(Path(artifact))
     notes = notes if notes is not None else []
     if art.target == "onnx":  # a node shares its cores with the capture thread: no busy-waiting (reference_runner)
