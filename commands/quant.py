@@ -166,15 +166,14 @@ def _mixed(run_dir, device, flags: dict, search: dict, do_apply, qat, fresh=Fals
     from edgehydra.calibration.mixed import MixedBudgets
     from edgehydra.pipeline.mixed_apply import ApplyConfig, apply
     from edgehydra.pipeline.mixed_search import SearchConfig, mixed_run
-    from edgehydra.devices.profile import load_profile
+    from edgehydra.devices.profile import load_run_profile
     from edgehydra.run import Run
     from edgehydra.train import init_distributed, is_main
 
     if run_dir is None:
         raise click.UsageError("--device needs --run RUN (the run's model, data and measurements)")
     run = Run(run_dir)
-    cal = run.calibrated_profile(device)
-    b = load_profile(str(cal) if cal.is_file() else device).budgets
+    b = load_run_profile(run, device).budgets
     budgets = MixedBudgets.for_profile(
         b, floors=flags["profile_floors"], latency_ms=flags["latency_budget_ms"],
         max_flicker_rise=flags["max_flicker_rise"], max_miou_drop=flags["max_miou_drop"],

@@ -224,6 +224,13 @@ def load_profile(spec: str) -> Profile:
     return load_profile_file(profiles[spec])
 
 
+def load_run_profile(run, device: str) -> Profile:
+    """``device``'s profile as ``run`` calibrated it (RUN/devices/<name>.toml, which the demo's calibrate stage
+    writes), else the profile itself. ``run`` is an edgehydra.run.Run."""
+    cal = run.calibrated_profile(device)
+    return load_profile(str(cal) if cal.is_file() else device)
+
+
 def to_toml(p: Profile, comments: dict | None = None) -> str:
     """Write a profile back as TOML (used by --calibrate), with a comment per changed field."""
     comments = comments or {}

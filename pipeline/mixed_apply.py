@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgehydra.dataspec import resolve_size
-from edgehydra.devices.profile import load_profile
+from edgehydra.devices.profile import load_run_profile
 from edgehydra.errors import EdgeHydraError
 from edgehydra.run import Run
 
@@ -34,8 +34,7 @@ def apply(run: Run | Path, device: str, recipe_file: Path, cfg: ApplyConfig = Ap
     from edgehydra.exporters.export_stage import ExportSettings, ExportSource, export_run, summary_rows
 
     run = run if isinstance(run, Run) else Run(run)
-    cal = run.calibrated_profile(device)
-    profile = load_profile(str(cal) if cal.is_file() else device)
+    profile = load_run_profile(run, device)
     size = resolve_size(cli=cfg.size, device=profile)  # the device's budget size unless the caller names one
     variant = f"mixed-{profile.name}"
     ckpt = run.checkpoint()

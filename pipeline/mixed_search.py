@@ -37,7 +37,7 @@ from edgehydra.calibration.quantizers import fp16_of, w8a16_of
 from edgehydra.calibration.recipe import load_recipe
 from edgehydra.calibration.sensitivity import _delta, _metrics, select_layers, sweep
 from edgehydra.devices.estimate import estimated_layer_latency
-from edgehydra.devices.profile import load_profile
+from edgehydra.devices.profile import load_profile, load_run_profile
 from edgehydra.devices.host_measure import Timing, layer_latency, measured_here, time_candidates
 
 # What each format does with a layer kept float (the recipe's keep_float), for the report and for
@@ -164,8 +164,7 @@ class _Search:
 
     def __init__(self, run: Run, device: str, budgets: MixedBudgets, search: SearchConfig, progress, key: str):
         self.run, self.budgets, self.cfg, self.progress, self.key = run, budgets, search, progress, key
-        cal = run.calibrated_profile(device)
-        self.profile = load_profile(str(cal) if cal.is_file() else device)
+        self.profile = load_run_profile(run, device)
         self.size = resolve_size(cli=search.size, device=self.profile)
         self.base = load_recipe(search.recipe)
         self.model, _ = load_checkpoint(run.checkpoint())
