@@ -36,7 +36,12 @@ def seg_loss(logits: torch.Tensor, target: torch.Tensor, has: torch.Tensor) -> t
     target[has < 0.5] = IGNORE
     if not bool((target != IGNORE).any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits, target, ignore_index=IGNORE)
+    # Over the channel axis as the last axis: the same cross-entropy (mean over labelled pixels), but the upsampled
+    # logits are channels_last (the model trains NHWC), where log_softmax over dim 1 first copies them to NCHW;
+    # as an (N*H*W, C) view it runs on them in place: 100 vs 164 ms per 16x40x120x160 batch, forward and backward,
+    # loss equal and gradients within 2e-12 (AMD EPYC Zen 3, 2 threads; benchmarks/train_step.py).
+    c = logits.shape[1]
+    return F.cross_entropy(logits.permute(0, 2, 3, 1).reshape(-1, c), target.reshape(-1), ignore_index=IGNORE)
 
 
 def normals_loss(pred: torch.Tensor, target: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
