@@ -75,8 +75,10 @@ def summary_table(rows, title="export summary"):
               help="ONNX int8 storage: uint8 runs exactly under onnxruntime on any CPU; int8 is what TensorRT needs.")
 @click.option("--tol", multiple=True, help="Parity tolerance PRECISION=MIN_ARGMAX_AGREEMENT,MAX_DEPTH_REL_ERR (repeatable).")
 @click.option("--dataset", default=None, help="Frames for parity and metrics (default: the checkpoint's).")
+@click.option("-j", "--jobs", type=click.IntRange(1), default=1, show_default=True,
+              help="Artifacts built at once, each in a process of its own (the converters use one core each).")
 def export(targets, precisions, run_dir, checkpoint, program, out, size, delegate, compute_units, image_input,
-           deployment_target, io_dtype, layout, opset, qdq, tol, dataset):
+           deployment_target, io_dtype, layout, opset, qdq, tol, dataset, jobs):
     """Export, run each artifact in its own runtime, and check it against the PyTorch reference.
 
     Exit code 1 if any artifact fails verification (its report is kept).
@@ -95,7 +97,8 @@ def export(targets, precisions, run_dir, checkpoint, program, out, size, delegat
         src = ExportSource(run=Path(run_dir) if run_dir else None, checkpoint=Path(checkpoint) if checkpoint else None,
                            program=Path(program) if program else None, dataset=dataset)
         res = export_run(out, targets, list(precisions) or None, source=src,
-                         settings=ExportSettings(size=size, options=opts, tolerances=parse_tolerances(tol)), progress=p)
+                         settings=ExportSettings(size=size, options=opts, tolerances=parse_tolerances(tol), jobs=jobs),
+                         progress=p)
     rows = summary_rows(res)
     c = console()
     show(summary_table(rows), c)

@@ -24,7 +24,7 @@ from edgehydra.dataspec import open_eval_split, open_split, resolve_size, run_da
 
 from . import get_target, installed_targets, list_targets
 from .parity import Tolerance
-from .target import ExportRequest, ExportResult, Source, export_one
+from .target import ExportRequest, ExportResult, Source, artifact_name, export_one
 
 PARITY_FRAMES = 8
 
@@ -54,6 +54,9 @@ class ExportSettings:
     tolerances: dict = field(default_factory=dict)
     eval_frames: int = 32
     strict_missing: bool = True
+    # (target, precision) pairs exported at once, each in a process of its own: the converters and ExecuTorch's
+    # lowering are single-threaded Python, so on 2 cores two of them take about the time of the longer one
+    jobs: int = 1
 
     def __post_init__(self):
         object.__setattr__(self, "options", dict(self.options or {}))
@@ -62,6 +65,8 @@ class ExportSettings:
             object.__setattr__(self, "size", tuple(self.size))
         if self.eval_frames < 1:
             raise BadInputError(f"export: eval_frames must be >= 1, not {self.eval_frames}")
+        if self.jobs < 1:
+            raise BadInputError(f"export: jobs must be >= 1, not {self.jobs}")
 
 
 def open_source(run: Path | None, checkpoint: Path | None, program: Path | None, dataset: str | None,
@@ -123,8 +128,10 @@ def eval_runner(val, cfg, limit: int, view=None):
 
 def plan(targets: list[str], precisions: list[str] | None, have_program: bool) -> list[tuple[str, str]]:
     """(target, precision) pairs. 'all' = every installed target; default precisions = all each supports
-    (int8 only when a quantised program exists). An explicit unsupported pair is refused."""
-    names = installed_targets() if targets == ["all"] else targets
+    (int8 only when a quantised program exists). An explicit unsupported pair is refused; with 'all' the
+    precisions asked are taken where each target has them (Core ML has no fp32)."""
+    every = targets == ["all"]
+    names = installed_targets() if every else targets
     pairs = []
     for t in names:
         if t not in list_targets():
@@ -132,6 +139,8 @@ def plan(targets: list[str], precisions: list[str] | None, have_program: bool) -
         tgt = get_target(t)
         if precisions:
             for p in precisions:
+                if every and p not in tgt.precisions:
+                    continue
                 if p not in tgt.precisions:
                     raise BadInputError(f"{t} does not support precision {p!r}; supported: {', '.join(tgt.precisions)}")
                 pairs.append((t, p))
@@ -148,40 +157,37 @@ def dropped_int8(targets: list[str], precisions: list[str] | None, have_program:
     return [t for t in names if "int8" in get_target(t).precisions]
 
 
-def export_run(out: Path, targets: list[str], precisions: list[str] | None = None, *, source: ExportSource,
-               settings: ExportSettings = ExportSettings(), progress=None) -> list[ExportResult]:
-    """Export each (target, precision) pair of ``source`` as ``settings`` say. ``source.program``: the quantised
-    program to ship as int8; without it the run's own (QAT before PTQ). A program variant (``meta["variant"]``,
-    an applied mixed recipe) names its int8 artifacts for itself, beside the run's uniform ones."""
-    model, info, prog, ds = open_source(source.run, source.checkpoint, source.program, source.dataset)
-    variant = (prog.meta.get("variant") or "") if prog is not None else ""
-    size = resolve_size(cli=settings.size, program=prog.size if prog else None, data=ds)
-    ds = dict(ds, size=list(size))  # synthroom renders its frames at the size asked for; real data is resized
-    val, view = open_eval_split(ds, size, fixed=True)  # an artifact has one input size: eval's path for it
-    calib_ds = open_split(ds, "train", transform=Resize(size)) if prog is not None else None
-    src = Source(model, model.config, info["sha256"], prog, calib_ds)
-    frames = parity_frames(val)
-    pairs = plan(targets, precisions, prog is not None)
-    results: list[ExportResult] = [
-        ExportResult(t, "int8", "skipped", None, {}, "no quantised program: run `edgehydra ptq` (or `qat`) on this "
-                                                     "run first, or pass --program FILE.pt2")
-        for t in dropped_int8(targets, precisions, prog is not None)]
-    task = progress.add_task("export", total=len(pairs)) if progress else None
-    for t, p in pairs:
-        tgt = get_target(t)
-        if progress:
-            progress.update(task, info=f"{t} {p}")
+class _Exporter:
+    """``source`` opened once (model, program, data, frames) and each (target, precision) exported from it."""
+
+    def __init__(self, out: Path, source: ExportSource, settings: ExportSettings, strict: bool):
+        model, info, prog, ds = open_source(source.run, source.checkpoint, source.program, source.dataset)
+        # strict: a target asked for by name whose backend is missing fails the export (not so for 'all')
+        self.out, self.settings, self.model, self.strict = Path(out), settings, model, strict
+        self.variant = (prog.meta.get("variant") or "") if prog is not None else ""
+        self.size = resolve_size(cli=settings.size, program=prog.size if prog else None, data=ds)
+        self.ds = dict(ds, size=list(self.size))  # synthroom renders its frames at the size asked; real data is resized
+        self.val, self.view = open_eval_split(self.ds, self.size, fixed=True)  # one input size: eval's path for it
+        calib_ds = open_split(self.ds, "train", transform=Resize(self.size)) if prog is not None else None
+        self.src = Source(model, model.config, info["sha256"], prog, calib_ds)
+        self.have_program = prog is not None
+        self.frames = parity_frames(self.val)
+
+    def export(self, t: str, p: str) -> ExportResult:
+        """One pair: its result, a target that failed included (a bad input or a missing backend asked for by
+        name raises)."""
+        settings, tgt = self.settings, get_target(t)
         try:
             tgt.require()
         except MissingBackendError as e:
-            if settings.strict_missing and targets != ["all"]:
+            if self.strict:
                 raise
-            results.append(ExportResult(t, p, "skipped", None, {}, str(e)))
-            continue
-        tol = settings.tolerances.get(p)
-        req = ExportRequest(t, p, size, options=dict(settings.options), tolerance=tol, variant=variant if p == "int8" else "")
+            return ExportResult(t, p, "skipped", None, {}, str(e))
+        req = ExportRequest(t, p, self.size, options=dict(settings.options), tolerance=settings.tolerances.get(p),
+                            variant=self.variant if p == "int8" else "")
         try:
-            r = export_one(tgt, src, req, Path(out) / t, frames, eval_runner(val, model.config, settings.eval_frames, view))
+            r = export_one(tgt, self.src, req, self.out / t, self.frames,
+                           eval_runner(self.val, self.model.config, settings.eval_frames, self.view))
         except (BadInputError, MissingBackendError):
             raise
         except EdgeHydraError as e:
@@ -191,10 +197,43 @@ def export_run(out: Path, targets: list[str], precisions: list[str] | None = Non
             r = ExportResult(t, p, "failed", None, {}, f"{type(e).__name__}: {msg}")
         if not r.manifest:  # a failed build still names the variant it was for (the manifest keys on it)
             r.manifest = {"variant": req.variant or None}
-        results.append(r)
+        return r
+
+    def final_path(self, t: str, p: str) -> Path:
+        """Where the (target, precision) artifact lands."""
+        return self.out / t / artifact_name(p, self.size, get_target(t).suffix, self.variant if p == "int8" else "")
+
+
+def export_run(out: Path, targets: list[str], precisions: list[str] | None = None, *, source: ExportSource,
+               settings: ExportSettings = ExportSettings(), progress=None) -> list[ExportResult]:
+    """Export each (target, precision) pair of ``source`` as ``settings`` say (``settings.jobs`` of them at
+    once). ``source.program``: the quantised program to ship as int8; without it the run's own (QAT before PTQ).
+    A program variant (``meta["variant"]``, an applied mixed recipe) names its int8 artifacts for itself, beside
+    the run's uniform ones."""
+    strict = settings.strict_missing and targets != ["all"]
+    ex = _Exporter(Path(out), source, settings, strict)
+    pairs = plan(targets, precisions, ex.have_program)
+    results: list[ExportResult] = [
+        ExportResult(t, "int8", "skipped", None, {}, "no quantised program: run `edgehydra ptq` (or `qat`) on this "
+                                                     "run first, or pass --program FILE.pt2")
+        for t in dropped_int8(targets, precisions, ex.have_program)]
+    task = progress.add_task("export", total=len(pairs)) if progress else None
+
+    def done(r: ExportResult):
         if progress:
-            progress.advance(task)
-    write_manifest(Path(out), results, ds, size)
+            progress.update(task, advance=1, info=f"{r.target} {r.precision}: {r.status}")
+
+    if settings.jobs > 1 and len(pairs) > 1:
+        from .export_pool import export_in_pool
+
+        results += export_in_pool(ex, source, pairs, done)
+    else:
+        for t, p in pairs:
+            if progress:
+                progress.update(task, info=f"{t} {p}")
+            results.append(ex.export(t, p))
+            done(results[-1])
+    write_manifest(Path(out), results, ex.ds, ex.size)
     return results
 
 

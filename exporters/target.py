@@ -220,6 +220,12 @@ def artifact_name(precision: str, size, suffix: str, variant: str = "") -> str:
     return f"hydranet_{precision}{'-' + variant if variant else ''}_{size[0]}x{size[1]}{suffix}"
 
 
+def remove_temporaries(final: Path) -> None:
+    """The temporaries a killed export of ``final`` left beside it (``_io.atomic_path`` names them .FINAL.*)."""
+    for stale in final.parent.glob(f".{final.name}.*"):
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+
+
 def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir: Path, frames: np.ndarray,
                val_eval: Callable | None = None) -> ExportResult:
     """build -> place atomically -> run in its runtime -> parity vs reference -> task metrics -> manifest."""
@@ -230,8 +236,7 @@ def export_one(target: ExportTarget, source: Source, req: ExportRequest, out_dir
     source.reference(req.precision)  # an int8 export without a quantised program fails here, before building
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / artifact_name(req.precision, req.size, target.suffix, req.variant)
-    for stale in out_dir.glob(f".{final.name}.*"):  # temporaries left by a killed export
-        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    remove_temporaries(final)
     t0 = time.perf_counter()
     try:
         with atomic_path(final) as tmp, quiet_backends():

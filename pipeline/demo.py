@@ -62,6 +62,8 @@ class DemoConfig:
     # 480x640: `check --device snapdragon8gen3_hexagon` on a run trained at that size)
     devices: tuple[str, ...] = ("host_cpu", "host_cpu_litert", "raspberrypi5")
     precisions: tuple[str, ...] | None = ("fp32", "int8")  # None: every precision each target supports
+    # artifacts built at once (export --jobs): the converters are single-threaded, so two use both cores
+    export_jobs: int = 2
     bench_runs: int = 20
     seed: int = 0
 
@@ -284,21 +286,17 @@ class DemoRun:
 
     def export_stage(self) -> dict:
         from edgehydra.devices.profile import load_profile
-        from edgehydra.exporters import get_target, installed_targets, list_targets
+        from edgehydra.exporters import installed_targets, list_targets
         from edgehydra.exporters.export_stage import ExportSettings, ExportSource, export_run, summary_rows
 
         cfg, run = self.cfg, self.run
         missing = [t for t in list_targets() if t not in installed_targets()]
         src = ExportSource(run=self.out, program=self.shipped_program)
-        st = ExportSettings(eval_frames=cfg.val_frames, strict_missing=False)
+        st = ExportSettings(eval_frames=cfg.val_frames, strict_missing=False, jobs=cfg.export_jobs)
         with self.pf() as p:
-            if cfg.precisions:  # each installed target in the asked precisions it has (Core ML has no fp32)
-                res = []
-                for t in installed_targets():
-                    prec = [x for x in cfg.precisions if x in get_target(t).precisions]
-                    res += export_run(run.export_dir, [t], prec, source=src, settings=st, progress=p) if prec else []
-            else:
-                res = export_run(run.export_dir, ["all"], source=src, settings=st, progress=p)
+            # each installed target in the asked precisions it has (Core ML has no fp32), or in all it has
+            res = export_run(run.export_dir, ["all"], list(cfg.precisions or ()) or None, source=src, settings=st,
+                             progress=p)
             for d, size in self.budget_sizes.items():  # a device budgeting another size gets its format at that size
                 fmt = load_profile(d).format
                 if size != self.deploy and fmt in installed_targets():

@@ -20,8 +20,9 @@ PAIRS = [(t, p) for t in list_targets() for p in get_target(t).precisions]
 @pytest.fixture(scope="module")
 def exported(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
+    # two at a time, each in a worker process (export --jobs 2): every round trip below checks what they made
     res = export_run(out, ["all"], source=ExportSource(run=tiny_run),
-                     settings=ExportSettings(eval_frames=4, strict_missing=False))
+                     settings=ExportSettings(eval_frames=4, strict_missing=False, jobs=2))
     return out, {(r.target, r.precision): r for r in res}
 
 

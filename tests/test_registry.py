@@ -49,3 +49,24 @@ def test_a_throwaway_target_reaches_every_command(tiny_run, tmp_path, monkeypatc
     r = invoke("verify", "--run", run)
     assert r.exit_code == 0, r.output
     assert "hydranet_fp32_64x96.ts" in r.output
+
+
+def test_export_jobs_a_dying_converter_fails_its_own_row(tiny_run, tmp_path, monkeypatch):
+    """`export --jobs 2`: each artifact in a worker process of its own. A target whose converter kills its
+    process (tests/_crash_target.py: SIGKILL after writing half a file) fails its own row in one line, with its
+    temporary gone; the manifest is written and the command exits 1."""
+    monkeypatch.setenv("EDGEHYDRA_TARGETS", "torchscript=_torchscript_target,crashes=_crash_target")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(str(HERE))
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "measurements"))
+
+    r = invoke("export", "--run", run, "--target", "crashes", "--target", "torchscript", "--precision", "fp32",
+               "--jobs", "2")
+    assert r.exit_code == 1, r.output
+    assert "crashes fp32: the export worker died before crashes fp32 finished" in r.output, r.output
+    man = {a["target"]: a for a in json.loads((run / "export" / "manifest.json").read_text())["artifacts"]}
+    assert man["crashes"]["status"] == "failed" and man["crashes"]["path"] is None
+    # the working target's row is its own: verified where its worker finished first, else failed for the same death
+    assert man["torchscript"]["status"] == "verified" or "worker died" in man["torchscript"]["reason"]
+    assert not list((run / "export" / "crashes").iterdir())  # no half-written artifact, no temporary
