@@ -151,8 +151,11 @@ def qat_run(checkpoint: Path, run: Run | Path, cfg: TrainConfig, job: QuantJob =
     train_s = time.perf_counter() - t0
     ranks = _rank_fingerprints(gm)
     ctl.set_eval(gm)
-    with torch.no_grad():
-        fq = _eval(gm, prog_val, fp32_model.config, job.val_limit, progress)
+    # the fake-quant model as fit scored it after its last epoch (the same frames, scoring and eval state), else now
+    fq = state.history[-1].get("val") if state.history else None
+    if fq is None:
+        with torch.no_grad():
+            fq = _eval(gm, prog_val, fp32_model.config, job.val_limit, progress)
     from .ptq import convert_stage
 
     converted = convert_stage(gm, recipe=recipe)

@@ -92,8 +92,14 @@ class Stages:
         from edgehydra.run import Run
 
         rec_path = Run(self.out).stage_record(name)
+        rec = None
         if rec_path.is_file():
-            rec = json.loads(rec_path.read_text())
+            try:
+                rec = json.loads(rec_path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:  # the record only lets a rerun skip the stage
+                self._say(f"[yellow]{name}: its record {rec_path} is damaged ({getattr(e, 'msg', e)}); running the "
+                          "stage again[/]")
+        if rec is not None:
             paths = outputs(rec.get("result") or {}) if callable(outputs) else outputs
             if rec.get("key") == key and all(Path(p).exists() for p in paths):
                 self.log.append({"stage": name, "status": "reused", "seconds": 0.0, "note": rec.get("note", "")})

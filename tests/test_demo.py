@@ -76,12 +76,16 @@ def test_report_has_every_section_and_image(demo_run):
 
 def test_demo_rerun_reuses_stages(demo_run):
     out, _ = demo_run
+    (out / "stages" / "data.json").write_text('{"key": "c0ffee", "result": {')  # a damaged record: cut short
     r = CliRunner().invoke(cli, ["demo", "--fast", "--out", str(out)], catch_exceptions=False)
     assert r.exit_code == 0
-    # every stage but the report is reused (apply: reused where it shipped a mixed artifact, else skipped again):
-    # none is keyed on a file a later stage rewrites
-    for stage in ("data", "train", "ptq", "qat", "sensitivity", "mixed", "export", "bench", "calibrate", "robot",
-                  "check"):
+    # the damaged record is named in one line and its stage runs again (nothing downstream is keyed on it)
+    said = " ".join(r.output.split())
+    assert re.search(r"data: its record \S+data\.json is damaged \(.+\); running the stage again", said), said
+    assert "data: done" in said, said
+    # every other stage but the report is reused (apply: reused where it shipped a mixed artifact, else skipped
+    # again): none is keyed on a file a later stage rewrites
+    for stage in ("train", "ptq", "qat", "sensitivity", "mixed", "export", "bench", "calibrate", "robot", "check"):
         assert f"{stage}: reused" in r.output, (stage, r.output)
     assert re.search(r"apply: (reused|skipped)", r.output), r.output
 
