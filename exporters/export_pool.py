@@ -20,14 +20,14 @@ from .target import ExportResult, remove_temporaries
 _EXPORTER = None  # this worker's opened source
 
 
-def _start(args: tuple, threads: int) -> None:
+def _start(opener, args: tuple, threads: int) -> None:
+    """``opener(*args)``: the parent's exporter class (pickled by reference, so this module imports nothing of
+    the export stage that imports it)."""
     global _EXPORTER
     import torch
 
-    from .export_stage import _Exporter
-
     torch.set_num_threads(threads)
-    _EXPORTER = _Exporter(*args)
+    _EXPORTER = opener(*args)
 
 
 def _export(target: str, precision: str) -> ExportResult:
@@ -42,7 +42,7 @@ def export_in_pool(parent, source, pairs: list[tuple[str, str]], done: Callable[
     threads = max(1, (os.cpu_count() or 1) // workers)
     results: dict[int, ExportResult] = {}
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start,
-                               initargs=((parent.out, source, parent.settings, parent.strict), threads))
+                               initargs=(type(parent), (parent.out, source, parent.settings, parent.strict), threads))
     try:
         futures = {pool.submit(_export, t, p): i for i, (t, p) in enumerate(pairs)}
         for fut in as_completed(futures):
