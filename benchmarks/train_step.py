@@ -3,7 +3,7 @@
 
     python benchmarks/train_step.py [--model hydranet_small] [--crop 120x160] [--batch 16] [--steps 8]
 
-Times, in one process and one run, the demo's training step (NHWC model, forward, the paper's loss, backward,
+Times, in one process and one run (each pair in alternation, benchmarks/run.py's interleaved_medians), the demo's training step (NHWC model, forward, the paper's loss, backward,
 Adam) beside the same step with the model's outputs summed instead of the loss (what the network alone costs),
 and the segmentation cross-entropy as edgehydra computes it (over an (N*H*W, C) view of the channels_last logits)
 beside ``F.cross_entropy`` on the NCHW-indexed tensor (which copies channels_last logits to NCHW first). The
@@ -12,21 +12,14 @@ ratios are what to compare between machines; say the CPU (``lscpu``) beside any 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-
-def _median_ms(fn, steps: int) -> float:
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return sorted(times)[len(times) // 2]
+sys.path.insert(0, str(Path(__file__).parent))
+from run import interleaved_medians  # noqa: E402  (timed in alternation: drift hits both sides of a ratio alike)
 
 
 def main() -> None:
@@ -62,8 +55,8 @@ def main() -> None:
             opt.step()
         return run
 
-    full = _median_ms(step(lambda out: multitask_loss(out, batch, tasks)[0]), a.steps)
-    net = _median_ms(step(lambda out: sum(o.float().mean() for o in out)), a.steps)
+    full, net = interleaved_medians([step(lambda out: multitask_loss(out, batch, tasks)[0]),
+                                     step(lambda out: sum(o.float().mean() for o in out))], rounds=a.steps, warmup=2)
 
     logits = torch.randn(b, m.config.num_classes, h, w, generator=g).contiguous(
         memory_format=torch.channels_last).requires_grad_()
@@ -76,8 +69,9 @@ def main() -> None:
             logits.grad = None
         return run
 
-    ours = _median_ms(ce(lambda: seg_loss(logits, target, batch["has_segm"])), a.steps)
-    nchw = _median_ms(ce(lambda: F.cross_entropy(logits, target, ignore_index=IGNORE)), a.steps)
+    ours, nchw = interleaved_medians([ce(lambda: seg_loss(logits, target, batch["has_segm"])),
+                                      ce(lambda: F.cross_entropy(logits, target, ignore_index=IGNORE))],
+                                     rounds=a.steps, warmup=2)
     print(f"{a.model}, batch {b} at {h}x{w}, {a.threads} threads, {read_cpuinfo().model_name}:")
     print(f"  training step      {full:7.1f} ms  ({b / full * 1e3:.1f} images/s)")
     print(f"  network alone      {net:7.1f} ms  (the loss and its backward: {100 * (full - net) / full:.0f} % of a step)")

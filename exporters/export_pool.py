@@ -52,7 +52,7 @@ def export_in_pool(parent, source, pairs: list[tuple[str, str]], done: Callable[
             except BrokenProcessPool as e:
                 t, p = pairs[i]
                 remove_temporaries(parent.final_path(t, p))  # a killed worker's half-written artifact
-                results[i] = ExportResult(t, p, "failed", None, {"variant": (parent.variant if p == "int8" else "") or None},
+                results[i] = ExportResult(t, p, "failed", None, {"variant": parent.variant_of(p) or None},
                                           f"the export worker died before {t} {p} finished ({e})")
             done(results[i])
     except BaseException:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +172,15 @@ class _Exporter:
         calib_ds = open_split(self.ds, "train", transform=Resize(self.size)) if prog is not None else None
         self.src = Source(model, model.config, info["sha256"], prog, calib_ds)
         self.have_program = prog is not None
-        self.frames = parity_frames(self.val)
+
+    @cached_property
+    def frames(self) -> np.ndarray:
+        """The parity frames, rendered where a pair is exported (not in the parent of a pool, which exports none)."""
+        return parity_frames(self.val)
+
+    def variant_of(self, precision: str) -> str:
+        """The program variant an artifact of ``precision`` is named for: int8 only (fp32 has no program)."""
+        return self.variant if precision == "int8" else ""
 
     def export(self, t: str, p: str) -> ExportResult:
         """One pair: its result, a target that failed included (a bad input or a missing backend asked for by
@@ -184,7 +193,7 @@ class _Exporter:
                 raise
             return ExportResult(t, p, "skipped", None, {}, str(e))
         req = ExportRequest(t, p, self.size, options=dict(settings.options), tolerance=settings.tolerances.get(p),
-                            variant=self.variant if p == "int8" else "")
+                            variant=self.variant_of(p))
         try:
             r = export_one(tgt, self.src, req, self.out / t, self.frames,
                            eval_runner(self.val, self.model.config, settings.eval_frames, self.view))
@@ -201,7 +210,7 @@ class _Exporter:
 
     def final_path(self, t: str, p: str) -> Path:
         """Where the (target, precision) artifact lands."""
-        return self.out / t / artifact_name(p, self.size, get_target(t).suffix, self.variant if p == "int8" else "")
+        return self.out / t / artifact_name(p, self.size, get_target(t).suffix, self.variant_of(p))
 
 
 def export_run(out: Path, targets: list[str], precisions: list[str] | None = None, *, source: ExportSource,
