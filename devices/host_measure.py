@@ -14,9 +14,12 @@ ONNX, host_cpu_litert TFLite. For those the search does not estimate a layer's g
 """
 from __future__ import annotations
 
+import multiprocessing
 import statistics
 import tempfile
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,18 +65,77 @@ def build_artifact(fmt: str, model, module, precision: str, size, path: Path, re
     return path
 
 
+def _build_in_worker(fmt: str, model, program: Path | None, size, path: Path) -> Path:
+    """A ``Builds`` worker: the FP32 ``model`` (``program`` None) or the saved ``program`` built at ``path``."""
+    from edgehydra.calibration.program import load_program
+
+    if program is None:
+        return build_artifact(fmt, model, model, "fp32", size, path)
+    prog = load_program(program)
+    return build_artifact(fmt, model, prog.module, "int8", size, path, prog.recipe)
+
+
+def _start_builder() -> None:
+    torch.set_num_threads(1)  # a build is single-threaded Python; the search's own work keeps the cores' torch threads
+
+
+class Builds:
+    """The search's artifacts built in worker processes while it goes on (its sweeps, its other builds).
+
+    An ExecuTorch lowering of this topology or a LiteRT/ONNX conversion is tens of seconds of single-threaded
+    Python; built in turn they left a core idle for most of the search on a 2-core host. Each artifact is
+    submitted as soon as its module exists (the FP32 one at the start, the all-int8 one after its PTQ) and
+    waited for where it is profiled or timed, so timing never runs beside a build. A program travels as a saved
+    .pt2 (what `export` builds from), the FP32 model pickled. Workers start by ``spawn`` (a forked torch with
+    live OpenMP threads can hang)."""
+
+    def __init__(self, fmt: str, model, size, folder: Path, recipe, workers: int = 2):
+        self.fmt, self.model, self.size, self.folder, self.recipe = fmt, model.eval(), tuple(size), Path(folder), recipe
+        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_start_builder)
+        self.futures: dict[str, Future] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.futures
+
+    def submit(self, name: str, module=None) -> None:
+        """Build ``name``: the FP32 model where ``module`` is None, else the converted program ``module``."""
+        from edgehydra.calibration.program import save_program
+
+        program = None
+        if module is not None:
+            program = save_program(module, self.folder / f"{name}.pt2", self.model.config, self.recipe, self.size,
+                                   {"stage": "mixed-search"})
+        self.futures[name] = self.pool.submit(_build_in_worker, self.fmt, self.model, program, self.size,
+                                              self.folder / f"{name}{_suffix(self.fmt)}")
+
+    def path(self, name: str) -> Path:
+        """``name``'s artifact, once its worker has built it (its error raised here)."""
+        try:
+            return self.futures[name].result()
+        except BrokenProcessPool as e:
+            raise EdgeHydraError(f"the worker building the search's {name} {self.fmt} artifact died ({e})") from None
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def layer_latency(model, fmt: str, programs: dict, size, runs: int = 20, threads: int = 2, keep_in: Path | None = None,
-                  recipe=None) -> dict:
+                  recipe=None, builds: Builds | None = None) -> dict:
     """Measured per-layer ms on this host of each artifact in ``programs`` (precision -> module: "int8" the
     all-int8 program, optional "int16" the program with every W8A16 candidate in int16, optional "fp16" the
     program with every candidate in fp16) and of the FP32
-    model. ``keep_in``: a folder that keeps the artifacts (int8.pte, fp32.pte, ...) for the timing after it."""
+    model. ``keep_in``: a folder that keeps the artifacts (int8.pte, fp32.pte, ...) for the timing after it.
+    ``builds``: where an artifact named by its precision is already being built (and kept)."""
     out = {}
     units = dict(programs, fp32=model.eval())
     with tempfile.TemporaryDirectory() as d:
         for prec, module in units.items():
-            p = Path(keep_in or d) / f"{prec}{_suffix(fmt)}"
-            build_artifact(fmt, model, module, "fp32" if prec == "fp32" else "int8", size, p, recipe)
+            if builds is not None and prec in builds:
+                p = builds.path(prec)
+            else:
+                p = Path(keep_in or d) / f"{prec}{_suffix(fmt)}"
+                build_artifact(fmt, model, module, "fp32" if prec == "fp32" else "int8", size, p, recipe)
             prof = profile_here(p, size, runs=runs, tasks=model.config.tasks, threads=threads, lowered_module=module)
             if not prof["mapped"]:
                 raise EdgeHydraError(f"per-operator profile of the {prec} {fmt} artifact could not be mapped to "
@@ -130,17 +192,22 @@ class Timing:
 
 
 def time_candidates(model, fmt: str, cands, programs: dict, size, built: Path, timing: Timing,
-                    recipe=None) -> dict:
+                    recipe=None, builds: Builds | None = None) -> dict:
     """fp32, all-int8 (the artifacts ``layer_latency`` kept in ``built``) and each candidate's artifact (from
-    its trial's program in ``programs``, keyed by ``Candidate.key``), timed interleaved in one run here."""
+    its trial's program in ``programs``, keyed by ``Candidate.key``), timed interleaved in one run here.
+    ``builds``: the candidates' artifacts are built there, all at once, before any is timed."""
     rounds, threads = timing.rounds, timing.threads
     suffix = _suffix(fmt)
     own = [c for c in cands if c.mixed]  # all-int8 is the int8 file already there
     with tempfile.TemporaryDirectory() as d:
         paths = {"fp32": built / f"fp32{suffix}", "int8": built / f"int8{suffix}"}
+        if builds is not None:
+            for i, c in enumerate(own):
+                builds.submit(f"cand{i}", programs[c.key])
         for i, c in enumerate(own):
-            paths[f"cand:{c.name}"] = build_artifact(fmt, model, programs[c.key], "int8", size, Path(d) / f"{i}{suffix}",
-                                                     recipe)
+            paths[f"cand:{c.name}"] = (builds.path(f"cand{i}") if builds is not None else
+                                       build_artifact(fmt, model, programs[c.key], "int8", size, Path(d) / f"{i}{suffix}",
+                                                      recipe))
         t = time_artifacts(paths, size, rounds, threads)
     cand_t = {c.name: t.get(f"cand:{c.name}", t["int8"]) for c in cands}
     return {"fp32": t["fp32"], "int8": t["int8"], "candidates": cand_t, "rounds": rounds, "threads": threads,

@@ -38,7 +38,7 @@ from edgehydra.calibration.recipe import load_recipe
 from edgehydra.calibration.sensitivity import _delta, _metrics, select_layers, sweep
 from edgehydra.devices.estimate import estimated_layer_latency
 from edgehydra.devices.profile import load_profile, load_run_profile
-from edgehydra.devices.host_measure import Timing, layer_latency, measured_here, time_candidates
+from edgehydra.devices.host_measure import Builds, Timing, layer_latency, measured_here, time_candidates
 
 # What each format does with a layer kept float (the recipe's keep_float), for the report and for
 # formats where per-layer float is not what runs.
@@ -182,6 +182,8 @@ class _Search:
         self.graph = export_stage(self.model, self.size)  # exported once, copied for each PTQ of the sweep and trials
         self.measured_host = measured_here(self.profile)
         self.built = tempfile.TemporaryDirectory()  # fp32 and int8 artifacts built once: profiled, then timed
+        self.builds: Builds | None = None  # where those are built while the sweeps run (start_builds)
+        self.host_programs: dict = {}
 
     def measure(self, keep, int16=(), fp16=(), keep_program=False) -> dict:
         q, _ = quantize_ptq(self.model, self.base.replace(keep_float=tuple(keep), int16_layers=tuple(int16),
@@ -194,8 +196,6 @@ class _Search:
         return _metrics(q, self.val, self.model.config, self.cfg.frames, self.sequence)
 
     def search(self) -> dict:
-        from edgehydra.train import dist_info
-
         profile, names = self.profile, self.names
         if profile.format != "executorch":  # what a kept-float layer becomes in this format (ExecuTorch: fp32 XNNPACK)
             self.notes.append(f"{profile.name} ships {profile.format}: a layer kept float runs as "
@@ -212,6 +212,41 @@ class _Search:
         t0 = time.perf_counter()
         self.all_q = self.measure(())
         self.announce(time.perf_counter() - t0)
+        try:
+            return self._search_from_all_int8(profile, names)
+        finally:
+            if self.builds is not None:
+                self.builds.close()
+            self.built.cleanup()
+            self.kept.clear()
+
+    def start_builds(self) -> None:
+        """On this host (rank 0): the artifacts the per-layer profile reads, built in worker processes while the
+        sweeps run: FP32, all-int8, and where the format builds them every W8A16 candidate in int16 and the model
+        in fp16."""
+        from edgehydra.train import dist_info
+
+        if not self.measured_host or dist_info()[0] != 0:
+            return
+        model, size = self.model, self.size
+        progs = {"int8": self.kept["int8"]}
+        if self.w16:
+            progs["int16"], _ = quantize_ptq(model, self.base.replace(int16_layers=tuple(self.w16)), self.train,
+                                             self.calib, size, graph=self.graph)
+        if self.f16_fmt:
+            from edgehydra.calibration.fp16 import fp16_program
+
+            progs["fp16"] = fp16_program(model, size)
+        self.host_programs = progs
+        self.builds = Builds(self.profile.format, model, size, Path(self.built.name), self.base)
+        self.builds.submit("fp32")
+        for name, module in progs.items():
+            self.builds.submit(name, module)
+
+    def _search_from_all_int8(self, profile, names) -> dict:
+        from edgehydra.train import dist_info
+
+        self.start_builds()
         self.gains = sweep(names, lambda n: _delta(self.measure((n,)), self.all_q), self.progress,
                            label="per-layer accuracy")
         self.gains16 = sweep(self.w16, lambda n: _delta(self.measure((), (n,)), self.all_q), self.progress,
@@ -235,8 +270,6 @@ class _Search:
         timing = None
         if self.measured_host:
             timing, chosen = self.time_on_host(trials)
-        self.built.cleanup()
-        self.kept.clear()
         return self.report(space, cands, trials, chosen, timing)
 
     def announce(self, per_trial_s: float) -> None:
@@ -258,16 +291,11 @@ class _Search:
 
         model, profile, size = self.model, self.profile, self.size
         if self.measured_host and dist_info()[0] == 0:  # measured by rank 0 alone; the fp16 choice below is shared
-            programs = {"int8": self.kept["int8"]}
-            if self.w16:  # every W8A16 candidate in int16 at once: each one's int16 time, in the format's runtime
-                programs["int16"], _ = quantize_ptq(model, self.base.replace(int16_layers=tuple(self.w16)), self.train,
-                                                    self.calib, size, graph=self.graph)
-            if self.f16_fmt:  # and the model in fp16: each layer's fp16 time
-                from edgehydra.calibration.fp16 import fp16_program
-
-                programs["fp16"] = fp16_program(model, size)
-            return layer_latency(model, profile.format, programs, size, runs=self.cfg.rounds,
-                                 threads=self.cfg.threads, keep_in=Path(self.built.name), recipe=self.base)
+            # the programs start_builds had built: all-int8, every W8A16 candidate in int16 at once (each one's
+            # int16 time in the format's runtime), the model in fp16 (each layer's fp16 time)
+            return layer_latency(model, profile.format, self.host_programs, size, runs=self.cfg.rounds,
+                                 threads=self.cfg.threads, keep_in=Path(self.built.name), recipe=self.base,
+                                 builds=self.builds)
         if self.measured_host:
             return None
         from edgehydra.devices.check import calibrated_on_run
@@ -339,7 +367,7 @@ class _Search:
         if not ok_acc:
             return None, None
         timing = time_candidates(self.model, self.profile.format, ok_acc, self.kept, self.size, Path(self.built.name),
-                                 Timing(self.cfg.rounds, self.cfg.threads), recipe=self.base)
+                                 Timing(self.cfg.rounds, self.cfg.threads), recipe=self.base, builds=self.builds)
         for c in ok_acc:
             c.measured_latency_ms = timing["candidates"][c.name]
         met = [c for c in ok_acc if not budgets.misses(c.measured, fp32, c.measured_latency_ms, c.size_mb)]
