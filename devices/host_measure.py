@@ -200,7 +200,9 @@ def time_candidates(model, fmt: str, cands, programs: dict, size, built: Path, t
     suffix = _suffix(fmt)
     own = [c for c in cands if c.mixed]  # all-int8 is the int8 file already there
     with tempfile.TemporaryDirectory() as d:
-        paths = {"fp32": built / f"fp32{suffix}", "int8": built / f"int8{suffix}"}
+        # the fp32 and all-int8 files the profile read: handed over by ``builds`` where it built them
+        paths = {k: builds.path(k) if builds is not None and k in builds else built / f"{k}{suffix}"
+                 for k in ("fp32", "int8")}
         if builds is not None:
             for i, c in enumerate(own):
                 builds.submit(f"cand{i}", programs[c.key])
