@@ -197,7 +197,11 @@ def _qat_start(gm, ctl, cfg: TrainConfig, recipe, job: QuantJob, state_path: Pat
     raw = torch.load(state_path, map_location="cpu", weights_only=True)
     if raw.get("config") != asdict(cfg) or raw.get("recipe") != recipe.to_dict():
         raise BadInputError(f"--resume: {state_path} was written with other settings; use the same options")
-    gm.load_state_dict(raw["model"])
+    try:
+        gm.load_state_dict(raw["model"])
+    except RuntimeError as e:  # e.g. a state saved before batch norm was folded ahead of QAT: other parameters
+        raise BadInputError(f"--resume: {state_path} does not fit this QAT graph ({str(e).splitlines()[0]}); "
+                            "run without --resume to start again") from None
     for e in range(raw["epoch"]):  # replay the freeze schedule up to where the run stopped
         ctl.epoch_hook(e)
     return {"optimizer": raw["optimizer"], "epoch": raw["epoch"], "step": raw["step"], "history": raw["history"]}, None
