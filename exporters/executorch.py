@@ -8,6 +8,7 @@ Vulkan) are used when ``--delegate`` names one whose package is installed.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 
@@ -122,17 +123,72 @@ def drop_saturated_add_clamps(graph_module) -> dict:
     return {"dropped": dropped, "kept": kept}
 
 
-def lower(module, example: torch.Tensor, precision: str, delegate: str = "xnnpack"):
-    """``module`` exported at ``example``'s shape and lowered: (ExecutorchProgramManager, facts)."""
-    from executorch.exir import to_edge_transform_and_lower
-
+def _exported(module, example: torch.Tensor, precision: str, delegate: str):
+    """``module`` exported at ``example``'s shape, with the int8 graph's saturated add clamps dropped."""
     ep = torch.export.export(module, (example,))
     facts = {}
     if precision != "fp32" and delegate == "xnnpack":
         facts["add_relu6_clamps"] = drop_saturated_add_clamps(ep.graph_module)
+    return ep, facts
+
+
+def _lower_exported(ep, facts: dict, delegate: str):
+    from executorch.exir import to_edge_transform_and_lower
+
     lowered = to_edge_transform_and_lower(ep, partitioner=[_partitioner(delegate)])
     facts["delegation"] = delegation(lowered.exported_program().graph_module)
     return lowered.to_executorch(), facts
+
+
+def lower(module, example: torch.Tensor, precision: str, delegate: str = "xnnpack"):
+    """``module`` exported at ``example``'s shape and lowered: (ExecutorchProgramManager, facts)."""
+    ep, facts = _exported(module, example, precision, delegate)
+    return _lower_exported(ep, facts, delegate)
+
+
+def lowered_bytes(module, example: torch.Tensor, precision: str, delegate: str = "xnnpack") -> tuple[bytes, dict]:
+    """``lower``'s .pte bytes and facts, read from the lowering cache (build_cache.py) where exactly this program was
+    lowered before; facts["lowering_key"] names the entry."""
+    from . import build_cache
+
+    ep, facts = _exported(module, example, precision, delegate)
+    key = lowering_key(ep, precision, delegate)
+    hit = build_cache.get(key, ".pte")
+    if hit is not None:
+        data, cached = hit
+        return data, {**facts, "delegation": cached["delegation"], "lowering_key": key}
+    prog, facts = _lower_exported(ep, facts, delegate)
+    build_cache.put(key, ".pte", prog.buffer, {"delegation": facts["delegation"]},
+                    {"target": "executorch", "precision": precision, "delegate": delegate})
+    return prog.buffer, {**facts, "lowering_key": key}
+
+
+def lowering_key(ep, precision: str, delegate: str) -> str:
+    """What a lowering's bytes depend on: the exported graph (code, signature, each node's module path), every
+    weight and constant, the precision, the delegate and the tool versions."""
+    from importlib.metadata import version
+
+    h = hashlib.sha256()
+
+    def add(*parts):
+        for p in parts:
+            h.update(str(p).encode())
+            h.update(b"\0")
+
+    add("edgehydra-lowering-1", torch.__version__, version("executorch"), precision, delegate, ep.graph_signature,
+        ep.graph_module.code)
+    for n in ep.graph.nodes:
+        add(n.name, [v[0] for v in (n.meta.get("nn_module_stack") or {}).values()])
+    for kind, tensors in (("state", ep.state_dict), ("const", ep.constants)):
+        for name in sorted(tensors):
+            t = tensors[name]
+            if isinstance(t, torch.Tensor):
+                t = t.detach().cpu().contiguous()
+                add(kind, name, t.dtype, tuple(t.shape))
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            else:
+                add(kind, name, repr(t))
+    return h.hexdigest()
 
 
 def build(source, req, path):
@@ -140,9 +196,9 @@ def build(source, req, path):
     if req.precision == "int8":
         refuse_precisions(source.program, TARGET)
     module = source.fp32.eval() if req.precision == "fp32" else source.program.module
-    prog, facts = lower(module, torch.zeros(req.batch, 3, *req.size), req.precision, delegate)
+    data, facts = lowered_bytes(module, torch.zeros(req.batch, 3, *req.size), req.precision, delegate)
     with open(path, "wb") as f:
-        f.write(prog.buffer)
+        f.write(data)
     return {"delegate": delegate, "tools": ("executorch",), **facts,
             "metadata_location": "manifest.json (a .pte holds no free-form metadata)"}
 

@@ -6,6 +6,16 @@ import torch
 
 # Under pytest-xdist (pyproject addopts: -n 2) each of the two workers keeps to one core; alone, two threads.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+# One ExecuTorch lowering cache for the session (exporters/build_cache.py), shared by both xdist workers and the CLI
+# subprocesses, which inherit the environment from the process that set it: many files lower the tiny run's
+# programs. A fresh folder, never the user's own cache; EDGEHYDRA_CACHE set by hand (a folder, or off) is kept.
+if "EDGEHYDRA_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["EDGEHYDRA_CACHE"] = tempfile.mkdtemp(prefix="edgehydra-test-lowered-")
+    atexit.register(shutil.rmtree, os.environ["EDGEHYDRA_CACHE"], True)
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SAMPLES = SHARED / "samples"
 REFERENCE = SHARED / "reference"

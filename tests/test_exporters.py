@@ -327,6 +327,33 @@ def test_add_clamp_kept_where_xnnpack_refuses_the_scales_or_the_range_is_wider(t
     assert _hardtanhs(ep.graph_module) == 1
 
 
+
+def test_a_lowering_is_cached_by_content(tmp_path, monkeypatch):
+    """lowered_bytes: the second lowering of a program is read from the cache; a damaged entry is lowered again and
+    replaced, with the same bytes (lowering is deterministic: what a hit hands out is what lowering writes); another
+    weight is another entry; EDGEHYDRA_CACHE=off writes nothing."""
+    from edgehydra.exporters import build_cache
+    from edgehydra.exporters import executorch as et
+    from edgehydra.exporters.executorch import lowered_bytes
+
+    program, x = _add_relu6_program(gain=1.0)
+    monkeypatch.setenv(build_cache.ENV, str(tmp_path / "cache"))
+    data, facts = lowered_bytes(program, x, "int8")
+    entry = tmp_path / "cache" / f"{facts['lowering_key']}.pte"
+    assert entry.read_bytes() == data
+    with monkeypatch.context() as m:  # a hit does not lower
+        m.setattr(et, "_lower_exported", lambda *a: pytest.fail("lowered again on a cache hit"))
+        again, facts2 = lowered_bytes(program, x, "int8")
+    assert again == data and facts2 == facts and facts["add_relu6_clamps"] == {"dropped": 1, "kept": 0}
+    entry.write_bytes(data[:-8] + bytes(8))  # damaged: its sha256 no longer matches the record
+    assert lowered_bytes(program, x, "int8")[0] == data and entry.read_bytes() == data  # lowered again: same bytes
+    with torch.no_grad():  # one int8 weight one step up: another program
+        program.get_buffer("_frozen_param0")[0, 0, 0, 0] += 1
+    other = lowered_bytes(program, x, "int8")[1]["lowering_key"]
+    assert other != facts["lowering_key"] and (tmp_path / "cache" / f"{other}.pte").is_file()
+    monkeypatch.setenv(build_cache.ENV, "off")
+    assert lowered_bytes(program, x, "fp32")[1]["lowering_key"] and len(list((tmp_path / "cache").glob("*.pte"))) == 2
+
 def _output_steps(model) -> dict:
     """Each graph output's quantisation step: the scale of the DequantizeLinear it is computed from
     (through Resize and other ops that mix values convexly, so a one-step input difference stays one step)."""

@@ -173,6 +173,31 @@ def test_info_totals_match_hand_count():
     assert i8["weight_bytes"] * 4 == model_info(m, (480, 640), "fp32")["weight_bytes"]
 
 
+
+def test_counts_are_counted_once_per_structure():
+    """count_layers remembers what it counted per architecture and size: the same rows again (fresh objects, so a
+    caller filling op_class changes nothing for the next), scaled per precision; another structure (batch norm
+    folded away) or size is counted anew."""
+    from edgehydra import accounting
+    from edgehydra.calibration.qat import fold_bn
+
+    m = create_model("hydranet_tiny")
+    first = count_layers(m, (64, 96))
+    again = count_layers(m, (64, 96))
+    assert [r.to_dict() for r in first] == [r.to_dict() for r in again] and first[0] is not again[0]
+    first[0].op_class = "conv"
+    assert count_layers(m, (64, 96))[0].op_class == ""
+    i8 = count_layers(m, (64, 96), "int8")
+    assert [r.act_out_bytes * 4 for r in i8] == [r.act_out_bytes for r in first]
+    key = accounting.structure_key(m)
+    assert accounting.structure_key(create_model("hydranet_tiny")) == key  # the weights do not matter
+    folded, n = fold_bn(m)
+    assert n > 0
+    assert accounting.structure_key(folded) != key
+    assert not any(r.kind == "BatchNorm2d" for r in count_layers(folded, (64, 96)))
+    assert any(r.kind == "BatchNorm2d" for r in count_layers(m, (64, 96)))
+    assert count_layers(m, (32, 48))[0].out_shape != first[0].out_shape
+
 def test_lean_import():
     code = ("import sys, edgehydra, edgehydra.commands; "
             "heavy=[m for m in ('executorch','coremltools','litert_torch','onnxruntime','onnx','torchao','tensorflow','jax') if m in sys.modules]; "
