@@ -140,9 +140,10 @@ def _lower_exported(ep, facts: dict, delegate: str):
     return lowered.to_executorch(), facts
 
 
-def lower(module, example: torch.Tensor, precision: str, delegate: str = "xnnpack"):
-    """``module`` exported at ``example``'s shape and lowered: (ExecutorchProgramManager, facts)."""
-    ep, facts = _exported(module, example, precision, delegate)
+def lower(module, example: torch.Tensor, precision: str, delegate: str = "xnnpack", exported=None):
+    """``module`` exported at ``example``'s shape (or ``exported``, the (program, facts) ``_exported`` made of it)
+    and lowered: (ExecutorchProgramManager, facts). Every build's lowering goes through here, looked up at call time."""
+    ep, facts = exported or _exported(module, example, precision, delegate)
     return _lower_exported(ep, facts, delegate)
 
 
@@ -157,7 +158,7 @@ def lowered_bytes(module, example: torch.Tensor, precision: str, delegate: str =
     if hit is not None:
         data, cached = hit
         return data, {**facts, "delegation": cached["delegation"], "lowering_key": key}
-    prog, facts = _lower_exported(ep, facts, delegate)
+    prog, facts = lower(module, example, precision, delegate, exported=(ep, facts))
     build_cache.put(key, ".pte", prog.buffer, {"delegation": facts["delegation"]},
                     {"target": "executorch", "precision": precision, "delegate": delegate})
     return prog.buffer, {**facts, "lowering_key": key}

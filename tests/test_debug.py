@@ -101,10 +101,12 @@ def test_executorch_faulty_lowering_is_found_per_task(runs, monkeypatch, tmp_pat
     _, broken = runs
     real = et.lower
 
-    def faulty_lower(module, example, precision, delegate="xnnpack"):
+    def faulty_lower(module, example, precision, delegate="xnnpack", exported=None):
         return real(_negate_layers(module, set(BROKEN.values())), example, precision, delegate)
 
     monkeypatch.setattr(et, "lower", faulty_lower)
+    # a lowering that is not a function of its program: a cache hit would skip it, and its bytes must not be kept
+    monkeypatch.setenv("EDGEHYDRA_CACHE", "off")
     res = export_run(broken / "export", ["executorch"], ["int8"], source=ExportSource(run=broken))
     assert res[0].status == "failed"  # verify sees that the outputs are wrong, not where
     rep, _ = debug_path(_artifact(broken, "executorch"), frames=2)
