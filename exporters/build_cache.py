@@ -92,11 +92,11 @@ def _prune(d: Path) -> None:
         except OSError:
             return 0.0
 
-    entries = [[m, *d.glob(m.stem + ".*")] for m in sorted(d.glob("*.json"), key=used)]
-    total = sum(size(p) for ps in entries for p in set(ps))
+    entries = [list(d.glob(m.stem + ".*")) for m in sorted(d.glob("*.json"), key=used)]  # each record and its bytes
+    total = sum(size(p) for ps in entries for p in ps)
     for ps in entries:
         if total <= MAX_BYTES:
             break
-        for p in set(ps):
+        for p in ps:
             total -= size(p)
             p.unlink(missing_ok=True)

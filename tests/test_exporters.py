@@ -327,7 +327,6 @@ def test_add_clamp_kept_where_xnnpack_refuses_the_scales_or_the_range_is_wider(t
     assert _hardtanhs(ep.graph_module) == 1
 
 
-
 def test_a_lowering_is_cached_by_content(tmp_path, monkeypatch):
     """lowered_bytes: the second lowering of a program is read from the cache; a damaged entry is lowered again and
     replaced, with the same bytes (lowering is deterministic: what a hit hands out is what lowering writes); another
@@ -353,6 +352,7 @@ def test_a_lowering_is_cached_by_content(tmp_path, monkeypatch):
     assert other != facts["lowering_key"] and (tmp_path / "cache" / f"{other}.pte").is_file()
     monkeypatch.setenv(build_cache.ENV, "off")
     assert lowered_bytes(program, x, "fp32")[1]["lowering_key"] and len(list((tmp_path / "cache").glob("*.pte"))) == 2
+
 
 def _output_steps(model) -> dict:
     """Each graph output's quantisation step: the scale of the DequantizeLinear it is computed from

@@ -173,7 +173,6 @@ def test_info_totals_match_hand_count():
     assert i8["weight_bytes"] * 4 == model_info(m, (480, 640), "fp32")["weight_bytes"]
 
 
-
 def test_counts_are_counted_once_per_structure():
     """count_layers remembers what it counted per architecture and size: the same rows again (fresh objects, so a
     caller filling op_class changes nothing for the next), scaled per precision; another structure (batch norm
@@ -197,6 +196,7 @@ def test_counts_are_counted_once_per_structure():
     assert not any(r.kind == "BatchNorm2d" for r in count_layers(folded, (64, 96)))
     assert any(r.kind == "BatchNorm2d" for r in count_layers(m, (64, 96)))
     assert count_layers(m, (32, 48))[0].out_shape != first[0].out_shape
+
 
 def test_lean_import():
     code = ("import sys, edgehydra, edgehydra.commands; "
