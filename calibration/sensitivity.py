@@ -21,7 +21,7 @@ from edgehydra.metrics import Scoring
 from edgehydra.train import evaluate
 
 from .calibset import open_sweep_data
-from .ptq import export_stage, quantize_ptq
+from .ptq import CalibratedRanges, export_stage, quantize_ptq
 from .recipe import load_recipe
 
 
@@ -125,10 +125,11 @@ class Sweep:
     size: tuple
     frames: int
     graph: object = None
+    ranges: object = None  # the graph's CalibratedRanges on calib: one calibration for the sweep
 
     def measure(self, keep_float, graph: bool = True) -> dict:
         q, _ = quantize_ptq(self.model, self.recipe.replace(keep_float=tuple(keep_float)), self.train, self.calib,
-                            self.size, graph=self.graph if graph else None)
+                            self.size, graph=self.graph if graph else None, ranges=self.ranges if graph else None)
         return _metrics(q, self.val, self.model.config, self.frames)
 
 
@@ -142,7 +143,7 @@ def sensitivity_run(checkpoint: Path, out: Path, cfg: SensitivityConfig, dataset
     names = select_layers(model, cfg.layers)
     fp32 = _metrics(model, val, model.config, cfg.frames)
     # exported once, copied for each PTQ of the sweep
-    sw = Sweep(model, base, train, val, calib, size, cfg.frames, export_stage(model, size))
+    sw = Sweep(model, base, train, val, calib, size, cfg.frames, export_stage(model, size), CalibratedRanges(calib))
     all_q = sw.measure(())
 
     def one(n):

@@ -75,7 +75,10 @@ class Metrics:
         if pred.dim() == 4:
             if pred.shape[-2:] != target.shape[-2:]:
                 pred = F.interpolate(pred.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
-            pred = pred.argmax(1)
+            # max(1).indices is argmax (the first maximal index, NaN counting as maximal) by another kernel: 117 ms
+            # instead of 375 ms for 8 frames of 40 classes at 240x320 on one core (AMD EPYC Zen 3), and this runs
+            # on every frame every stage scores (27.5 s of the default demo, py-spy)
+            pred = pred.max(1).indices
         t = target.reshape(-1).numpy()
         p = pred.reshape(-1).numpy()
         m = t != IGNORE

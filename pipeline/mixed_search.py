@@ -32,7 +32,7 @@ from edgehydra.calibration.calibset import open_sweep_data
 from edgehydra.calibration.mixed import (BudgetsNotMet, Candidate, MixedBudgets, Space, conv_output_elems, deficit,
                                          encoder_prefixes, graph_order, greedy_path, group_candidates, groups_of, pareto,
                                          weight_bytes)
-from edgehydra.calibration.ptq import export_stage, quantize_ptq
+from edgehydra.calibration.ptq import CalibratedRanges, export_stage, quantize_ptq
 from edgehydra.calibration.quantizers import fp16_of, w8a16_of
 from edgehydra.calibration.recipe import load_recipe
 from edgehydra.calibration.sensitivity import _delta, _metrics, select_layers, sweep
@@ -180,6 +180,7 @@ class _Search:
         self.notes = []
         self.kept = {}
         self.graph = export_stage(self.model, self.size)  # exported once, copied for each PTQ of the sweep and trials
+        self.ranges = CalibratedRanges(self.calib)  # calibrated once (by the all-int8 PTQ), read by the others
         self.measured_host = measured_here(self.profile)
         self.built = tempfile.TemporaryDirectory()  # fp32 and int8 artifacts built once: profiled, then timed
         self.builds: Builds | None = None  # where those are built while the sweeps run (start_builds)
@@ -188,7 +189,7 @@ class _Search:
     def measure(self, keep, int16=(), fp16=(), keep_program=False) -> dict:
         q, _ = quantize_ptq(self.model, self.base.replace(keep_float=tuple(keep), int16_layers=tuple(int16),
                                                           fp16_layers=tuple(fp16)), self.train, self.calib, self.size,
-                            graph=self.graph)
+                            graph=self.graph, ranges=self.ranges)
         if not keep and not int16 and not fp16:
             self.kept["int8"] = q  # the all-int8 program: also what the host's per-layer latency is profiled on
         elif keep_program:  # a trial's program, built and timed on this host after the trials

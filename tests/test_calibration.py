@@ -87,6 +87,26 @@ def test_calibration_set_is_reproducible_and_stratified(data):
     assert len(select_calibration(train, 500).indices) == len(train)  # fewer if the dataset is smaller
 
 
+def test_frame_stats_are_read_once_per_frame_and_select_the_same_set(monkeypatch):
+    """A second synthroom with the same frames (another stage's) selects from remembered stats without rendering
+    a frame, and selects exactly what a selection from rendered frames does; other frames are rendered."""
+    from edgehydra.calibration import calibset
+    from edgehydra.data import SynthRoom
+
+    monkeypatch.setattr(calibset, "_STATS", {})
+    first = select_calibration(SynthRoom(12, size=(48, 64), seed=3), 6)
+    again = SynthRoom(12, size=(48, 64), seed=3)
+    rendered = []
+    monkeypatch.setattr(again, "raw", lambda i: rendered.append(i) or SynthRoom.raw(again, i))
+    assert select_calibration(again, 6) == first and rendered == []
+    other = SynthRoom(12, size=(48, 64), seed=4)  # another seed: other frames, rendered
+    monkeypatch.setattr(other, "raw", lambda i: rendered.append(i) or SynthRoom.raw(other, i))
+    select_calibration(other, 6)
+    assert rendered == list(range(12))
+    monkeypatch.setattr(calibset, "_STATS", {})
+    assert select_calibration(SynthRoom(12, size=(48, 64), seed=3), 6) == first  # rendered afresh: the same set
+
+
 def test_ptq_program_matches_fake_quant_and_round_trips(tmp_path, data, trained_tiny):
     from edgehydra.calibration.program import load_program, save_program
     from edgehydra.calibration.ptq import calibrate_stage, convert_stage, export_stage, prepare_stage
@@ -114,6 +134,38 @@ def test_ptq_program_matches_fake_quant_and_round_trips(tmp_path, data, trained_
     for a, b in zip(q, again):
         assert torch.equal(a, b)
     assert one[0].shape[0] == 1 and prog.recipe == PRESETS["w8a8"] and prog.meta["stage"] == "ptq"
+
+
+def test_a_sweep_calibrates_once_and_each_program_is_what_its_own_calibration_makes(data, trained_tiny):
+    """CalibratedRanges: the all-int8 PTQ calibrates, a kept-float one reads its observers' states, and the program
+    is the one its own calibration makes (graph, every scale and zero point, every tensor). A W8A16 layer's
+    observers were never calibrated: that PTQ calibrates itself."""
+    from edgehydra.calibration.ptq import CalibratedRanges, export_stage, quantize_ptq
+
+    train, calib = data[0], select_calibration(data[0], 8)
+    graph = export_stage(trained_tiny, SIZE)
+    ranges = CalibratedRanges(calib)
+
+    def same(a, b):
+        assert a.code == b.code  # the q/dq nodes' scales and zero points are literals of the code
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+    quantize_ptq(trained_tiny, PRESETS["w8a8"], train, calib, SIZE, graph=graph, ranges=ranges)
+    assert ranges.states and ranges.reused == 0
+    # kept float: the rest observes what the all-int8 PTQ did (reused); a W8A16 layer's observers and a CRP
+    # block whose max-pool no longer shares its input's observer were never calibrated (each calibrates itself)
+    for keep, int16, reused in ((("layer2.*", "depth"), (), 1), (("segm",), (), 2), ((), ("segm",), 2),
+                                (("crp1.*", "fuse3", "up4"), (), 2)):
+        recipe = PRESETS["w8a8"].replace(keep_float=keep, int16_layers=int16)
+        read, _ = quantize_ptq(trained_tiny, recipe, train, calib, SIZE, graph=graph, ranges=ranges)
+        assert ranges.reused == reused, (keep, int16)
+        same(read, quantize_ptq(trained_tiny, recipe, train, calib, SIZE, graph=graph)[0])
+    # other calibration frames: their own calibration
+    other = select_calibration(train, 8, seed=5)
+    assert other.sha256 != calib.sha256
+    quantize_ptq(trained_tiny, PRESETS["w8a8"], train, other, SIZE, graph=graph, ranges=ranges)
+    assert ranges.reused == 2
 
 
 def test_relu6_is_quantised_with_its_conv_or_add(data, trained_tiny):

@@ -80,6 +80,10 @@ class SynthRoom(Dataset):
     def frame_ids(self) -> list[str]:
         return [f"synthroom:{self.seed}:{i}" for i in range(self.frames)]
 
+    def frame_key(self, i: int) -> tuple:
+        """What frame ``i`` is a pure function of (generate_frame's arguments): equal keys, equal frames."""
+        return ("synthroom", self.seed, i, self.cfg)
+
 
 class FolderDataset(Dataset):
     """A folder in the shared layout, read through one list file.
