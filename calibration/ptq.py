@@ -48,8 +48,9 @@ def convert_stage(prepared, fold: bool = True, recipe: Recipe | None = None):
 
 
 def _observers(prepared) -> dict:
-    """Each observer instance of a prepared graph by what it observes: the node each of its call sites reads
-    (through other observers), in graph order, with the ranges it quantises to. A shared observer has several."""
+    """The observer instances of a prepared graph by what they observe: the node each call site reads (through
+    other observers), in graph order, with the ranges it quantises to; a shared observer has several sites. Two
+    instances with one key watch the same tensors with the same settings: both are listed."""
     sites: dict[int, list] = {}
     mods = {}
     for n in prepared.graph.nodes:
@@ -66,7 +67,7 @@ def _observers(prepared) -> dict:
         o = mods[i]
         key = (tuple(names), type(o).__name__, str(o.dtype), str(getattr(o, "qscheme", None)),
                getattr(o, "quant_min", None), getattr(o, "quant_max", None), getattr(o, "ch_axis", None))
-        out[key] = o
+        out.setdefault(key, []).append(o)
     return out
 
 
@@ -82,7 +83,7 @@ class CalibratedRanges:
         self.calib_sha256, self.states, self.reused = calib.sha256, None, 0
 
     def record(self, prepared) -> None:
-        self.states = {k: copy.deepcopy(o.state_dict()) for k, o in _observers(prepared).items()}
+        self.states = {k: copy.deepcopy(o[0].state_dict()) for k, o in _observers(prepared).items()}
 
     def load(self, prepared, calib: CalibrationSet) -> bool:
         if self.states is None or calib.sha256 != self.calib_sha256:
@@ -90,8 +91,9 @@ class CalibratedRanges:
         obs = _observers(prepared)
         if not all(k in self.states for k in obs):
             return False
-        for k, o in obs.items():
-            o.load_state_dict(self.states[k])
+        for k, same in obs.items():
+            for o in same:
+                o.load_state_dict(self.states[k])
         self.reused += 1
         return True
 
