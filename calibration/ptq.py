@@ -51,20 +51,18 @@ def _observers(prepared) -> dict:
     """The observer instances of a prepared graph by what they observe: the node each call site reads (through
     other observers), in graph order, with the ranges it quantises to; a shared observer has several sites. Two
     instances with one key watch the same tensors with the same settings: both are listed."""
-    sites: dict[int, list] = {}
-    mods = {}
+    def is_observer(n):
+        return n.op == "call_module" and "activation_post_process" in str(n.target)
+
+    sites: dict[torch.nn.Module, list[str]] = {}  # each instance (shared ones sit at several nodes) -> what it reads
     for n in prepared.graph.nodes:
-        if n.op != "call_module" or "activation_post_process" not in str(n.target):
-            continue
-        obs = prepared.get_submodule(n.target)
-        src = n.args[0]
-        while src.op == "call_module" and "activation_post_process" in str(src.target):
-            src = src.args[0]
-        sites.setdefault(id(obs), []).append(src.name)
-        mods[id(obs)] = obs
+        if is_observer(n):
+            src = n.args[0]
+            while is_observer(src):
+                src = src.args[0]
+            sites.setdefault(prepared.get_submodule(n.target), []).append(src.name)
     out = {}
-    for i, names in sites.items():
-        o = mods[i]
+    for o, names in sites.items():
         key = (tuple(names), type(o).__name__, str(o.dtype), str(getattr(o, "qscheme", None)),
                getattr(o, "quant_min", None), getattr(o, "quant_max", None), getattr(o, "ch_axis", None))
         out.setdefault(key, []).append(o)
