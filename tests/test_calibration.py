@@ -168,6 +168,50 @@ def test_a_sweep_calibrates_once_and_each_program_is_what_its_own_calibration_ma
     assert ranges.reused == 2
 
 
+@pytest.mark.parametrize("case", ["ptq-kept-float", "qat-folded", "qat-batch-norm"])
+def test_conv_bn_patterns_are_tried_only_where_a_batch_norm_is_and_prepare_the_same(case, trained_tiny, monkeypatch):
+    """XNNPACKQuantizer's conv + batch norm annotators are skipped on a graph without a batch norm (a PTQ graph,
+    whose batch norms prepare_pt2e folds first; a QAT graph folded by fold_bn), and kept where one is (QAT with
+    batch norm frozen later): every case prepares the same program as XNNPACKQuantizer itself, observer for
+    observer, and the skip happens exactly where no batch norm is left to annotate."""
+    import copy
+
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+
+    from edgehydra.calibration import quantizers
+    from edgehydra.calibration.program import export_stage
+    from edgehydra.calibration.ptq import prepare_stage
+    from edgehydra.calibration.qat import fold_bn
+
+    qat = case.startswith("qat")
+    recipe = PRESETS["w8a8-heads-fp"] if case == "ptq-kept-float" else PRESETS["w8a8"]
+    model = fold_bn(trained_tiny)[0] if case == "qat-folded" else copy.deepcopy(trained_tiny)
+    tried = []
+    orig = XNNPACKQuantizer._annotate_all_patterns
+
+    def counting(self, model, config, *a, **k):
+        tried.append([p.name for p in self.SUPPORTED_PATTERNS])
+        return orig(self, model, config, *a, **k)
+
+    monkeypatch.setattr(XNNPACKQuantizer, "_annotate_all_patterns", counting)
+
+    def prepared():
+        gm = prepare_stage(export_stage(copy.deepcopy(model), SIZE, train=qat), quantizers.translate(recipe, is_qat=qat),
+                           qat=qat)
+        observers = {n: repr(m) for n, m in gm.named_modules() if "activation_post_process" in n}
+        return gm.code, observers
+
+    mine = prepared()
+    skipped = [t for t in tried if not any("_bn" in name for name in t)]
+    assert tried and (len(skipped) == len(tried)) == (case != "qat-batch-norm"), tried
+    tried.clear()
+    monkeypatch.setattr(quantizers, "_bn_aware", lambda Q: Q)  # XNNPACKQuantizer itself, every pattern tried
+    theirs = prepared()
+    assert tried and all(any("_bn" in name for name in t) for t in tried)
+    assert mine[0] == theirs[0]
+    assert mine[1] == theirs[1] and len(mine[1]) > 50
+
+
 def test_relu6_is_quantised_with_its_conv_or_add(data, trained_tiny):
     """No ReLU6 reads a dequantised tensor: the clamp sits between the float conv/add and its output
     quantisation, where ExecuTorch's FuseActivationPass folds it into the XNNPACK op."""
