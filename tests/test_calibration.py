@@ -136,11 +136,18 @@ def test_ptq_program_matches_fake_quant_and_round_trips(tmp_path, data, trained_
     assert one[0].shape[0] == 1 and prog.recipe == PRESETS["w8a8"] and prog.meta["stage"] == "ptq"
 
 
-def test_a_sweep_calibrates_once_and_each_program_is_what_its_own_calibration_makes(data, trained_tiny):
-    """CalibratedRanges: the all-int8 PTQ calibrates, a kept-float one reads its observers' states, and the program
-    is the one its own calibration makes (graph, every scale and zero point, every tensor). A W8A16 layer's
-    observers were never calibrated: that PTQ calibrates itself."""
+def test_a_sweep_calibrates_once_and_each_program_is_what_its_own_calibration_makes(data, trained_tiny, monkeypatch):
+    """CalibratedRanges: the all-int8 PTQ calibrates, a kept-float one reads its observers' states (and their
+    scales and zero points, computed once), and the program is the one its own calibration makes (graph, every
+    scale and zero point, every tensor). A W8A16 layer's observers were never calibrated: that PTQ calibrates
+    itself."""
+    from torchao.quantization.pt2e import HistogramObserver
+
     from edgehydra.calibration.ptq import CalibratedRanges, export_stage, quantize_ptq
+
+    searches = []
+    real = HistogramObserver.calculate_qparams
+    monkeypatch.setattr(HistogramObserver, "calculate_qparams", lambda o: searches.append(o) or real(o))
 
     train, calib = data[0], select_calibration(data[0], 8)
     graph = export_stage(trained_tiny, SIZE)
@@ -158,8 +165,11 @@ def test_a_sweep_calibrates_once_and_each_program_is_what_its_own_calibration_ma
     for keep, int16, reused in ((("layer2.*", "depth"), (), 1), (("segm",), (), 2), ((), ("segm",), 2),
                                 (("crp1.*", "fuse3", "up4"), (), 2)):
         recipe = PRESETS["w8a8"].replace(keep_float=keep, int16_layers=int16)
+        searches.clear()
         read, _ = quantize_ptq(trained_tiny, recipe, train, calib, SIZE, graph=graph, ranges=ranges)
         assert ranges.reused == reused, (keep, int16)
+        if keep == ("segm",):  # every observer's state and answer came from the all-int8 PTQ
+            assert searches == [] and len(ranges.qparams) > 50, len(searches)
         same(read, quantize_ptq(trained_tiny, recipe, train, calib, SIZE, graph=graph)[0])
     # other calibration frames: their own calibration
     other = select_calibration(train, 8, seed=5)
