@@ -109,8 +109,8 @@ class CalibratedRanges:
         settings: the tensors kept, a copy handed out, so no program shares storage with another."""
         for k, same in obs.items():
             for o in same:
-                settings = tuple(sorted((a, repr(v)) for a, v in vars(o).items()
-                                        if not a.startswith("_") and not isinstance(v, torch.Tensor)))
+                settings = tuple(sorted((a, repr(v)) for a, v in vars(o).items() if not a.startswith("_")
+                                        and not isinstance(v, torch.Tensor) and not callable(v)))
                 o.calculate_qparams = functools.partial(self._qparams, (k, settings), o)
 
     def _qparams(self, key, observer):
