@@ -43,11 +43,12 @@ def _datasets(checkpoint: Path, dataset: str | None, size, run: Run | None = Non
     return ds, size, open_split(ds, "train", transform=Resize(size)), model_val, prog_val
 
 
-def _eval(fwd, scored, cfg, limit=None, progress=None):
-    """``scored``: (split, EvalView) from _datasets; the metrics, with the protocol they were taken on."""
+def _eval(fwd, scored, cfg, limit=None, progress=None, nhwc=False):
+    """``scored``: (split, EvalView) from _datasets; the metrics, with the protocol they were taken on. ``nhwc``: an
+    FP32 model, fed channels-last frames (evaluate)."""
     val, view = scored
     m = evaluate(fwd, val, Scoring(cfg.tasks, cfg.num_classes, getattr(val, "depth_cap", cfg.depth_cap), padded=view.padded),
-                 limit=limit, progress=progress)
+                 limit=limit, progress=progress, nhwc=nhwc)
     m.pop("iou_per_class", None)
     return m
 
@@ -98,7 +99,7 @@ def ptq_run(checkpoint: Path, run: Run | Path, job: QuantJob = QuantJob(), progr
             "quantized_layers": len(q_layers), "float_layers": f_layers}
     prog_path = save_program(converted, run.program_path("ptq", job.variant), model.config, recipe, size, meta)
     run.note_program("ptq", prog_path, model.config.to_dict(), recipe.name, size, job.variant)
-    fp32 = _eval(model, model_val, model.config, job.val_limit, progress)
+    fp32 = _eval(model, model_val, model.config, job.val_limit, progress, nhwc=True)
     ptq = _eval(converted, prog_val, model.config, job.val_limit, progress)
     report = {"recipe": recipe.to_dict(), "translation": tr.to_dict(), "calibration": {
         k: v for k, v in calib.to_dict().items() if k not in ("indices",)}, "float_layers": f_layers,
@@ -168,7 +169,7 @@ def qat_run(checkpoint: Path, run: Run | Path, cfg: TrainConfig, job: QuantJob =
                              meta) if is_main() else None
     if prog_path is not None:
         run.note_program("qat", prog_path, fp32_model.config.to_dict(), recipe.name, size, job.variant)
-    metrics = {"fp32": _eval(fp32_model, model_val, fp32_model.config, job.val_limit, progress)}
+    metrics = {"fp32": _eval(fp32_model, model_val, fp32_model.config, job.val_limit, progress, nhwc=True)}
     ptq_path = Path(job.ptq_report) if job.ptq_report else run.stage_report("ptq", job.variant)
     if ptq_path.is_file():
         metrics["ptq"] = read_json(ptq_path)["metrics"]["ptq"]

@@ -76,13 +76,14 @@ def sweep(names: list[str], fn, progress=None, label: str = "sensitivity") -> di
     return {n: part[n] for n in names}
 
 
-def _metrics(fwd, val, cfg, limit, sequence=None):
+def _metrics(fwd, val, cfg, limit, sequence=None, nhwc=False):
     """Per-task metrics on ``limit`` validation frames; with ``sequence`` (synthroom frames with poses) also the
-    segmentation flicker in percent (edgehydra.temporal.sequence_flicker)."""
+    segmentation flicker in percent (edgehydra.temporal.sequence_flicker). ``nhwc``: an FP32 model, fed
+    channels-last frames (edgehydra.train.evaluate)."""
     # shard=False: under torchrun each rank scores a different assignment; sharding the frames and
     # all-reducing would sum two models' confusion matrices (the first 2-rank test caught exactly that).
     m = evaluate(fwd, val, Scoring(cfg.tasks, cfg.num_classes, getattr(val, "depth_cap", cfg.depth_cap)), limit=limit,
-                 shard=False)
+                 shard=False, nhwc=nhwc)
     out = {k: m.get(k, float("nan")) for k in ("miou", "rmse", "abs_rel")}
     if "normals" in cfg.tasks:
         out["normals_median_angle"] = m.get("normals_median_angle", float("nan"))
@@ -141,7 +142,7 @@ def sensitivity_run(checkpoint: Path, out: Path, cfg: SensitivityConfig, dataset
     data = open_sweep_data(checkpoint, dataset, None, cfg.calib_frames)
     size, train, val, calib = data.size, data.train, data.val, data.calib
     names = select_layers(model, cfg.layers)
-    fp32 = _metrics(model, val, model.config, cfg.frames)
+    fp32 = _metrics(model, val, model.config, cfg.frames, nhwc=True)
     # exported once, copied for each PTQ of the sweep
     sw = Sweep(model, base, train, val, calib, size, cfg.frames, export_stage(model, size), CalibratedRanges(calib))
     all_q = sw.measure(())

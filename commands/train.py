@@ -167,7 +167,8 @@ def evaluate(checkpoint, dataset, split, size, limit, resolution, crop, class_sl
             return tuple(outs)
     with progress_bar(transient=True) as p:
         m = run_eval(fwd, data, Scoring(cfg.tasks, n_classes, paper_depth.get("cap") or getattr(data, "depth_cap", cfg.depth_cap),
-                                        depth_crop=crop, padded=native, aggregation=aggregation), progress=p, limit=limit)
+                                        depth_crop=crop, padded=native, aggregation=aggregation), progress=p, limit=limit,
+                     nhwc=not fixed)  # an FP32 checkpoint fed NHWC: 2.7x at 480x640; a program NCHW (train.evaluate)
     how = {"resolution": (f"native (padded to {in_size[0]}x{in_size[1]}, cropped back)" if fixed else
                           "native (padded to a multiple of 32, cropped back)") if native
            else f"resized to {in_size[0]}x{in_size[1]}",

@@ -83,7 +83,7 @@ def train_run(out: Path, ds: dict, model_name: str | None, cfg: TrainConfig, *, 
     state = fit(model, train_ds, cfg, FitTask(model.config.tasks, num_classes, cap, drop_last=True, channels_last=True),
                 FitHooks(save=save), resume=resume_state, progress=progress)
     metrics = evaluate(lambda x: model(x), val_ds, Scoring(model.config.tasks, num_classes, cap, padded=view.padded),
-                       progress=progress)
+                       progress=progress, nhwc=True)
     if is_main():
         atomic_write_json(Run(out).fp32_metrics, {"dataset": ds, "split": "val", "frames": len(val_ds),
                                                       "protocol": view.protocol, "metrics": metrics})

@@ -213,9 +213,16 @@ def _crop_to_labels(outs, image_hw, label_hw):
 
 
 def evaluate(forward: Callable, dataset, scoring: Scoring, *, progress=None, limit: int | None = None,
-             shard: bool = True) -> dict:
+             shard: bool = True, nhwc: bool = False) -> dict:
     """Metrics of any callable ``forward(images) -> tuple of outputs`` over a dataset (or its first ``limit``),
     scored as ``scoring`` says (edgehydra.metrics.Scoring).
+
+    ``nhwc``: frames go to ``forward`` channels-last, for an FP32 model. CPU convolutions then take oneDNN's NHWC
+    kernels, 2.7x faster than NCHW frames for hydranet_nyud at 480x640 (1472 -> 551 ms a frame on 2 AMD EPYC Zen 3
+    cores; benchmarks/eval_layout.py prints it); the outputs differ by float rounding only (summation order: at most
+    7.4e-6 there). Not for a converted int8 program, the int8 reference: there a rounding difference before a
+    quantize moves a value one int8 step, and steps add up (3 output steps of segmentation on a third of the pixels
+    of the demo's PTQ program), so it is scored on the NCHW frames its figures have always been taken on.
 
     Frames of different sizes are batched by size. ``scoring.padded``: the dataset pads each frame (PadToMultiple),
     so outputs are upsampled to the padded input and cropped back to the frame before scoring. Under torchrun
@@ -235,7 +242,8 @@ def evaluate(forward: Callable, dataset, scoring: Scoring, *, progress=None, lim
     for groups in loader:
         for batch in groups:
             with torch.no_grad():  # scoring only: no graph (a float() of a tensor that requires grad warns)
-                outs = forward(batch["image"])
+                x = batch["image"]
+                outs = forward(x.contiguous(memory_format=torch.channels_last) if nhwc else x)
             if scoring.padded:
                 outs = _crop_to_labels(outs, batch["image"].shape[-2:], batch["segm"].shape[-2:])
             m.update(dict(zip(scoring.tasks, outs)), batch)
@@ -324,7 +332,8 @@ def fit(model: torch.nn.Module, train_ds, cfg: TrainConfig, task: FitTask, hooks
         if val_ds is not None:
             hooks.set_eval(model)
             rec["val"] = evaluate(lambda x: model(x), val_ds, Scoring(task.tasks, task.num_classes, task.depth_cap,
-                                                                      padded=task.val_padded), limit=task.val_limit)
+                                                                      padded=task.val_padded), limit=task.val_limit,
+                                 nhwc=task.channels_last)  # the FP32 model trains NHWC; a QAT graph is scored NCHW
             rec["val"].pop("iou_per_class", None)
         state.epoch = epoch + 1
         state.history.append(rec)

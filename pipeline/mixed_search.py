@@ -209,7 +209,7 @@ class _Search:
             self.notes.append(f"{profile.format} builds no W8A16 layer here ({self.w16_note}): each layer is int8 or "
                               "float")
         self.f16_fmt, self.f16_note = fp16_of(profile.format)  # fp16 a precision of its own where the format has it
-        self.fp32 = _metrics(self.model, self.val, self.model.config, self.cfg.frames, self.sequence)
+        self.fp32 = _metrics(self.model, self.val, self.model.config, self.cfg.frames, self.sequence, nhwc=True)
         t0 = time.perf_counter()
         self.all_q = self.measure(())
         self.announce(time.perf_counter() - t0)

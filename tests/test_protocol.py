@@ -536,3 +536,39 @@ def test_every_stage_scores_kitti_natively_as_eval_does(tmp_path):
     assert m["protocol"] == "native (padded to 96x256, cropped back)" and m["frames"] == 3
     # the artifact runs the program's integer maths: its scores sit on the program's, not on a stretched frame's
     assert m["miou"] == pytest.approx(rep["metrics"]["ptq"]["miou"], abs=2.0)
+
+
+def test_an_fp32_model_is_scored_on_nhwc_frames_and_a_program_on_nchw(tmp_path, monkeypatch):
+    """evaluate(nhwc=True) hands an FP32 model channels-last frames (oneDNN's faster kernels) and scores what NCHW
+    frames score, up to float rounding; `eval` does so for a checkpoint and keeps a program's NCHW frames (there a
+    rounding difference moves int8 steps: edgehydra.train.evaluate)."""
+    from edgehydra import create_model
+    from edgehydra.checkpoint import save_checkpoint
+    from edgehydra.data.datasets import SynthRoom
+    from edgehydra.metrics import Scoring
+    from edgehydra import train
+
+    torch.manual_seed(0)
+    model = create_model("hydranet_tiny").eval()
+    val = SynthRoom(4, size=(64, 96), seed=3)
+    seen = []
+
+    def fwd(x):
+        seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return model(x)
+
+    scoring = Scoring(model.config.tasks, 40, 10.0)
+    nchw, nhwc = (train.evaluate(fwd, val, scoring, nhwc=f) for f in (False, True))
+    assert seen == [False, True]  # one batch each (4 frames)
+    # float rounding only: the same sums in another order, ~1000 float32 ulps at the most across the network's layers
+    assert nhwc["rmse"] == pytest.approx(nchw["rmse"], rel=1e-4) and nhwc["abs_rel"] == pytest.approx(nchw["abs_rel"], rel=1e-4)
+    assert abs(nhwc["miou"] - nchw["miou"]) < 0.1  # a label moves only where two logits tie within that rounding
+
+    calls = []
+    real = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda *a, **k: calls.append(k.get("nhwc")) or real(*a, **k))
+    ck = save_checkpoint(model, tmp_path / "m.pt", provenance={"data": {"dataset": "synthroom", "size": [64, 96],
+                                                                       "frames": 8, "val_frames": 4, "seed": 0}})
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(ck), "--limit", "2"])
+    assert r.exit_code == 0, r.output
+    assert calls == [True]
