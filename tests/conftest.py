@@ -134,10 +134,10 @@ def activation_harmed_run(tiny_run, root: Path) -> Path:
 
 # The longest files first, longest first: with `-n 2 --dist loadfile` each worker starts on one of the two
 # longest and the shorter files fill in behind them, instead of a long file starting last while the other worker
-# idles. By the last full run's file times (docs/RESULTS.md, AMD EPYC Zen 3): test_demo.py 974 s, test_mixed.py
-# 919 s, test_exporters.py 896 s, test_devices.py 438 s, test_calibration.py 369 s, test_mixed_host.py 276 s.
-LONGEST_FIRST = ("tests/test_demo.py", "tests/test_mixed.py", "tests/test_exporters.py", "tests/test_devices.py",
-                 "tests/test_calibration.py", "tests/test_mixed_host.py")
+# idles. By the last full run's file times (docs/RESULTS.md, AMD EPYC Zen 3): test_mixed.py 820 s, test_demo.py
+# 806 s, test_exporters.py 781 s, test_mixed_host.py 464 s, test_devices.py 376 s, test_calibration.py 315 s.
+LONGEST_FIRST = ("tests/test_mixed.py", "tests/test_demo.py", "tests/test_exporters.py", "tests/test_mixed_host.py",
+                 "tests/test_devices.py", "tests/test_calibration.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

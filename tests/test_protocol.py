@@ -538,7 +538,7 @@ def test_every_stage_scores_kitti_natively_as_eval_does(tmp_path):
     assert m["miou"] == pytest.approx(rep["metrics"]["ptq"]["miou"], abs=2.0)
 
 
-def test_an_fp32_model_is_scored_on_nhwc_frames_and_a_program_on_nchw(tmp_path, monkeypatch):
+def test_an_fp32_model_is_scored_on_nhwc_frames_and_a_program_on_nchw(tiny_run, tmp_path, monkeypatch):
     """evaluate(nhwc=True) hands an FP32 model channels-last frames (oneDNN's faster kernels) and scores what NCHW
     frames score, up to float rounding; `eval` does so for a checkpoint and keeps a program's NCHW frames (there a
     rounding difference moves int8 steps: edgehydra.train.evaluate)."""
@@ -571,4 +571,6 @@ def test_an_fp32_model_is_scored_on_nhwc_frames_and_a_program_on_nchw(tmp_path, 
                                                                        "frames": 8, "val_frames": 4, "seed": 0}})
     r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(ck), "--limit", "2"])
     assert r.exit_code == 0, r.output
-    assert calls == [True]
+    r = CliRunner().invoke(cli, ["eval", "--checkpoint", str(tiny_run / "ptq" / "program.pt2"), "--limit", "2"])
+    assert r.exit_code == 0, r.output
+    assert calls == [True, False]  # the checkpoint NHWC, the int8 program NCHW
