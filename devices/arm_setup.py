@@ -55,6 +55,12 @@ def default_dir() -> Path:
 class ArmSetupError(EdgeHydraError):
     exit_code = 1
 
+    def __init__(self, msg: str, host: bool = False):
+        super().__init__(msg)
+        # True where this host cannot build the root (a tool, its architecture, Debian's keyring, a mirror or package
+        # index out of reach); every other failure is the setup's own, which the tests must see fail, not skip
+        self.host = host
+
 
 def _version(name: str) -> str | None:
     try:  # without a local label: the host's torch is 2.13.0+cpu, the aarch64 wheel of that release 2.13.0
@@ -86,16 +92,19 @@ def state(d: Path | None = None) -> dict | None:
     return s if s.get("complete") and Path(s.get("qemu", "")).is_file() else None
 
 
-def _run(argv: list[str], what: str, timeout: float = 900) -> str:
+def _run(argv: list[str], what: str, timeout: float = 900, fetch: bool = False) -> str:
+    """``argv``'s stdout; a failure raises ArmSetupError, marked the host's (``host``) where ``fetch`` says the step
+    reaches a mirror or an index."""
     try:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError:
-        raise ArmSetupError(f"arm setup: {argv[0]} not found (it needs apt-get and dpkg-deb: a Debian or Ubuntu host)") from None
+        raise ArmSetupError(f"arm setup: {argv[0]} not found (it needs apt-get and dpkg-deb: a Debian or Ubuntu host)",
+                            host=True) from None
     except subprocess.TimeoutExpired:
-        raise ArmSetupError(f"arm setup: {what} timed out after {timeout:.0f} s") from None
+        raise ArmSetupError(f"arm setup: {what} timed out after {timeout:.0f} s", host=fetch) from None
     if p.returncode != 0:
         last = (p.stderr or p.stdout).strip().splitlines()
-        raise ArmSetupError(f"arm setup: {what} failed: {last[-1] if last else f'exit {p.returncode}'}")
+        raise ArmSetupError(f"arm setup: {what} failed: {last[-1] if last else f'exit {p.returncode}'}", host=fetch)
     return p.stdout
 
 
@@ -121,9 +130,11 @@ def setup(d: Path | None = None, progress=None, force: bool = False) -> dict:
     if have and not force and {k: have.get(k) for k in want} == want:
         return dict(have, reused=True)
     if platform.machine() != "x86_64":
-        raise ArmSetupError(f"arm setup: this host is {platform.machine()}; the emulated root is built for x86-64 hosts")
+        raise ArmSetupError(f"arm setup: this host is {platform.machine()}; the emulated root is built for x86-64 hosts",
+                            host=True)
     if not Path(KEYRING).is_file():
-        raise ArmSetupError(f"arm setup: Debian's archive keyring is missing ({KEYRING}); install debian-archive-keyring")
+        raise ArmSetupError(f"arm setup: Debian's archive keyring is missing ({KEYRING}); install debian-archive-keyring",
+                            host=True)
     et = bool(want["wheels"].get("executorch"))
     steps = ("qemu", "arm64 python", "wheels") + (("cuda stubs",) if et else ()) + ("self-check",)
     task = progress.add_task("arm setup", total=len(steps)) if progress else None
@@ -170,11 +181,11 @@ def _download(d: Path, arch: str, suite: str, packages: list[str], what: str) ->
     """Debian ``packages`` (and what they depend on) of ``arch`` from ``suite``, downloaded, not installed:
     the folder of .deb files."""
     apt = _apt(d, arch, suite)
-    _run(apt + ["update"], f"apt-get update ({suite} {arch})")
+    _run(apt + ["update"], f"apt-get update ({suite} {arch})", fetch=True)
     deb_dir = d / "debs"
     deb_dir.mkdir(exist_ok=True)
     _run(apt + ["-o", f"Dir::Cache::Archives={deb_dir}", "install", "--download-only", "--no-install-recommends",
-                *packages], f"downloading {what} from {suite}")
+                *packages], f"downloading {what} from {suite}", fetch=True)
     return deb_dir
 
 
@@ -213,12 +224,16 @@ def _root(d: Path) -> Path:
 def _wheels(d: Path, root: Path, versions: dict) -> Path:
     sp = root / "opt" / "sp"
     wd = d / "wheels"
-    wd.mkdir(exist_ok=True)
+    # Only this setup's wheels: the folder is installed whole, and an earlier setup's wheels (the host's packaging
+    # 26.2 before an upgrade to 26.4) beside this one's made pip refuse the install (ResolutionImpossible: two
+    # versions of one package) on every setup after a host upgrade. pip's own cache serves a wheel fetched before.
+    shutil.rmtree(wd, ignore_errors=True)
+    wd.mkdir()
     plat = ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp"] + [
         a for p in PLATFORMS + ("any",) for a in ("--platform", p)]
     reqs = [f"{n}=={v}" if v else n for n, v in versions.items()]
     _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", *plat, "-d", str(wd), *reqs],
-         "downloading the aarch64 wheels (host pip)")
+         "downloading the aarch64 wheels (host pip)", fetch=True)
     shutil.rmtree(sp, ignore_errors=True)
     _run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", *plat, "--target", str(sp),
           *[str(w) for w in sorted(wd.glob("*.whl"))]], "installing the aarch64 wheels into the root")
@@ -314,5 +329,5 @@ def _zig(d: Path) -> list[str]:
     target = d / "zig"
     if not (target / "ziglang").is_dir():
         _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), "ziglang"],
-             "installing ziglang (zig's C cross-compiler) with the host's pip")
+             "installing ziglang (zig's C cross-compiler) with the host's pip", fetch=True)
     return ["env", f"PYTHONPATH={target}", sys.executable, "-m", "ziglang"]

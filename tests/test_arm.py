@@ -24,6 +24,8 @@ def arm_root():
     try:
         return setup()
     except ArmSetupError as e:
+        if not e.host:  # the setup's own failure (a pip refusal, an unpack, the self-check) fails, never skips
+            raise
         pytest.skip(f"emulated aarch64 root not buildable here: {e}")
 
 
@@ -37,6 +39,29 @@ def arm_run(tiny_run, tmp_path_factory):
                                catch_exceptions=False)
         assert r.exit_code == 0, r.output
     return run
+
+
+def test_the_wheels_folder_holds_only_this_setups_wheels(tmp_path):
+    """A wheel an earlier setup left (another version of a package the host has since upgraded) stays out of the
+    root: pip refuses two versions of one package in one install, which failed every setup after a host upgrade,
+    and that failure is the setup's own (not the host's, which the root's tests skip on)."""
+    import sys
+
+    from edgehydra.devices.arm_setup import ArmSetupError, _run, _wheels
+
+    wd = tmp_path / "wheels"
+    try:  # the stale wheel: tabulate 0.9.0, pure Python, where this setup asks for 0.10.0
+        _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(wd),
+              "tabulate==0.9.0"], "downloading a stale wheel", fetch=True)
+    except ArmSetupError as e:
+        pytest.skip(f"package index out of reach: {e}")
+    sp = _wheels(tmp_path, tmp_path / "root", {"tabulate": "0.10.0"})
+    assert [p.name for p in sp.glob("tabulate-*.dist-info")] == ["tabulate-0.10.0.dist-info"]
+    assert [p.name for p in wd.glob("*.whl")] == ["tabulate-0.10.0-py3-none-any.whl"]
+    with pytest.raises(ArmSetupError) as e:  # a local install pip refuses is the setup's failure
+        _run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--target", str(tmp_path / "x"),
+              str(tmp_path / "missing.whl")], "installing a wheel that is not there")
+    assert not e.value.host
 
 
 def _bench(artifact, cpu):
