@@ -229,6 +229,21 @@ def test_run_artifact_panels_and_verify(exported, tiny_run, tmp_path):
     shutil.rmtree(tiny_run / "export")
 
 
+def test_litert_export_prints_only_edgehydra_lines(tiny_run, tmp_path):
+    """`export --target tflite --precision int8` in a fresh process, as a user runs it: neither TensorFlow's import
+    lines (absl's "before absl::InitializeLog()", "oneDNN custom operations are on": TF_ENABLE_ONEDNN_OPTS=0, which
+    leaves the .tflite bytes as they were) nor litert-torch's "converted in training mode" about a pt2e program,
+    whose graph is in eval form."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("export", "measurements"))
+    p = subprocess.run([sys.executable, "-m", "edgehydra.commands", "export", "--run", str(run), "--target", "tflite",
+                        "--precision", "int8"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "verified" in p.stdout
+    for noise in ("InitializeLog", "oneDNN custom operations", "training mode", "LeafSpec"):
+        assert noise not in p.stderr + p.stdout, p.stderr
+
+
 def test_quiet_backends_mutes_bars_and_restores_them(monkeypatch):
     import logging
     import sys
