@@ -2,8 +2,9 @@
 
 The QDQ graph is what TensorRT on Jetson and onnxruntime's quantised kernels consume. Option
 ``qdq``: ``uint8`` (default: the same integer maths stored as U8U8, exact under onnxruntime on every
-x86 CPU, see exporters/_onnx_qdq.py) or ``int8`` (signed, zero point 0: what TensorRT requires; under
-onnxruntime on CPUs without VNNI its u8s8 kernels saturate).
+x86 CPU, see exporters/_onnx_qdq.py), ``u8s8`` (unsigned activations, signed weights: 1.8x faster than U8U8
+on one thread under onnxruntime on a VNNI CPU, exact there and on ARM64; on x86 without VNNI its kernels saturate, which
+verification shows) or ``int8`` (signed, zero point 0: what TensorRT requires; it saturates as u8s8 does).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from edgehydra.targets import facts_of
 from .target import ExportTarget
 from .reference_io import reference_check, reference_sidecar
 
-QDQ_TYPES = ("uint8", "int8")
+QDQ_TYPES = ("uint8", "u8s8", "int8")
 
 
 def build(source, req, path):
@@ -38,7 +39,7 @@ def build(source, req, path):
     qdq = req.options.get("qdq", "uint8")
     if qdq not in QDQ_TYPES:
         raise BadInputError(f"--option qdq={qdq!r}: choose one of {', '.join(QDQ_TYPES)} "
-                            "(int8 for TensorRT, uint8 for onnxruntime on any CPU)")
+                            "(int8 for TensorRT, uint8 for onnxruntime on any CPU, u8s8 for onnxruntime on VNNI or ARM64)")
     module = source.fp32.eval() if req.precision == "fp32" else source.program.module
     x = torch.zeros(req.batch, 3, *req.size)
     names = list(source.config.tasks)
@@ -60,6 +61,11 @@ def build(source, req, path):
             facts["qdq_rewrite"] = signed_to_unsigned(m)
             facts["qdq_note"] = ("pt2e's signed int8 stored as uint8 (+128, exact): onnxruntime's U8U8 kernels do not "
                                  "saturate on CPUs without VNNI; TensorRT needs --option qdq=int8")
+        elif qdq == "u8s8":
+            facts["qdq_rewrite"] = signed_to_unsigned(m, weights=False)
+            facts["qdq_note"] = ("activations stored as uint8 (+128, exact), weights signed: onnxruntime's U8S8 kernels, "
+                                 "exact with VNNI and on ARM64, saturating on x86 without VNNI; TensorRT needs "
+                                 "--option qdq=int8")
     onnx.save(m, str(path))
     ops = {}
     for n in m.graph.node:
@@ -77,7 +83,7 @@ def load_runner(path, manifest):
 def remote_plan(manifest: dict, profile) -> dict:
     """trtexec with precision flags from the artifact and the profile (never --int8 on an fp32 file)."""
     precision = manifest.get("precision", "fp32")
-    if precision == "int8" and (manifest.get("facts") or {}).get("qdq_dtype") == "uint8":
+    if precision == "int8" and (manifest.get("facts") or {}).get("qdq_dtype") in ("uint8", "u8s8"):
         raise BadInputError("TensorRT builds only signed int8 Q/DQ: export with `--qdq int8` for a trtexec run")
     flags = {"int8": ["--int8"], "fp16": ["--fp16"]}.get(precision, [])
     want = getattr(profile, "precision", None)

@@ -280,8 +280,9 @@ def test_remote_command_follows_the_artifact_and_the_profile():
     assert plan(".onnx", s8, "jetson_orin_nano_8gb")["flags"] == ["--int8", "--fp16"]
     assert plan(".onnx", {"precision": "fp32"}, "rtx4090")["flags"] == ["--fp16"]  # never --int8 on an fp32 ONNX
     assert plan(".onnx", {"precision": "fp32"}, None)["flags"] == []
-    with pytest.raises(BadInputError, match="qdq int8"):
-        plan(".onnx", {"precision": "int8", "facts": {"qdq_dtype": "uint8"}}, "jetson_orin_nano_8gb")
+    for unsigned in ("uint8", "u8s8"):  # TensorRT builds signed, zero-point-0 Q/DQ only
+        with pytest.raises(BadInputError, match="--qdq int8"):
+            plan(".onnx", {"precision": "int8", "facts": {"qdq_dtype": unsigned}}, "jetson_orin_nano_8gb")
     assert plan(".pte", {"facts": {"delegate": "xnnpack"}}, "raspberrypi5")["binaries"] == ["xnn_executor_runner"]
 
 
