@@ -43,6 +43,7 @@ def signed_to_unsigned(model, weights: bool = True) -> dict:
             tensors.setdefault(n.output[0], n.attribute[0].t)
     targets: set[str] = set()
     kept: set[str] = set()  # the signed weights' zero points (U8S8)
+    kept_weights: set[str] = set()
     nodes = 0
     for n in g.node:
         if n.op_type not in QDQ_OPS or len(n.input) < 3 or n.input[2] not in tensors:
@@ -53,6 +54,7 @@ def signed_to_unsigned(model, weights: bool = True) -> dict:
         weight = n.op_type == "DequantizeLinear" and n.input[0] in tensors  # a constant (weight) input
         if weight and not weights:
             kept.add(n.input[2])
+            kept_weights.add(n.input[0])
             continue
         targets.add(n.input[2])
         if weight:
@@ -66,7 +68,7 @@ def signed_to_unsigned(model, weights: bool = True) -> dict:
             raise ValueError(f"{name}: expected int8, found {a.dtype} (the graph mixes int8 and uint8 QDQ)")
         tensors[name].CopyFrom(numpy_helper.from_array((a.astype(np.int16) + 128).astype(np.uint8), name))
     del g.value_info[:]  # element types recorded for intermediate tensors are stale; onnxruntime re-infers them
-    return {"qdq_nodes": nodes, "tensors_shifted": len(targets), "weights_kept_signed": len(kept)}
+    return {"qdq_nodes": nodes, "tensors_shifted": len(targets), "weights_kept_signed": len(kept_weights)}
 
 
 def qdq_dtype(model) -> str | None:
