@@ -2,9 +2,10 @@
 
 The QDQ graph is what TensorRT on Jetson and onnxruntime's quantised kernels consume. Option
 ``qdq``: ``uint8`` (default: the same integer maths stored as U8U8, exact under onnxruntime on every
-x86 CPU, see exporters/_onnx_qdq.py), ``u8s8`` (unsigned activations, signed weights: 1.8x faster than U8U8
-on one thread under onnxruntime on a VNNI CPU, exact there and on ARM64; on x86 without VNNI its kernels saturate, which
-verification shows) or ``int8`` (signed, zero point 0: what TensorRT requires; it saturates as u8s8 does).
+x86 CPU, see exporters/_onnx_qdq.py), ``u8s8`` (unsigned activations, signed weights: 1.8x faster than
+U8U8 on one thread under onnxruntime on a VNNI CPU, exact there and on ARM64; on x86 without VNNI its
+kernels saturate, which verification shows) or ``int8`` (signed, zero point 0: what TensorRT requires; it
+saturates as u8s8 does).
 """
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ from edgehydra.records import schema
 from edgehydra._io import atomic_path, atomic_write_json, path_size, sha256_path
 from edgehydra.errors import BadInputError, EdgeHydraError, MissingBackendError
 from edgehydra.model import HydraConfig
+from edgehydra.quiet import quiet_torch_warnings
 from edgehydra.targets import TargetFacts
 
 from .parity import (DEFAULT_TOLERANCES, REFERENCES, Tolerance, check_parity, default_tolerance,  # noqa: F401
@@ -46,7 +47,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # LiteRT's C++ INFO lines
 # the artifact: the tiny run's fp32, fp16 and int8 .tflite files are byte-identical with and without them.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors.*")
-warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+quiet_torch_warnings()
 warnings.filterwarnings("ignore", message="Exporting a model while it is in training mode")
 
 

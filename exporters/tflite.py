@@ -77,16 +77,15 @@ def _convert_program(source, nhwc: bool, x, path) -> dict:
 
     gm = copy.deepcopy(source.program.module)
     n = unfold_int8_weights(gm)
+    wrapped = _ChannelLast(gm) if nhwc else gm
     # litert-torch reads only the training flag and warns ("converted in training mode") on the root logger. The
     # converted program's graph is already in eval form (batch norm folded, no dropout); the exported module's
-    # eval() refuses to run, so the flag of this copy is set directly
-    for m in gm.modules():
+    # eval() refuses to run, so the flags of this copy are set directly
+    for m in wrapped.modules():
         m.training = False
     _config.config.show_progress = False
     # The quantizer here only tells the converter to lower Q/DQ statically; the graph is already quantised.
     qc = QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)))
-    wrapped = _ChannelLast(gm) if nhwc else gm
-    wrapped.training = False
     litert_torch.convert(wrapped, (x,), quant_config=qc).export(str(path))
     return {"from_program": {"stage": source.program.meta.get("stage"), "weights_requantised_exactly": n}}
 
